@@ -1,0 +1,57 @@
+"""kadfast: a Kademlia DHT that speaks libp2p's wire protocol, with its hot
+paths compiled by Cython.
+
+The compiled modules ``kadfast._xor`` and ``kadfast._routing`` are the real
+implementation; importing kadfast fails loudly when they are missing (build
+the package with ``pip install .``) instead of falling back to the slow
+plain-Python twins (``kadfast._xor_py``, ``kadfast._routing_py``), which exist
+for the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+try:
+    from . import _routing, _xor
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "kadfast's compiled modules (kadfast._xor, kadfast._routing) are missing or "
+        "were built for another Python: install the package with `pip install .` "
+        "(or `pip install -e .`) so that Cython builds them. "
+        f"Original error: {exc}"
+    ) from exc
+
+from ._routing import AppliedPending, Entry, RoutingTable
+from ._xor import Key, bucket_index, closest_digests, compare_distance, xor_distance
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+from .keys import Ed25519KeyPair, KeyType, PublicKey, load_keypair, load_or_create_keypair, save_keypair
+from .multiaddr import Multiaddr, decode_many
+from .peerid import PeerId
+from .store import MemoryStore, ProviderRecord, Record, RecordStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AppliedPending",
+    "Ed25519KeyPair",
+    "Entry",
+    "Key",
+    "KeyType",
+    "MemoryStore",
+    "Multiaddr",
+    "PeerId",
+    "ProviderRecord",
+    "PublicKey",
+    "Record",
+    "RecordStore",
+    "RoutingTable",
+    "bucket_index",
+    "closest_digests",
+    "compare_distance",
+    "decode_many",
+    "load_keypair",
+    "load_or_create_keypair",
+    "save_keypair",
+    "xor_distance",
+    *_errors_all,
+]

@@ -1,0 +1,223 @@
+"""Record and provider-record storage with libp2p's ``MemoryStore`` semantics.
+
+- One record per key: a later put overwrites (publisher and expiry kept with it).
+- Provider records accumulate per key, distinct by provider, at most
+  ``max_providers_per_key``; when a key is full, a newcomer closer to the key
+  than the farthest provider replaces it.
+- Expiry times are absolute instants on the caller's clock; time is passed in.
+
+The :class:`RecordStore` interface is what the node uses, so that a persistent
+store can stand in for :class:`MemoryStore`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ._xor import Key
+from .errors import RecordTooLarge, StoreError, StoreFull
+from .peerid import PeerId
+
+__all__ = ["Record", "ProviderRecord", "StoreConfig", "RecordStore", "MemoryStore"]
+
+
+@dataclass(slots=True)
+class Record:
+    key: bytes
+    value: bytes
+    publisher: PeerId | None = None
+    #: absolute expiry instant (caller's clock), or None for no expiry
+    expires: float | None = None
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+@dataclass(slots=True)
+class ProviderRecord:
+    key: bytes
+    provider: PeerId
+    addrs: tuple = ()
+    expires: float | None = None
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Limits, defaulting to rust-libp2p's ``MemoryStoreConfig``."""
+
+    #: records held (and, separately, keys with provider records)
+    max_records: int = 1024
+    #: largest record value in bytes
+    max_value_bytes: int = 65 * 1024
+    #: providers kept per key (k)
+    max_providers_per_key: int = 20
+    #: provider records of which this node is the provider
+    max_provided_keys: int = 1024
+
+
+class RecordStore(abc.ABC):
+    """What the node needs from a store."""
+
+    @abc.abstractmethod
+    def get(self, key: bytes, now: float) -> Record | None: ...
+
+    @abc.abstractmethod
+    def put(self, record: Record, now: float) -> None:
+        """Store ``record``; raises :class:`RecordTooLarge` or :class:`StoreFull`."""
+
+    @abc.abstractmethod
+    def remove(self, key: bytes) -> Record | None: ...
+
+    @abc.abstractmethod
+    def records(self) -> Iterator[Record]: ...
+
+    @abc.abstractmethod
+    def add_provider(self, record: ProviderRecord, now: float) -> bool:
+        """Add or refresh a provider; False when the key is full of closer providers."""
+
+    @abc.abstractmethod
+    def providers(self, key: bytes, now: float) -> list[ProviderRecord]: ...
+
+    @abc.abstractmethod
+    def provided(self) -> Iterator[ProviderRecord]:
+        """Provider records whose provider is the local node."""
+
+    @abc.abstractmethod
+    def remove_provider(self, key: bytes, provider: PeerId) -> bool: ...
+
+    @abc.abstractmethod
+    def sweep(self, now: float) -> tuple[int, int]:
+        """Drop expired records and provider records; returns how many of each."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of records held."""
+
+
+class MemoryStore(RecordStore):
+    def __init__(self, local_peer_id: PeerId, config: StoreConfig | None = None) -> None:
+        self.local_peer_id = local_peer_id
+        self.config = config or StoreConfig()
+        self._records: dict[bytes, Record] = {}
+        # key -> providers sorted by distance to the key, closest first
+        self._providers: dict[bytes, list[ProviderRecord]] = {}
+        self._provided: dict[bytes, ProviderRecord] = {}
+
+    # -- records ---------------------------------------------------------
+    def get(self, key: bytes, now: float) -> Record | None:
+        rec = self._records.get(key)
+        if rec is not None and rec.is_expired(now):
+            del self._records[key]
+            return None
+        return rec
+
+    def put(self, record: Record, now: float) -> None:
+        if not isinstance(record.key, bytes) or not isinstance(record.value, bytes):
+            raise StoreError("record key and value must be bytes")
+        if len(record.value) > self.config.max_value_bytes:
+            raise RecordTooLarge(
+                f"record value of {len(record.value)} bytes exceeds the limit of "
+                f"{self.config.max_value_bytes}"
+            )
+        if record.key not in self._records and len(self._records) >= self.config.max_records:
+            raise StoreFull(f"the store holds its limit of {self.config.max_records} records")
+        self._records[record.key] = record
+
+    def remove(self, key: bytes) -> Record | None:
+        return self._records.pop(key, None)
+
+    def records(self) -> Iterator[Record]:
+        return iter(list(self._records.values()))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # -- providers -------------------------------------------------------
+    def add_provider(self, record: ProviderRecord, now: float) -> bool:
+        cfg = self.config
+        is_local = record.provider == self.local_peer_id
+        providers = self._providers.get(record.key)
+        if providers is None:
+            if len(self._providers) >= cfg.max_records:
+                raise StoreFull(f"the store holds providers for its limit of {cfg.max_records} keys")
+            providers = []
+        for i, p in enumerate(providers):
+            if p.provider == record.provider:
+                providers[i] = record
+                if is_local:
+                    self._provided[record.key] = record
+                return True
+        if is_local and record.key not in self._provided and len(self._provided) >= cfg.max_provided_keys:
+            raise StoreFull(f"this node already provides its limit of {cfg.max_provided_keys} keys")
+        target = Key(record.key)
+        new_key = Key(record.provider.to_bytes())
+        dist = target.distance(new_key)
+        pos = len(providers)
+        for i, p in enumerate(providers):
+            if dist < target.distance(Key(p.provider.to_bytes())):
+                pos = i
+                break
+        if pos >= cfg.max_providers_per_key:
+            return False  # full, and every provider held is closer to the key
+        providers.insert(pos, record)
+        if len(providers) > cfg.max_providers_per_key:
+            dropped = providers.pop()
+            if dropped.provider == self.local_peer_id:
+                self._provided.pop(dropped.key, None)
+        self._providers[record.key] = providers
+        if is_local:
+            self._provided[record.key] = record
+        return True
+
+    def providers(self, key: bytes, now: float) -> list[ProviderRecord]:
+        providers = self._providers.get(key)
+        if not providers:
+            return []
+        live = [p for p in providers if not p.is_expired(now)]
+        if len(live) != len(providers):
+            self._set_providers(key, live)
+        return list(live)
+
+    def _set_providers(self, key: bytes, providers: list[ProviderRecord]) -> None:
+        if providers:
+            self._providers[key] = providers
+        else:
+            self._providers.pop(key, None)
+        mine = self._provided.get(key)
+        if mine is not None and not any(p.provider == self.local_peer_id for p in providers):
+            del self._provided[key]
+
+    def provided(self) -> Iterator[ProviderRecord]:
+        return iter(list(self._provided.values()))
+
+    def remove_provider(self, key: bytes, provider: PeerId) -> bool:
+        providers = self._providers.get(key)
+        if not providers:
+            return False
+        kept = [p for p in providers if p.provider != provider]
+        if len(kept) == len(providers):
+            return False
+        self._set_providers(key, kept)
+        return True
+
+    def provider_keys(self) -> int:
+        return len(self._providers)
+
+    # -- expiry ----------------------------------------------------------
+    def sweep(self, now: float) -> tuple[int, int]:
+        expired = [k for k, r in self._records.items() if r.is_expired(now)]
+        for k in expired:
+            del self._records[k]
+        removed_providers = 0
+        for key in list(self._providers):
+            providers = self._providers[key]
+            live = [p for p in providers if not p.is_expired(now)]
+            if len(live) != len(providers):
+                removed_providers += len(providers) - len(live)
+                self._set_providers(key, live)
+        return len(expired), removed_providers

@@ -1,0 +1,46 @@
+"""The compiled modules are what kadfast runs on, and their absence is loud."""
+
+import importlib.machinery
+import subprocess
+import sys
+import textwrap
+
+import kadfast
+from kadfast import _routing, _xor
+
+
+def _is_extension(module) -> bool:
+    return module.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def test_hot_modules_are_compiled():
+    assert _is_extension(_xor), _xor.__file__
+    assert _is_extension(_routing), _routing.__file__
+
+
+def test_public_names_are_the_compiled_ones():
+    assert kadfast.Key is _xor.Key
+    assert kadfast.RoutingTable is _routing.RoutingTable
+    assert kadfast.closest_digests is _xor.closest_digests
+
+
+def test_import_fails_loudly_without_compiled_modules():
+    code = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name in ("kadfast._xor", "kadfast._routing"):
+                    raise ImportError("blocked for the test")
+        sys.meta_path.insert(0, Block())
+        try:
+            import kadfast
+        except ImportError as exc:
+            print("IMPORT-ERROR", exc)
+        else:
+            print("IMPORTED")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "IMPORT-ERROR" in out.stdout, out.stdout + out.stderr
+    assert "pip install" in out.stdout
