@@ -7,6 +7,9 @@ cdef class Key:
     cdef readonly bytes digest
     cdef uint64_t w[4]          # the digest as four big-endian 64-bit words
     cdef Py_hash_t _hash
+    cdef object _int            # the digest as a Python int, made on first use
+
+    cdef object as_int(self)
 
     cdef int _set_digest(self, bytes digest) except -1
 

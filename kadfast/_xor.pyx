@@ -74,7 +74,13 @@ cdef class Key:
         self.digest = digest
         load_words(<const unsigned char*>PyBytes_AS_STRING(digest), self.w)
         self._hash = hash(digest)
+        self._int = None
         return 0
+
+    cdef inline object as_int(self):
+        if self._int is None:
+            self._int = int.from_bytes(self.digest, "big")
+        return self._int
 
     @staticmethod
     def from_digest(digest):
@@ -112,9 +118,7 @@ cdef class Key:
 
 def xor_distance(Key a not None, Key b not None):
     """XOR distance of two keys, as an int read big-endian."""
-    cdef uint64_t d0 = a.w[0] ^ b.w[0], d1 = a.w[1] ^ b.w[1]
-    cdef uint64_t d2 = a.w[2] ^ b.w[2], d3 = a.w[3] ^ b.w[3]
-    return ((<object>d0) << 192) | ((<object>d1) << 128) | ((<object>d2) << 64) | (<object>d3)
+    return a.as_int() ^ b.as_int()
 
 
 def compare_distance(Key target not None, Key a not None, Key b not None):

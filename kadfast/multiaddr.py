@@ -266,9 +266,9 @@ class Multiaddr:
 
     def decapsulate(self, other: "Multiaddr | str") -> "Multiaddr":
         """Remove the last occurrence of ``other`` (an address, or a protocol
-        name such as ``"p2p"``) and everything after it."""
-        if isinstance(other, str) and not other.startswith("/"):
-            name = _ALIASES.get(other, other)
+        name such as ``"p2p"`` or ``"/udp"``) and everything after it."""
+        if isinstance(other, str) and "/" not in other.strip("/"):
+            name = _ALIASES.get(other.strip("/"), other.strip("/"))
             for i in range(len(self._parts) - 1, -1, -1):
                 if self._parts[i][0].name == name:
                     return Multiaddr._from_parts(self._parts[:i])
