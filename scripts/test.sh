@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs kadfast (building its
+# Cython modules), builds the interop peers (rust, go, js, py) into a cache
+# outside the clone, runs every test with pytest and prints a timing table.
+set -uo pipefail
+start=$(date +%s)
+phase_names=(); phase_secs=()
+phase() { phase_names+=("$1"); phase_secs+=("$2"); }
+
+# py-libp2p's pinned fastecdsa builds from source and needs GMP's headers.
+t=$(date +%s)
+if ! [ -e /usr/include/gmp.h ] && ! [ -e /usr/include/x86_64-linux-gnu/gmp.h ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq libgmp-dev >/dev/null
+  else
+    echo "libgmp-dev is missing (needed by the py-libp2p interop peer); install it" >&2
+  fi
+fi
+phase "system packages" $(( $(date +%s) - t ))
+
+t=$(date +%s)
+source "$(dirname "$0")/env.sh" || exit 1
+phase "install kadfast (Cython build)" $(( $(date +%s) - t ))
+
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+export KADFAST_INTEROP_CACHE=${KADFAST_INTEROP_CACHE:-$HOME/.cache/kadfast-interop}
+rc=0
+
+t=$(date +%s)
+python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=1
+phase "unit tests" $(( $(date +%s) - t ))
+
+t=$(date +%s)
+rm -f "$KADFAST_INTEROP_CACHE/timings.json"
+python -m pytest -q -p no:cacheprovider tests/interop "$@" || rc=1
+phase "interop (builds + tests)" $(( $(date +%s) - t ))
+
+echo
+echo "== timing =="
+for i in "${!phase_names[@]}"; do
+  printf '%-34s %6ss\n' "${phase_names[$i]}" "${phase_secs[$i]}"
+done
+if [ -f "$KADFAST_INTEROP_CACHE/timings.json" ]; then
+  python - "$KADFAST_INTEROP_CACHE/timings.json" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+for impl, row in sorted(data.items()):
+    if isinstance(row, dict):
+        secs = row.get("seconds", 0.0)
+        how = "cached" if row.get("cached") else "built"
+        print(f"  peer build {impl:<23} {secs:6.0f}s ({how})")
+PY
+fi
+printf '%-34s %6ss\n' "total" $(( $(date +%s) - start ))
+exit $rc
