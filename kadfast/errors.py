@@ -22,6 +22,12 @@ __all__ = [
     "StoreError",
     "RecordTooLarge",
     "StoreFull",
+    "ProtocolError",
+    "MultistreamError",
+    "NoiseError",
+    "YamuxError",
+    "IdentifyError",
+    "DialError",
 ]
 
 
@@ -79,3 +85,35 @@ class RecordTooLarge(StoreError):
 
 class StoreFull(StoreError):
     """The store holds as many records (or provided keys) as its limit allows."""
+
+
+class ProtocolError(KadfastError):
+    """A peer broke a wire protocol. ``remote`` is True when the peer's bytes
+    were at fault, False for a local misuse of the API."""
+
+    def __init__(self, message: str, *, remote: bool = True, code: int | None = None) -> None:
+        super().__init__(message)
+        self.remote = remote
+        #: the protocol's own error code, where it has one (Yamux GoAway codes)
+        self.code = code
+
+
+class MultistreamError(ProtocolError):
+    """multistream-select failed: malformed message, or no common protocol."""
+
+
+class NoiseError(ProtocolError):
+    """The Noise handshake or transport failed (bad signature, wrong peer,
+    decryption failure, malformed frame)."""
+
+
+class YamuxError(ProtocolError):
+    """A Yamux session error (malformed frame, window violation, too many streams)."""
+
+
+class IdentifyError(ProtocolError):
+    """A malformed identify message."""
+
+
+class DialError(KadfastError, ConnectionError):
+    """A dial failed; subclasses in kadfast.net say how."""
