@@ -1,0 +1,429 @@
+"""The address book: where other peers can be reached, and where they see us.
+
+Addresses come from lookups (closer peers in kad replies), identify, and
+connections that worked. Each address has an expiry; one that worked is
+kept longer and listed first. Every limit is bounded: addresses per peer
+(evicting the one expiring first), peers in total (evicting the least
+recently updated peer, O(1) with an ``OrderedDict``), and our own observed
+addresses.
+
+Peer addresses are stored without a trailing ``/p2p/<peer>``: a matching
+suffix is stripped, and an address whose ``/p2p`` names another peer is
+dropped (as rust-libp2p does).
+
+Also here: classification of addresses by scope (loopback, private, public)
+in the spirit of go-multiaddr's ``manet`` helpers, the choice of our
+addresses to announce to a given peer, and the test for a plain TCP address
+that kadfast can dial.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+from .multiaddr import Multiaddr
+from .peerid import PeerId
+
+__all__ = [
+    "AddressBook",
+    "AddrEntry",
+    "DEFAULT_TTL",
+    "CONNECTED_TTL",
+    "OBSERVED_TTL",
+    "MAX_OBSERVED_ADDRS",
+    "is_public",
+    "is_private",
+    "is_loopback",
+    "addrs_for_remote",
+    "dialable_tcp",
+]
+
+#: How long an address learned from a lookup or identify is kept (go-libp2p's
+#: peerstore keeps "temporary" addresses much less, "recently connected" 15 min;
+#: kad peers reappear through lookups, so an hour suffices).
+DEFAULT_TTL = 3600.0
+#: How long an address that worked is kept after it was last confirmed.
+CONNECTED_TTL = 4 * 3600.0
+#: How long an observation of our own address counts.
+OBSERVED_TTL = 1800.0
+#: Distinct observed addresses of ourselves that we track.
+MAX_OBSERVED_ADDRS = 32
+#: Distinct reporters remembered per observed address (enough to rank them).
+MAX_REPORTERS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AddrEntry:
+    addr: Multiaddr
+    expires: float
+    last_seen: float
+    connected_at: float | None
+    source: str
+
+
+class _Entry:
+    __slots__ = ("expires", "last_seen", "connected_at", "source")
+
+    def __init__(self, expires: float, last_seen: float, source: str) -> None:
+        self.expires = expires
+        self.last_seen = last_seen
+        self.connected_at: float | None = None
+        self.source = source
+
+    def rank(self) -> tuple[float, float]:
+        # Addresses that worked first (most recent connection first), then the
+        # others by when they were last confirmed.
+        connected = self.connected_at if self.connected_at is not None else float("-inf")
+        return (connected, self.last_seen)
+
+
+def _normalize(peer: PeerId, addr: Multiaddr) -> Multiaddr | None:
+    owner = addr.peer_id()
+    if owner is not None:
+        if owner != peer:
+            return None
+        addr = addr.without_peer_id()
+    if not len(addr):
+        return None  # a bare /p2p/<peer> names no transport
+    return addr
+
+
+class AddressBook:
+    """Addresses of other peers with expiry, plus our own observed addresses.
+
+    Not thread-safe; every method that depends on time takes ``now``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_addrs_per_peer: int = 16,
+        max_peers: int = 10000,
+        default_ttl: float = DEFAULT_TTL,
+        connected_ttl: float = CONNECTED_TTL,
+        observed_ttl: float = OBSERVED_TTL,
+        min_observers: int = 1,
+        max_observed: int = MAX_OBSERVED_ADDRS,
+    ) -> None:
+        if max_addrs_per_peer < 1 or max_peers < 1 or max_observed < 1 or min_observers < 1:
+            raise ValueError("address book limits must be at least 1")
+        self.max_addrs_per_peer = max_addrs_per_peer
+        self.max_peers = max_peers
+        self.default_ttl = default_ttl
+        self.connected_ttl = connected_ttl
+        self.observed_ttl = observed_ttl
+        self.min_observers = min_observers
+        self.max_observed = max_observed
+        # peer -> {addr: _Entry}; order = least recently updated first
+        self._peers: OrderedDict[PeerId, dict[Multiaddr, _Entry]] = OrderedDict()
+        # our address -> {reporter: last report time}
+        self._observed: dict[Multiaddr, dict[PeerId, float]] = {}
+
+    # -- peers' addresses -------------------------------------------------
+
+    def _book(self, peer: PeerId) -> dict[Multiaddr, _Entry]:
+        book = self._peers.get(peer)
+        if book is None:
+            book = self._peers[peer] = {}
+            while len(self._peers) > self.max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+        return book
+
+    def _put(
+        self, book: dict[Multiaddr, _Entry], addr: Multiaddr, expires: float, now: float, source: str
+    ) -> _Entry | None:
+        entry = book.get(addr)
+        if entry is not None:
+            entry.expires = max(entry.expires, expires)
+            entry.last_seen = now
+            entry.source = source
+            return entry
+        if len(book) >= self.max_addrs_per_peer:
+            victim = min(book, key=lambda a: book[a].expires)
+            if book[victim].expires >= expires:
+                return None  # the newcomer would be (among) the first to expire
+            del book[victim]
+        entry = book[addr] = _Entry(expires, now, source)
+        return entry
+
+    def add(
+        self,
+        peer: PeerId,
+        addrs: Iterable[Multiaddr],
+        now: float,
+        ttl: float | None = None,
+        source: str = "lookup",
+    ) -> None:
+        """Learn addresses of ``peer`` valid for ``ttl`` seconds (default
+        ``default_ttl``); known ones are refreshed (never shortened). A ttl
+        <= 0 adds nothing."""
+        ttl = self.default_ttl if ttl is None else ttl
+        if ttl <= 0:
+            return
+        usable: dict[Multiaddr, None] = {}  # ordered set; a peer lists its best first
+        for addr in addrs:
+            addr = _normalize(peer, addr)
+            if addr is not None:
+                usable[addr] = None
+                if len(usable) >= self.max_addrs_per_peer:
+                    break
+        if not usable:
+            return
+        book = self._book(peer)
+        for addr in usable:
+            self._put(book, addr, now + ttl, now, source)
+
+    def mark_connected(self, peer: PeerId, addr: Multiaddr, now: float) -> None:
+        """``addr`` worked for ``peer``: list it first, keep it ``connected_ttl``."""
+        addr = _normalize(peer, addr)
+        if addr is None:
+            return
+        book = self._book(peer)
+        entry = book.get(addr)
+        if entry is None and len(book) >= self.max_addrs_per_peer:
+            # A working address always gets in: evict the one expiring first.
+            del book[min(book, key=lambda a: book[a].expires)]
+        entry = self._put(book, addr, now + self.connected_ttl, now, "connected")
+        entry.connected_at = now
+
+    def _live(self, peer: PeerId, now: float) -> dict[Multiaddr, _Entry] | None:
+        book = self._peers.get(peer)
+        if book is None:
+            return None
+        expired = [a for a, e in book.items() if e.expires <= now]
+        for a in expired:
+            del book[a]
+        if not book:
+            del self._peers[peer]
+            return None
+        return book
+
+    def addrs(self, peer: PeerId, now: float) -> list[Multiaddr]:
+        """Unexpired addresses of ``peer``, the best first (those that worked,
+        most recent first, then by last confirmation). Drops expired ones."""
+        book = self._live(peer, now)
+        if book is None:
+            return []
+        return sorted(book, key=lambda a: book[a].rank(), reverse=True)
+
+    def entries(self, peer: PeerId, now: float) -> list[AddrEntry]:
+        """Like :meth:`addrs`, with each address's bookkeeping."""
+        book = self._live(peer, now)
+        if book is None:
+            return []
+        return [
+            AddrEntry(a, e.expires, e.last_seen, e.connected_at, e.source)
+            for a, e in sorted(book.items(), key=lambda item: item[1].rank(), reverse=True)
+        ]
+
+    def remove(self, peer: PeerId) -> None:
+        self._peers.pop(peer, None)
+
+    def remove_addr(self, peer: PeerId, addr: Multiaddr) -> None:
+        addr = _normalize(peer, addr)
+        book = self._peers.get(peer)
+        if book is None or addr is None:
+            return
+        book.pop(addr, None)
+        if not book:
+            del self._peers[peer]
+
+    def sweep(self, now: float) -> int:
+        """Drop expired addresses (and peers left without any), and expired
+        observations of ourselves; returns the number of peer addresses dropped."""
+        dropped = 0
+        for peer in list(self._peers):
+            book = self._peers[peer]
+            expired = [a for a, e in book.items() if e.expires <= now]
+            for a in expired:
+                del book[a]
+            dropped += len(expired)
+            if not book:
+                del self._peers[peer]
+        self._sweep_observed(now)
+        return dropped
+
+    def peers(self) -> list[PeerId]:
+        """Peers with addresses (some may have expired since the last sweep),
+        least recently updated first."""
+        return list(self._peers)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    # -- our own observed addresses --------------------------------------
+
+    def set_observed(self, addr: Multiaddr, reporter: PeerId, now: float) -> None:
+        """``reporter`` sees us at ``addr`` (identify's observedAddr)."""
+        addr = addr.without_peer_id()
+        if not len(addr):
+            return
+        reporters = self._observed.get(addr)
+        if reporters is None:
+            if len(self._observed) >= self.max_observed:
+                self._sweep_observed(now)
+            if len(self._observed) >= self.max_observed:
+                # Evict the least confirmed address, the stalest among equals.
+                victim = min(
+                    self._observed, key=lambda a: (len(self._observed[a]), max(self._observed[a].values()))
+                )
+                del self._observed[victim]
+            reporters = self._observed[addr] = {}
+        if reporter not in reporters and len(reporters) >= MAX_REPORTERS:
+            del reporters[min(reporters, key=reporters.__getitem__)]
+        reporters[reporter] = now
+
+    def _sweep_observed(self, now: float) -> None:
+        cutoff = now - self.observed_ttl
+        for addr in list(self._observed):
+            reporters = self._observed[addr]
+            for peer in [p for p, t in reporters.items() if t <= cutoff]:
+                del reporters[peer]
+            if not reporters:
+                del self._observed[addr]
+
+    def observed(self, now: float | None = None) -> list[Multiaddr]:
+        """Our addresses reported by at least ``min_observers`` distinct peers
+        (within ``observed_ttl`` of ``now``; all reports when ``now`` is None),
+        the most reported first."""
+        cutoff = None if now is None else now - self.observed_ttl
+        counted = []
+        for addr, reporters in self._observed.items():
+            n = len(reporters) if cutoff is None else sum(1 for t in reporters.values() if t > cutoff)
+            if n >= self.min_observers:
+                counted.append((n, max(reporters.values()), addr))
+        counted.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return [addr for _, _, addr in counted]
+
+
+# -- address scope ---------------------------------------------------------
+
+_net = ipaddress.ip_network
+
+_LOOPBACK = [_net("127.0.0.0/8"), _net("::1/128")]
+#: Reachable inside a site or link only.
+_PRIVATE = [
+    _net("10.0.0.0/8"),  # RFC 1918
+    _net("172.16.0.0/12"),  # RFC 1918
+    _net("192.168.0.0/16"),  # RFC 1918
+    _net("100.64.0.0/10"),  # RFC 6598 carrier-grade NAT
+    _net("169.254.0.0/16"),  # RFC 3927 link-local
+    _net("fc00::/7"),  # RFC 4193 unique local
+    _net("fe80::/10"),  # RFC 4291 link-local
+]
+#: Not routable on the internet (and not private either): unspecified,
+#: documentation, benchmarking, multicast, reserved (go-multiaddr's
+#: ``unroutableCIDR4/6`` in spirit).
+_UNROUTABLE = [
+    _net("0.0.0.0/8"),
+    _net("192.0.0.0/24"),
+    _net("192.0.2.0/24"),
+    _net("198.18.0.0/15"),
+    _net("198.51.100.0/24"),
+    _net("203.0.113.0/24"),
+    _net("224.0.0.0/4"),
+    _net("240.0.0.0/4"),
+    _net("::/128"),
+    _net("100::/64"),
+    _net("2001:db8::/32"),
+    _net("ff00::/8"),
+]
+#: Special-use names resolvable only locally (RFC 6761, RFC 8375, common practice).
+_LOOPBACK_SUFFIXES = (".localhost",)
+_PRIVATE_SUFFIXES = (".local", ".localdomain", ".internal", ".home.arpa", ".lan", ".test", ".invalid", ".example")
+
+_SCOPE_LOOPBACK, _SCOPE_PRIVATE, _SCOPE_UNROUTABLE, _SCOPE_PUBLIC = 0, 1, 2, 3
+
+
+def _ip_scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for nets, scope in ((_LOOPBACK, _SCOPE_LOOPBACK), (_PRIVATE, _SCOPE_PRIVATE), (_UNROUTABLE, _SCOPE_UNROUTABLE)):
+        for net in nets:
+            if ip.version == net.version and ip in net:
+                return scope
+    return _SCOPE_PUBLIC
+
+
+def _name_scope(name: str) -> int:
+    dotted = "." + name.lower().rstrip(".")
+    if dotted.endswith(_LOOPBACK_SUFFIXES):
+        return _SCOPE_LOOPBACK
+    if dotted.endswith(_PRIVATE_SUFFIXES):
+        return _SCOPE_PRIVATE
+    return _SCOPE_PUBLIC
+
+
+def _scope(addr: Multiaddr) -> int:
+    """Scope of the address's first component: an IP by its network, a DNS
+    name by its suffix; /unix and /memory are loopback; anything else (a
+    relay's /p2p, onion, garlic) counts as public."""
+    for name, value in addr:
+        if name in ("ip4", "ip6"):
+            return _ip_scope(ipaddress.ip_address(value))
+        if name == "ip6zone":
+            continue  # the /ip6 that follows decides
+        if name in ("dns", "dns4", "dns6", "dnsaddr"):
+            return _name_scope(value)
+        if name in ("unix", "memory"):
+            return _SCOPE_LOOPBACK
+        return _SCOPE_PUBLIC
+    return _SCOPE_UNROUTABLE  # the empty address
+
+
+def is_loopback(addr: Multiaddr) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped), ``localhost`` names, /unix, /memory."""
+    return _scope(addr) == _SCOPE_LOOPBACK
+
+
+def is_private(addr: Multiaddr) -> bool:
+    """RFC 1918, CGNAT 100.64/10, link-local (v4 and v6), ULA fc00::/7, and
+    special-use local names (``.local``, ``.internal``, ``.home.arpa``, ...)."""
+    return _scope(addr) == _SCOPE_PRIVATE
+
+
+def is_public(addr: Multiaddr) -> bool:
+    """Globally routable: an IP outside the loopback, private and special
+    ranges, or a DNS name other than the local ones."""
+    return _scope(addr) == _SCOPE_PUBLIC
+
+
+def addrs_for_remote(our_addrs: list[Multiaddr], remote_addr: Multiaddr) -> list[Multiaddr]:
+    """Our addresses worth announcing to a peer that reached us over
+    ``remote_addr``: to a public peer only public ones; to a private peer all
+    but loopback; to a loopback peer all. Unroutable addresses (0.0.0.0,
+    documentation ranges) go to loopback peers only. Order is kept."""
+    remote = _scope(remote_addr)
+    if remote == _SCOPE_LOOPBACK:
+        return list(our_addrs)
+    if remote == _SCOPE_PUBLIC:
+        return [a for a in our_addrs if _scope(a) == _SCOPE_PUBLIC]
+    return [a for a in our_addrs if _scope(a) in (_SCOPE_PRIVATE, _SCOPE_PUBLIC)]
+
+
+_HOSTS = frozenset(("ip4", "ip6", "dns", "dns4", "dns6"))
+
+
+def dialable_tcp(addr: Multiaddr) -> bool:
+    """``/ip4|ip6|dns|dns4|dns6/<host>/tcp/<port>`` with an optional trailing
+    ``/p2p/<id>`` and nothing else (no ws, quic, circuit); port 0 and the
+    unspecified IPs are not dialable."""
+    parts = list(addr)
+    if len(parts) == 3 and parts[2][0] == "p2p":
+        parts = parts[:2]
+    if len(parts) != 2:
+        return False
+    (host, value), (transport, port) = parts
+    if host not in _HOSTS or transport != "tcp" or port == "0":
+        return False
+    if host in ("ip4", "ip6") and ipaddress.ip_address(value).is_unspecified:
+        return False
+    return True
