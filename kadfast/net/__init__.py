@@ -1,0 +1,38 @@
+"""The asyncio layer: TCP connections upgraded with multistream-select, Noise
+and Yamux, streams, protocol handlers, identify and ping."""
+
+from .connection import Connection
+from .errors import (
+    DialBackoff,
+    DialError,
+    DialLimitReached,
+    DialNegotiationFailed,
+    DialNoAddresses,
+    DialRefused,
+    DialTimeout,
+    DialWrongPeer,
+    ProtocolNotSupported,
+)
+from .host import ConnectionClosed, ConnectionEstablished, Host, HostConfig, PeerIdentified
+from .stream import Stream, StreamClosed, StreamReset
+
+__all__ = [
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionEstablished",
+    "DialBackoff",
+    "DialError",
+    "DialLimitReached",
+    "DialNegotiationFailed",
+    "DialNoAddresses",
+    "DialRefused",
+    "DialTimeout",
+    "DialWrongPeer",
+    "Host",
+    "HostConfig",
+    "PeerIdentified",
+    "ProtocolNotSupported",
+    "Stream",
+    "StreamClosed",
+    "StreamReset",
+]

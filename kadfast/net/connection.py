@@ -1,0 +1,453 @@
+"""One libp2p connection over TCP: an ``asyncio.Protocol`` that drives the
+sans-IO cores (multistream-select, Noise, multistream-select, Yamux).
+
+Every ``data_received`` call decrypts all complete Noise frames and parses
+all complete Yamux frames in one pass, dispatches the events, and writes
+whatever the cores produced in one ``transport.write``. Writes made by
+application tasks between two callbacks are batched by one ``call_soon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import KadfastError, MultistreamError, NoiseError, ProtocolError, YamuxError
+from ..multiaddr import Multiaddr
+from ..multistream import MultistreamDialer, MultistreamListener
+from ..noise import NoiseHandshake
+from .. import yamux as y
+from .errors import ProtocolNotSupported
+from .stream import Stream, StreamReset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..peerid import PeerId
+    from .host import Host
+
+log = logging.getLogger("kadfast.net")
+
+__all__ = ["Connection", "NOISE_PROTOCOL", "YAMUX_PROTOCOL"]
+
+NOISE_PROTOCOL = "/noise"
+YAMUX_PROTOCOL = "/yamux/1.0.0"
+
+_SEC, _NOISE, _MUX, _OPEN, _CLOSED = range(5)
+
+
+def _sock_multiaddr(addr) -> Multiaddr | None:
+    if not addr:
+        return None
+    host, port = addr[0], addr[1]
+    proto = "ip6" if ":" in host else "ip4"
+    host = host.split("%")[0]
+    try:
+        return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+    except KadfastError:
+        return None
+
+
+class Connection(asyncio.Protocol):
+    """A connection being upgraded, then open. Created by :class:`Host`."""
+
+    def __init__(self, host: "Host", *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
+        self.host = host
+        self.loop = host.loop
+        self.initiator = initiator
+        self.expected_peer = expected_peer
+        self.remote_peer_id: "PeerId | None" = None
+        self.remote_public_key = None
+        self.remote_addr: Multiaddr | None = None
+        self.local_addr: Multiaddr | None = None
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future = self.loop.create_future()
+        self.closed: asyncio.Future = self.loop.create_future()
+        self.opened_at = time.monotonic()
+        self.last_activity = self.opened_at
+        self._state = _SEC
+        self._ms = None
+        self._noise: NoiseHandshake | None = None
+        self._crypto = None
+        self.session: y.YamuxSession | None = None
+        self.streams: dict[int, Stream] = {}
+        self._out_plain: list[bytes] = []  # plaintext waiting for encryption
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._pings: dict[int, asyncio.Future] = {}
+        self._inbound_streams = 0
+        self.close_reason = ""
+        #: the protocol error that failed the connection, if one did
+        self.error: Exception | None = None
+        #: set by the host when the connection limit refuses an inbound connection
+        self._refuse = False
+        self._closing = False
+
+    def __repr__(self) -> str:
+        d = "out" if self.initiator else "in"
+        return f"<Connection {d} {self.remote_peer_id} {self.remote_addr}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == _OPEN
+
+    # -- asyncio.Protocol ------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if self._refuse:
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.remote_addr = _sock_multiaddr(transport.get_extra_info("peername"))
+        self.local_addr = _sock_multiaddr(transport.get_extra_info("sockname"))
+        self._handshake_timer = self.loop.call_later(
+            self.host.config.handshake_timeout, self._handshake_timed_out
+        )
+        if self.initiator:
+            self._ms = MultistreamDialer([NOISE_PROTOCOL])
+            self._raw_write(self._ms.data_to_send())
+        else:
+            self._ms = MultistreamListener([NOISE_PROTOCOL])
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            self._on_data(data)
+        except KadfastError as exc:
+            self.error = exc
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        self._flush()
+
+    def eof_received(self):
+        self._teardown("remote closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._teardown(f"connection lost: {exc}" if exc else "connection closed")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for s in list(self.streams.values()):
+            s._wake_writer()
+
+    # -- the upgrade -----------------------------------------------------
+    def _raw_write(self, data: bytes) -> None:
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _on_data(self, data: bytes) -> None:
+        state = self._state
+        if state == _OPEN:
+            plain = self._crypto.decrypt(data)
+            if plain:
+                self._dispatch(self.session.receive_data(plain, time.monotonic()))
+            return
+        if state == _SEC:
+            ms = self._ms
+            ms.receive_data(data)
+            self._raw_write(ms.data_to_send())
+            if not ms.done:
+                return
+            if ms.selected != NOISE_PROTOCOL:
+                raise MultistreamError("peer does not speak /noise", remote=True)
+            rest = ms.unused
+            self._state = _NOISE
+            self._noise = NoiseHandshake(
+                self.host.keypair,
+                initiator=self.initiator,
+                expected_peer=self.expected_peer,
+                static_key=self.host.noise_static,
+            )
+            self._raw_write(self._noise.data_to_send())
+            if rest:
+                self._on_data(rest)
+            return
+        if state == _NOISE:
+            hs = self._noise
+            hs.receive_data(data)
+            self._raw_write(hs.data_to_send())
+            if not hs.complete:
+                return
+            self.remote_peer_id = hs.remote_peer_id
+            self.remote_public_key = hs.remote_public_key
+            self._crypto = hs.transport()
+            rest = hs.unused
+            self._noise = None
+            self._state = _MUX
+            if self.initiator:
+                self._ms = MultistreamDialer([YAMUX_PROTOCOL])
+                self._write_plain(self._ms.data_to_send())
+            else:
+                self._ms = MultistreamListener([YAMUX_PROTOCOL])
+            if rest:
+                self._on_data(rest)
+            return
+        if state == _MUX:
+            plain = self._crypto.decrypt(data)
+            if not plain:
+                return
+            ms = self._ms
+            ms.receive_data(plain)
+            self._write_plain(ms.data_to_send())
+            if not ms.done:
+                return
+            if ms.selected != YAMUX_PROTOCOL:
+                raise MultistreamError("peer does not speak /yamux/1.0.0", remote=True)
+            rest = ms.unused
+            self._ms = None
+            cfg = self.host.config
+            self.session = y.YamuxSession(
+                self.initiator,
+                max_streams=cfg.max_streams_per_connection,
+            )
+            self._state = _OPEN
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            if not self.ready.done():
+                self.ready.set_result(self)
+            self.host._on_connection_open(self)
+            if rest:
+                self._dispatch(self.session.receive_data(rest, time.monotonic()))
+            return
+        # closed: ignore
+
+    # -- Yamux events ----------------------------------------------------
+    def _dispatch(self, events) -> None:
+        streams = self.streams
+        for ev in events:
+            t = type(ev)
+            if t is y.StreamData:
+                s = streams.get(ev.stream_id)
+                if s is None:
+                    continue
+                if s._negotiator is not None:
+                    self._negotiate_data(s, ev.data)
+                else:
+                    s._feed(ev.data)
+            elif t is y.StreamOpened:
+                self._on_inbound_stream(ev.stream_id)
+            elif t is y.StreamEnded:
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s._feed_eof()
+                    if s._negotiator is not None:
+                        s._on_reset("stream ended during protocol negotiation")
+            elif t is y.StreamWritable:
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s._wake_writer()
+            elif t is y.StreamReset:
+                s = streams.pop(ev.stream_id, None)
+                if s is not None:
+                    if s.inbound:
+                        self._inbound_streams -= 1
+                    s._on_reset("reset by peer")
+            elif t is y.StreamClosed:
+                s = streams.pop(ev.stream_id, None)
+                if s is not None and s.inbound:
+                    self._inbound_streams -= 1
+                if s is not None and s._buf == b"" and not s._eof:
+                    s._feed_eof()
+            elif t is y.PongReceived:
+                fut = self._pings.pop(ev.opaque, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.rtt)
+            elif t is y.GoAwayReceived:
+                log.debug("%r: peer sent GoAway(%s)", self, ev.code)
+            elif t is y.SessionClosed:
+                if not self._closing:
+                    self.close(f"yamux session closed: {ev.reason}")
+
+    def _on_inbound_stream(self, stream_id: int) -> None:
+        cfg = self.host.config
+        if self._inbound_streams >= cfg.max_inbound_streams:
+            log.info("%r: inbound stream limit (%d) reached; resetting stream", self, cfg.max_inbound_streams)
+            self.session.reset_stream(stream_id)
+            return
+        s = Stream(self, stream_id, inbound=True)
+        s._negotiator = MultistreamListener(self.host._supports_protocol)
+        self.streams[stream_id] = s
+        self._inbound_streams += 1
+
+    def _negotiate_data(self, s: Stream, data: bytes) -> None:
+        ms = s._negotiator
+        sid = s.stream_id
+        try:
+            ms.receive_data(data)
+        except MultistreamError as exc:
+            out = ms.data_to_send()
+            if out:
+                self.session.send(sid, out)
+            log.debug("%r: stream %d negotiation failed: %s", self, sid, exc)
+            if s._negotiated is not None and not s._negotiated.done():
+                s._negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
+            self.streams.pop(sid, None)
+            if s.inbound:
+                self._inbound_streams -= 1
+            self.session.reset_stream(sid)
+            s._on_reset(f"protocol negotiation failed: {exc}")
+            return
+        out = ms.data_to_send()
+        if out:
+            self.session.send(sid, out)
+        if not ms.done:
+            self.session.consumed(sid, len(data))
+            return
+        s._negotiator = None
+        s.protocol = ms.selected
+        rest = ms.unused
+        # negotiation bytes are consumed now; the rest when the application reads it
+        self.session.consumed(sid, len(data) - len(rest))
+        if rest:
+            s._buf += rest
+        if s.inbound:
+            self.host._spawn_handler(s)
+        elif s._negotiated is not None and not s._negotiated.done():
+            s._negotiated.set_result(s)
+
+    # -- streams, from the host and from Stream ----------------------------
+    async def open_stream(self, protocols: list[str]) -> Stream:
+        if self._state != _OPEN:
+            raise StreamReset("connection is not open")
+        sid = self.session.open_stream()
+        s = Stream(self, sid, inbound=False)
+        s._negotiator = MultistreamDialer(list(protocols))
+        s._negotiated = self.loop.create_future()
+        self.streams[sid] = s
+        self.session.send(sid, s._negotiator.data_to_send())
+        self._schedule_flush()
+        try:
+            return await asyncio.wait_for(s._negotiated, self.host.config.negotiation_timeout)
+        except asyncio.TimeoutError:
+            s.reset()
+            raise StreamReset("protocol negotiation timed out") from None
+        except (StreamReset, ProtocolNotSupported):
+            raise
+        except BaseException:
+            s.reset()
+            raise
+
+    def _consumed(self, stream_id: int, n: int) -> None:
+        if self.session is not None and stream_id in self.streams:
+            self.session.consumed(stream_id, n)
+            self._schedule_flush()
+
+    def _send(self, stream_id: int, data: bytes) -> None:
+        self.session.send(stream_id, data)
+        self._schedule_flush()
+
+    def _buffered(self, stream_id: int) -> int:
+        if self.session is None or stream_id not in self.streams:
+            return 0
+        return self.session.buffered(stream_id)
+
+    def _close_stream(self, stream_id: int) -> None:
+        if self.session is not None and self._state == _OPEN:
+            self.session.close_stream(stream_id)
+            self._schedule_flush()
+
+    def _reset_stream(self, stream_id: int) -> None:
+        s = self.streams.pop(stream_id, None)
+        if s is not None and s.inbound:
+            self._inbound_streams -= 1
+        if self.session is not None and self._state == _OPEN:
+            self.session.reset_stream(stream_id)
+            self._schedule_flush()
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """A Yamux-level ping; returns the round-trip time in seconds."""
+        opaque = self.session.ping(time.monotonic())
+        fut = self.loop.create_future()
+        self._pings[opaque] = fut
+        self._schedule_flush()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pings.pop(opaque, None)
+
+    # -- output ----------------------------------------------------------
+    def _write_plain(self, data: bytes) -> None:
+        if data:
+            self._out_plain.append(data)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is None or self._crypto is None:
+            return
+        if self.session is not None:
+            local = self.session.events()  # produced by local calls (close_stream, go_away)
+            if local:
+                self._dispatch(local)
+            out = self.session.data_to_send()
+            if out:
+                self._out_plain.append(out)
+        if self._out_plain:
+            plain = b"".join(self._out_plain) if len(self._out_plain) > 1 else self._out_plain[0]
+            self._out_plain.clear()
+            self.transport.write(self._crypto.encrypt(plain))
+
+    # -- closing ---------------------------------------------------------
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self._state != _OPEN:
+            self._fail("handshake timed out")
+
+    def _fail(self, reason: str) -> None:
+        log.info("%r: closing: %s", self, reason)
+        if self.session is not None and self._state == _OPEN:
+            try:
+                self._flush()  # a GoAway the session queued on the error
+            except Exception:  # pragma: no cover - best effort on a failing connection
+                pass
+        if self.transport is not None:
+            self.transport.abort()
+        self._teardown(reason)
+
+    def close(self, reason: str = "closed locally") -> None:
+        if self._state == _CLOSED or self._closing:
+            return
+        self._closing = True
+        if self.session is not None and self._state == _OPEN:
+            self.session.go_away(0)
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self._teardown(reason)
+
+    def _teardown(self, reason: str) -> None:
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self.close_reason = reason
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        for s in list(self.streams.values()):
+            s._on_reset(f"connection closed: {reason}")
+        self.streams.clear()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionResetError(reason))
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+            self.ready.exception()  # retrieved by the dialer; avoid "never retrieved"
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        self.host._on_connection_closed(self)

@@ -1,0 +1,586 @@
+"""The host: listens and dials TCP multiaddrs, upgrades connections, keeps one
+connection per peer, routes streams to protocol handlers, and runs identify
+and ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable
+
+from .. import __version__
+from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, is_loopback
+from ..errors import KadfastError, MultiaddrError, ProtocolError
+from ..identify import (
+    MAX_IDENTIFY_BYTES,
+    PROTOCOL_ID as IDENTIFY_PROTOCOL,
+    PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL,
+    IdentifyInfo,
+    IdentifyReader,
+    encode_identify,
+    merge_push,
+)
+from ..keys import Ed25519KeyPair
+from ..noise import NoisePeerIdMismatch, NoiseStaticKey
+from ..multiaddr import Multiaddr
+from ..peerid import PeerId
+from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
+from .connection import Connection
+from .errors import (
+    DialBackoff,
+    DialError,
+    DialLimitReached,
+    DialNegotiationFailed,
+    DialNoAddresses,
+    DialRefused,
+    DialTimeout,
+    DialWrongPeer,
+    ProtocolNotSupported,
+)
+from .stream import Stream, StreamReset
+
+log = logging.getLogger("kadfast.net")
+
+__all__ = ["Host", "HostConfig", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
+
+Handler = Callable[[Stream], Awaitable[None]]
+
+
+@dataclass
+class HostConfig:
+    """Network settings; every limit is on by default."""
+
+    #: addresses to listen on, e.g. ["/ip4/127.0.0.1/tcp/0"]
+    listen_addrs: list[str] = field(default_factory=list)
+    #: addresses that identify announces besides the listen addresses
+    external_addrs: list[str] = field(default_factory=list)
+    agent_version: str = f"kadfast/{__version__}"
+    protocol_version: str = "ipfs/0.1.0"
+    #: connections in total (inbound and outbound)
+    max_connections: int = 4096
+    #: connections to one peer: one, plus one that a simultaneous dial may add
+    max_connections_per_peer: int = 2
+    #: inbound streams open at once on one connection (rust-libp2p kad allows
+    #: 32 per protocol; the whole connection gets more)
+    max_inbound_streams: int = 256
+    #: Yamux streams per session, both directions
+    max_streams_per_connection: int = 512
+    #: outbound dials in progress at once
+    max_concurrent_dials: int = 64
+    #: TCP connect plus upgrade
+    dial_timeout: float = 10.0
+    #: upgrade of an inbound or outbound connection (multistream, Noise, Yamux)
+    handshake_timeout: float = 10.0
+    #: protocol negotiation on one stream
+    negotiation_timeout: float = 10.0
+    #: a connection without streams for this long is closed
+    idle_timeout: float = 120.0
+    #: first back-off after a failed dial, doubled per failure up to the maximum
+    dial_backoff_base: float = 1.0
+    dial_backoff_max: float = 300.0
+    #: peers remembered in the back-off table
+    max_backoff_entries: int = 10_000
+    identify_timeout: float = 10.0
+    #: events kept per subscriber before new ones are dropped
+    event_queue_size: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEstablished:
+    peer_id: PeerId
+    remote_addr: Multiaddr | None
+    inbound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    peer_id: PeerId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentified:
+    peer_id: PeerId
+    info: IdentifyInfo
+
+
+class Host:
+    def __init__(self, keypair: Ed25519KeyPair | None = None, config: HostConfig | None = None) -> None:
+        self.keypair = keypair or Ed25519KeyPair.generate()
+        self.peer_id = self.keypair.peer_id
+        #: one X25519 static key and signed payload for every Noise handshake
+        self.noise_static = NoiseStaticKey.generate(self.keypair)
+        self.config = config or HostConfig()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.addrbook = AddressBook()
+        self.peer_info: dict[PeerId, IdentifyInfo] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._listen_addrs: list[Multiaddr] = []
+        self._conns: dict[PeerId, list[Connection]] = {}
+        self._pending: set[Connection] = set()
+        self._dialing: dict[PeerId, asyncio.Future] = {}
+        self._dial_sem: asyncio.Semaphore | None = None
+        self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
+        self._identified: dict[PeerId, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._subscribers: list[asyncio.Queue] = []
+        self._reaper: asyncio.Task | None = None
+        self._closing = False
+        self.dropped_events = 0
+        self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify)
+        self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_identify_push)
+        self.set_stream_handler(PING_PROTOCOL, self._serve_ping)
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._dial_sem = asyncio.Semaphore(self.config.max_concurrent_dials)
+        for a in self.config.listen_addrs:
+            await self.listen(Multiaddr(a))
+        self._reaper = self.loop.create_task(self._reap_idle())
+
+    async def __aenter__(self) -> "Host":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for srv in self._servers:
+            srv.close()
+        for conns in list(self._conns.values()):
+            for c in list(conns):
+                c.close("host closing")
+        for c in list(self._pending):
+            c.close("host closing")
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for srv in self._servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 2.0)
+            except (asyncio.TimeoutError, Exception):
+                pass
+        self._servers.clear()
+
+    # -- listening -------------------------------------------------------
+    async def listen(self, addr: Multiaddr) -> list[Multiaddr]:
+        host, port = _tcp_host_port(addr)
+        loop = self.loop
+        server = await loop.create_server(
+            lambda: self._new_connection(initiator=False), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(server)
+        added = []
+        for sock in server.sockets:
+            h, p = sock.getsockname()[:2]
+            proto = "ip6" if sock.family == socket.AF_INET6 else "ip4"
+            added.append(Multiaddr(f"/{proto}/{h.split('%')[0]}/tcp/{p}"))
+        self._listen_addrs.extend(added)
+        return added
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        """Addresses we listen on; an unspecified address (0.0.0.0, ::) is
+        expanded into the host's own addresses."""
+        out = []
+        for a in self._listen_addrs:
+            ip = a.value_for("ip4") or a.value_for("ip6")
+            port = a.value_for("tcp")
+            if ip in ("0.0.0.0", "::"):
+                out.extend(_local_addrs(ip == "::", port))
+            else:
+                out.append(a)
+        return out
+
+    def announce_addrs(self) -> list[Multiaddr]:
+        seen = []
+        for a in [Multiaddr(x) for x in self.config.external_addrs] + self.listen_addrs:
+            if a not in seen:
+                seen.append(a)
+        return seen
+
+    # -- handlers --------------------------------------------------------
+    def set_stream_handler(self, protocol: str, handler: Handler) -> None:
+        self._handlers[protocol] = handler
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        self._handlers.pop(protocol, None)
+
+    @property
+    def protocols(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def _supports_protocol(self, protocol: str) -> bool:
+        return protocol in self._handlers
+
+    def _spawn_handler(self, stream: Stream) -> None:
+        handler = self._handlers.get(stream.protocol)
+        if handler is None:  # removed while negotiating
+            stream.reset()
+            return
+        self._spawn(self._run_handler(handler, stream))
+
+    async def _run_handler(self, handler: Handler, stream: Stream) -> None:
+        try:
+            await handler(stream)
+        except (StreamReset, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("%s handler for %s: %s", stream.protocol, stream.peer_id, exc)
+            stream.reset()
+        except asyncio.CancelledError:
+            stream.reset()
+            raise
+        except Exception:
+            log.exception("%s handler failed for %s", stream.protocol, stream.peer_id)
+            stream.reset()
+        else:
+            stream.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- events ----------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue:
+        """A bounded queue receiving ConnectionEstablished, ConnectionClosed
+        and PeerIdentified events."""
+        q: asyncio.Queue = asyncio.Queue(self.config.event_queue_size)
+        self._subscribers.append(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        if q in self._subscribers:
+            self._subscribers.remove(q)
+
+    def _emit(self, event) -> None:
+        for q in self._subscribers:
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped_events += 1
+
+    # -- connections -----------------------------------------------------
+    def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
+        conn = Connection(self, initiator=initiator, expected_peer=expected_peer)
+        if not initiator and (self._closing or self.connection_count() >= self.config.max_connections):
+            # refuse politely: accept the socket and close it at once
+            conn._refuse = True
+        self._pending.add(conn)
+        return conn
+
+    def connection_count(self) -> int:
+        return len(self._pending) + sum(len(v) for v in self._conns.values())
+
+    def connections(self, peer: PeerId) -> list[Connection]:
+        return list(self._conns.get(peer, ()))
+
+    def connection(self, peer: PeerId) -> Connection | None:
+        for c in self._conns.get(peer, ()):
+            if c.is_open:
+                return c
+        return None
+
+    def connected_peers(self) -> list[PeerId]:
+        return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
+
+    def _on_connection_open(self, conn: Connection) -> None:
+        self._pending.discard(conn)
+        peer = conn.remote_peer_id
+        conns = self._conns.setdefault(peer, [])
+        if len(conns) >= self.config.max_connections_per_peer:
+            conn.close("too many connections to this peer")
+            return
+        conns.append(conn)
+        if conn.initiator and conn.remote_addr is not None:
+            self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
+        self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
+        self._spawn(self._identify_connection(conn))
+
+    def _on_connection_closed(self, conn: Connection) -> None:
+        self._pending.discard(conn)
+        peer = conn.remote_peer_id
+        conns = self._conns.get(peer)
+        if conns and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._conns[peer]
+                fut = self._identified.pop(peer, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(ConnectionError(conn.close_reason))
+                    fut.exception()
+            self._emit(ConnectionClosed(peer, conn.close_reason))
+
+    async def _reap_idle(self) -> None:
+        period = max(0.05, min(self.config.idle_timeout / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conns in list(self._conns.values()):
+                for c in list(conns):
+                    if not c.streams and now - c.last_activity > self.config.idle_timeout:
+                        c.close("idle")
+
+    # -- dialing ---------------------------------------------------------
+    async def dial(self, peer: PeerId | Multiaddr | str, addrs: Iterable[Multiaddr] | None = None) -> Connection:
+        """A connection to ``peer``: the open one if there is one, else a new
+        one (simultaneous dials to one peer are merged). ``peer`` may be a
+        multiaddr ending in ``/p2p/<id>``."""
+        if isinstance(peer, str):
+            peer = Multiaddr(peer)
+        if isinstance(peer, Multiaddr):
+            pid = peer.peer_id()
+            if pid is None:
+                raise DialNoAddresses("a multiaddr to dial must end with /p2p/<peer id>")
+            addrs = [peer.without_peer_id()] + list(addrs or [])
+            peer = pid
+        if peer == self.peer_id:
+            raise DialError("refusing to dial ourselves")
+        now = time.monotonic()
+        if addrs:
+            self.addrbook.add(peer, addrs, now, source="dial")
+        conn = self.connection(peer)
+        if conn is not None:
+            return conn
+        fut = self._dialing.get(peer)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        until = self._backoff.get(peer)
+        if until is not None and now < until[0] and not addrs:
+            raise DialBackoff(f"{peer} failed recently; next dial in {until[0] - now:.1f}s")
+        fut = self.loop.create_future()
+        self._dialing[peer] = fut
+        try:
+            conn = await self._dial_new(peer)
+        except BaseException as exc:
+            if isinstance(exc, DialError):
+                self._record_failure(peer)
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+            raise
+        else:
+            self._backoff.pop(peer, None)
+            fut.set_result(conn)
+            return conn
+        finally:
+            self._dialing.pop(peer, None)
+
+    def _record_failure(self, peer: PeerId) -> None:
+        cfg = self.config
+        _, failures = self._backoff.pop(peer, (0.0, 0))
+        delay = min(cfg.dial_backoff_max, cfg.dial_backoff_base * (2 ** min(failures, 20)))
+        self._backoff[peer] = (time.monotonic() + delay, failures + 1)
+        while len(self._backoff) > cfg.max_backoff_entries:
+            self._backoff.popitem(last=False)
+
+    async def _dial_new(self, peer: PeerId) -> Connection:
+        if self.connection_count() >= self.config.max_connections:
+            raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
+        addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
+        if not addrs:
+            raise DialNoAddresses(f"no TCP address known for {peer}")
+        errors: list[DialError] = []
+        async with self._dial_sem:
+            for addr in addrs:
+                try:
+                    return await self._dial_addr(peer, addr)
+                except DialError as exc:
+                    log.debug("dial %s at %s failed: %s", peer, addr, exc)
+                    if isinstance(exc, DialWrongPeer):
+                        self.addrbook.remove_addr(peer, addr)
+                    errors.append(exc)
+        for kind in (DialWrongPeer, DialNegotiationFailed, DialTimeout, DialRefused):
+            for e in errors:
+                if isinstance(e, kind):
+                    raise e
+        raise errors[0]
+
+    async def _dial_addr(self, peer: PeerId | None, addr: Multiaddr) -> Connection:
+        host, port = _tcp_host_port(addr)
+        timeout = self.config.dial_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            if addr.value_for("dns4") or addr.value_for("dns6") or addr.value_for("dns"):
+                family = socket.AF_INET6 if addr.value_for("dns6") else (
+                    socket.AF_INET if addr.value_for("dns4") else socket.AF_UNSPEC)
+                infos = await asyncio.wait_for(
+                    self.loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM), timeout
+                )
+                if not infos:
+                    raise DialRefused(f"{host} does not resolve")
+                host = infos[0][4][0]
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: self._new_connection(initiator=True, expected_peer=peer), host, port
+                ),
+                max(0.01, deadline - time.monotonic()),
+            )
+        except asyncio.TimeoutError:
+            raise DialTimeout(f"connecting to {addr} timed out") from None
+        except OSError as exc:
+            raise DialRefused(f"{addr}: {exc.strerror or exc}") from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            conn.close("dial timed out")
+            raise DialTimeout(f"upgrading the connection to {addr} timed out") from None
+        except DialError:
+            raise
+        except (ProtocolError, ConnectionError) as exc:
+            err = conn.error if getattr(conn, "error", None) is not None else exc
+            if peer is not None and conn.remote_peer_id is not None and conn.remote_peer_id != peer:
+                raise DialWrongPeer(f"{addr} is {conn.remote_peer_id}, not {peer}") from None
+            if isinstance(err, NoisePeerIdMismatch):
+                raise DialWrongPeer(f"{addr}: {err}") from None
+            raise DialNegotiationFailed(f"{addr}: {err}") from None
+
+    # -- streams ---------------------------------------------------------
+    async def new_stream(self, peer: PeerId, protocols: str | list[str], addrs=None) -> Stream:
+        """Open a stream to ``peer`` negotiating one of ``protocols``.
+        Raises :class:`ProtocolNotSupported` when the peer has none of them."""
+        if isinstance(protocols, str):
+            protocols = [protocols]
+        conn = await self.dial(peer, addrs)
+        return await conn.open_stream(protocols)
+
+    # -- identify ----------------------------------------------------------
+    def _identify_payload(self, conn: Connection) -> bytes:
+        remote = conn.remote_addr
+        addrs = self.announce_addrs()
+        if remote is not None:
+            addrs = addrs_for_remote(addrs, remote)
+        return encode_identify(
+            public_key=self.keypair.public_key,
+            listen_addrs=addrs,
+            protocols=self.protocols,
+            observed_addr=remote,
+            protocol_version=self.config.protocol_version,
+            agent_version=self.config.agent_version,
+        )
+
+    async def _serve_identify(self, stream: Stream) -> None:
+        stream.write(self._identify_payload(stream.conn))
+
+    async def _serve_identify_push(self, stream: Stream) -> None:
+        info = await asyncio.wait_for(_read_identify(stream), self.config.identify_timeout)
+        peer = stream.peer_id
+        old = self.peer_info.get(peer)
+        self._learn_identify(stream.conn, merge_push(old, info) if old is not None else info)
+
+    async def _identify_connection(self, conn: Connection) -> None:
+        peer = conn.remote_peer_id
+        fut = self._identified.get(peer)
+        if fut is None or fut.done():
+            fut = self._identified[peer] = self.loop.create_future()
+        try:
+            stream = await conn.open_stream([IDENTIFY_PROTOCOL])
+            stream.close()
+            info = await asyncio.wait_for(_read_identify(stream), self.config.identify_timeout)
+            if info.public_key is None:
+                raise ProtocolError("identify message without a public key")
+        except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("identify of %s failed: %s", peer, exc)
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"identify failed: {exc}"))
+                fut.exception()
+            return
+        self._learn_identify(conn, info)
+
+    def _learn_identify(self, conn: Connection, info: IdentifyInfo) -> None:
+        peer = conn.remote_peer_id
+        if info.peer_id is not None and info.peer_id != peer:
+            log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)
+            return
+        now = time.monotonic()
+        self.peer_info[peer] = info
+        if info.listen_addrs:
+            self.addrbook.add(peer, info.listen_addrs, now, source="identify")
+        if info.observed_addr is not None:
+            self.addrbook.set_observed(info.observed_addr, peer, now)
+        fut = self._identified.get(peer)
+        if fut is None or fut.done():
+            fut = self._identified[peer] = self.loop.create_future()
+        fut.set_result(info)
+        self._emit(PeerIdentified(peer, info))
+
+    async def identify(self, peer: PeerId, timeout: float | None = None) -> IdentifyInfo:
+        """What ``peer`` told us by identify (dialing it when needed)."""
+        await self.dial(peer)
+        fut = self._identified.get(peer)
+        if fut is None:
+            fut = self._identified[peer] = self.loop.create_future()
+        return await asyncio.wait_for(asyncio.shield(fut), timeout or self.config.identify_timeout)
+
+    # -- ping --------------------------------------------------------------
+    async def _serve_ping(self, stream: Stream) -> None:
+        while True:
+            try:
+                payload = await stream.read_exactly(PING_SIZE)
+            except asyncio.IncompleteReadError:
+                return
+            stream.write(payload)
+
+    async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds over ``/ipfs/ping/1.0.0``."""
+        stream = await self.new_stream(peer, PING_PROTOCOL)
+        payload = os.urandom(PING_SIZE)
+        try:
+            t0 = time.monotonic()
+            stream.write(payload)
+            echo = await asyncio.wait_for(stream.read_exactly(PING_SIZE), timeout)
+            rtt = time.monotonic() - t0
+        except BaseException:
+            stream.reset()
+            raise
+        stream.close()
+        if echo != payload:
+            stream.reset()
+            raise ProtocolError("ping payload came back altered")
+        return rtt
+
+
+async def _read_identify(stream: Stream) -> IdentifyInfo:
+    """Every length-prefixed part until the end of the stream (go splits a
+    large identify message in two), merged."""
+    reader = IdentifyReader(max_bytes=MAX_IDENTIFY_BYTES)
+    while True:
+        data = await stream.read()
+        if not data:
+            return reader.eof()
+        reader.feed(data)
+
+
+def _tcp_host_port(addr: Multiaddr) -> tuple[str, int]:
+    host = addr.value_for("ip4") or addr.value_for("ip6") or addr.value_for("dns4") or addr.value_for("dns6") or addr.value_for("dns")
+    port = addr.value_for("tcp")
+    if host is None or port is None:
+        raise MultiaddrError(f"not a TCP address: {addr}")
+    return host, int(port)
+
+
+def _local_addrs(ipv6: bool, port: str) -> list[Multiaddr]:
+    out = [Multiaddr(f"/ip6/::1/tcp/{port}") if ipv6 else Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET6 if ipv6 else socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        ip = info[4][0].split("%")[0]
+        a = Multiaddr(f"/{'ip6' if ipv6 else 'ip4'}/{ip}/tcp/{port}")
+        if a not in out and not is_loopback(a):
+            out.append(a)
+    return out

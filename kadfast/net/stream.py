@@ -1,0 +1,224 @@
+"""Streams: one Yamux stream of a connection, seen from asyncio code.
+
+Reading is bounded by the Yamux receive window: bytes are acknowledged to the
+peer (``consumed``) only as the application reads them, so a peer can never
+have more than one window of unread data buffered per stream. Writing is
+bounded by the session's per-stream send buffer; :meth:`Stream.drain` waits
+while it is above the high-water mark or the TCP transport is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..errors import KadfastError, VarintError
+from ..varint import decode_uvarint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..peerid import PeerId
+    from .connection import Connection
+
+__all__ = ["Stream", "StreamReset", "StreamClosed", "WRITE_HIGH_WATER"]
+
+#: drain() waits while more than this many bytes are queued in the session for
+#: the stream (a quarter of the default 256 KiB window).
+WRITE_HIGH_WATER = 64 * 1024
+
+
+class StreamReset(KadfastError, ConnectionResetError):
+    """The stream was reset (by the peer, by us, or because its connection closed)."""
+
+
+class StreamClosed(KadfastError, BrokenPipeError):
+    """Writing to a stream whose write side is closed."""
+
+
+class Stream:
+    """A bidirectional byte stream with a negotiated protocol."""
+
+    __slots__ = (
+        "conn", "stream_id", "protocol", "inbound", "_buf", "_eof", "_reset",
+        "_reset_reason", "_waiter", "_write_closed", "_writable", "_negotiator",
+        "_negotiated", "__weakref__",
+    )
+
+    def __init__(self, conn: "Connection", stream_id: int, inbound: bool) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.protocol: str | None = None
+        self.inbound = inbound
+        self._buf = bytearray()
+        self._eof = False
+        self._reset = False
+        self._reset_reason = ""
+        self._waiter: asyncio.Future | None = None
+        self._write_closed = False
+        self._writable: asyncio.Future | None = None
+        self._negotiator = None  # multistream state while the protocol is negotiated
+        self._negotiated: asyncio.Future | None = None
+
+    # -- who ------------------------------------------------------------
+    @property
+    def peer_id(self) -> "PeerId":
+        return self.conn.remote_peer_id
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._buf
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id} {self.protocol} peer={self.conn.remote_peer_id}>"
+
+    # -- fed by the connection -----------------------------------------
+    def _feed(self, data: bytes) -> None:
+        self._buf += data
+        self._wake()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _on_reset(self, reason: str) -> None:
+        if not self._reset:
+            self._reset = True
+            self._reset_reason = reason
+            self._eof = True
+            self._write_closed = True
+            self._wake()
+            self._wake_writer()
+            if self._negotiated is not None and not self._negotiated.done():
+                self._negotiated.set_exception(StreamReset(reason))
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_writer(self) -> None:
+        w = self._writable
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait_data(self) -> None:
+        self._waiter = self.conn.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n]) if n < len(self._buf) else bytes(self._buf)
+        del self._buf[: len(data)]
+        if data:
+            self.conn._consumed(self.stream_id, len(data))
+        return data
+
+    # -- reading --------------------------------------------------------
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is buffered when n < 0), waiting for at
+        least one; ``b""`` at the end of the stream."""
+        while not self._buf:
+            if self._reset:
+                raise StreamReset(self._reset_reason or "stream reset")
+            if self._eof:
+                return b""
+            await self._wait_data()
+        return self._take(len(self._buf) if n < 0 else n)
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if self._reset:
+                raise StreamReset(self._reset_reason or "stream reset")
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(self._buf), n)
+            await self._wait_data()
+        return self._take(n)
+
+    async def read_to_end(self, limit: int) -> bytes:
+        """Everything until the peer half-closes; a stream longer than
+        ``limit`` bytes is reset and raises :class:`StreamReset`."""
+        while not self._eof:
+            if len(self._buf) > limit:
+                self.reset()
+                raise StreamReset(f"more than {limit} bytes")
+            await self._wait_data()
+        if self._reset and not self._buf:
+            raise StreamReset(self._reset_reason or "stream reset")
+        if len(self._buf) > limit:
+            self.reset()
+            raise StreamReset(f"more than {limit} bytes")
+        return self._take(len(self._buf))
+
+    async def read_message(self, limit: int) -> bytes | None:
+        """One uvarint-length-prefixed message (None at a clean end of stream).
+        A length above ``limit`` resets the stream."""
+        while True:
+            if self._buf:
+                try:
+                    length, pos = decode_uvarint(self._buf, 0)
+                except VarintError as exc:
+                    if len(self._buf) < 10 and "truncated" in str(exc):
+                        length = None
+                    else:
+                        self.reset()
+                        raise StreamReset(f"bad message length: {exc}") from None
+                if length is not None:
+                    if length > limit:
+                        self.reset()
+                        raise StreamReset(f"message of {length} bytes exceeds the limit of {limit}")
+                    if len(self._buf) >= pos + length:
+                        self._take(pos)
+                        return self._take(length)
+            if self._reset:
+                raise StreamReset(self._reset_reason or "stream reset")
+            if self._eof:
+                if self._buf:
+                    raise asyncio.IncompleteReadError(bytes(self._buf), None)
+                return None
+            await self._wait_data()
+
+    # -- writing --------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._reset:
+            raise StreamReset(self._reset_reason or "stream reset")
+        if self._write_closed:
+            raise StreamClosed("write side closed")
+        if data:
+            self.conn._send(self.stream_id, data)
+
+    async def drain(self) -> None:
+        while True:
+            if self._reset:
+                raise StreamReset(self._reset_reason or "stream reset")
+            if self.conn._buffered(self.stream_id) <= WRITE_HIGH_WATER and not self.conn._write_paused:
+                return
+            self._writable = self.conn.loop.create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+
+    async def write_all(self, data: bytes) -> None:
+        self.write(data)
+        await self.drain()
+
+    def close(self) -> None:
+        """Half-close: no more writes; reading goes on until the peer closes."""
+        if not self._write_closed and not self._reset:
+            self._write_closed = True
+            self.conn._close_stream(self.stream_id)
+
+    def reset(self) -> None:
+        if not self._reset:
+            self.conn._reset_stream(self.stream_id)
+            self._on_reset("reset locally")
+
+    async def __aenter__(self) -> "Stream":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.reset()

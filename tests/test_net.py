@@ -1,0 +1,318 @@
+"""The asyncio layer on loopback, on uvloop and on the stock loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from kadfast import Ed25519KeyPair, Multiaddr
+from kadfast.loop import new_event_loop, uvloop_available
+from kadfast.net import (
+    ConnectionClosed,
+    ConnectionEstablished,
+    DialBackoff,
+    DialRefused,
+    DialWrongPeer,
+    Host,
+    HostConfig,
+    PeerIdentified,
+    ProtocolNotSupported,
+    StreamReset,
+)
+
+LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
+ECHO = "/test/echo/1.0.0"
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """Run a coroutine function on the parametrized loop, failing on a timeout
+    and on exceptions that the loop saw but nobody handled."""
+    loop = new_event_loop(request.param)
+    unhandled = []
+    loop.set_exception_handler(lambda l, ctx: unhandled.append(ctx))
+
+    def runner(fn, timeout=30.0):
+        result = loop.run_until_complete(asyncio.wait_for(fn(), timeout))
+        return result
+
+    yield runner
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert not [u for u in unhandled if "exception" in u], unhandled
+
+
+async def echo_handler(stream):
+    while True:
+        data = await stream.read()
+        if not data:
+            return
+        stream.write(data)
+        await stream.drain()
+
+
+async def pair(config_a=None, config_b=None):
+    a = Host(config=config_a or HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+    b = Host(config=config_b or HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+    await a.start()
+    await b.start()
+    for h in (a, b):
+        h.set_stream_handler(ECHO, echo_handler)
+    return a, b
+
+
+def maddr(h: Host) -> Multiaddr:
+    return h.listen_addrs[0].with_peer_id(h.peer_id)
+
+
+async def wait_for_event(q, kind, timeout=10.0):
+    async def get():
+        while True:
+            ev = await q.get()
+            if isinstance(ev, kind):
+                return ev
+    return await asyncio.wait_for(get(), timeout)
+
+
+def test_connect_identify_ping(run):
+    async def main():
+        a, b = await pair()
+        qa, qb = a.subscribe(), b.subscribe()
+        try:
+            conn = await a.dial(maddr(b))
+            assert conn.remote_peer_id == b.peer_id
+            ev = await wait_for_event(qb, ConnectionEstablished)
+            assert ev.peer_id == a.peer_id and ev.inbound
+            ia = (await wait_for_event(qa, PeerIdentified)).info
+            ib = (await wait_for_event(qb, PeerIdentified)).info
+            assert ia.peer_id == b.peer_id and ib.peer_id == a.peer_id
+            for info in (ia, ib):
+                assert "/ipfs/id/1.0.0" in info.protocols and "/ipfs/ping/1.0.0" in info.protocols
+                assert ECHO in info.protocols
+                assert info.agent_version.startswith("kadfast/")
+            assert b.listen_addrs[0] in ia.listen_addrs
+            assert a.listen_addrs[0] in ib.listen_addrs
+            assert ia.observed_addr == conn.local_addr     # b saw our ephemeral port
+            assert ib.observed_addr == b.listen_addrs[0]   # a dialed b's listen address
+            assert await a.identify(b.peer_id) == ia
+            rtt = await a.ping(b.peer_id)
+            assert 0 < rtt < 5
+            assert await b.ping(a.peer_id) > 0
+            assert a.connected_peers() == [b.peer_id] and b.connected_peers() == [a.peer_id]
+            assert b.listen_addrs[0] in a.addrbook.addrs(b.peer_id, time.monotonic())
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_many_concurrent_streams_both_ways(run):
+    async def main():
+        a, b = await pair()
+        try:
+            await a.dial(maddr(b))
+
+            async def one(src, dst, i):
+                s = await src.new_stream(dst.peer_id, ECHO)
+                payload = os.urandom(1000 + i * 37)
+                s.write(payload)
+                s.close()
+                got = await s.read_to_end(1 << 20)
+                assert got == payload
+            await asyncio.gather(*[one(a, b, i) for i in range(50)], *[one(b, a, i) for i in range(50)])
+            assert len(a.connections(b.peer_id)) == 1
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_large_transfer_exercises_flow_control(run):
+    async def main():
+        a, b = await pair()
+        received = asyncio.get_running_loop().create_future()
+
+        async def slow_sink(stream):
+            total = bytearray()
+            while True:
+                chunk = await stream.read(8192)
+                if not chunk:
+                    break
+                total += chunk
+                await asyncio.sleep(0)
+            received.set_result(bytes(total))
+        b.set_stream_handler("/test/sink/1.0.0", slow_sink)
+        try:
+            s = await a.new_stream(b.peer_id, "/test/sink/1.0.0", [b.listen_addrs[0]])
+            blob = os.urandom(3 * 1024 * 1024 + 17)
+            for i in range(0, len(blob), 100_000):
+                await s.write_all(blob[i:i + 100_000])
+                # the session never buffers much more than the high-water mark
+                assert a.connection(b.peer_id).session.buffered(s.stream_id) <= 64 * 1024 + 100_000
+            s.close()
+            assert await asyncio.wait_for(received, 20) == blob
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_half_close_and_reset(run):
+    async def main():
+        a, b = await pair()
+
+        async def reply_after_eof(stream):
+            data = await stream.read_to_end(1024)
+            stream.write(b"got " + data)
+            stream.close()
+
+        async def resetter(stream):
+            await stream.read(1)
+            stream.reset()
+
+        b.set_stream_handler("/test/reply/1.0.0", reply_after_eof)
+        b.set_stream_handler("/test/reset/1.0.0", resetter)
+        try:
+            s = await a.new_stream(b.peer_id, "/test/reply/1.0.0", [b.listen_addrs[0]])
+            s.write(b"hello")
+            s.close()
+            assert await s.read_to_end(1024) == b"got hello"
+            r = await a.new_stream(b.peer_id, "/test/reset/1.0.0")
+            r.write(b"x")
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(r.read(), 5)
+            with pytest.raises(ProtocolNotSupported):
+                await a.new_stream(b.peer_id, ["/nope/1", "/nope/2"])
+            # the connection survives all of that
+            assert await a.ping(b.peer_id) > 0
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_peer_vanishing_mid_stream(run):
+    async def main():
+        a, b = await pair()
+        started = asyncio.get_running_loop().create_future()
+
+        async def hang(stream):
+            started.set_result(None)
+            await asyncio.sleep(3600)
+
+        b.set_stream_handler("/test/hang/1.0.0", hang)
+        qa = a.subscribe()
+        try:
+            s = await a.new_stream(b.peer_id, "/test/hang/1.0.0", [b.listen_addrs[0]])
+            s.write(b"x")
+            await started
+            reader = asyncio.ensure_future(s.read())
+            await b.close()
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(reader, 5)
+            ev = await wait_for_event(qa, ConnectionClosed)
+            assert ev.peer_id == b.peer_id
+            assert a.connected_peers() == []
+        finally:
+            await a.close()
+    run(main)
+
+
+def test_dial_failures_are_typed(run):
+    async def main():
+        a, b = await pair(config_a=HostConfig(dial_backoff_base=30.0))
+        try:
+            # refused: a port nobody listens on
+            import socket
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            ghost = Ed25519KeyPair.generate().peer_id
+            with pytest.raises(DialRefused):
+                await a.dial(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}").with_peer_id(ghost))
+            with pytest.raises(DialBackoff):
+                await a.dial(ghost)
+            # wrong peer: b's address with another identity
+            other = Ed25519KeyPair.generate().peer_id
+            with pytest.raises(DialWrongPeer):
+                await a.dial(b.listen_addrs[0].with_peer_id(other))
+            assert a.connected_peers() == []
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_simultaneous_dials_are_merged(run):
+    async def main():
+        a, b = await pair()
+        try:
+            conns = await asyncio.gather(*[a.dial(maddr(b)) for _ in range(10)])
+            assert all(c is conns[0] for c in conns)
+            assert len(a.connections(b.peer_id)) == 1
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_inbound_stream_limit(run):
+    async def main():
+        a, b = await pair(config_b=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], max_inbound_streams=5))
+        gate = asyncio.Event()
+
+        async def hold(stream):
+            await gate.wait()
+            stream.write(b"ok")
+
+        b.set_stream_handler("/test/hold/1.0.0", hold)
+        try:
+            await a.dial(maddr(b))
+            await asyncio.sleep(0.2)  # let identify streams finish
+            held = [await a.new_stream(b.peer_id, "/test/hold/1.0.0") for _ in range(5)]
+            with pytest.raises((StreamReset, ProtocolNotSupported)):
+                await a.new_stream(b.peer_id, "/test/hold/1.0.0")
+            gate.set()
+            for s in held:
+                assert await s.read_to_end(16) == b"ok"
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_stalled_handshake_is_dropped(run):
+    async def main():
+        b = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], handshake_timeout=0.3))
+        await b.start()
+        try:
+            addr = b.listen_addrs[0]
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(addr.value_for("tcp")))
+            # send nothing after the connect: the server must hang up
+            data = await asyncio.wait_for(reader.read(), 5)  # returns at EOF
+            assert data in (b"", b"\x13/multistream/1.0.0\n")
+            writer.close()
+            assert b.connection_count() == 0
+        finally:
+            await b.close()
+    run(main)
+
+
+def test_garbage_instead_of_handshake(run):
+    async def main():
+        b = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        await b.start()
+        try:
+            addr = b.listen_addrs[0]
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(addr.value_for("tcp")))
+            writer.write(os.urandom(4096))
+            await asyncio.wait_for(reader.read(), 5)  # closed by the server
+            writer.close()
+            assert b.connection_count() == 0
+        finally:
+            await b.close()
+    run(main)
