@@ -22,8 +22,9 @@ Choices this implementation makes where the spec leaves room:
   the default, the extra credit must be announced at once, so a window
   update carrying SYN (outbound) or ACK (inbound) goes out as soon as the
   stream exists.
-- **FIN** goes on the last Data frame when that frame is still pending in the
-  output; otherwise it is an empty WindowUpdate frame (as go-yamux sends it).
+- **FIN** is always an empty WindowUpdate frame of its own (as go-yamux
+  sends it), never a flag on a Data frame: js-libp2p's yamux handles a Data
+  frame's FIN before its payload and would drop the payload.
 - **Whole frames.** A Data frame's payload is delivered once the whole frame
   has arrived; a frame longer than the receive window is refused as soon as
   its header is seen, so the input buffer never holds more than one window
@@ -309,7 +310,6 @@ class YamuxSession:
         "_backlog",
         "_rbuf",
         "_out",
-        "_tail_sid",
         "_events",
         "_pings",
         "_next_ping",
@@ -346,7 +346,6 @@ class YamuxSession:
         # pending output: header and payload pieces, joined by data_to_send()
         self._out: list = []
         # stream id when the last two items of _out are one of its Data frames
-        self._tail_sid = 0
         self._events: list[YamuxEvent] = []
         self._pings: dict[int, float] = {}
         self._next_ping = 1
@@ -390,7 +389,6 @@ class YamuxSession:
         if not out:
             return b""
         self._out = []
-        self._tail_sid = 0
         return b"".join(out)
 
     def get_timer(self) -> float | None:
@@ -513,7 +511,6 @@ class YamuxSession:
             if self._local_go_away or len(self._streams) >= self._max_streams:
                 # refuse the stream, not the session
                 self._out.append(_pack(0, 1, FLAG_RST, sid, 0))
-                self._tail_sid = 0
                 return
             st = _Stream(sid, False, self._window)
             self._streams[sid] = st
@@ -555,7 +552,6 @@ class YamuxSession:
     def _on_ping(self, flags: int, opaque: int, now: float) -> None:
         if flags & FLAG_SYN:
             self._out.append(_pack(0, 2, FLAG_ACK, 0, opaque))
-            self._tail_sid = 0
             self._events.append(PingReceived(opaque))
             return
         sent = self._pings.pop(opaque, None)
@@ -577,7 +573,6 @@ class YamuxSession:
         if not self._local_go_away:
             self._local_go_away = True
             self._out.append(_pack(0, 3, 0, 0, GO_AWAY_PROTOCOL_ERROR))
-            self._tail_sid = 0
         self._close(f"protocol error: {message}")
         raise YamuxError(message, remote=True, code=GO_AWAY_PROTOCOL_ERROR)
 
@@ -652,7 +647,6 @@ class YamuxSession:
             st.send_window -= n
             if not st.send_window:
                 st.blocked = True
-            self._tail_sid = stream_id
             return
         waiting = st.buffered + n - (0 if st.buffered else min(n, st.send_window))
         if waiting > self._max_buffer:
@@ -690,23 +684,17 @@ class YamuxSession:
             st.flags = 0
             win -= take
             sent += take
-        if sent:
-            self._tail_sid = sid
         st.send_window = win
         st.buffered -= sent
         if not st.buffered and st.fin_requested and not st.fin_sent:
             self._send_fin(st)
 
     def _send_fin(self, st: _Stream) -> None:
-        out = self._out
-        if self._tail_sid == st.sid:
-            # fold the FIN into the Data frame still waiting at the end
-            _, typ, flags, sid, length = _unpack_from(out[-2])
-            out[-2] = _pack(0, typ, flags | FLAG_FIN, sid, length)
-        else:
-            out.append(_pack(0, 1, st.flags | FLAG_FIN, st.sid, 0))
-            st.flags = 0
-        self._tail_sid = 0
+        # Always a frame of its own (an empty WindowUpdate, as go-yamux sends
+        # it): js-libp2p's yamux (@chainsafe/libp2p-yamux 8) handles the FIN
+        # flag of a Data frame before its payload and drops the payload.
+        self._out.append(_pack(0, 1, st.flags | FLAG_FIN, st.sid, 0))
+        st.flags = 0
         st.fin_sent = True
         if st.remote_closed:
             self._drop(st)
@@ -714,7 +702,6 @@ class YamuxSession:
 
     def _send_window_update(self, st: _Stream, delta: int) -> None:
         self._out.append(_pack(0, 1, st.flags, st.sid, delta))
-        self._tail_sid = 0
         st.flags = 0
 
     def close_stream(self, stream_id: int) -> None:
@@ -737,7 +724,6 @@ class YamuxSession:
         if st.flags & FLAG_SYN:
             return  # the remote never heard of it
         self._out.append(_pack(0, 1, FLAG_RST, stream_id, 0))
-        self._tail_sid = 0
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The application took n received bytes of the stream: their window
@@ -766,7 +752,6 @@ class YamuxSession:
             del pings[next(iter(pings))]
         pings[opaque] = now
         self._out.append(_pack(0, 2, FLAG_SYN, 0, opaque))
-        self._tail_sid = 0
         return opaque
 
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
@@ -779,7 +764,6 @@ class YamuxSession:
             return
         self._local_go_away = True
         self._out.append(_pack(0, 3, 0, 0, code))
-        self._tail_sid = 0
         if code != GO_AWAY_NORMAL:
             self._close(f"GoAway sent with error code {code}")
         elif self._remote_go_away:
