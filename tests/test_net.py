@@ -316,3 +316,76 @@ def test_garbage_instead_of_handshake(run):
         finally:
             await b.close()
     run(main)
+
+
+def test_dial_timeout_on_silent_server(run):
+    async def main():
+        async def silent(reader, writer):
+            await asyncio.sleep(30)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        a = Host(config=HostConfig(dial_timeout=0.5))
+        await a.start()
+        try:
+            from kadfast.net import DialTimeout
+            ghost = Ed25519KeyPair.generate().peer_id
+            t0 = time.monotonic()
+            with pytest.raises(DialTimeout):
+                await a.dial(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}").with_peer_id(ghost))
+            assert time.monotonic() - t0 < 3
+        finally:
+            await a.close()
+            server.close()
+    run(main)
+
+
+def test_idle_connections_are_closed(run):
+    async def main():
+        a, b = await pair(config_a=HostConfig(idle_timeout=0.3))
+        qa = a.subscribe()
+        try:
+            await a.dial(maddr(b))
+            ev = await wait_for_event(qa, ConnectionClosed, timeout=10)
+            assert ev.peer_id == b.peer_id and ev.reason == "idle"
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
+def test_connection_limit_refuses_inbound(run):
+    async def main():
+        server = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], max_connections=2))
+        await server.start()
+        clients = [Host() for _ in range(3)]
+        for c in clients:
+            await c.start()
+        try:
+            await clients[0].dial(maddr(server))
+            await clients[1].dial(maddr(server))
+            from kadfast.net import DialError
+            with pytest.raises(DialError):
+                await clients[2].dial(maddr(server))
+            assert server.connection_count() == 2
+        finally:
+            for c in clients:
+                await c.close()
+            await server.close()
+    run(main)
+
+
+def test_external_addrs_are_announced(run):
+    async def main():
+        ext = "/dns4/node.example.com/tcp/4001"
+        a, b = await pair(config_b=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], external_addrs=[ext]))
+        try:
+            await a.dial(maddr(b))
+            info = await a.identify(b.peer_id)
+            assert Multiaddr(ext) in info.listen_addrs
+            assert b.listen_addrs[0] in info.listen_addrs  # loopback peer: loopback addresses too
+            assert info.listen_addrs[0] == Multiaddr(ext)  # external first
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
