@@ -242,6 +242,9 @@ class Host:
         except asyncio.CancelledError:
             stream.reset()
             raise
+        except KadfastError as exc:  # bad input from the peer: a dropped stream, not a crash
+            log.info("%s handler: bad input from %s: %s: %s", stream.protocol, stream.peer_id, type(exc).__name__, exc)
+            stream.reset()
         except Exception:
             log.exception("%s handler failed for %s", stream.protocol, stream.peer_id)
             stream.reset()
