@@ -626,9 +626,10 @@ class Peer:
         if proc is None:
             return None
         if graceful and proc.poll() is None and not self._eof:
-            with contextlib.suppress(Exception):
-                self.call("stop", timeout=min(timeout, 5.0))
-        with contextlib.suppress(OSError):
+            # Fire and forget: the exit below is what we wait for, and a hung
+            # peer must not cost a reply timeout on top.
+            self._send({"id": next(self._ids), "cmd": "stop"})
+        with contextlib.suppress(OSError, ValueError):
             if proc.stdin:
                 proc.stdin.close()  # the protocol says: exit when stdin closes
         try:
@@ -713,18 +714,13 @@ class Peer:
             if self._eof:
                 raise PeerDied(f"[{self.name}] process has exited\n{self.diagnostics()}")
             self._pending[req_id] = fut
-        line = json.dumps(request, separators=(",", ":")) + "\n"
-        try:
-            with self._write_lock:
-                assert self.proc is not None and self.proc.stdin is not None
-                self.proc.stdin.write(line.encode())
-                self.proc.stdin.flush()
-        except (OSError, ValueError) as exc:
+        error = self._send(request)
+        if error is not None:
             with self._lock:
                 self._pending.pop(req_id, None)
             raise PeerDied(
-                f"[{self.name}] cannot send {cmd}: {exc}\n{self.diagnostics()}"
-            ) from None
+                f"[{self.name}] cannot send {cmd}: {error}\n{self.diagnostics()}"
+            )
         try:
             reply = fut.result(timeout=timeout + REPLY_GRACE_S)
         except FutureTimeout:
@@ -741,6 +737,18 @@ class Peer:
             result = reply.get("result")
             return result if isinstance(result, dict) else {"result": result}
         raise PeerError(self.name, cmd, str(reply.get("error", f"malformed reply {reply!r}")))
+
+    def _send(self, request: dict[str, Any]) -> Exception | None:
+        """Write one request line; return the error instead of raising it."""
+        line = json.dumps(request, separators=(",", ":")) + "\n"
+        try:
+            with self._write_lock:
+                assert self.proc is not None and self.proc.stdin is not None
+                self.proc.stdin.write(line.encode())
+                self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            return exc
+        return None
 
     # -- reader threads ----------------------------------------------------------
 
