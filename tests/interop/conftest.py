@@ -24,16 +24,6 @@ from .harness import (
 )
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("interop")
-    group.addoption(
-        "--interop-impls",
-        default=None,
-        help="comma list of peer implementations to test "
-        f"(default: $KADFAST_INTEROP_IMPLS or {','.join(IMPLS)})",
-    )
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "interop: runs real libp2p peers (rust, go, js, py) as subprocesses"
