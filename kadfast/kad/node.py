@@ -1,0 +1,752 @@
+"""The Kademlia node: ``/ipfs/kad/1.0.0`` server and client, iterative
+queries, records, providers, bootstrap, maintenance and events.
+
+The network is a :class:`kadfast.net.Host`; the routing table, the store, the
+codec, the validators and the lookup state machine are the sans-IO parts.
+Maintenance is one step function, :meth:`KadNode.maintenance`, driven by a
+periodic task in production and by a fake clock in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from .. import _routing
+from .._xor import Key
+from ..errors import KadfastError, StoreError
+from ..keys import Ed25519KeyPair
+from ..multiaddr import Multiaddr
+from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported
+from ..net.errors import DialError
+from ..net.stream import StreamReset
+from ..peerid import PeerId
+from ..store import MemoryStore, ProviderRecord, Record, RecordStore, StoreConfig
+from .pb import (
+    KadCodecError,
+    KadMessage,
+    KadPeer,
+    KadRecord,
+    MAX_MESSAGE_SIZE,
+    MessageReader,
+    MessageType,
+    decode_message,
+    encode_message,
+    frame,
+)
+from .query import ClosestPeersIter, QueryStats
+from .validation import InvalidRecord, NamespacedValidator
+
+log = logging.getLogger("kadfast.kad")
+
+__all__ = [
+    "Config",
+    "Quorum",
+    "KadNode",
+    "KadError",
+    "NoKnownPeers",
+    "QuorumFailed",
+    "NotFound",
+    "PeerRecord",
+    "GetRecordResult",
+    "RoutingUpdated",
+    "UnroutablePeer",
+    "InboundRequest",
+    "QueryProgressed",
+    "RecordStored",
+    "RecordExpired",
+]
+
+PROTOCOL = "/ipfs/kad/1.0.0"
+HOUR = 3600.0
+
+
+@dataclass
+class Config:
+    """Kademlia settings; the defaults are rust-libp2p's."""
+
+    k: int = 20
+    #: requests in flight per lookup (alpha)
+    parallelism: int = 3
+    query_timeout: float = 60.0
+    request_timeout: float = 10.0
+    record_ttl: float = 48 * HOUR
+    replication_interval: float = 1 * HOUR
+    republish_interval: float = 22 * HOUR
+    provider_ttl: float = 48 * HOUR
+    provider_republish_interval: float = 12 * HOUR
+    periodic_bootstrap_interval: float = 5 * 60.0
+    #: protocol name; a private DHT must use its own, or it joins the public one
+    protocol: str = PROTOCOL
+    #: "auto": server when listening or given external addresses; else client
+    mode: str = "auto"
+    max_message_size: int = MAX_MESSAGE_SIZE
+    store: StoreConfig = field(default_factory=StoreConfig)
+    #: a routing-table entry replaced by a pending one after this long disconnected
+    pending_timeout: float = 60.0
+    #: seconds between two runs of the maintenance step
+    maintenance_period: float = 1.0
+    #: events kept per subscriber before new ones are dropped
+    event_queue_size: int = 4096
+
+
+class Quorum:
+    """How many peers must store a record, counted against k as rust does."""
+
+    ONE = "one"
+    MAJORITY = "majority"
+    ALL = "all"
+
+    @staticmethod
+    def count(quorum, k: int) -> int:
+        if quorum == Quorum.ONE:
+            return 1
+        if quorum == Quorum.MAJORITY:
+            return k // 2 + 1
+        if quorum == Quorum.ALL:
+            return k
+        if isinstance(quorum, int) and quorum >= 1:
+            return min(quorum, k)
+        raise ValueError(f"bad quorum {quorum!r}: one, majority, all or a positive int")
+
+
+class KadError(KadfastError):
+    """A Kademlia operation failed."""
+
+
+class NoKnownPeers(KadError):
+    """The routing table is empty: add a bootstrap address first."""
+
+
+class QuorumFailed(KadError):
+    def __init__(self, key: bytes, stored: int, quorum: int) -> None:
+        super().__init__(f"record stored on {stored} peers; quorum needs {quorum}")
+        self.key = key
+        self.stored = stored
+        self.quorum = quorum
+
+
+class NotFound(KadError):
+    """No record (or peer) was found."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A record and the peer that held it (None: our own store)."""
+
+    peer: PeerId | None
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class GetRecordResult:
+    records: list[PeerRecord]
+    #: the validator's pick among the values found (the first when no selector applies)
+    best: Record
+    stats: QueryStats
+
+
+# -- events ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RoutingUpdated:
+    peer: PeerId
+    addrs: tuple
+    is_new_peer: bool
+    bucket: int
+    evicted: PeerId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnroutablePeer:
+    peer: PeerId
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    peer: PeerId
+    type: MessageType
+
+
+@dataclass(frozen=True, slots=True)
+class QueryProgressed:
+    kind: str
+    key: bytes
+    stats: QueryStats
+    finished: bool
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStored:
+    key: bytes
+    publisher: PeerId | None
+    from_peer: PeerId | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordExpired:
+    key: bytes
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId | None:
+    """A random (key-less) Ed25519-shaped PeerId whose key falls in ``bucket``
+    of ``local``; None when ``tries`` attempts miss (low buckets are tiny)."""
+    for _ in range(tries):
+        pid = PeerId(bytes.fromhex("002408011220") + os.urandom(32))
+        if local.bucket_index(Key(pid.to_bytes())) == bucket:
+            return pid
+    return None
+
+
+class KadNode:
+    """A Kademlia DHT node over a libp2p host."""
+
+    def __init__(
+        self,
+        keypair: Ed25519KeyPair | None = None,
+        config: Config | None = None,
+        *,
+        host_config: HostConfig | None = None,
+        store: RecordStore | None = None,
+        validator: NamespacedValidator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or Config()
+        self.host = Host(keypair, host_config or HostConfig())
+        self.peer_id = self.host.peer_id
+        self.local_key = Key(self.peer_id.to_bytes())
+        self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
+        self.store = store or MemoryStore(self.peer_id, self.config.store)
+        self.validator = validator or NamespacedValidator()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._subscribers: list[asyncio.Queue] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._maint_task: asyncio.Task | None = None
+        self._host_events: asyncio.Queue | None = None
+        self._host_task: asyncio.Task | None = None
+        self._last_bootstrap = None
+        self._last_replication = None
+        self._last_provider_republish = None
+        self._published: dict[bytes, float] = {}  # key -> last (re)publish time
+        self.server_mode = False
+        self.dropped_events = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        await self.host.start()
+        mode = self.config.mode
+        if mode not in ("auto", "server", "client"):
+            raise ValueError("mode must be auto, server or client")
+        self.server_mode = mode == "server" or (
+            mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
+        )
+        if self.server_mode:
+            self.host.set_stream_handler(self.config.protocol, self._serve)
+        self._host_events = self.host.subscribe()
+        loop = asyncio.get_running_loop()
+        self._host_task = loop.create_task(self._watch_host())
+        self._maint_task = loop.create_task(self._maintain())
+
+    async def stop(self) -> None:
+        for t in (self._maint_task, self._host_task, *self._tasks):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*[t for t in (self._maint_task, self._host_task, *self._tasks) if t], return_exceptions=True)
+        await self.host.close()
+
+    async def __aenter__(self) -> "KadNode":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def listen_addrs(self) -> list[Multiaddr]:
+        return self.host.listen_addrs
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- events --------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(self.config.event_queue_size)
+        self._subscribers.append(q)
+        return q
+
+    async def events(self) -> AsyncIterator[Any]:
+        """An async iterator over this node's events (from the moment it is called)."""
+        q = self.subscribe()
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subscribers.remove(q)
+
+    def _emit(self, event) -> None:
+        for q in self._subscribers:
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped_events += 1
+
+    # -- routing table -----------------------------------------------------------
+    def add_address(self, peer: PeerId, addr: Multiaddr | str) -> int:
+        """Add a known peer (a bootstrap node) with its address to the routing
+        table, as rust's ``Behaviour::add_address`` does."""
+        addr = Multiaddr(addr) if isinstance(addr, str) else addr
+        now = self.clock()
+        self.host.addrbook.add(peer, [addr], now, source="config")
+        return self._update_peer(peer, now, connected=False)
+
+    def _update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
+        if peer == self.peer_id:
+            return _routing.SELF
+        key = Key(peer.to_bytes())
+        known = key in self.table
+        res = self.table.update(key, peer, now, connected)
+        for applied in self.table.pop_applied():
+            self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
+        if res == _routing.INSERTED or (res == _routing.UPDATED and not known):
+            self._emit_routing(peer, True, None)
+        elif res == _routing.PENDING and not known:
+            # the bucket is full: check whether its least recently seen entry is alive
+            bucket = self.local_key.bucket_index(key)
+            head = self.table.bucket(bucket)
+            if head and not head[0].connected and self._host_task is not None:
+                self._spawn(self._probe(head[0].value))
+        elif res == _routing.FULL:
+            self._emit(UnroutablePeer(peer))
+        return res
+
+    def _emit_routing(self, peer: PeerId, is_new: bool, evicted: PeerId | None) -> None:
+        addrs = tuple(self.host.addrbook.addrs(peer, self.clock()))
+        self._emit(RoutingUpdated(peer, addrs, is_new, self.local_key.bucket_index(Key(peer.to_bytes())), evicted))
+
+    async def _probe(self, peer: PeerId) -> None:
+        try:
+            await self._rpc(peer, KadMessage(MessageType.FIND_NODE, key=self.peer_id.to_bytes()))
+        except Exception:
+            pass
+
+    async def _watch_host(self) -> None:
+        q = self._host_events
+        while True:
+            ev = await q.get()
+            if isinstance(ev, PeerIdentified):
+                if self.config.protocol in ev.info.protocols:
+                    self._update_peer(ev.peer_id, self.clock(), connected=True)
+                elif Key(ev.peer_id.to_bytes()) in self.table:
+                    # it stopped serving kad (e.g. became a client)
+                    self.table.remove(Key(ev.peer_id.to_bytes()))
+            elif isinstance(ev, ConnectionClosed):
+                key = Key(ev.peer_id.to_bytes())
+                if key in self.table and self.host.connection(ev.peer_id) is None:
+                    self.table.update(key, None, self.clock(), False)
+
+    def routing_table_peers(self) -> list[PeerId]:
+        return [e.value for e in self.table]
+
+    def _kad_peer(self, peer: PeerId, now: float) -> KadPeer | None:
+        addrs = self.host.addrbook.addrs(peer, now)
+        if not addrs:
+            return None
+        connected = self.host.connection(peer) is not None
+        return KadPeer(peer, addrs, 1 if connected else 0)
+
+    def _closest_kad_peers(self, target: Key, exclude: PeerId | None, now: float) -> list[KadPeer]:
+        out = []
+        for e in self.table.closest(target, self.config.k + 1):
+            if e.value == exclude:
+                continue
+            kp = self._kad_peer(e.value, now)
+            if kp is not None:  # peers without addresses are left out
+                out.append(kp)
+            if len(out) >= self.config.k:
+                break
+        return out
+
+    # -- server side ---------------------------------------------------------------
+    async def _serve(self, stream) -> None:
+        reader = MessageReader(self.config.max_message_size)
+        peer = stream.peer_id
+        while True:
+            data = await stream.read()
+            if not data:
+                reader.eof()
+                return
+            for body in reader.feed(data):
+                reply = self._handle_request(peer, decode_message(body), stream.conn.remote_addr)
+                if reply is not None:
+                    stream.write(frame(encode_message(reply)))
+            await stream.drain()
+
+    def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr) -> KadMessage | None:
+        """Answer one request; raises on a request that must reset the stream."""
+        now = self.clock()
+        t = msg.type
+        self._emit(InboundRequest(peer, t))
+        if t == MessageType.FIND_NODE:
+            closer = self._closest_kad_peers(Key(msg.key), peer, now)
+            if msg.key == self.peer_id.to_bytes():
+                closer.insert(0, KadPeer(self.peer_id, self.host.announce_addrs(), 1))
+            return KadMessage(MessageType.FIND_NODE, key=msg.key, closer_peers=closer)
+        if t == MessageType.GET_VALUE:
+            rec = self.store.get(msg.key, now)
+            closer = self._closest_kad_peers(Key(msg.key), peer, now)
+            kr = None
+            if rec is not None:
+                kr = KadRecord(rec.key, rec.value, time_received=_rfc3339(self.wall_clock()), publisher=rec.publisher)
+            return KadMessage(MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer)
+        if t == MessageType.PUT_VALUE:
+            rec = msg.record
+            if rec is None or rec.key != msg.key:
+                raise KadError("PUT_VALUE whose record key differs from the message key")
+            self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
+            ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
+            self.store.put(Record(rec.key, rec.value, publisher=rec.publisher or peer, expires=now + ttl), now)
+            self._emit(RecordStored(rec.key, rec.publisher or peer, peer))
+            # echo the record (js counts any other reply as a failure), without unknown fields
+            return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
+        if t == MessageType.ADD_PROVIDER:
+            for p in msg.provider_peers:
+                if p.peer_id != peer:
+                    log.info("ADD_PROVIDER from %s names %s as provider; ignored", peer, p.peer_id)
+                    continue
+                if p.addrs:
+                    self.host.addrbook.add(peer, p.addrs, now, ttl=self.config.provider_ttl, source="provider")
+                self.store.add_provider(ProviderRecord(msg.key, peer, tuple(p.addrs), now + self.config.provider_ttl), now)
+            return None
+        if t == MessageType.GET_PROVIDERS:
+            providers = []
+            for rec in self.store.providers(msg.key, now):
+                if rec.provider == self.peer_id:
+                    providers.append(KadPeer(self.peer_id, self.host.announce_addrs(), 1))
+                    continue
+                addrs = self.host.addrbook.addrs(rec.provider, now) or list(rec.addrs)
+                if addrs:
+                    providers.append(KadPeer(rec.provider, addrs, 0))
+            closer = self._closest_kad_peers(Key(msg.key), peer, now)
+            return KadMessage(MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer, provider_peers=providers)
+        if t == MessageType.PING:
+            return KadMessage(MessageType.PING)
+        raise KadError(f"unsupported message type {t}")
+
+    # -- client side -----------------------------------------------------------------
+    async def _rpc(self, peer: PeerId, msg: KadMessage) -> KadMessage:
+        """One request and its reply on a fresh stream; updates the routing
+        table with the outcome."""
+        async def exchange():
+            stream = await self.host.new_stream(peer, self.config.protocol)
+            try:
+                stream.write(frame(encode_message(msg)))
+                body = await stream.read_message(self.config.max_message_size)
+                stream.close()
+            except BaseException:
+                stream.reset()
+                raise
+            if body is None:
+                raise KadError(f"{peer} closed the stream without a reply")
+            return decode_message(body)
+
+        try:
+            reply = await asyncio.wait_for(exchange(), self.config.request_timeout)
+        except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            key = Key(peer.to_bytes())
+            if key in self.table:
+                if isinstance(exc, ProtocolNotSupported):
+                    self.table.remove(key)
+                else:
+                    self.table.update(key, None, self.clock(), False)
+            raise KadError(f"request to {peer} failed: {type(exc).__name__}: {exc}") from exc
+        self._update_peer(peer, self.clock(), connected=True)
+        return reply
+
+    async def _send_only(self, peer: PeerId, msg: KadMessage) -> None:
+        """A request that gets no reply (ADD_PROVIDER): a fresh stream, closed after writing."""
+        async def send():
+            stream = await self.host.new_stream(peer, self.config.protocol)
+            stream.write(frame(encode_message(msg)))
+            await stream.drain()
+            stream.close()
+        await asyncio.wait_for(send(), self.config.request_timeout)
+
+    def _learn_peers(self, peers: Iterable[KadPeer], now: float) -> list[tuple[Key, PeerId]]:
+        out = []
+        for p in peers:
+            if p.peer_id == self.peer_id:
+                continue
+            if p.addrs:
+                self.host.addrbook.add(p.peer_id, p.addrs, now, source="lookup")
+            out.append((Key(p.peer_id.to_bytes()), p.peer_id))
+        return out
+
+    async def _iterate(self, kind: str, key: bytes, msg: KadMessage, on_reply=None, num_results=None):
+        """Drive one iterative lookup; ``on_reply(peer, reply, it)`` may call
+        ``it.finish()``. Returns (closest succeeded peers, stats)."""
+        cfg = self.config
+        target = Key(key)
+        now = self.clock()
+        known = [(e.key, e.value) for e in self.table.closest(target, cfg.k)]
+        if not known:
+            raise NoKnownPeers("the routing table is empty; add a bootstrap address first")
+        it = ClosestPeersIter(
+            target, known, now=now, k=cfg.k, parallelism=cfg.parallelism,
+            num_results=num_results, request_timeout=cfg.request_timeout, query_timeout=cfg.query_timeout,
+        )
+        inflight: dict[asyncio.Task, PeerId] = {}
+        loop = asyncio.get_running_loop()
+        try:
+            while not it.finished:
+                for peer in it.next(self.clock()):
+                    inflight[loop.create_task(self._rpc(peer, msg))] = peer
+                if it.finished:
+                    break
+                deadline = it.next_deadline()
+                if not inflight:
+                    if deadline is None:
+                        break
+                    await asyncio.sleep(max(0.0, deadline - self.clock()))
+                    continue
+                wait = None if deadline is None else max(0.001, deadline - self.clock())
+                done, _ = await asyncio.wait(inflight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    peer = inflight.pop(task)
+                    now = self.clock()
+                    try:
+                        reply = task.result()
+                    except KadError:
+                        it.on_failure(peer, now)
+                        continue
+                    it.on_success(peer, self._learn_peers(reply.closer_peers, now), now)
+                    if on_reply is not None:
+                        on_reply(peer, reply, it)
+        finally:
+            for task in inflight:
+                task.cancel()
+        result = it.result()
+        self._emit(QueryProgressed(kind, key, it.stats, True, result))
+        return result, it.stats
+
+    # -- public operations ---------------------------------------------------------------
+    async def get_closest_peers(self, key: bytes | PeerId) -> list[PeerId]:
+        """The k peers closest to ``key`` (bytes, or a PeerId's bytes) that answered."""
+        raw = key.to_bytes() if isinstance(key, PeerId) else bytes(key)
+        peers, _ = await self._iterate("get_closest_peers", raw, KadMessage(MessageType.FIND_NODE, key=raw))
+        return peers
+
+    async def bootstrap(self) -> int:
+        """Self-lookup, then a lookup of a random PeerId in every bucket
+        farther than the closest non-empty one. Returns the routing-table size."""
+        if len(self.table) == 0:
+            raise NoKnownPeers("no known peers to bootstrap from; add a bootstrap address first")
+        self._last_bootstrap = self.clock()
+        await self.get_closest_peers(self.peer_id)
+        buckets = self.table.nonempty_buckets()
+        if buckets:
+            for i in range(buckets[0] + 1, 256):
+                target = random_peer_id_in_bucket(self.local_key, i)
+                if target is None:
+                    continue
+                try:
+                    await self.get_closest_peers(target)
+                except NoKnownPeers:
+                    break
+        return len(self.table)
+
+    async def find_peer(self, peer: PeerId) -> list[Multiaddr]:
+        """Addresses of ``peer`` found through the DHT (or from a live connection)."""
+        now = self.clock()
+        if self.host.connection(peer) is not None:
+            addrs = self.host.addrbook.addrs(peer, now)
+            if addrs:
+                return addrs
+        found: list[Multiaddr] = []
+
+        def on_reply(src, reply, it):
+            for p in reply.closer_peers:
+                if p.peer_id == peer and p.addrs:
+                    found.extend(a for a in p.addrs if a not in found)
+                    it.finish()
+
+        raw = peer.to_bytes()
+        await self._iterate("find_peer", raw, KadMessage(MessageType.FIND_NODE, key=raw), on_reply)
+        if not found:
+            raise NotFound(f"{peer} was not found")
+        return found
+
+    async def put_record(self, record: Record | tuple[bytes, bytes], quorum=Quorum.ONE) -> int:
+        """Store ``record`` locally and on the k closest peers. Returns how
+        many peers stored it; raises :class:`QuorumFailed` below the quorum."""
+        if isinstance(record, tuple):
+            record = Record(record[0], record[1])
+        need = Quorum.count(quorum, self.config.k)
+        self.validator.validate(record.key, record.value)
+        now = self.clock()
+        record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
+                        expires=record.expires or now + self.config.record_ttl)
+        self.store.put(record, now)
+        if record.publisher == self.peer_id:
+            self._published[record.key] = now
+        stored = await self._replicate(record)
+        if stored < need:
+            raise QuorumFailed(record.key, stored, need)
+        return stored
+
+    async def _replicate(self, record: Record) -> int:
+        try:
+            peers = await self.get_closest_peers(record.key)
+        except NoKnownPeers:
+            return 0
+        kr = KadRecord(record.key, record.value, publisher=record.publisher)
+        msg = KadMessage(MessageType.PUT_VALUE, key=record.key, record=kr)
+
+        async def put_one(peer):
+            reply = await self._rpc(peer, msg)
+            return reply.record is not None and reply.record.key == record.key and reply.record.value == record.value
+
+        results = await asyncio.gather(*[put_one(p) for p in peers], return_exceptions=True)
+        return sum(1 for r in results if r is True)
+
+    async def get_record(self, key: bytes, quorum: int = 1) -> GetRecordResult:
+        """Records for ``key``: the local one (if any) and those held by peers,
+        each with the peer that held it; stops once ``quorum`` were found."""
+        now = self.clock()
+        found: list[PeerRecord] = []
+        local = self.store.get(key, now)
+        if local is not None:
+            found.append(PeerRecord(None, local))
+
+        def on_reply(peer, reply, it):
+            rec = reply.record
+            if rec is None or rec.key != key or len(found) >= quorum:
+                return
+            try:
+                self.validator.validate(rec.key, rec.value)
+            except InvalidRecord as exc:
+                log.info("invalid record for %r from %s: %s", key, peer, exc)
+                return
+            found.append(PeerRecord(peer, Record(rec.key, rec.value, publisher=rec.publisher)))
+            if len(found) >= quorum:
+                it.finish()
+
+        stats = QueryStats()
+        if len(found) < quorum:
+            try:
+                _, stats = await self._iterate("get_record", key, KadMessage(MessageType.GET_VALUE, key=key), on_reply)
+            except NoKnownPeers:
+                if not found:
+                    raise
+        if not found:
+            raise NotFound(f"no record found for {key!r}")
+        values = [pr.record.value for pr in found]
+        best = found[self.validator.select(key, values)].record
+        return GetRecordResult(found, best, stats)
+
+    def remove_record(self, key: bytes) -> Record | None:
+        self._published.pop(key, None)
+        return self.store.remove(key)
+
+    async def provide(self, key: bytes) -> int:
+        """Announce this node as a provider of ``key`` to the k closest peers.
+        Returns to how many peers the announcement was sent."""
+        now = self.clock()
+        self.store.add_provider(ProviderRecord(key, self.peer_id, (), now + self.config.provider_ttl), now)
+        return await self._announce_provider(key)
+
+    async def _announce_provider(self, key: bytes) -> int:
+        peers = await self.get_closest_peers(key)
+        me = KadPeer(self.peer_id, self.host.announce_addrs(), 1)
+        msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
+        results = await asyncio.gather(*[self._send_only(p, msg) for p in peers], return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    async def get_providers(self, key: bytes, count: int | None = None) -> dict[PeerId, list[Multiaddr]]:
+        """Providers of ``key`` with their addresses (this node included when
+        it provides it); stops early once ``count`` are known."""
+        now = self.clock()
+        found: dict[PeerId, list[Multiaddr]] = {}
+        for rec in self.store.providers(key, now):
+            found[rec.provider] = list(self.host.announce_addrs() if rec.provider == self.peer_id else
+                                       self.host.addrbook.addrs(rec.provider, now) or rec.addrs)
+
+        def on_reply(peer, reply, it):
+            t = self.clock()
+            for p in reply.provider_peers:
+                if p.addrs and p.peer_id != self.peer_id:
+                    self.host.addrbook.add(p.peer_id, p.addrs, t, source="provider")
+                found.setdefault(p.peer_id, list(p.addrs))
+            if count is not None and len(found) >= count:
+                it.finish()
+
+        if count is None or len(found) < count:
+            try:
+                await self._iterate("get_providers", key, KadMessage(MessageType.GET_PROVIDERS, key=key), on_reply)
+            except NoKnownPeers:
+                if not found:
+                    raise
+        return found
+
+    # -- maintenance -------------------------------------------------------------------
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.maintenance_period)
+            try:
+                await self.maintenance(self.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance step failed")
+
+    async def maintenance(self, now: float) -> None:
+        """One maintenance step at time ``now``: apply due pending routing
+        entries, expire records and providers, and start the periodic
+        bootstrap, replication and republication when they are due."""
+        cfg = self.config
+        self.table.apply_pending(now)
+        for applied in self.table.pop_applied():
+            self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
+        expired_keys = [r.key for r in self.store.records() if r.is_expired(now)]
+        self.store.sweep(now)
+        for k in expired_keys:
+            self._published.pop(k, None)
+            self._emit(RecordExpired(k))
+        if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
+            self._last_bootstrap = now
+            self._spawn(self._quietly(self.bootstrap()))
+        if self._last_replication is None:
+            self._last_replication = now
+        elif now - self._last_replication >= cfg.replication_interval:
+            self._last_replication = now
+            for rec in self.store.records():
+                if rec.publisher == self.peer_id and now - self._published.get(rec.key, now) >= cfg.republish_interval:
+                    self._published[rec.key] = now
+                    rec.expires = now + cfg.record_ttl
+                self._spawn(self._quietly(self._replicate(rec)))
+        if self._last_provider_republish is None:
+            self._last_provider_republish = now
+        elif now - self._last_provider_republish >= cfg.provider_republish_interval:
+            self._last_provider_republish = now
+            for rec in self.store.provided():
+                rec.expires = now + cfg.provider_ttl
+                self._spawn(self._quietly(self._announce_provider(rec.key)))
+
+    async def _quietly(self, coro) -> None:
+        try:
+            await coro
+        except (KadError, StoreError) as exc:
+            log.debug("background task: %s", exc)

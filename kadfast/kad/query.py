@@ -1,0 +1,421 @@
+"""The iterative closest-peers lookup, sans-IO.
+
+:class:`ClosestPeersIter` decides which peers to ask next while a lookup walks
+towards a target key; the caller sends the requests and reports each answer
+back. It does no I/O and reads no clock: every call that depends on time takes
+``now`` (seconds on the caller's monotonic clock), and :meth:`next_deadline`
+tells the caller when to call :meth:`next` again if nothing else happens.
+
+The behaviour follows rust-libp2p's ``ClosestPeersIter``:
+
+* Candidates are kept sorted by XOR distance to the target and contacted
+  closest first, at most ``parallelism`` at a time while the lookup makes
+  progress (*Iterating*).
+* A response makes progress when it brings a new peer that ranks among the
+  ``num_results`` closest known before it (current rust-libp2p; before 2024
+  it had to be closer than all of them), or while fewer than ``num_results``
+  peers are known.
+  ``parallelism`` responses in a row without progress make the lookup
+  *Stalled*: it may then wait on up to ``max(num_results, parallelism)``
+  requests at once, to try every remaining candidate among the closest.
+  Progress while stalled returns it to *Iterating*.
+* A request that outlives ``request_timeout`` makes its peer *Unresponsive*:
+  the peer stops counting against the parallelism and is skipped by the
+  termination rule, but a late answer is still accepted.
+* The lookup is finished when the ``num_results`` closest peers that neither
+  failed nor went unresponsive have all answered; or when no candidate is left
+  to ask and no request is in flight; or when ``query_timeout`` has passed; or
+  when :meth:`ClosestPeersIter.finish` is called.
+
+Peer states::
+
+    NotContacted --next()--> Waiting --on_success--> Succeeded
+                                |  \\--on_failure--> Failed
+                                | deadline passed
+                                v
+                            Unresponsive --on_success--> Succeeded
+                                         --on_failure--> Failed
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:  # only for annotations: either key-space twin works
+    from .._xor import Key
+
+__all__ = [
+    "ClosestPeersIter",
+    "QueryStats",
+    "DEFAULT_K",
+    "DEFAULT_PARALLELISM",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_QUERY_TIMEOUT",
+]
+
+#: Replication parameter k (Kademlia paper; rust-libp2p ``K_VALUE``).
+DEFAULT_K = 20
+#: Concurrency parameter alpha (Kademlia paper; rust-libp2p ``ALPHA_VALUE``).
+DEFAULT_PARALLELISM = 3
+#: Seconds before an unanswered peer counts as unresponsive (rust-libp2p
+#: ``ClosestPeersIterConfig::peer_timeout``).
+DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Seconds a whole lookup may run (rust-libp2p ``query_timeout``).
+DEFAULT_QUERY_TIMEOUT = 60.0
+
+# Peer states (small ints: compared in the hot loop of next()).
+NOT_CONTACTED = 0
+WAITING = 1
+UNRESPONSIVE = 2
+FAILED = 3
+SUCCEEDED = 4
+
+_STATE_NAMES = ("NotContacted", "Waiting", "Unresponsive", "Failed", "Succeeded")
+
+# Lookup states.
+ITERATING = "iterating"
+STALLED = "stalled"
+FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class QueryStats:
+    """Counters of one lookup.
+
+    ``requests`` counts peers handed out by ``next()``; ``successes`` the peers
+    that answered; ``failures`` the peers that failed or are unresponsive (an
+    unresponsive peer that answers late moves from ``failures`` to
+    ``successes``). So ``requests == successes + failures + waiting()``.
+    ``start`` and ``end`` are instants on the caller's clock.
+    """
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    start: float = 0.0
+    end: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end, or None while the lookup runs."""
+        return None if self.end is None else self.end - self.start
+
+
+class _Peer:
+    __slots__ = ("key", "handle", "distance", "state", "deadline")
+
+    def __init__(self, key: Key, handle: Any, distance: int) -> None:
+        self.key = key
+        self.handle = handle
+        self.distance = distance
+        self.state = NOT_CONTACTED
+        self.deadline = 0.0
+
+    def __repr__(self) -> str:
+        return f"_Peer({self.handle!r}, {_STATE_NAMES[self.state]})"
+
+
+class ClosestPeersIter:
+    """Iterative lookup of the `num_results` peers closest to `target`.
+
+    ``known`` and the ``closer`` peers of :meth:`on_success` are
+    ``(key, handle)`` pairs: ``key`` is the peer's Kademlia key (anything with
+    a 32-byte ``digest``), ``handle`` is opaque to the iterator (typically the
+    PeerId) and is what :meth:`next` and :meth:`result` return. Handles must be
+    hashable; peers are told apart by key digest, and the first handle seen for
+    a key is kept.
+
+    Only the ``max(k, num_results)`` closest of ``known`` are used, and of one
+    response only its first ``max(k, num_results)`` peers (a well-behaved peer
+    sends at most k).
+    """
+
+    __slots__ = (
+        "target",
+        "k",
+        "parallelism",
+        "num_results",
+        "request_timeout",
+        "query_timeout",
+        "stats",
+        "_target_int",
+        "_dists",
+        "_peers",
+        "_by_digest",
+        "_inflight",
+        "_num_waiting",
+        "_state",
+        "_no_progress",
+        "_deadline",
+        "_now",
+        "_cap",
+    )
+
+    def __init__(
+        self,
+        target: Key,
+        known: Iterable[tuple[Key, Any]],
+        *,
+        now: float,
+        k: int = DEFAULT_K,
+        parallelism: int = DEFAULT_PARALLELISM,
+        num_results: int | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        query_timeout: float = DEFAULT_QUERY_TIMEOUT,
+    ) -> None:
+        if num_results is None:
+            num_results = k
+        if k < 1 or parallelism < 1 or num_results < 1:
+            raise ValueError("k, parallelism and num_results must be >= 1")
+        if not request_timeout > 0 or not query_timeout > 0:
+            raise ValueError("timeouts must be > 0")
+        self.target = target
+        self.k = k
+        self.parallelism = parallelism
+        self.num_results = num_results
+        self.request_timeout = float(request_timeout)
+        self.query_timeout = float(query_timeout)
+        self.stats = QueryStats(start=now)
+        self._target_int = int.from_bytes(target.digest, "big")
+        # Candidates sorted by distance: _dists[i] is _peers[i].distance.
+        # Distinct digests have distinct distances, so there are no ties.
+        self._dists: list[int] = []
+        self._peers: list[_Peer] = []
+        self._by_digest: dict[bytes, _Peer] = {}
+        # Handle -> peer for the peers a result may still arrive from
+        # (Waiting and Unresponsive), in the order they were asked.
+        self._inflight: dict[Any, _Peer] = {}
+        self._num_waiting = 0
+        self._state = ITERATING
+        self._no_progress = 0
+        self._deadline = now + self.query_timeout
+        self._now = now
+        self._cap = max(k, num_results)
+
+        t = self._target_int
+        fresh: dict[bytes, _Peer] = {}
+        for key, handle in known:
+            digest = key.digest
+            if digest not in fresh:
+                fresh[digest] = _Peer(key, handle, int.from_bytes(digest, "big") ^ t)
+        peers = sorted(fresh.values(), key=lambda p: p.distance)[: self._cap]
+        self._peers = peers
+        self._dists = [p.distance for p in peers]
+        self._by_digest = {p.key.digest: p for p in peers}
+        self._check(now)
+
+    # -- queries -------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._state is FINISHED
+
+    @property
+    def stalled(self) -> bool:
+        """True while the lookup is stalled (widened parallelism)."""
+        return self._state is STALLED
+
+    def waiting(self) -> int:
+        """Requests in flight that have not timed out."""
+        return self._num_waiting
+
+    def next_deadline(self) -> float | None:
+        """The earliest instant at which :meth:`next` has something to do
+        without any new result: a request deadline or the query deadline.
+        None once finished."""
+        if self._state is FINISHED:
+            return None
+        deadline = self._deadline
+        for peer in self._inflight.values():
+            if peer.state == WAITING and peer.deadline < deadline:
+                deadline = peer.deadline
+        return deadline
+
+    def result(self) -> list[Any]:
+        """Handles of up to ``num_results`` peers that answered, closest first."""
+        out = []
+        n = self.num_results
+        for peer in self._peers:
+            if peer.state == SUCCEEDED:
+                out.append(peer.handle)
+                if len(out) >= n:
+                    break
+        return out
+
+    def state_of(self, key: Key) -> str | None:
+        """The state name of the candidate with ``key`` (for tests and logs)."""
+        peer = self._by_digest.get(key.digest)
+        return None if peer is None else _STATE_NAMES[peer.state]
+
+    def __len__(self) -> int:
+        """Number of candidates known to the lookup, in any state."""
+        return len(self._peers)
+
+    def __repr__(self) -> str:
+        return (
+            f"ClosestPeersIter({self._state}, candidates={len(self._peers)}, "
+            f"waiting={self._num_waiting}, {self.stats})"
+        )
+
+    # -- driving ---------------------------------------------------------------
+
+    def next(self, now: float) -> list[Any]:
+        """Handles of the peers to ask now; each becomes Waiting until
+        ``now + request_timeout``. Empty when there is nothing to do now (at
+        capacity, waiting for results, or finished)."""
+        if self._state is FINISHED or self._tick(now):
+            return []
+        out: list[Any] = []
+        cap = self._capacity()
+        counter: int | None = 0   # None once a closer request is in flight
+        n = self.num_results
+        deadline = now + self.request_timeout
+        for peer in self._peers:
+            state = peer.state
+            if state == SUCCEEDED:
+                if counter is not None:
+                    counter += 1
+                    if counter >= n:
+                        self._finish(now)
+                        return out  # empty: a contact sets counter to None
+            elif state == NOT_CONTACTED:
+                if self._num_waiting >= cap:
+                    return out
+                peer.state = WAITING
+                peer.deadline = deadline
+                self._inflight[peer.handle] = peer
+                self._num_waiting += 1
+                self.stats.requests += 1
+                out.append(peer.handle)
+                counter = None
+            elif state == WAITING:
+                if self._num_waiting >= cap:
+                    return out
+                counter = None
+            # FAILED, UNRESPONSIVE: skipped
+        if self._num_waiting == 0:
+            self._finish(now)
+        return out
+
+    def on_success(self, handle: Any, closer: Iterable[tuple[Key, Any]], now: float) -> bool:
+        """Record the answer of ``handle`` with the ``closer`` peers it named.
+
+        Accepted from a Waiting or Unresponsive peer while the lookup runs;
+        returns False (and changes nothing) otherwise. Closer peers already
+        known are ignored; the caller leaves out its own key."""
+        if self._state is FINISHED or self._tick(now):
+            return False
+        peer = self._inflight.pop(handle, None)
+        if peer is None:
+            return False
+        stats = self.stats
+        if peer.state == WAITING:
+            self._num_waiting -= 1
+        else:  # UNRESPONSIVE: already counted as a failure
+            stats.failures -= 1
+        peer.state = SUCCEEDED
+        stats.successes += 1
+
+        # Progress: a new peer closer than the num_results-th closest known
+        # before this answer, or fewer than num_results peers known.
+        dists = self._dists
+        n = self.num_results
+        progress = len(dists) < n
+        bound = None if progress else dists[n - 1]
+        t = self._target_int
+        by_digest = self._by_digest
+        taken = 0
+        for key, h in closer:
+            if taken >= self._cap:
+                break
+            taken += 1
+            digest = key.digest
+            if digest in by_digest:
+                continue
+            d = int.from_bytes(digest, "big") ^ t
+            new = _Peer(key, h, d)
+            i = bisect.bisect_left(dists, d)
+            dists.insert(i, d)
+            self._peers.insert(i, new)
+            by_digest[digest] = new
+            if bound is not None and d < bound:
+                progress = True
+
+        if self._state is ITERATING:
+            if progress:
+                self._no_progress = 0
+            else:
+                self._no_progress += 1
+                if self._no_progress >= self.parallelism:
+                    self._state = STALLED
+        elif progress:  # STALLED
+            self._state = ITERATING
+            self._no_progress = 0
+        self._check(now)
+        return True
+
+    def on_failure(self, handle: Any, now: float) -> bool:
+        """Record that the request to ``handle`` failed. Returns False (and
+        changes nothing) unless the peer was Waiting or Unresponsive and the
+        lookup runs."""
+        if self._state is FINISHED or self._tick(now):
+            return False
+        peer = self._inflight.pop(handle, None)
+        if peer is None:
+            return False
+        if peer.state == WAITING:
+            self._num_waiting -= 1
+            self.stats.failures += 1
+        peer.state = FAILED
+        self._check(now)
+        return True
+
+    def finish(self) -> None:
+        """Stop now (e.g. a record lookup that has what it needs). The end
+        instant in :attr:`stats` is the latest ``now`` seen."""
+        if self._state is not FINISHED:
+            self._finish(self._now)
+
+    # -- internals -------------------------------------------------------------
+
+    def _capacity(self) -> int:
+        if self._state is STALLED:
+            return max(self.num_results, self.parallelism)
+        return self.parallelism
+
+    def _finish(self, now: float) -> None:
+        self._state = FINISHED
+        self.stats.end = now
+
+    def _tick(self, now: float) -> bool:
+        """Apply the passage of time: expired requests become Unresponsive,
+        an expired lookup finishes. True if the lookup is now finished."""
+        if now > self._now:
+            self._now = now
+        if now >= self._deadline:
+            self._finish(now)
+            return True
+        if self._num_waiting:
+            for peer in self._inflight.values():
+                if peer.state == WAITING and now >= peer.deadline:
+                    peer.state = UNRESPONSIVE
+                    self._num_waiting -= 1
+                    self.stats.failures += 1
+        return False
+
+    def _check(self, now: float) -> None:
+        """Finish if the termination rule holds, without asking anyone."""
+        counter = 0
+        n = self.num_results
+        for peer in self._peers:
+            state = peer.state
+            if state == SUCCEEDED:
+                counter += 1
+                if counter >= n:
+                    break
+            elif state == NOT_CONTACTED or state == WAITING:
+                return
+        # n closest answered, or nothing left to ask and nothing in flight
+        self._finish(now)

@@ -1,0 +1,155 @@
+"""kadfast's Kademlia against real peers (rust, go, js, py): FIND_NODE both
+ways, records and provider records in both directions, a kadfast bootstrap
+node through which a js and a rust peer find each other, and JSON
+request/response with the rust peer both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from kadfast import Multiaddr, PeerId
+from kadfast.kad.node import Config, KadNode, Quorum
+from kadfast.loop import run as run_loop
+from kadfast.net import HostConfig
+from kadfast.reqresp import JsonRequestResponse
+from kadfast.store import Record
+
+from .conftest import selected_impls
+
+pytestmark = pytest.mark.interop
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" in metafunc.fixturenames:
+        metafunc.parametrize("impl", selected_impls(metafunc.config))
+
+
+def provider_key(text: str) -> bytes:
+    """The wire key of a provider record per PROTOCOL.md: a sha2-256 multihash."""
+    return b"\x12\x20" + hashlib.sha256(text.encode()).digest()
+
+
+async def call(peer, cmd, **args):
+    return await asyncio.to_thread(peer.call, cmd, **args)
+
+
+async def start_node() -> KadNode:
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16))
+    node = KadNode(config=Config(), host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+    await node.start()
+    return node
+
+
+def node_maddr(node: KadNode) -> str:
+    return str(node.listen_addrs[0].with_peer_id(node.peer_id))
+
+
+async def until(predicate, timeout=20.0, interval=0.1):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+def test_kad_both_ways(spawn_peer, impl):
+    peer = spawn_peer(impl)
+    pid = PeerId.from_string(peer.peer_id)
+
+    async def main():
+        node = await start_node()
+        try:
+            # the peer joins through kadfast; kadfast knows the peer
+            await call(peer, "dial", addr=node_maddr(node))
+            node.add_address(pid, Multiaddr(peer.addrs[0]))
+            await until(lambda: pid in node.routing_table_peers())
+            await until(lambda: str(node.peer_id) in peer.call("routing_table")["peers"])
+
+            # FIND_NODE: kadfast asks the peer, the peer asks kadfast
+            found = await node.get_closest_peers(PeerId(bytes.fromhex("002408011220") + uuid.uuid4().bytes * 2))
+            assert pid in found
+            res = await call(peer, "closest", peer_id=str(PeerId(bytes.fromhex("002408011220") + uuid.uuid4().bytes * 2)))
+            assert str(node.peer_id) in res["peers"], res
+
+            # a record put by kadfast is got by the peer
+            key = f"/kadfast/{uuid.uuid4().hex}"
+            stored = await node.put_record(Record(key.encode(), b"from-kadfast"), Quorum.ONE)
+            assert stored == 1
+            got = await call(peer, "get", key=key)
+            assert got["value"] == "from-kadfast"
+
+            # a record put by the peer is stored by kadfast and got back
+            key2 = f"/kadfast/{uuid.uuid4().hex}"
+            await call(peer, "put", key=key2, value="from-peer", quorum=1)
+            assert node.store.get(key2.encode(), node.clock()).value == b"from-peer"
+            node.store.remove(key2.encode())  # make get_record ask the network
+            res = await node.get_record(key2.encode())
+            assert res.best.value == b"from-peer" and any(r.peer == pid for r in res.records)
+
+            # providers: kadfast provides, the peer finds it; and the other way
+            text = f"prov-{uuid.uuid4().hex}"
+            assert await node.provide(provider_key(text)) == 1
+            provs = await call(peer, "providers", key=text, count=1)
+            assert str(node.peer_id) in provs["providers"], provs
+            text2 = f"prov-{uuid.uuid4().hex}"
+            await call(peer, "provide", key=text2)
+            await until(lambda: node.store.providers(provider_key(text2), node.clock()))
+            got = await node.get_providers(provider_key(text2))
+            assert pid in got and got[pid], got
+        finally:
+            await node.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 150))
+
+
+def test_kadfast_bootstrap_node_joins_js_and_rust(spawn_peer, interop_impls):
+    for needed in ("js", "rust"):
+        if needed not in interop_impls:
+            pytest.fail(f"this test needs the {needed} peer; run it with all implementations")
+    js = spawn_peer("js")
+    rust = spawn_peer("rust")
+
+    async def main():
+        boot = await start_node()
+        try:
+            await call(js, "dial", addr=node_maddr(boot))
+            await call(rust, "dial", addr=node_maddr(boot))
+            await until(lambda: len(boot.routing_table_peers()) == 2)
+            found = await call(js, "find_peer", peer_id=rust.peer_id)
+            assert rust.addrs[0] in found["addrs"], found
+            found = await call(rust, "find_peer", peer_id=js.peer_id)
+            assert js.addrs[0] in found["addrs"], found
+        finally:
+            await boot.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 120))
+
+
+def test_json_request_response_with_rust(spawn_peer, interop_impls):
+    if "rust" not in interop_impls:
+        pytest.fail("this test needs the rust peer")
+    rust = spawn_peer("rust")
+    rid = PeerId.from_string(rust.peer_id)
+
+    async def main():
+        node = await start_node()
+        rr = JsonRequestResponse(node.host)
+
+        async def handler(peer, body):
+            return {"echo": body, "from": str(node.peer_id)}
+
+        rr.set_handler(handler)
+        try:
+            reply = await rr.request(rid, {"hello": [1, 2, 3]}, addrs=[Multiaddr(rust.addrs[0])])
+            assert reply["echo"] == {"hello": [1, 2, 3]} and reply["peer_id"] == rust.peer_id
+            res = await call(rust, "request", peer_id=str(node.peer_id), body={"n": 42})
+            assert res["response"] == {"echo": {"n": 42}, "from": str(node.peer_id)}
+        finally:
+            await node.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 60))

@@ -1,0 +1,294 @@
+"""The Kademlia node: server handlers with a fake clock, maintenance, and a
+loopback network of 50 nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+
+from kadfast import Ed25519KeyPair, Key, Multiaddr, PeerId
+from kadfast.kad.node import (
+    Config,
+    InboundRequest,
+    KadNode,
+    NoKnownPeers,
+    NotFound,
+    Quorum,
+    QuorumFailed,
+    RecordExpired,
+    RoutingUpdated,
+)
+from kadfast.kad.pb import KadMessage, KadPeer, KadRecord, MessageType
+from kadfast.kad.validation import AcceptAllValidator, InvalidRecord, NamespacedValidator, Validator
+from kadfast.loop import run as run_loop
+from kadfast.net import HostConfig
+from kadfast.store import Record
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def peer_ids(n):
+    return [Ed25519KeyPair.generate().peer_id for _ in range(n)]
+
+
+def offline_node(**kw) -> KadNode:
+    """A node that is never started: its handlers are driven directly."""
+    clock = kw.pop("clock", FakeClock())
+    return KadNode(clock=clock, **kw)
+
+
+# -- quorum ------------------------------------------------------------------
+def test_quorum_counts_like_rust():
+    assert Quorum.count(Quorum.ONE, 20) == 1
+    assert Quorum.count(Quorum.MAJORITY, 20) == 11
+    assert Quorum.count(Quorum.ALL, 20) == 20
+    assert Quorum.count(5, 20) == 5 and Quorum.count(50, 20) == 20
+    with pytest.raises(ValueError):
+        Quorum.count(0, 20)
+
+
+def test_config_defaults_match_rust():
+    c = Config()
+    assert (c.k, c.parallelism, c.query_timeout, c.request_timeout) == (20, 3, 60.0, 10.0)
+    assert (c.record_ttl, c.replication_interval, c.republish_interval) == (48 * 3600, 3600, 22 * 3600)
+    assert (c.provider_ttl, c.provider_republish_interval, c.periodic_bootstrap_interval) == (48 * 3600, 12 * 3600, 300)
+    assert c.protocol == "/ipfs/kad/1.0.0"
+
+
+# -- server handlers -----------------------------------------------------------
+def test_find_node_for_own_id_includes_self_and_skips_addressless_peers():
+    node = offline_node()
+    node.host._listen_addrs.append(Multiaddr("/ip4/127.0.0.1/tcp/4001"))
+    a, b, asker = peer_ids(3)
+    node.add_address(a, Multiaddr("/ip4/10.0.0.1/tcp/1"))
+    node._update_peer(b, node.clock(), connected=True)  # b: no address known
+    reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=node.peer_id.to_bytes()), None)
+    ids = [p.peer_id for p in reply.closer_peers]
+    assert ids[0] == node.peer_id
+    assert reply.closer_peers[0].addrs == [Multiaddr("/ip4/127.0.0.1/tcp/4001")]
+    assert a in ids and b not in ids and asker not in ids
+
+
+def test_find_node_returns_the_k_closest():
+    node = offline_node(config=Config(k=5))
+    peers = peer_ids(40)
+    for i, p in enumerate(peers):
+        node.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
+    target = os.urandom(32)
+    reply = node._handle_request(peers[0], KadMessage(MessageType.FIND_NODE, key=target), None)
+    got = [p.peer_id for p in reply.closer_peers]
+    in_table = node.routing_table_peers()
+    t = Key(target)
+    expected = sorted((p for p in in_table if p != peers[0]), key=lambda p: t.distance(Key(p.to_bytes())))[:5]
+    assert got == expected
+
+
+def test_put_value_echoes_and_stores_and_validates():
+    v = NamespacedValidator()
+
+    class OnlyGood(Validator):
+        def validate(self, key, value):
+            if value != b"good":
+                raise InvalidRecord("not good")
+
+    v.register("strict", OnlyGood())
+    node = offline_node(validator=v)
+    sender = peer_ids(1)[0]
+    events = node.subscribe()
+    msg = KadMessage(MessageType.PUT_VALUE, key=b"/any/x", record=KadRecord(b"/any/x", b"v"))
+    reply = node._handle_request(sender, msg, None)
+    assert reply.type == MessageType.PUT_VALUE and reply.record.key == b"/any/x" and reply.record.value == b"v"
+    rec = node.store.get(b"/any/x", node.clock())
+    assert rec.value == b"v" and rec.publisher == sender
+    assert rec.expires == node.clock() + node.config.record_ttl
+    assert isinstance(events.get_nowait(), InboundRequest)
+    # a record whose key differs from the message key
+    with pytest.raises(Exception):
+        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/y", record=KadRecord(b"/any/x", b"v")), None)
+    # a namespace validator refuses
+    with pytest.raises(InvalidRecord):
+        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a", record=KadRecord(b"/strict/a", b"bad")), None)
+    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a", record=KadRecord(b"/strict/a", b"good")), None)
+    reply = node._handle_request(sender, KadMessage(MessageType.GET_VALUE, key=b"/strict/a"), None)
+    assert reply.record.value == b"good"
+
+
+def test_add_provider_accepts_only_the_sender():
+    node = offline_node()
+    sender, other = peer_ids(2)
+    addr = Multiaddr("/ip4/10.1.1.1/tcp/5")
+    msg = KadMessage(MessageType.ADD_PROVIDER, key=b"k", provider_peers=[KadPeer(other, [addr]), KadPeer(sender, [addr])])
+    assert node._handle_request(sender, msg, None) is None
+    providers = node.store.providers(b"k", node.clock())
+    assert [p.provider for p in providers] == [sender]
+    reply = node._handle_request(other, KadMessage(MessageType.GET_PROVIDERS, key=b"k"), None)
+    assert [(p.peer_id, p.addrs) for p in reply.provider_peers] == [(sender, [addr])]
+
+
+def test_maintenance_expires_records_and_applies_pending():
+    clock = FakeClock()
+    node = offline_node(clock=clock, config=Config(k=1, pending_timeout=5.0))
+    events = node.subscribe()
+    node.store.put(Record(b"k", b"v", expires=clock() + 10), clock())
+
+    async def main():
+        clock.t += 11
+        await node.maintenance(clock())
+        assert node.store.get(b"k", clock()) is None
+        evs = [events.get_nowait() for _ in range(events.qsize())]
+        assert RecordExpired(b"k") in evs
+
+    run_loop(main, "asyncio")
+
+
+def test_operations_without_peers_fail_clearly():
+    async def main():
+        node = KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        await node.start()
+        try:
+            with pytest.raises(NoKnownPeers):
+                await node.bootstrap()
+            with pytest.raises(NoKnownPeers):
+                await node.get_closest_peers(b"x")
+            # a put stores locally even without peers, then misses its quorum
+            with pytest.raises(QuorumFailed) as exc:
+                await node.put_record(Record(b"/a/b", b"c"), Quorum.ONE)
+            assert exc.value.stored == 0
+        finally:
+            await node.stop()
+
+    run_loop(main)
+
+
+# -- a loopback network ---------------------------------------------------------
+N_NODES = 50
+
+
+async def start_network(n: int, **config_kw) -> list[KadNode]:
+    nodes = []
+    for _ in range(n):
+        node = KadNode(
+            config=Config(**config_kw),
+            host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], idle_timeout=600),
+        )
+        await node.start()
+        nodes.append(node)
+    boot = nodes[0]
+    boot_addr = boot.listen_addrs[0]
+    for node in nodes[1:]:
+        node.add_address(boot.peer_id, boot_addr)
+    await asyncio.gather(*[n.bootstrap() for n in nodes[1:]])
+    return nodes
+
+
+async def gather_limited(coros, limit=25):
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*[one(c) for c in coros])
+
+
+def test_network_of_50_nodes():
+    async def main():
+        nodes = await start_network(N_NODES)
+        rnd = random.Random(7)
+        try:
+            # every node knows a good part of the network
+            assert min(len(n.table) for n in nodes) >= 10
+
+            # every node finds every other node
+            async def find(a, b):
+                addrs = await a.find_peer(b.peer_id)
+                return b.listen_addrs[0] in addrs
+
+            pairs = [(a, b) for a in nodes for b in nodes if a is not b]
+            found = await gather_limited([find(a, b) for a, b in pairs], limit=40)
+            assert all(found), f"{found.count(False)} of {len(found)} lookups failed"
+
+            # records put from random nodes are got from others
+            keys = []
+            for i in range(10):
+                src = rnd.choice(nodes)
+                key = f"/test/rec-{i}".encode()
+                stored = await src.put_record(Record(key, b"value-%d" % i), Quorum.MAJORITY)
+                assert stored >= 11
+                keys.append(key)
+            for i, key in enumerate(keys):
+                getter = rnd.choice(nodes)
+                res = await getter.get_record(key)
+                assert res.best.value == b"value-%d" % i
+
+            # providers announced by several nodes are all found
+            providers = rnd.sample(nodes, 5)
+            for p in providers:
+                assert await p.provide(b"the-key") > 0
+            for asker in rnd.sample(nodes, 5):
+                got = await asker.get_providers(b"the-key")
+                assert {p.peer_id for p in providers} <= set(got)
+
+            # a node that leaves disappears from lookups and routing tables
+            leaver = nodes.pop(rnd.randrange(1, len(nodes)))
+            await leaver.stop()
+            lk = Key(leaver.peer_id.to_bytes())
+            for n in nodes:
+                await n.get_closest_peers(leaver.peer_id)
+            holders = [n for n in nodes if n.table.get(lk) is not None and n.table.get(lk).connected]
+            assert not holders
+            closest = await nodes[1].get_closest_peers(leaver.peer_id)
+            assert leaver.peer_id not in closest
+            # a newcomer takes part as usual
+            newcomer = KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+            await newcomer.start()
+            nodes.append(newcomer)
+            newcomer.add_address(nodes[0].peer_id, nodes[0].listen_addrs[0])
+            await newcomer.bootstrap()
+            assert await nodes[5].find_peer(newcomer.peer_id)
+        finally:
+            await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
+
+    run_loop(lambda: asyncio.wait_for(main(), 240))
+
+
+def test_routing_events_and_get_record_details():
+    async def main():
+        nodes = await start_network(6)
+        try:
+            q = nodes[3].subscribe()
+            newcomer = KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+            await newcomer.start()
+            nodes.append(newcomer)
+            newcomer.add_address(nodes[3].peer_id, nodes[3].listen_addrs[0])
+            await newcomer.bootstrap()
+
+            async def routed():
+                while True:
+                    ev = await q.get()
+                    if isinstance(ev, RoutingUpdated) and ev.peer == newcomer.peer_id:
+                        return ev
+            ev = await asyncio.wait_for(routed(), 10)
+            assert ev.is_new_peer and newcomer.listen_addrs[0] in ev.addrs
+
+            await nodes[1].put_record(Record(b"/t/k", b"one"), Quorum.ALL if False else 3)
+            res = await nodes[4].get_record(b"/t/k", quorum=3)
+            assert len(res.records) == 3 and all(r.record.value == b"one" for r in res.records)
+            assert all(r.peer is None or isinstance(r.peer, PeerId) for r in res.records)
+            with pytest.raises(NotFound):
+                await nodes[2].get_record(b"/t/missing")
+            with pytest.raises(QuorumFailed):
+                await nodes[2].put_record(Record(b"/t/k2", b"x"), Quorum.ALL)  # 20 > network size
+        finally:
+            await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
+
+    run_loop(lambda: asyncio.wait_for(main(), 120))
