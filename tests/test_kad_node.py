@@ -292,3 +292,70 @@ def test_routing_events_and_get_record_details():
             await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
 
     run_loop(lambda: asyncio.wait_for(main(), 120))
+
+
+def test_modes_decide_whether_kad_is_served():
+    async def main():
+        server = KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        client = KadNode()  # auto: no listen address -> client
+        forced = KadNode(config=Config(mode="client"), host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        for n in (server, client, forced):
+            await n.start()
+        try:
+            assert server.server_mode and not client.server_mode and not forced.server_mode
+            assert "/ipfs/kad/1.0.0" in server.host.protocols
+            assert "/ipfs/kad/1.0.0" not in client.host.protocols
+            # a client queries servers but never enters their routing tables
+            client.add_address(server.peer_id, server.listen_addrs[0])
+            assert await client.get_closest_peers(b"k") == [server.peer_id]
+            info = await server.host.identify(client.peer_id)
+            assert "/ipfs/kad/1.0.0" not in info.protocols
+            assert client.peer_id not in server.routing_table_peers()
+            # a private DHT: another protocol name does not mix with the default one
+            private = KadNode(config=Config(protocol="/private/kad/1.0.0"),
+                              host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+            await private.start()
+            try:
+                private.add_address(server.peer_id, server.listen_addrs[0])
+                assert await private.get_closest_peers(b"k") == []
+                assert server.peer_id not in private.routing_table_peers()
+            finally:
+                await private.stop()
+        finally:
+            for n in (server, client, forced):
+                await n.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 60))
+
+
+def test_republish_and_replication_with_a_fake_clock():
+    async def main():
+        nodes = await start_network(4)
+        clock = FakeClock(0.0)
+        writer = nodes[1]
+        writer.clock = clock
+        try:
+            await writer.put_record(Record(b"/t/r", b"v"), 3)
+            first = writer.store.get(b"/t/r", clock()).expires
+            # another node forgets the record; replication brings it back
+            victim = next(n for n in nodes if n is not writer and n.store.get(b"/t/r", n.clock()))
+            victim.store.remove(b"/t/r")
+            await writer.maintenance(clock())          # starts the timers
+            clock.t += writer.config.replication_interval
+            await writer.maintenance(clock())
+            await until_true(lambda: victim.store.get(b"/t/r", victim.clock()) is not None)
+            # after the republish interval the publisher refreshes the expiry
+            clock.t += writer.config.republish_interval
+            await writer.maintenance(clock())
+            assert writer.store.get(b"/t/r", clock()).expires > first
+        finally:
+            await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
+
+    run_loop(lambda: asyncio.wait_for(main(), 60))
+
+
+async def until_true(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)

@@ -441,6 +441,12 @@ def test_fast_reply_large_peer_body():
     for t in (MessageType.FIND_NODE, MessageType.GET_PROVIDERS):
         fast = encode_find_node_reply(b"", [body], t, [body])
         assert fast == encode_message(KadMessage(t, closer_peers=[peer], provider_peers=[peer]))
+    small = encode_peer(ED_IDS[1], [ADDRS[0]])
+    small_peer = KadPeer(ED_IDS[1], [ADDRS[0]])
+    # the long body only among the providers, given as iterators
+    fast = encode_find_node_reply(b"k", iter([small, small]), MessageType.GET_PROVIDERS, iter([small, body]))
+    want = KadMessage(MessageType.GET_PROVIDERS, b"k", closer_peers=[small_peer] * 2, provider_peers=[small_peer, peer])
+    assert fast == encode_message(want)
     with pytest.raises(KadCodecError):
         encode_find_node_reply(b"", [body], 9)
 

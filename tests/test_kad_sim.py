@@ -99,7 +99,7 @@ class Network:
     [
         (300, 0.0, (0.005, 0.3), 150, 70),
         (500, 0.05, (0.0, 0.0), 150, 70),      # every answer arrives at once
-        (1000, 0.1, (0.005, 0.3), 200, 200),
+        (1000, 0.1, (0.005, 0.3), 200, 250),
     ],
 )
 def test_lookups_find_the_true_closest_live_nodes(n, dead_fraction, latency, lookups, max_median_requests):

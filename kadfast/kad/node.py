@@ -535,6 +535,8 @@ class KadNode:
                     it.on_success(peer, self._learn_peers(reply.closer_peers, now), now)
                     if on_reply is not None:
                         on_reply(peer, reply, it)
+                if done and self._subscribers:
+                    self._emit(QueryProgressed(kind, key, it.stats, False))
         finally:
             for task in inflight:
                 task.cancel()

@@ -274,17 +274,28 @@ def encode_find_node_reply(
         parts.append(_len_field(b"\x12", key))
     if record is not None:
         parts.append(_len_field(b"\x1a", _encode_record(record)))
+    if closer_peer_bodies.__class__ is not list:
+        closer_peer_bodies = list(closer_peer_bodies)
+    head = len(parts)
     append = parts.append
     prefix = _CLOSER_PREFIX
-    for body in closer_peer_bodies:
-        n = len(body)
-        append(prefix[n] if n < _PREFIX_TABLE_SIZE else b"\x42" + _varint(n))
-        append(body)
-    prefix = _PROVIDER_PREFIX
-    for body in provider_peer_bodies:
-        n = len(body)
-        append(prefix[n] if n < _PREFIX_TABLE_SIZE else b"\x4a" + _varint(n))
-        append(body)
+    try:
+        # The prefix table covers every ordinary Peer; a body too long for it
+        # raises IndexError and the slow loop below starts over.
+        for body in closer_peer_bodies:
+            append(prefix[len(body)])
+            append(body)
+        if provider_peer_bodies:
+            provider_peer_bodies = list(provider_peer_bodies)
+            prefix = _PROVIDER_PREFIX
+            for body in provider_peer_bodies:
+                append(prefix[len(body)])
+                append(body)
+    except IndexError:
+        del parts[head:]
+        for tag, bodies in ((b"\x42", closer_peer_bodies), (b"\x4a", provider_peer_bodies)):
+            for body in bodies:
+                append(_len_field(tag, body))
     return b"".join(parts)
 
 
