@@ -1,0 +1,456 @@
+"""The ``kadfast`` command line: bootstrap server, listener, dialer, DHT
+operations, identities and a self-contained demo.
+
+Exit codes (also in ``kadfast --help``):
+  0  success
+  1  the operation failed (e.g. a request or a lookup error)
+  2  bad arguments
+  3  no bootstrap node reachable
+  4  nothing found (empty namespace, no record, no provider, unknown peer)
+  5  a put missed its quorum
+  130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from . import __version__
+from .client import BootstrapError, Client, NoPeersInNamespace, namespace_provider_key
+from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
+from .kad.node import Config, InboundRequest, KadNode, NoKnownPeers, NotFound, Quorum, QuorumFailed
+from .keys import Ed25519KeyPair, load_or_create_keypair
+from .loop import LOOP_KINDS, run as run_loop
+from .multiaddr import Multiaddr
+from .net import HostConfig
+from .peerid import PeerId
+from .reqresp import DEFAULT_PROTOCOL, RequestError
+from .store import Record
+
+log = logging.getLogger("kadfast.cli")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_BOOTSTRAP, EXIT_NOT_FOUND, EXIT_QUORUM, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+
+EPILOG = """exit codes: 0 success; 1 operation failed; 2 bad arguments; 3 no bootstrap
+node reachable; 4 nothing found (empty namespace, no record/provider/peer);
+5 quorum missed; 130 interrupted"""
+
+
+class UsageError(Exception):
+    pass
+
+
+# -- output ------------------------------------------------------------------
+class Out:
+    """Human lines on stdout, or one JSON object per line with --json; a
+    progress line on stderr when it is a terminal."""
+
+    def __init__(self, as_json: bool, quiet: bool) -> None:
+        self.as_json = as_json
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not as_json and not quiet
+        self._progress = False
+
+    def emit(self, event: str, text: str, **fields) -> None:
+        self.clear_progress()
+        if self.as_json:
+            print(json.dumps({"event": event, **fields}, default=str), flush=True)
+        else:
+            print(text, flush=True)
+
+    def progress(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[2K" + text)
+            sys.stderr.flush()
+            self._progress = True
+        else:
+            log.info("%s", text)
+
+    def clear_progress(self) -> None:
+        if self._progress:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self._progress = False
+
+
+# -- argument parsing ---------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output: one JSON object per line")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    common.add_argument("--loop", choices=LOOP_KINDS, default="auto", help="event loop (default: uvloop when installed)")
+
+    net = argparse.ArgumentParser(add_help=False)
+    net.add_argument("--bootstrap", action="append", default=[], metavar="MADDR",
+                     help="bootstrap node address ending in /p2p/<id> (repeatable)")
+    net.add_argument("--key", metavar="FILE", help="identity key file (created if missing)")
+    net.add_argument("--listen", action="append", default=[], metavar="MADDR",
+                     help="listen address (repeatable; default /ip4/0.0.0.0/tcp/0)")
+    net.add_argument("--external-addr", action="append", default=[], metavar="MADDR", help="address to announce")
+    net.add_argument("--kad-protocol", default="/ipfs/kad/1.0.0", help="Kademlia protocol name (private DHTs change it)")
+    net.add_argument("--timeout", type=float, default=60.0, help="overall timeout of the operation in seconds")
+
+    p = argparse.ArgumentParser(prog="kadfast", description="A fast Kademlia DHT node speaking libp2p's wire protocol.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"kadfast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help, parents=(common, net)):
+        return sub.add_parser(name, help=help, description=help, parents=list(parents), epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    s = add("server", "run a bootstrap node (Kademlia server mode)")
+    s.add_argument("--store", default="memory", help="record store: memory or sqlite:PATH")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (127.0.0.1)")
+
+    s = add("listen", "join, announce yourself in a namespace and answer JSON requests")
+    s.add_argument("--namespace", required=True)
+    s.add_argument("--protocol", default=DEFAULT_PROTOCOL, help="JSON request/response protocol name")
+
+    s = add("dial", "find the peers of a namespace and send each a JSON request")
+    s.add_argument("--namespace", required=True)
+    s.add_argument("--protocol", default=DEFAULT_PROTOCOL, help="JSON request/response protocol name")
+    s.add_argument("--message", default='{"hello": "from kadfast"}', help="the JSON request")
+    s.add_argument("--count", type=int, help="talk to at most N peers")
+
+    for name, help in (("get", "get a record"), ("provide", "announce yourself as a provider of a key"),
+                       ("providers", "find the providers of a key"), ("closest", "find the peers closest to a key or PeerId")):
+        s = add(name, help)
+        s.add_argument("key")
+        s.add_argument("--hex", action="store_true", help="the key is hex-encoded bytes")
+        if name == "get":
+            s.add_argument("--all", action="store_true", help="print every distinct value found")
+    s = add("put", "put a record")
+    s.add_argument("key")
+    s.add_argument("value")
+    s.add_argument("--hex", action="store_true", help="key and value are hex-encoded bytes")
+    s.add_argument("--quorum", default="one", help="one, majority, all or a number (default one)")
+    s = add("find-peer", "find the addresses of a peer")
+    s.add_argument("peer_id")
+    s = add("id", "create or show an identity", parents=(common,))
+    s.add_argument("--key", metavar="FILE", help="key file (created if missing); without it, a new identity is shown")
+    add("demo", "run a local network on loopback: a bootstrap node, three listeners and a dialer", parents=(common,))
+    return p
+
+
+def parse_key(text: str, is_hex: bool) -> bytes:
+    if is_hex:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise UsageError(f"not hex: {text!r}") from None
+    return text.encode()
+
+
+def parse_quorum(text: str):
+    t = text.lower()
+    if t in ("one", "majority", "all"):
+        return t
+    if t.isdigit() and int(t) >= 1:
+        return int(t)
+    raise UsageError(f"bad quorum {text!r}: one, majority, all or a positive number")
+
+
+def setup_logging(args) -> None:
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the open-file limit to the hard limit; returns (soft, hard)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    except (ValueError, OSError):
+        pass
+    return soft, hard
+
+
+# -- commands -----------------------------------------------------------------------
+def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL) -> Client:
+    if not args.bootstrap:
+        raise UsageError("--bootstrap MADDR is required (the address printed by `kadfast server`)")
+    return Client(
+        args.bootstrap,
+        namespace,
+        key_file=args.key,
+        listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
+        external_addrs=args.external_addr,
+        announce=announce,
+        protocol=protocol,
+        kad_config=Config(protocol=args.kad_protocol),
+    )
+
+
+async def cmd_server(args, out: Out) -> int:
+    soft, _ = raise_nofile_limit()
+    keypair = load_or_create_keypair(args.key) if args.key else Ed25519KeyPair.generate()
+    store = None
+    if args.store != "memory":
+        from .sqlite_store import open_store
+        try:
+            store = open_store(args.store, keypair.peer_id)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    node = KadNode(
+        keypair,
+        Config(mode="server", protocol=args.kad_protocol),
+        host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
+                               max_connections=max(64, soft - 64) if soft else 4096),
+        store=store,
+    )
+    await node.start()
+    addrs = [str(a.with_peer_id(node.peer_id)) for a in node.listen_addrs]
+    stop = asyncio.Event()
+    metrics_server = None
+    requests = [0]
+    events = node.subscribe()
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        if args.json:
+            out.emit("listening", "", peer_id=str(node.peer_id), addrs=addrs, open_files=soft)
+        else:
+            for a in addrs:
+                print(a, flush=True)
+            log.warning("open-file limit %d: room for about %d connections", soft, max(0, soft - 64))
+        if args.metrics_port is not None:
+            metrics_server = await start_metrics(node, args.metrics_port, requests)
+        last, last_count = time.monotonic(), 0
+        while not stop.is_set():
+            try:
+                ev = await asyncio.wait_for(events.get(), 1.0)
+                if isinstance(ev, InboundRequest):
+                    requests[0] += 1
+                continue_status = False
+            except asyncio.TimeoutError:
+                continue_status = True
+            now = time.monotonic()
+            if continue_status or now - last >= 1.0:
+                rate = (requests[0] - last_count) / max(now - last, 1e-9)
+                last, last_count = now, requests[0]
+                status = (f"peers {len(node.table)} | connections {node.host.connection_count()} | "
+                          f"records {len(node.store)} | requests/s {rate:.0f}")
+                if out.tty:
+                    out.progress(status)
+                elif int(now) % 30 == 0:
+                    log.info("%s", status)
+        return EXIT_OK
+    finally:
+        out.clear_progress()
+        if metrics_server is not None:
+            metrics_server.close()
+        await node.stop()
+        if store is not None and hasattr(store, "close"):
+            store.close()
+
+
+async def start_metrics(node: KadNode, port: int, requests: list[int]):
+    from .metrics import Metrics, serve_metrics
+
+    m = Metrics()
+    m.gauge("kadfast_routing_table_peers", "peers in the routing table", lambda: len(node.table))
+    m.gauge("kadfast_connections", "open connections", lambda: node.host.connection_count())
+    m.gauge("kadfast_store_records", "records held", lambda: len(node.store))
+    m.gauge("kadfast_inbound_requests", "inbound kad requests since start", lambda: requests[0])
+
+    async def count():
+        q = node.subscribe()
+        while True:
+            ev = await q.get()
+            if isinstance(ev, InboundRequest):
+                m.inc("kadfast_requests_total", {"type": ev.type.name})
+            elif type(ev).__name__ == "QueryProgressed" and ev.finished:
+                m.observe("kadfast_query_duration_seconds", ev.stats.duration or 0.0)
+    node._spawn(count())
+    return await serve_metrics(m, "127.0.0.1", port)
+
+
+async def cmd_listen(args, out: Out) -> int:
+    client = make_client(args, args.namespace, announce=True, protocol=args.protocol)
+
+    async def handler(peer, request):
+        out.emit("request", f"request from {peer}: {json.dumps(request)}", peer=str(peer), request=request)
+        return {"peer": str(client.peer_id), "echo": request}
+
+    client._handler = handler
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    out.progress("joining the DHT and announcing…")
+    async with client:
+        addrs = [str(a.with_peer_id(client.peer_id)) for a in client.listen_addrs]
+        out.emit("announced", f"listening in namespace {args.namespace!r} as {client.peer_id}",
+                 peer_id=str(client.peer_id), namespace=args.namespace, addrs=addrs)
+        await stop.wait()
+    return EXIT_OK
+
+
+async def cmd_dial(args, out: Out) -> int:
+    try:
+        message = json.loads(args.message)
+    except ValueError:
+        raise UsageError(f"--message is not JSON: {args.message!r}") from None
+    client = make_client(args, args.namespace, announce=False, protocol=args.protocol)
+    out.progress("joining the DHT…")
+    async with client:
+        out.progress(f"looking up namespace {args.namespace!r}…")
+        peers = await client.peers(limit=args.count)
+        if not peers:
+            out.emit("empty", f"no peer of namespace {args.namespace!r} answered", namespace=args.namespace)
+            return EXIT_NOT_FOUND
+        ok = 0
+
+        async def talk(pid):
+            nonlocal ok
+            try:
+                reply = await client.request(pid, message)
+            except RequestError as exc:
+                out.emit("error", f"{pid}: {exc}", peer=str(pid), error=str(exc))
+                return
+            ok += 1
+            out.emit("reply", f"{pid}: {json.dumps(reply)}", peer=str(pid), response=reply)
+
+        await asyncio.gather(*[talk(p) for p in peers])
+        if not args.json:
+            log.info("%d of %d peers answered", ok, len(peers))
+        return EXIT_OK if ok else EXIT_FAIL
+
+
+async def cmd_dht(args, out: Out) -> int:
+    client = make_client(args)
+    out.progress("joining the DHT…")
+    async with client:
+        node = client.node
+        c = args.command
+        if c == "put":
+            key, value = parse_key(args.key, args.hex), parse_key(args.value, args.hex)
+            out.progress("storing…")
+            stored = await node.put_record(Record(key, value), parse_quorum(args.quorum))
+            out.emit("stored", f"stored on {stored} peers", key=args.key, peers=stored)
+        elif c == "get":
+            key = parse_key(args.key, args.hex)
+            res = await node.get_record(key, quorum=node.config.k if args.all else 1)
+            values = []
+            for pr in res.records:
+                if pr.record.value not in values:
+                    values.append(pr.record.value)
+            shown = values if args.all else [res.best.value]
+            for v in shown:
+                text = v.hex() if args.hex else v.decode(errors="replace")
+                out.emit("value", text, key=args.key, value=text)
+        elif c == "provide":
+            sent = await node.provide(parse_key(args.key, args.hex))
+            out.emit("provided", f"provider record sent to {sent} peers", key=args.key, peers=sent)
+        elif c == "providers":
+            found = await node.get_providers(parse_key(args.key, args.hex))
+            found.pop(client.peer_id, None)
+            if not found:
+                out.emit("empty", "no providers found", key=args.key)
+                return EXIT_NOT_FOUND
+            for pid, addrs in found.items():
+                out.emit("provider", f"{pid} {' '.join(map(str, addrs))}", peer=str(pid), addrs=[str(a) for a in addrs])
+        elif c == "closest":
+            try:
+                target: Any = PeerId.from_string(args.key)
+            except PeerIdError:
+                target = parse_key(args.key, args.hex)
+            for pid in await node.get_closest_peers(target):
+                out.emit("peer", str(pid), peer=str(pid))
+        elif c == "find-peer":
+            pid = PeerId.from_string(args.peer_id)
+            addrs = await node.find_peer(pid)
+            for a in addrs:
+                out.emit("addr", str(a.with_peer_id(pid)), peer=str(pid), addr=str(a))
+    return EXIT_OK
+
+
+def cmd_id(args, out: Out) -> int:
+    pair = load_or_create_keypair(args.key) if args.key else Ed25519KeyPair.generate()
+    out.emit("identity", str(pair.peer_id), peer_id=str(pair.peer_id), key_file=args.key)
+    return EXIT_OK
+
+
+async def cmd_demo(args, out: Out) -> int:
+    from .demo import run_demo
+    return await run_demo(out)
+
+
+ASYNC_COMMANDS = {
+    "server": cmd_server,
+    "listen": cmd_listen,
+    "dial": cmd_dial,
+    "put": cmd_dht,
+    "get": cmd_dht,
+    "provide": cmd_dht,
+    "providers": cmd_dht,
+    "closest": cmd_dht,
+    "find-peer": cmd_dht,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    out = Out(args.json, args.quiet)
+    try:
+        if args.command == "id":
+            return cmd_id(args, out)
+        fn = ASYNC_COMMANDS[args.command]
+        timeout = getattr(args, "timeout", None)
+        long_running = args.command in ("server", "listen", "demo")
+
+        async def go():
+            if long_running or timeout is None:
+                return await fn(args, out)
+            return await asyncio.wait_for(fn(args, out), timeout)
+
+        return run_loop(go, args.loop)
+    except KeyboardInterrupt:
+        out.clear_progress()
+        return EXIT_INTERRUPTED
+    except UsageError as exc:
+        return fail(out, EXIT_USAGE, str(exc))
+    except (MultiaddrError, PeerIdError, KeyFileError) as exc:
+        return fail(out, EXIT_USAGE, str(exc))
+    except BootstrapError as exc:
+        return fail(out, EXIT_BOOTSTRAP, str(exc))
+    except (NotFound, NoPeersInNamespace) as exc:
+        return fail(out, EXIT_NOT_FOUND, str(exc))
+    except QuorumFailed as exc:
+        return fail(out, EXIT_QUORUM, str(exc))
+    except NoKnownPeers as exc:
+        return fail(out, EXIT_BOOTSTRAP, str(exc))
+    except asyncio.TimeoutError:
+        return fail(out, EXIT_FAIL, "timed out")
+    except (KadfastError, OSError) as exc:
+        return fail(out, EXIT_FAIL, f"{type(exc).__name__}: {exc}")
+
+
+def fail(out: Out, code: int, message: str) -> int:
+    out.clear_progress()
+    if out.as_json:
+        print(json.dumps({"event": "error", "error": message, "exit_code": code}), flush=True)
+    print(f"kadfast: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
