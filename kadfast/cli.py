@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     net = argparse.ArgumentParser(add_help=False)
     net.add_argument("--bootstrap", action="append", default=[], metavar="MADDR",
                      help="bootstrap node address ending in /p2p/<id> (repeatable)")
-    net.add_argument("--key", metavar="FILE", help="identity key file (created if missing)")
+    net.add_argument("--key", dest="key_file", metavar="FILE", help="identity key file (created if missing)")
     net.add_argument("--listen", action="append", default=[], metavar="MADDR",
                      help="listen address (repeatable; default /ip4/0.0.0.0/tcp/0)")
     net.add_argument("--external-addr", action="append", default=[], metavar="MADDR", help="address to announce")
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("find-peer", "find the addresses of a peer")
     s.add_argument("peer_id")
     s = add("id", "create or show an identity", parents=(common,))
-    s.add_argument("--key", metavar="FILE", help="key file (created if missing); without it, a new identity is shown")
+    s.add_argument("--key", dest="key_file", metavar="FILE",
+                   help="key file (created if missing); without it, a new identity is shown")
     add("demo", "run a local network on loopback: a bootstrap node, three listeners and a dialer", parents=(common,))
     return p
 
@@ -188,7 +189,7 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL)
     return Client(
         args.bootstrap,
         namespace,
-        key_file=args.key,
+        key_file=args.key_file,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
         external_addrs=args.external_addr,
         announce=announce,
@@ -199,7 +200,7 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL)
 
 async def cmd_server(args, out: Out) -> int:
     soft, _ = raise_nofile_limit()
-    keypair = load_or_create_keypair(args.key) if args.key else Ed25519KeyPair.generate()
+    keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
     store = None
     if args.store != "memory":
         from .sqlite_store import open_store
@@ -381,8 +382,8 @@ async def cmd_dht(args, out: Out) -> int:
 
 
 def cmd_id(args, out: Out) -> int:
-    pair = load_or_create_keypair(args.key) if args.key else Ed25519KeyPair.generate()
-    out.emit("identity", str(pair.peer_id), peer_id=str(pair.peer_id), key_file=args.key)
+    pair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
+    out.emit("identity", str(pair.peer_id), peer_id=str(pair.peer_id), key_file=args.key_file)
     return EXIT_OK
 
 

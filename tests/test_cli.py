@@ -1,0 +1,208 @@
+"""End-to-end tests of the real ``kadfast`` command line, run as subprocesses
+on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from kadfast import Ed25519KeyPair
+
+LOOP = "/ip4/127.0.0.1/tcp/0"
+
+
+class Proc:
+    """A long-running kadfast command whose JSON stdout lines are queued."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "kadfast", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=lambda: self.stderr.extend(self.p.stderr), daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_event(self, event: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {event!r} from {self.args}; stderr: {''.join(self.stderr[-20:])}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"{self.args} exited ({self.p.wait()}); stderr: {''.join(self.stderr[-20:])}")
+            obj = json.loads(line)
+            if obj.get("event") == event:
+                return obj
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        return self.p.returncode
+
+
+def kadfast(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kadfast", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def events(cp: subprocess.CompletedProcess, kind: str) -> list[dict]:
+    return [o for o in map(json.loads, cp.stdout.splitlines()) if o.get("event") == kind]
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+
+    def start(*args):
+        p = Proc(*args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def server(procs):
+    s = procs("server", "--listen", LOOP, "--json")
+    ev = s.wait_event("listening")
+    return ev["addrs"][0]
+
+
+def test_namespaces_separate_listeners(procs, server):
+    alpha = [procs("listen", "--bootstrap", server, "--namespace", "alpha", "--listen", LOOP, "--json") for _ in range(2)]
+    beta = procs("listen", "--bootstrap", server, "--namespace", "beta", "--listen", LOOP, "--json")
+    alpha_ids = {p.wait_event("announced")["peer_id"] for p in alpha}
+    beta_id = beta.wait_event("announced")["peer_id"]
+
+    cp = kadfast("dial", "--bootstrap", server, "--namespace", "alpha", "--listen", LOOP, "--json", "--message", '{"n": 7}')
+    assert cp.returncode == 0, cp.stderr
+    replies = events(cp, "reply")
+    assert {r["peer"] for r in replies} == alpha_ids
+    assert all(r["response"] == {"peer": r["peer"], "echo": {"n": 7}} for r in replies)
+    # each listener printed the peer that talked to it
+    for p in alpha:
+        assert p.wait_event("request")["request"] == {"n": 7}
+
+    cp = kadfast("dial", "--bootstrap", server, "--namespace", "beta", "--listen", LOOP, "--json", "--count", "1")
+    assert cp.returncode == 0, cp.stderr
+    assert [r["peer"] for r in events(cp, "reply")] == [beta_id]
+
+    cp = kadfast("dial", "--bootstrap", server, "--namespace", "nobody-here", "--listen", LOOP)
+    assert cp.returncode == 4
+    assert "no peer of namespace 'nobody-here'" in cp.stdout + cp.stderr
+
+
+def test_dht_commands(procs, server):
+    listener = procs("listen", "--bootstrap", server, "--namespace", "x", "--listen", LOOP, "--json")
+    lid = listener.wait_event("announced")["peer_id"]
+    net = ("--bootstrap", server, "--listen", LOOP)
+
+    cp = kadfast("put", *net, "/demo/key", "hello", "--json")
+    assert cp.returncode == 0, cp.stderr
+    assert events(cp, "stored")[0]["peers"] >= 1
+    cp = kadfast("get", *net, "/demo/key")
+    assert cp.returncode == 0 and cp.stdout.strip() == "hello", cp.stderr
+    cp = kadfast("put", *net, "--hex", "00ff", "cafe")
+    assert cp.returncode == 0, cp.stderr
+    cp = kadfast("get", *net, "--hex", "00ff", "--all")
+    assert cp.stdout.split() == ["cafe"]
+    cp = kadfast("get", *net, "/demo/missing")
+    assert cp.returncode == 4 and "no record" in cp.stderr
+
+    cp = kadfast("provide", *net, "some-content", "--json")
+    assert cp.returncode == 0 and events(cp, "provided")[0]["peers"] >= 1, cp.stderr
+    cp = kadfast("providers", *net, "some-content", "--json")
+    assert cp.returncode == 0, cp.stderr
+    assert len(events(cp, "provider")) == 1  # the node that provided it (a past CLI run)
+
+    cp = kadfast("closest", *net, lid, "--json")
+    assert cp.returncode == 0, cp.stderr
+    assert lid in [e["peer"] for e in events(cp, "peer")]
+    cp = kadfast("find-peer", *net, lid, "--json")
+    assert cp.returncode == 0, cp.stderr
+    assert events(cp, "addr")[0]["peer"] == lid
+
+    cp = kadfast("put", *net, "/demo/q", "v", "--quorum", "all")
+    assert cp.returncode == 5 and "quorum" in cp.stderr
+
+
+def test_bad_arguments_and_unreachable_bootstrap():
+    cp = kadfast("dial", "--namespace", "x")
+    assert cp.returncode == 2 and "--bootstrap" in cp.stderr
+    cp = kadfast("dial", "--bootstrap", "/ip4/999.1.1.1/tcp/1", "--namespace", "x")
+    assert cp.returncode == 2 and "ip4" in cp.stderr
+    cp = kadfast("dial", "--bootstrap", "/ip4/127.0.0.1/tcp/1", "--namespace", "x")
+    assert cp.returncode == 3 and "/p2p/" in cp.stderr
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ghost = Ed25519KeyPair.generate().peer_id
+    cp = kadfast("dial", "--bootstrap", f"/ip4/127.0.0.1/tcp/{port}/p2p/{ghost}", "--namespace", "x", "--listen", LOOP)
+    assert cp.returncode == 3 and "no bootstrap node reachable" in cp.stderr
+    cp = kadfast("put", "--bootstrap", f"/ip4/127.0.0.1/tcp/{port}/p2p/{ghost}", "k", "v", "--quorum", "zero")
+    assert cp.returncode in (2, 3)
+    cp = kadfast("nonsense")
+    assert cp.returncode == 2
+    cp = kadfast("--help")
+    assert cp.returncode == 0 and "exit codes" in cp.stdout
+
+
+def test_id_command_creates_and_reuses_a_key(tmp_path):
+    path = tmp_path / "node.key"
+    first = kadfast("id", "--key", str(path)).stdout.strip()
+    assert first.startswith("12D3KooW") and path.exists()
+    assert kadfast("id", "--key", str(path)).stdout.strip() == first
+    path.write_bytes(b"garbage")
+    cp = kadfast("id", "--key", str(path))
+    assert cp.returncode == 2 and "malformed" in cp.stderr
+
+
+def test_server_restart_keeps_identity_and_sqlite_records(procs, tmp_path):
+    key = str(tmp_path / "server.key")
+    db = f"sqlite:{tmp_path / 'records.db'}"
+    s1 = procs("server", "--listen", LOOP, "--json", "--key", key, "--store", db)
+    addr1 = s1.wait_event("listening")["addrs"][0]
+    cp = kadfast("put", "--bootstrap", addr1, "--listen", LOOP, "/keep/me", "persisted")
+    assert cp.returncode == 0, cp.stderr
+    assert s1.stop() == 0
+    s2 = procs("server", "--listen", LOOP, "--json", "--key", key, "--store", db)
+    ev = s2.wait_event("listening")
+    assert ev["peer_id"] == addr1.rsplit("/", 1)[1]
+    # ask the restarted server alone: the record came back from disk
+    cp = kadfast("get", "--bootstrap", ev["addrs"][0], "--listen", LOOP, "/keep/me")
+    assert cp.returncode == 0 and cp.stdout.strip() == "persisted", cp.stderr
+
+
+def test_demo_runs_to_completion():
+    cp = kadfast("demo", "--json", timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    summary = events(cp, "summary")[0]
+    assert summary["found"] == 3 and summary["replies"] == 3 and summary["ok"]
