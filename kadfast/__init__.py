@@ -10,6 +10,8 @@ for the tests and the benchmarks.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 try:
     from . import _routing, _xor
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
@@ -28,11 +30,24 @@ from .keys import Ed25519KeyPair, KeyType, PublicKey, load_keypair, load_or_crea
 from .multiaddr import Multiaddr, decode_many
 from .peerid import PeerId
 from .store import MemoryStore, ProviderRecord, Record, RecordStore
-
-__version__ = "0.1.0"
+from .kad.node import Config, GetRecordResult, KadNode, PeerRecord, Quorum
+from .client import BootstrapError, Client, NoPeersInNamespace
+from .net import Host, HostConfig
+from .reqresp import JsonRequestResponse
 
 __all__ = [
     "AppliedPending",
+    "BootstrapError",
+    "Client",
+    "Config",
+    "GetRecordResult",
+    "Host",
+    "HostConfig",
+    "JsonRequestResponse",
+    "KadNode",
+    "NoPeersInNamespace",
+    "PeerRecord",
+    "Quorum",
     "Ed25519KeyPair",
     "Entry",
     "Key",
