@@ -540,6 +540,8 @@ class KadNode:
         finally:
             for task in inflight:
                 task.cancel()
+            if inflight:  # collect them, so that no failure goes unretrieved
+                await asyncio.gather(*inflight, return_exceptions=True)
         result = it.result()
         self._emit(QueryProgressed(kind, key, it.stats, True, result))
         return result, it.stats

@@ -45,6 +45,10 @@ enum QueryKind {
     Providers { count: usize, found: Vec<PeerId> },
     FindPeer { target: PeerId },
     Closest,
+    /// `ref_announce`: the reference listener's `put_record` (Quorum::One).
+    RefAnnounce,
+    /// `ref_discover`: `get_record` of the namespace, values decoded as PeerIds.
+    RefDiscover { found: Vec<PeerId> },
 }
 
 struct PendingQuery {
@@ -356,6 +360,33 @@ impl Peer {
                 let rid = self.swarm.behaviour_mut().rr.send_request(&peer, body);
                 self.requests.insert(rid, PendingRequest { id, deadline });
             }
+            // The reference program's namespace scheme: one record whose key is the
+            // raw namespace bytes and whose value is the announcer's PeerId bytes.
+            "ref_announce" => {
+                let namespace = arg_str(req, "namespace")?;
+                let record = Record::new(
+                    RecordKey::new(&namespace.as_bytes()),
+                    self.local.to_bytes(),
+                );
+                let qid = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, Quorum::One)
+                    .map_err(|e| format!("ref_announce: local store: {e}"))?;
+                self.add_query(qid, id, deadline, QueryKind::RefAnnounce);
+            }
+            "ref_discover" => {
+                let namespace = arg_str(req, "namespace")?;
+                let key = RecordKey::new(&namespace.as_bytes());
+                let qid = self.swarm.behaviour_mut().kad.get_record(key);
+                self.add_query(
+                    qid,
+                    id,
+                    deadline,
+                    QueryKind::RefDiscover { found: Vec::new() },
+                );
+            }
             "routing_table" => {
                 let peers = self.routing_table();
                 reply_ok(&id, json!({ "peers": peers }));
@@ -429,6 +460,9 @@ impl Peer {
             match q.kind {
                 QueryKind::Providers { found, .. } if !found.is_empty() => {
                     reply_ok(&q.id, json!({ "providers": ids(&found) }));
+                }
+                QueryKind::RefDiscover { found } if !found.is_empty() => {
+                    reply_ok(&q.id, json!({ "peers": ids(&found) }));
                 }
                 _ => reply_err(&q.id, "timeout: query did not finish in time"),
             }
@@ -637,6 +671,44 @@ impl Peer {
                 }
                 Err(e) => Some(Err(format!("get: {e}"))),
             },
+            (QueryKind::RefAnnounce, QueryResult::PutRecord(r)) => Some(match r {
+                Ok(_) => Ok(json!({})),
+                Err(kad::PutRecordError::QuorumFailed { success, .. }) => Err(format!(
+                    "ref_announce: quorum failed: stored on {} peer(s), needed 1",
+                    success.len()
+                )),
+                Err(e) => Err(format!("ref_announce: {e}")),
+            }),
+            (QueryKind::RefDiscover { found }, QueryResult::GetRecord(r)) => {
+                match r {
+                    Ok(kad::GetRecordOk::FoundRecord(pr)) => {
+                        match PeerId::from_bytes(&pr.record.value) {
+                            Ok(p) if !found.contains(&p) => found.push(p),
+                            Ok(_) => {}
+                            Err(_) => self.log(format!(
+                                "ref_discover: skipping a value that is not a PeerId ({} bytes)",
+                                pr.record.value.len()
+                            )),
+                        }
+                    }
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(e) if found.is_empty() => {
+                        self.finish_query(qid);
+                        reply_err(&q.id, format!("ref_discover: {e}"));
+                        return;
+                    }
+                    Err(_) => {}
+                }
+                if step.last {
+                    if found.is_empty() {
+                        Some(Err("ref_discover: no record with a PeerId value found".into()))
+                    } else {
+                        Some(Ok(json!({ "peers": ids(found) })))
+                    }
+                } else {
+                    None
+                }
+            }
             (QueryKind::Provide, QueryResult::StartProviding(r)) => Some(match r {
                 Ok(_) => Ok(json!({})),
                 Err(e) => Err(format!("provide: {e}")),
