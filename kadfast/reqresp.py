@@ -71,9 +71,7 @@ class JsonRequestResponse:
             stream.reset()
             return
         response = await self._handler(stream.peer_id, request)
-        data = json.dumps(response).encode()
-        stream.write(data)
-        await stream.drain()
+        await stream.write_all(json.dumps(response).encode())
         stream.close()
 
     async def request(self, peer: PeerId, body: Any, *, addrs=None, timeout: float | None = None) -> Any:
@@ -85,7 +83,7 @@ class JsonRequestResponse:
         async def exchange():
             stream = await self.host.new_stream(peer, self.protocol, addrs)
             try:
-                stream.write(data)
+                await stream.write_all(data)
                 stream.close()
                 return await stream.read_to_end(self.max_response_bytes)
             except BaseException:

@@ -389,3 +389,51 @@ def test_external_addrs_are_announced(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_read_to_end_larger_than_the_window_and_reset_semantics(run):
+    async def main():
+        a, b = await pair()
+        got = asyncio.get_running_loop().create_future()
+
+        async def sink(stream):
+            got.set_result(await stream.read_to_end(8 << 20))
+
+        async def partial_then_reset(stream):
+            await stream.read(1)
+            stream.write(b'{"partial": ')
+            await stream.drain()
+            await asyncio.sleep(0.05)
+            stream.reset()
+
+        async def reply_and_hang_up(stream):
+            await stream.read(1)
+            stream.write(b"complete")
+            stream.close()
+            await asyncio.sleep(0.05)
+            stream.conn.close("done")
+
+        b.set_stream_handler("/t/sink", sink)
+        b.set_stream_handler("/t/partial", partial_then_reset)
+        b.set_stream_handler("/t/hangup", reply_and_hang_up)
+        try:
+            s = await a.new_stream(b.peer_id, "/t/sink", [b.listen_addrs[0]])
+            blob = os.urandom(1_500_000)  # several windows
+            await s.write_all(blob)
+            s.close()
+            assert await asyncio.wait_for(got, 20) == blob
+
+            s = await a.new_stream(b.peer_id, "/t/partial")
+            s.write(b"x")
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(s.read_to_end(1024), 5)  # never a silent partial result
+
+            s = await a.new_stream(b.peer_id, "/t/hangup")
+            s.write(b"x")
+            await asyncio.wait_for(s.conn.closed, 5)
+            # everything and the FIN arrived before the connection went away
+            assert await s.read_to_end(1024) == b"complete"
+        finally:
+            await a.close()
+            await b.close()
+    run(main)

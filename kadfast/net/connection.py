@@ -258,8 +258,6 @@ class Connection(asyncio.Protocol):
                 s = streams.pop(ev.stream_id, None)
                 if s is not None and s.inbound:
                     self._inbound_streams -= 1
-                if s is not None and s._buf == b"" and not s._eof:
-                    s._feed_eof()
             elif t is y.PongReceived:
                 fut = self._pings.pop(ev.opaque, None)
                 if fut is not None and not fut.done():

@@ -65,6 +65,7 @@ class Stream:
 
     @property
     def at_eof(self) -> bool:
+        """The peer half-closed and everything it sent was read."""
         return self._eof and not self._buf
 
     def __repr__(self) -> str:
@@ -80,10 +81,11 @@ class Stream:
         self._wake()
 
     def _on_reset(self, reason: str) -> None:
+        # ``_eof`` stays as it is: data and a FIN that arrived before the reset
+        # (or before the connection closed) are still read normally.
         if not self._reset:
             self._reset = True
             self._reset_reason = reason
-            self._eof = True
             self._write_closed = True
             self._wake()
             self._wake_writer()
@@ -115,40 +117,43 @@ class Stream:
         return data
 
     # -- reading --------------------------------------------------------
+    def _check_reset(self) -> None:
+        if self._reset:
+            raise StreamReset(self._reset_reason or "stream reset")
+
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that is buffered when n < 0), waiting for at
-        least one; ``b""`` at the end of the stream."""
+        least one; ``b""`` once the peer half-closed and all was read. Raises
+        :class:`StreamReset` when the stream was reset before its end."""
         while not self._buf:
-            if self._reset:
-                raise StreamReset(self._reset_reason or "stream reset")
             if self._eof:
                 return b""
+            self._check_reset()
             await self._wait_data()
         return self._take(len(self._buf) if n < 0 else n)
 
     async def read_exactly(self, n: int) -> bytes:
         while len(self._buf) < n:
-            if self._reset:
-                raise StreamReset(self._reset_reason or "stream reset")
             if self._eof:
                 raise asyncio.IncompleteReadError(bytes(self._buf), n)
+            self._check_reset()
             await self._wait_data()
         return self._take(n)
 
     async def read_to_end(self, limit: int) -> bytes:
-        """Everything until the peer half-closes; a stream longer than
-        ``limit`` bytes is reset and raises :class:`StreamReset`."""
-        while not self._eof:
-            if len(self._buf) > limit:
+        """Everything until the peer half-closes. Data is acknowledged as it
+        arrives (so a message larger than the Yamux window flows); a stream
+        longer than ``limit`` bytes is reset and raises :class:`StreamReset`,
+        and so does a stream reset before its end."""
+        out = bytearray()
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                return bytes(out)
+            out += chunk
+            if len(out) > limit:
                 self.reset()
                 raise StreamReset(f"more than {limit} bytes")
-            await self._wait_data()
-        if self._reset and not self._buf:
-            raise StreamReset(self._reset_reason or "stream reset")
-        if len(self._buf) > limit:
-            self.reset()
-            raise StreamReset(f"more than {limit} bytes")
-        return self._take(len(self._buf))
 
     async def read_message(self, limit: int) -> bytes | None:
         """One uvarint-length-prefixed message (None at a clean end of stream).
@@ -170,12 +175,11 @@ class Stream:
                     if len(self._buf) >= pos + length:
                         self._take(pos)
                         return self._take(length)
-            if self._reset:
-                raise StreamReset(self._reset_reason or "stream reset")
             if self._eof:
                 if self._buf:
                     raise asyncio.IncompleteReadError(bytes(self._buf), None)
                 return None
+            self._check_reset()
             await self._wait_data()
 
     # -- writing --------------------------------------------------------
@@ -200,8 +204,12 @@ class Stream:
                 self._writable = None
 
     async def write_all(self, data: bytes) -> None:
-        self.write(data)
-        await self.drain()
+        """Write any amount, waiting for the peer's window between chunks (a
+        single :meth:`write` may queue at most the session's per-stream buffer)."""
+        view = memoryview(data)
+        for i in range(0, len(view), WRITE_HIGH_WATER):
+            self.write(bytes(view[i:i + WRITE_HIGH_WATER]))
+            await self.drain()
 
     def close(self) -> None:
         """Half-close: no more writes; reading goes on until the peer closes."""

@@ -42,7 +42,7 @@ def pytest_generate_tests(metafunc):
 
 async def json_echo(stream) -> None:
     body = json.loads(await stream.read_to_end(1 << 20))
-    stream.write(json.dumps({"echo": body, "peer_id": str(stream.conn.host.peer_id), "impl": "kadfast"}).encode())
+    await stream.write_all(json.dumps({"echo": body, "peer_id": str(stream.conn.host.peer_id), "impl": "kadfast"}).encode())
     stream.close()
 
 
