@@ -226,7 +226,7 @@ class KadNode:
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
         self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
-        self.store = store or MemoryStore(self.peer_id, self.config.store)
+        self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
         self.validator = validator or NamespacedValidator()
         self.clock = clock
         self.wall_clock = wall_clock
@@ -740,6 +740,7 @@ class KadNode:
                 if rec.publisher == self.peer_id and now - self._published.get(rec.key, now) >= cfg.republish_interval:
                     self._published[rec.key] = now
                     rec.expires = now + cfg.record_ttl
+                    self.store.put(rec, now)  # stores may hand out copies
                 self._spawn(self._quietly(self._replicate(rec)))
         if self._last_provider_republish is None:
             self._last_provider_republish = now
@@ -747,6 +748,7 @@ class KadNode:
             self._last_provider_republish = now
             for rec in self.store.provided():
                 rec.expires = now + cfg.provider_ttl
+                self.store.add_provider(rec, now)
                 self._spawn(self._quietly(self._announce_provider(rec.key)))
 
     async def _quietly(self, coro) -> None:
