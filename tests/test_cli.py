@@ -206,3 +206,30 @@ def test_demo_runs_to_completion():
     assert cp.returncode == 0, cp.stderr
     summary = events(cp, "summary")[0]
     assert summary["found"] == 3 and summary["replies"] == 3 and summary["ok"]
+
+
+def test_server_metrics_endpoint(procs):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = procs("server", "--listen", LOOP, "--json", "--metrics-port", str(port))
+    addr = server.wait_event("listening")["addrs"][0]
+    cp = kadfast("put", "--bootstrap", addr, "--listen", LOOP, "/m/k", "v")
+    assert cp.returncode == 0, cp.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                body = b""
+                while chunk := c.recv(65536):
+                    body += chunk
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "metrics endpoint never came up"
+            time.sleep(0.1)
+    text = body.decode()
+    assert text.startswith("HTTP/1.1 200")
+    assert "kadfast_routing_table_peers" in text and "kadfast_store_records 1" in text
+    assert 'kadfast_requests_total{type="PUT_VALUE"} 1' in text
