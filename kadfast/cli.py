@@ -17,19 +17,17 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from typing import Any
 
 from . import __version__
-from .client import BootstrapError, Client, NoPeersInNamespace, namespace_provider_key
+from .client import BootstrapError, Client, NoPeersInNamespace
 from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
-from .kad.node import Config, InboundRequest, KadNode, NoKnownPeers, NotFound, Quorum, QuorumFailed
+from .kad.node import Config, InboundRequest, KadNode, NoKnownPeers, NotFound, QuorumFailed
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .loop import LOOP_KINDS, run as run_loop
-from .multiaddr import Multiaddr
 from .net import HostConfig
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError

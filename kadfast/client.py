@@ -30,7 +30,7 @@ from .multiaddr import Multiaddr
 from .net import HostConfig
 from .net.errors import DialError
 from .peerid import PeerId
-from .reqresp import DEFAULT_PROTOCOL, JsonRequestResponse, RequestError
+from .reqresp import DEFAULT_PROTOCOL, JsonRequestResponse
 from .store import Record, RecordStore
 
 log = logging.getLogger("kadfast.client")

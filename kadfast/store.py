@@ -13,7 +13,7 @@ store can stand in for :class:`MemoryStore`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 from ._xor import Key

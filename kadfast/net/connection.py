@@ -13,9 +13,9 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from ..errors import KadfastError, MultistreamError, NoiseError, ProtocolError, YamuxError
+from ..errors import KadfastError, MultistreamError
 from ..multiaddr import Multiaddr
 from ..multistream import MultistreamDialer, MultistreamListener
 from ..noise import NoiseHandshake
