@@ -231,6 +231,7 @@ async def cmd_server(args, out: Out) -> int:
         if args.metrics_port is not None:
             metrics_server = await start_metrics(node, args.metrics_port, requests)
         last, last_count = time.monotonic(), 0
+        last_logged = 0.0
         while not stop.is_set():
             try:
                 ev = await asyncio.wait_for(events.get(), 1.0)
@@ -247,8 +248,9 @@ async def cmd_server(args, out: Out) -> int:
                           f"records {len(node.store)} | requests/s {rate:.0f}")
                 if out.tty:
                     out.progress(status)
-                elif int(now) % 30 == 0:
-                    log.info("%s", status)
+                elif not args.quiet and now - last_logged >= 30.0:
+                    last_logged = now
+                    print(f"{time.strftime('%H:%M:%S')} {status}", file=sys.stderr, flush=True)
         return EXIT_OK
     finally:
         out.clear_progress()
@@ -417,12 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         long_running = args.command in ("server", "listen", "demo")
 
         async def go():
+            # SIGTERM ends a short command like Ctrl-C does (long-running ones
+            # install their own handlers for a graceful stop)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
             if long_running or timeout is None:
                 return await fn(args, out)
             return await asyncio.wait_for(fn(args, out), timeout)
 
         return run_loop(go, args.loop)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         out.clear_progress()
         return EXIT_INTERRUPTED
     except UsageError as exc:

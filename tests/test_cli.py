@@ -233,3 +233,10 @@ def test_server_metrics_endpoint(procs):
     assert text.startswith("HTTP/1.1 200")
     assert "kadfast_routing_table_peers" in text and "kadfast_store_records 1" in text
     assert 'kadfast_requests_total{type="PUT_VALUE"} 1' in text
+
+
+def test_sigterm_stops_a_running_command_cleanly(procs, server):
+    # a dial into an empty namespace that would otherwise wait for its lookups
+    p = procs("listen", "--bootstrap", server, "--namespace", "t", "--listen", LOOP, "--json")
+    p.wait_event("announced")
+    assert p.stop() == 0  # SIGTERM -> graceful stop, exit 0
