@@ -145,8 +145,11 @@ cdef const unsigned char[:, ::1] _as_digest_matrix(digests) except *:
     return np.ascontiguousarray(arr)
 
 
-cdef inline bint _farther(const uint64_t* a, const uint64_t* b) noexcept nogil:
-    return cmp_words(a, b) > 0
+cdef inline bint _farther(const uint64_t* a, int64_t ia, const uint64_t* b, int64_t ib) noexcept nogil:
+    # (distance, index) order: equal distances (duplicate digests) go by index,
+    # as in the plain-Python twin
+    cdef int c = cmp_words(a, b)
+    return c > 0 or (c == 0 and ia > ib)
 
 
 cdef inline void _sift_down(uint64_t* hd, int64_t* hi, Py_ssize_t size, Py_ssize_t pos,
@@ -157,9 +160,9 @@ cdef inline void _sift_down(uint64_t* hd, int64_t* hi, Py_ssize_t size, Py_ssize
         child = 2 * pos + 1
         if child >= size:
             break
-        if child + 1 < size and _farther(&hd[4 * (child + 1)], &hd[4 * child]):
+        if child + 1 < size and _farther(&hd[4 * (child + 1)], hi[child + 1], &hd[4 * child], hi[child]):
             child += 1
-        if not _farther(&hd[4 * child], d):
+        if not _farther(&hd[4 * child], hi[child], d, idx):
             break
         memcpy(&hd[4 * pos], &hd[4 * child], 32)
         hi[pos] = hi[child]
@@ -218,7 +221,7 @@ def closest_digests(Key target not None, digests, Py_ssize_t n):
                 size += 1
                 while pos > 0:
                     parent = (pos - 1) // 2
-                    if not _farther(d, &hd[4 * parent]):
+                    if not _farther(d, i, &hd[4 * parent], hi[parent]):
                         break
                     memcpy(&hd[4 * pos], &hd[4 * parent], 32)
                     hi[pos] = hi[parent]

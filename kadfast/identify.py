@@ -349,7 +349,15 @@ class IdentifyReader:
                 self._need = length
             if len(buf) < self._need:
                 break
-            self._parts += buf[: self._need]
+            part = bytes(buf[: self._need])
+            # each part must be a whole message by itself, so that the outcome
+            # never depends on how the bytes were split into reads
+            try:
+                decode_identify(part, max_bytes=self._max_bytes)
+            except IdentifyError:
+                self._closed = True
+                raise
+            self._parts += part
             del buf[: self._need]
             self._need = -1
             self._total += 1

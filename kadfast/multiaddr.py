@@ -174,7 +174,9 @@ def _value_to_text(proto: Protocol, value: bytes) -> str:
         text = value.decode()
     except (ValueError, UnicodeError, PeerIdError) as exc:
         raise MultiaddrError(f"invalid {name} value: {exc}") from None
-    if not text or ("/" in text and not proto.path):
+    if not text or ("/" in text and not proto.path) or (proto.path and not text.startswith("/")):
+        # a path value (unix) is absolute in text form; a binary one that is
+        # not could not survive a round trip through text
         raise MultiaddrError(f"invalid {name} value {text[:80]!r}")
     return text
 
@@ -366,6 +368,9 @@ def _parse_binary(data: bytes) -> list[tuple[Protocol, bytes]]:
                 raise MultiaddrError(f"truncated {proto.name} value")
             value = data[pos:pos + size]
             pos += size
+            if proto.path and pos != end:
+                # a path (unix) takes the rest of the text form, so it must be last
+                raise MultiaddrError(f"{proto.name} must be the last component")
             if proto.size:
                 _validate_value(proto, value)
             parts.append((proto, value))

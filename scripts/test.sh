@@ -31,6 +31,10 @@ python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=
 phase "unit tests" $(( $(date +%s) - t ))
 
 t=$(date +%s)
+python fuzz/run.py || rc=1          # bounded: about 2-3 minutes in all
+phase "fuzzing (bounded)" $(( $(date +%s) - t ))
+
+t=$(date +%s)
 rm -f "$KADFAST_INTEROP_CACHE/timings.json"
 python -m pytest -q -p no:cacheprovider tests/interop "$@" || rc=1
 phase "interop (builds + tests)" $(( $(date +%s) - t ))

@@ -425,3 +425,21 @@ def test_fuzz_public_keys(key_type, data):
     except IdentifyError:
         return
     assert info.peer_id is not None
+
+
+def test_outcome_does_not_depend_on_how_bytes_are_split():
+    # found by fuzzing: parts that are only valid once joined must be refused
+    # whether they arrive in one read or several
+    from kadfast.identify import IdentifyReader
+    data = bytes.fromhex("032a0212000178021200")
+    outcomes = []
+    for split in range(len(data) + 1):
+        r = IdentifyReader()
+        try:
+            r.feed(data[:split])
+            r.feed(data[split:])
+            r.eof()
+            outcomes.append("ok")
+        except IdentifyError:
+            outcomes.append("err")
+    assert set(outcomes) == {"err"}

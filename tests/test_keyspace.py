@@ -116,3 +116,11 @@ def test_non_contiguous_arrays_are_accepted():
     arr = np.random.default_rng(3).integers(0, 256, (50, 64), dtype=np.uint8)[:, ::2]
     t = _xor.Key.from_digest(bytes(32))
     assert list(_xor.closest_digests(t, arr, 5)) == list(_xor_py.closest_digests(_xor_py.Key.from_digest(bytes(32)), arr, 5))
+
+
+def test_closest_digests_breaks_ties_by_index():
+    # found by fuzzing: duplicate digests tie; both implementations order them by index
+    arr = np.zeros((8, 32), np.uint8)
+    arr[5] = 1
+    assert list(_xor.closest_digests(_xor.Key(b"x"), arr, 3)) == list(_xor_py.closest_digests(_xor_py.Key(b"x"), arr, 3))
+    assert list(_xor.closest_digests(_xor.Key.from_digest(bytes(32)), arr, 8)) == [0, 1, 2, 3, 4, 6, 7, 5]

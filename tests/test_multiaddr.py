@@ -160,3 +160,10 @@ def test_text_fuzz_only_multiaddr_errors(text):
         assert isinstance(exc, MultiaddrError)
         return
     assert Multiaddr.from_bytes(m.to_bytes()) == m
+
+
+@pytest.mark.parametrize("hexbytes", ["90030100", "90030b27746d70253246736f636b", "90030b2f746d70250000007f636b047f000001"])
+def test_unix_path_must_be_absolute_and_last(hexbytes):
+    # found by fuzzing: such values could not survive a round trip through text
+    with pytest.raises(MultiaddrError):
+        Multiaddr.from_bytes(bytes.fromhex(hexbytes))
