@@ -20,6 +20,7 @@ that kadfast can dial.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
@@ -80,6 +81,17 @@ class _Entry:
         return (connected, self.last_seen)
 
 
+class _Book(dict):
+    """One peer's addresses (``{addr: _Entry}``), with what the readers cache:
+    ``version`` changes (to a number never used before, by any book) whenever
+    an address is added, dropped or re-ranked; ``ordered`` is the sorted
+    address tuple of that version (None until asked for); ``min_expires``
+    is a lower bound of the entries' expiry times (no entry expired while
+    ``now`` is below it)."""
+
+    __slots__ = ("version", "ordered", "min_expires")
+
+
 def _normalize(peer: PeerId, addr: Multiaddr) -> Multiaddr | None:
     owner = addr.peer_id()
     if owner is not None:
@@ -121,15 +133,23 @@ class AddressBook:
         self._peers: OrderedDict[PeerId, dict[Multiaddr, _Entry]] = OrderedDict()
         # our address -> {reporter: last report time}
         self._observed: dict[Multiaddr, dict[PeerId, float]] = {}
+        self._versions = itertools.count(1)
 
     # -- peers' addresses -------------------------------------------------
 
-    def _book(self, peer: PeerId) -> dict[Multiaddr, _Entry]:
+    def _changed(self, book: _Book) -> None:
+        """``book`` changed: a new version, its cached order forgotten."""
+        book.version = next(self._versions)
+        book.ordered = None
+
+    def _book(self, peer: PeerId) -> _Book:
         book = self._peers.get(peer)
         if book is None:
-            book = self._peers[peer] = {}
+            book = self._peers[peer] = _Book()
+            book.min_expires = float("inf")
+            self._changed(book)
             while len(self._peers) > self.max_peers:
-                self._peers.popitem(last=False)
+                self._changed(self._peers.popitem(last=False)[1])
         else:
             self._peers.move_to_end(peer)
         return book
@@ -138,6 +158,7 @@ class AddressBook:
         self, book: dict[Multiaddr, _Entry], addr: Multiaddr, expires: float, now: float, source: str
     ) -> _Entry | None:
         entry = book.get(addr)
+        self._changed(book)  # a refresh may re-rank the addresses, too
         if entry is not None:
             entry.expires = max(entry.expires, expires)
             entry.last_seen = now
@@ -149,6 +170,8 @@ class AddressBook:
                 return None  # the newcomer would be (among) the first to expire
             del book[victim]
         entry = book[addr] = _Entry(expires, now, source)
+        if expires < book.min_expires:
+            book.min_expires = expires
         return entry
 
     def add(
@@ -191,16 +214,19 @@ class AddressBook:
         entry = self._put(book, addr, now + self.connected_ttl, now, "connected")
         entry.connected_at = now
 
-    def _live(self, peer: PeerId, now: float) -> dict[Multiaddr, _Entry] | None:
+    def _live(self, peer: PeerId, now: float) -> _Book | None:
         book = self._peers.get(peer)
-        if book is None:
-            return None
+        if book is None or now < book.min_expires:
+            return book
         expired = [a for a, e in book.items() if e.expires <= now]
         for a in expired:
             del book[a]
+        if expired:
+            self._changed(book)
         if not book:
             del self._peers[peer]
             return None
+        book.min_expires = min(e.expires for e in book.values())
         return book
 
     def addrs(self, peer: PeerId, now: float) -> list[Multiaddr]:
@@ -209,7 +235,26 @@ class AddressBook:
         book = self._live(peer, now)
         if book is None:
             return []
-        return sorted(book, key=lambda a: book[a].rank(), reverse=True)
+        ordered = book.ordered
+        if ordered is None:
+            ordered = book.ordered = tuple(sorted(book, key=lambda a: book[a].rank(), reverse=True))
+        return list(ordered)
+
+    def book(self, peer: PeerId, now: float) -> _Book | None:
+        """The unexpired addresses of ``peer`` as a live view (None when it
+        has none): a dict ``{addr: entry}`` whose ``version`` changes
+        whenever :meth:`addrs` may give another answer (also when the peer
+        is dropped from the book), and which holds at least until ``now``
+        reaches its ``min_expires``. For caches; do not modify it."""
+        return self._live(peer, now)
+
+    def version(self, peer: PeerId, now: float) -> int:
+        """A number that changes whenever :meth:`addrs` of ``peer`` may give
+        another answer (an address added, dropped, expired or re-ranked);
+        never reused, never 0; 0 when ``peer`` has no unexpired address. For
+        caches of things derived from a peer's addresses."""
+        book = self._live(peer, now)
+        return 0 if book is None else book.version
 
     def entries(self, peer: PeerId, now: float) -> list[AddrEntry]:
         """Like :meth:`addrs`, with each address's bookkeeping."""
@@ -222,14 +267,17 @@ class AddressBook:
         ]
 
     def remove(self, peer: PeerId) -> None:
-        self._peers.pop(peer, None)
+        book = self._peers.pop(peer, None)
+        if book is not None:
+            self._changed(book)
 
     def remove_addr(self, peer: PeerId, addr: Multiaddr) -> None:
         addr = _normalize(peer, addr)
         book = self._peers.get(peer)
         if book is None or addr is None:
             return
-        book.pop(addr, None)
+        if book.pop(addr, None) is not None:
+            self._changed(book)
         if not book:
             del self._peers[peer]
 
@@ -242,6 +290,8 @@ class AddressBook:
             expired = [a for a, e in book.items() if e.expires <= now]
             for a in expired:
                 del book[a]
+            if expired:
+                self._changed(book)
             dropped += len(expired)
             if not book:
                 del self._peers[peer]

@@ -36,10 +36,13 @@ from .pb import (
     MessageReader,
     MessageType,
     decode_message,
+    encode_find_node_reply,
     encode_message,
+    encode_peer,
     frame,
 )
 from .query import ClosestPeersIter, QueryStats
+from .ratelimit import PeerRateLimiter, RateLimited
 from .validation import InvalidRecord, NamespacedValidator
 
 log = logging.getLogger("kadfast.kad")
@@ -64,6 +67,8 @@ __all__ = [
 
 PROTOCOL = "/ipfs/kad/1.0.0"
 HOUR = 3600.0
+#: encoded Peer messages cached for replies (a routing table holds at most 256 * k)
+_PEER_BODY_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -93,6 +98,21 @@ class Config:
     maintenance_period: float = 1.0
     #: events kept per subscriber before new ones are dropped
     event_queue_size: int = 4096
+    # -- limits on what one peer may ask of this server (rust has none of the
+    # rate limits; a request over a limit resets its stream, and is logged)
+    #: PUT_VALUE requests served per peer per second (a token bucket per peer,
+    #: refilled on the node's clock); 0 turns the limit off
+    max_puts_per_peer_per_second: float = 20.0
+    #: ADD_PROVIDER requests served per peer per second; 0 turns the limit off
+    max_provider_adds_per_peer_per_second: float = 20.0
+    #: a peer's bucket holds this many seconds' worth of requests, so a burst
+    #: (e.g. hourly replication) of up to rate * burst_seconds passes at once
+    rate_limit_burst_seconds: float = 5.0
+    #: peers whose buckets are remembered; the least recently seen is forgotten
+    max_rate_limited_peers: int = 10_000
+    #: kad streams one connection may have open towards us at once (rust's kad
+    #: handler allows 32); a stream over it is reset. 0 turns the limit off
+    max_inbound_kad_streams_per_connection: int = 32
 
 
 class Quorum:
@@ -241,6 +261,14 @@ class KadNode:
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
         self.server_mode = False
         self.dropped_events = 0
+        #: routing key -> (address-book view, its version, connection type,
+        #: host connection epoch, encoded Peer); see _closer_bodies
+        self._peer_bodies: dict[Key, tuple] = {}
+        cfg = self.config
+        self._put_limiter = PeerRateLimiter.per_second(
+            cfg.max_puts_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
+        self._provider_limiter = PeerRateLimiter.per_second(
+            cfg.max_provider_adds_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -354,9 +382,15 @@ class KadNode:
                     # it stopped serving kad (e.g. became a client)
                     self.table.remove(Key(ev.peer_id.to_bytes()))
             elif isinstance(ev, ConnectionClosed):
-                key = Key(ev.peer_id.to_bytes())
-                if key in self.table and self.host.connection(ev.peer_id) is None:
-                    self.table.update(key, None, self.clock(), False)
+                if self.host.connection(ev.peer_id) is None:
+                    self._mark_disconnected(ev.peer_id)
+
+    def _mark_disconnected(self, peer: PeerId) -> None:
+        # The value is passed again (not None): applying a due pending entry
+        # inside update() may have evicted this very entry, which then comes
+        # back as a new one and must keep its PeerId.
+        if Key(peer.to_bytes()) in self.table:
+            self._update_peer(peer, self.clock(), connected=False)
 
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
@@ -380,8 +414,62 @@ class KadNode:
                 break
         return out
 
+    def _closer_bodies(self, target: Key, exclude: PeerId | None, now: float) -> list[bytes]:
+        """The Peer encodings (:func:`encode_peer`) of :meth:`_closest_kad_peers`,
+        byte for byte. Each is cached per routing-table key with what it was
+        made of: the peer's address-book view (valid while its version
+        holds and until its first expiry) and the host's connection epoch
+        (while no connection opened or closed, every peer's connection type
+        holds); only what changed is looked up again, and re-encoded only
+        when its addresses or connection type did change."""
+        cache = self._peer_bodies
+        epoch = self.host.conn_epoch
+        k = self.config.k
+        skip = None if exclude is None else Key(exclude.to_bytes())
+        out: list[bytes] = []
+        for e in self.table.closest(target, k + 1):
+            key = e.key
+            if key == skip:
+                continue
+            hit = cache.get(key)
+            if hit is not None and hit[3] == epoch and hit[0].version == hit[1] and now < hit[0].min_expires:
+                out.append(hit[4])
+            else:
+                body = self._peer_body(key, e.value, now, epoch, hit)
+                if body is None:  # peers without addresses are left out
+                    continue
+                out.append(body)
+            if len(out) >= k:
+                break
+        return out
+
+    def _peer_body(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
+        """Look up ``peer``'s addresses and connection type again; its cached
+        encoding (re-made only if they changed), or None without addresses."""
+        cache = self._peer_bodies
+        book = self.host.addrbook.book(peer, now)
+        if book is None:
+            if hit is not None:
+                del cache[key]
+            return None
+        conn = 0 if self.host.connection(peer) is None else 1
+        if hit is not None and hit[0] is book and hit[1] == book.version and hit[2] == conn:
+            body = hit[4]
+        else:
+            body = encode_peer(peer, self.host.addrbook.addrs(peer, now), conn)
+            if hit is None and len(cache) >= _PEER_BODY_CACHE_SIZE:
+                cache.clear()
+        cache[key] = (book, book.version, conn, epoch, body)
+        return body
+
     # -- server side ---------------------------------------------------------------
     async def _serve(self, stream) -> None:
+        # per-connection count of open kad streams, uncounted when a stream ends
+        limit = self.config.max_inbound_kad_streams_per_connection
+        if limit and not stream.conn.count_inbound(stream, limit):
+            log.info("%s opened more than %d kad streams on one connection; resetting one", stream.peer_id, limit)
+            stream.reset()
+            return
         reader = MessageReader(self.config.max_message_size)
         peer = stream.peer_id
         while True:
@@ -390,29 +478,43 @@ class KadNode:
                 reader.eof()
                 return
             for body in reader.feed(data):
-                reply = self._handle_request(peer, decode_message(body), stream.conn.remote_addr)
+                reply = self._handle_request(peer, decode_message(body), stream.conn.remote_addr, True)
                 if reply is not None:
-                    stream.write(frame(encode_message(reply)))
+                    stream.write(reply if reply.__class__ is bytes else frame(encode_message(reply)))
             await stream.drain()
 
-    def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr) -> KadMessage | None:
-        """Answer one request; raises on a request that must reset the stream."""
+    def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
+        """Answer one request; raises on a request that must reset the stream.
+        With ``framed``, the replies that carry closer peers come encoded
+        and framed (bytes, from cached Peer encodings), the others as a
+        KadMessage still."""
         now = self.clock()
         t = msg.type
-        self._emit(InboundRequest(peer, t))
+        if self._subscribers:
+            self._emit(InboundRequest(peer, t))
         if t == MessageType.FIND_NODE:
+            if framed:
+                bodies = self._closer_bodies(Key(msg.key), peer, now)
+                if msg.key == self.peer_id.to_bytes():
+                    bodies.insert(0, encode_peer(self.peer_id, self.host.announce_addrs(), 1))
+                return encode_find_node_reply(msg.key, bodies, MessageType.FIND_NODE, framed=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             if msg.key == self.peer_id.to_bytes():
                 closer.insert(0, KadPeer(self.peer_id, self.host.announce_addrs(), 1))
             return KadMessage(MessageType.FIND_NODE, key=msg.key, closer_peers=closer)
         if t == MessageType.GET_VALUE:
             rec = self.store.get(msg.key, now)
-            closer = self._closest_kad_peers(Key(msg.key), peer, now)
             kr = None
             if rec is not None:
                 kr = KadRecord(rec.key, rec.value, time_received=_rfc3339(self.wall_clock()), publisher=rec.publisher)
+            if framed:
+                return encode_find_node_reply(msg.key, self._closer_bodies(Key(msg.key), peer, now),
+                                              MessageType.GET_VALUE, record=kr, framed=True)
+            closer = self._closest_kad_peers(Key(msg.key), peer, now)
             return KadMessage(MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer)
         if t == MessageType.PUT_VALUE:
+            if not self._put_limiter.allow(peer, now):  # raising resets the stream (logged by the host)
+                raise RateLimited(f"PUT_VALUE from {peer} over {self.config.max_puts_per_peer_per_second}/s")
             rec = msg.record
             if rec is None or rec.key != msg.key:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
@@ -423,6 +525,8 @@ class KadNode:
             # echo the record (js counts any other reply as a failure), without unknown fields
             return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
         if t == MessageType.ADD_PROVIDER:
+            if not self._provider_limiter.allow(peer, now):
+                raise RateLimited(f"ADD_PROVIDER from {peer} over {self.config.max_provider_adds_per_peer_per_second}/s")
             for p in msg.provider_peers:
                 if p.peer_id != peer:
                     log.info("ADD_PROVIDER from %s names %s as provider; ignored", peer, p.peer_id)
@@ -440,6 +544,10 @@ class KadNode:
                 addrs = self.host.addrbook.addrs(rec.provider, now) or list(rec.addrs)
                 if addrs:
                     providers.append(KadPeer(rec.provider, addrs, 0))
+            if framed:
+                return encode_find_node_reply(
+                    msg.key, self._closer_bodies(Key(msg.key), peer, now), MessageType.GET_PROVIDERS,
+                    [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers], framed=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             return KadMessage(MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer, provider_peers=providers)
         if t == MessageType.PING:
@@ -471,7 +579,7 @@ class KadNode:
                 if isinstance(exc, ProtocolNotSupported):
                     self.table.remove(key)
                 else:
-                    self.table.update(key, None, self.clock(), False)
+                    self._mark_disconnected(peer)
             raise KadError(f"request to {peer} failed: {type(exc).__name__}: {exc}") from exc
         self._update_peer(peer, self.clock(), connected=True)
         return reply

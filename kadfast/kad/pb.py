@@ -263,12 +263,15 @@ def encode_find_node_reply(
     msg_type: int = MessageType.FIND_NODE,
     provider_peer_bodies: Iterable[bytes] = (),
     record: KadRecord | None = None,
+    framed: bool = False,
 ) -> bytes:
     """Fast path for replies: a message of type ``msg_type`` built from Peer
     encodings made by :func:`encode_peer`. The result is identical to
     :func:`encode_message` of the equivalent :class:`KadMessage` (with
     ``cluster_level_raw`` 0). ``key`` b"" leaves the key out (rust and go
-    send none in a FIND_NODE reply; go echoes it for GET_PROVIDERS)."""
+    send none in a FIND_NODE reply; go echoes it for GET_PROVIDERS).
+    ``framed`` puts the length prefix in front, as :func:`frame` does, in
+    the same single copy."""
     parts = [_type_field(msg_type)]
     if key:
         parts.append(_len_field(b"\x12", key))
@@ -296,6 +299,9 @@ def encode_find_node_reply(
         for tag, bodies in ((b"\x42", closer_peer_bodies), (b"\x4a", provider_peer_bodies)):
             for body in bodies:
                 append(_len_field(tag, body))
+    if framed:
+        n = sum(map(len, parts))
+        parts.insert(0, _BYTE[n] if n < 0x80 else _varint(n))
     return b"".join(parts)
 
 

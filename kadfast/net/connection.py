@@ -78,6 +78,13 @@ class Connection(asyncio.Protocol):
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._pings: dict[int, asyncio.Future] = {}
         self._inbound_streams = 0
+        #: inbound streams counted per protocol by count_inbound, and which
+        #: stream ids were counted under which protocol
+        self._inbound_by_protocol: dict[str, int] = {}
+        self._counted: dict[int, str] = {}
+        #: the key this inbound connection is counted under by the host's
+        #: per-IP limit (None: not counted)
+        self._ip_group: str | None = None
         self.close_reason = ""
         #: the protocol error that failed the connection, if one did
         self.error: Exception | None = None
@@ -93,12 +100,38 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._state == _OPEN
 
+    def count_inbound(self, stream: Stream, limit: int) -> bool:
+        """Count an inbound ``stream`` against a limit on the streams of its
+        protocol open at once on this connection (a handler calls this first
+        thing). False, and nothing counted, when ``limit`` are counted already.
+        A counted stream is uncounted when it leaves the connection: closed by
+        both sides, or reset."""
+        if self.streams.get(stream.stream_id) is not stream:
+            return True  # already gone (reset before its handler ran): nothing to count
+        p = stream.protocol
+        n = self._inbound_by_protocol.get(p, 0)
+        if n >= limit:
+            return False
+        self._inbound_by_protocol[p] = n + 1
+        self._counted[stream.stream_id] = p
+        return True
+
+    def inbound_streams_for(self, protocol: str) -> int:
+        """Inbound streams of ``protocol`` counted by :meth:`count_inbound` and still open."""
+        return self._inbound_by_protocol.get(protocol, 0)
+
     # -- asyncio.Protocol ------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         if self._refuse:
+            log.info("refusing inbound connection from %s: connection limit reached", transport.get_extra_info("peername"))
             transport.abort()
             return
+        if not self.initiator:
+            peer = transport.get_extra_info("peername")
+            if not self.host._admit_inbound(self, peer[0] if peer else None):
+                transport.abort()
+                return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -252,12 +285,12 @@ class Connection(asyncio.Protocol):
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
                     if s.inbound:
-                        self._inbound_streams -= 1
+                        self._forget_inbound(s)
                     s._on_reset("reset by peer")
             elif t is y.StreamClosed:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None and s.inbound:
-                    self._inbound_streams -= 1
+                    self._forget_inbound(s)
             elif t is y.PongReceived:
                 fut = self._pings.pop(ev.opaque, None)
                 if fut is not None and not fut.done():
@@ -278,6 +311,26 @@ class Connection(asyncio.Protocol):
         s._negotiator = MultistreamListener(self.host._supports_protocol)
         self.streams[stream_id] = s
         self._inbound_streams += 1
+        self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
+
+    def _negotiation_deadline(self, s: Stream) -> None:
+        """An inbound stream still negotiating its protocol after the timeout
+        is reset, so that it holds no slot (and no idle connection) forever."""
+        if s._negotiator is not None and self.streams.get(s.stream_id) is s:
+            log.info("%r: stream %d did not negotiate a protocol in time; resetting", self, s.stream_id)
+            s.reset()
+            self._schedule_flush()
+
+    def _forget_inbound(self, s: Stream) -> None:
+        """An inbound stream left ``streams``: uncount it."""
+        self._inbound_streams -= 1
+        p = self._counted.pop(s.stream_id, None)
+        if p is not None:
+            n = self._inbound_by_protocol.get(p, 0) - 1
+            if n > 0:
+                self._inbound_by_protocol[p] = n
+            else:
+                self._inbound_by_protocol.pop(p, None)
 
     def _negotiate_data(self, s: Stream, data: bytes) -> None:
         ms = s._negotiator
@@ -293,7 +346,7 @@ class Connection(asyncio.Protocol):
                 s._negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
             self.streams.pop(sid, None)
             if s.inbound:
-                self._inbound_streams -= 1
+                self._forget_inbound(s)
             self.session.reset_stream(sid)
             s._on_reset(f"protocol negotiation failed: {exc}")
             return
@@ -359,7 +412,7 @@ class Connection(asyncio.Protocol):
     def _reset_stream(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
         if s is not None and s.inbound:
-            self._inbound_streams -= 1
+            self._forget_inbound(s)
         if self.session is not None and self._state == _OPEN:
             self.session.reset_stream(stream_id)
             self._schedule_flush()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import os
 import socket
@@ -66,6 +67,14 @@ class HostConfig:
     max_connections: int = 4096
     #: connections to one peer: one, plus one that a simultaneous dial may add
     max_connections_per_peer: int = 2
+    #: inbound connections (being upgraded or open) from one IP address; an
+    #: IPv6 address counts by its /64 prefix, which one host usually holds
+    #: whole. Checked when the TCP connection is accepted: one over the limit
+    #: is closed at once (logged at info). 0 turns the limit off.
+    max_connections_per_ip: int = 64
+    #: whether max_connections_per_ip applies to loopback addresses too (off:
+    #: local tools, tests and a same-machine proxy are not limited)
+    limit_loopback: bool = False
     #: inbound streams open at once on one connection (rust-libp2p kad allows
     #: 32 per protocol; the whole connection gets more)
     max_inbound_streams: int = 256
@@ -124,7 +133,12 @@ class Host:
         self._servers: list[asyncio.AbstractServer] = []
         self._listen_addrs: list[Multiaddr] = []
         self._conns: dict[PeerId, list[Connection]] = {}
+        #: bumped whenever a connection joins or leaves ``_conns`` (so what
+        #: :meth:`connection` answers for any peer may have changed); for caches
+        self.conn_epoch = 0
         self._pending: set[Connection] = set()
+        #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
+        self._ip_conns: dict[str, int] = {}
         self._dialing: dict[PeerId, asyncio.Future] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
@@ -285,6 +299,24 @@ class Host:
         self._pending.add(conn)
         return conn
 
+    def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
+        """Whether an inbound connection from ``ip`` may proceed (the per-IP
+        limit); counts it when it may."""
+        limit = self.config.max_connections_per_ip
+        if not limit or not ip:
+            return True
+        group, loopback = _ip_group(ip)
+        if group is None or (loopback and not self.config.limit_loopback):
+            return True
+        n = self._ip_conns.get(group, 0)
+        if n >= limit:
+            log.info("refusing inbound connection from %s: %d connections from %s already (max_connections_per_ip)",
+                     ip, n, group)
+            return False
+        self._ip_conns[group] = n + 1
+        conn._ip_group = group
+        return True
+
     def connection_count(self) -> int:
         return len(self._pending) + sum(len(v) for v in self._conns.values())
 
@@ -308,6 +340,7 @@ class Host:
             conn.close("too many connections to this peer")
             return
         conns.append(conn)
+        self.conn_epoch += 1
         if conn.initiator and conn.remote_addr is not None:
             self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
@@ -315,10 +348,19 @@ class Host:
 
     def _on_connection_closed(self, conn: Connection) -> None:
         self._pending.discard(conn)
+        group = conn._ip_group
+        if group is not None:
+            conn._ip_group = None
+            n = self._ip_conns.get(group, 0) - 1
+            if n > 0:
+                self._ip_conns[group] = n
+            else:
+                self._ip_conns.pop(group, None)
         peer = conn.remote_peer_id
         conns = self._conns.get(peer)
         if conns and conn in conns:
             conns.remove(conn)
+            self.conn_epoch += 1
             if not conns:
                 del self._conns[peer]
                 fut = self._identified.pop(peer, None)
@@ -416,6 +458,13 @@ class Host:
         host, port = _tcp_host_port(addr)
         timeout = self.config.dial_timeout
         deadline = time.monotonic() + timeout
+        created: list[Connection] = []
+
+        def factory() -> Connection:
+            c = self._new_connection(initiator=True, expected_peer=peer)
+            created.append(c)
+            return c
+
         try:
             if addr.value_for("dns4") or addr.value_for("dns6") or addr.value_for("dns"):
                 family = socket.AF_INET6 if addr.value_for("dns6") else (
@@ -427,15 +476,22 @@ class Host:
                     raise DialRefused(f"{host} does not resolve")
                 host = infos[0][4][0]
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: self._new_connection(initiator=True, expected_peer=peer), host, port
-                ),
+                self.loop.create_connection(factory, host, port),
                 max(0.01, deadline - time.monotonic()),
             )
-        except asyncio.TimeoutError:
-            raise DialTimeout(f"connecting to {addr} timed out") from None
-        except OSError as exc:
-            raise DialRefused(f"{addr}: {exc.strerror or exc}") from None
+        except BaseException as exc:
+            # uvloop makes the protocol before connecting: a connection that
+            # never got its transport must not stay counted as pending
+            for c in created:
+                if c.transport is None:
+                    self._pending.discard(c)
+                else:
+                    c.close("dial failed")
+            if isinstance(exc, asyncio.TimeoutError):
+                raise DialTimeout(f"connecting to {addr} timed out") from None
+            if isinstance(exc, OSError):
+                raise DialRefused(f"{addr}: {exc.strerror or exc}") from None
+            raise
         try:
             return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - time.monotonic()))
         except asyncio.TimeoutError:
@@ -565,6 +621,23 @@ async def _read_identify(stream: Stream) -> IdentifyInfo:
         if not data:
             return reader.eof()
         reader.feed(data)
+
+
+def _ip_group(ip: str) -> tuple[str | None, bool]:
+    """The key an address is counted under for max_connections_per_ip (the
+    address itself; an IPv6 address's /64 prefix; an IPv4-mapped IPv6
+    address's IPv4 address) and whether it is a loopback address."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return None, False
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        else:
+            net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
+            return str(net), addr.is_loopback
+    return str(addr), addr.is_loopback
 
 
 def _tcp_host_port(addr: Multiaddr) -> tuple[str, int]:

@@ -1,0 +1,778 @@
+"""Hostile peers and operator limits, on loopback.
+
+Each test plays a misbehaving peer against a kad server (a started
+:class:`KadNode`) and then checks that the server still serves a well-behaved
+peer on a fresh connection (:func:`assert_serves`: a ping and a FIND_NODE).
+Misbehaviour below the kad protocol is produced by :class:`RawClient`, a
+dialer made of a raw asyncio socket and the sans-IO cores (multistream,
+Noise, Yamux), so a test can break the rules at any layer.
+
+Covered elsewhere and not repeated here: a peer proving another PeerId than
+the one dialed (``test_net.py::test_dial_failures_are_typed``, DialWrongPeer),
+garbage before the multistream header (``test_net.py::test_garbage_instead_of_handshake``),
+a silent connection (``test_net.py::test_stalled_handshake_is_dropped``), the
+host's inbound stream limit with well-behaved streams
+(``test_net.py::test_inbound_stream_limit``) and the total connection limit
+(``test_net.py::test_connection_limit_refuses_inbound``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+from kadfast import Ed25519KeyPair, Multiaddr
+from kadfast.identify import PROTOCOL_ID as IDENTIFY_PROTOCOL
+from kadfast.kad.node import Config, KadNode, Quorum
+from kadfast.kad.pb import (
+    MAX_MESSAGE_SIZE,
+    KadMessage,
+    KadPeer,
+    KadRecord,
+    MessageReader,
+    MessageType,
+    decode_message,
+    encode_message,
+    frame,
+)
+from kadfast.kad.ratelimit import PeerRateLimiter
+from kadfast.kad.validation import InvalidRecord, Validator
+from kadfast.loop import new_event_loop, uvloop_available
+from kadfast.multistream import MultistreamDialer
+from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
+from kadfast.net.connection import NOISE_PROTOCOL, YAMUX_PROTOCOL
+from kadfast.net.host import _ip_group
+from kadfast.noise import STATIC_KEY_SIGNATURE_PREFIX, NoiseHandshake, NoiseStaticKey
+from kadfast.peerid import PeerId
+from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
+from kadfast.protobuf import field_bytes
+from kadfast.store import Record
+from kadfast import yamux as y
+
+KAD = "/ipfs/kad/1.0.0"
+LISTEN = ["/ip4/127.0.0.1/tcp/0"]
+LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """Run a coroutine function on the parametrized loop, failing on a timeout
+    and on exceptions that the loop saw but nobody handled."""
+    loop = new_event_loop(request.param)
+    unhandled = []
+    loop.set_exception_handler(lambda l, ctx: unhandled.append(ctx))
+
+    def runner(fn, timeout=20.0):
+        return loop.run_until_complete(asyncio.wait_for(fn(), timeout))
+
+    yield runner
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert not [u for u in unhandled if "exception" in u], unhandled
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# -- helpers -------------------------------------------------------------------
+async def start_node(config: Config | None = None, clock=None, **host_kw) -> KadNode:
+    kw = {"clock": clock} if clock is not None else {}
+    node = KadNode(config=config or Config(), host_config=HostConfig(listen_addrs=LISTEN, **host_kw), **kw)
+    await node.start()
+    return node
+
+
+def maddr(h: Host) -> Multiaddr:
+    return h.listen_addrs[0].with_peer_id(h.peer_id)
+
+
+def tcp_port(h: Host) -> int:
+    return int(h.listen_addrs[0].value_for("tcp"))
+
+
+def random_peer() -> PeerId:
+    return PeerId(bytes.fromhex("002408011220") + os.urandom(32))
+
+
+def dead_port() -> int:
+    """A loopback port nobody listens on (connections are refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def kad_request(host: Host, peer: PeerId, *msgs: KadMessage, replies: int = 1, timeout: float = 5.0) -> list[KadMessage]:
+    """Write ``msgs`` on one fresh kad stream and read ``replies`` replies."""
+    s = await host.new_stream(peer, KAD)
+    try:
+        s.write(b"".join(frame(encode_message(m)) for m in msgs))
+        out = []
+        for _ in range(replies):
+            body = await asyncio.wait_for(s.read_message(MAX_MESSAGE_SIZE), timeout)
+            assert body is not None, "stream ended without a reply"
+            out.append(decode_message(body))
+    except BaseException:
+        s.reset()
+        raise
+    s.close()
+    return out
+
+
+async def expect_reset(host: Host, peer: PeerId, raw: bytes, timeout: float = 5.0) -> None:
+    """Write ``raw`` on a fresh kad stream; the server must reset the stream."""
+    s = await host.new_stream(peer, KAD)
+    with pytest.raises(StreamReset):
+        s.write(raw)
+        while await asyncio.wait_for(s.read(), timeout):
+            pass
+
+
+async def assert_serves(node: KadNode) -> None:
+    """A well-behaved peer on a fresh connection gets answers: ping and FIND_NODE."""
+    async with Host() as h:
+        await h.dial(maddr(node.host))
+        assert await h.ping(node.peer_id, timeout=5) >= 0
+        key = os.urandom(32)
+        [reply] = await kad_request(h, node.peer_id, KadMessage(MessageType.FIND_NODE, key=key))
+        assert reply.type == MessageType.FIND_NODE and reply.key == key
+
+
+async def until_true(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (EOF or reset)."""
+    out = bytearray()
+
+    async def go():
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionError:
+                return
+            if not data:
+                return
+            out.extend(data)
+
+    await asyncio.wait_for(go(), timeout)
+    return bytes(out)
+
+
+class RawClient:
+    """A libp2p dialer driven by hand: a raw socket plus the sans-IO cores."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.crypto = None
+        self.session: y.YamuxSession | None = None
+
+    @classmethod
+    async def connect(cls, host: Host, local_ip: str | None = None) -> "RawClient":
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", tcp_port(host), local_addr=(local_ip, 0) if local_ip else None
+        )
+        return cls(reader, writer)
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+    async def recv(self, timeout: float = 5.0) -> bytes:
+        data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        if not data:
+            raise ConnectionError("closed by the server")
+        return data
+
+    async def select_noise(self) -> bytes:
+        ms = MultistreamDialer([NOISE_PROTOCOL])
+        self.writer.write(ms.data_to_send())
+        while not ms.done:
+            ms.receive_data(await self.recv())
+        return ms.unused
+
+    async def noise(self, rest: bytes = b"", keypair=None, static_key=None) -> bytes:
+        hs = NoiseHandshake(keypair or Ed25519KeyPair.generate(), initiator=True, static_key=static_key)
+        self.writer.write(hs.data_to_send())
+        if rest:
+            hs.receive_data(rest)
+        while not hs.complete:
+            hs.receive_data(await self.recv())
+        self.writer.write(hs.data_to_send())  # message 3
+        self.crypto = hs.transport()
+        return hs.unused
+
+    async def upgrade(self) -> list:
+        """The whole upgrade; returns the first Yamux events."""
+        rest = await self.noise(await self.select_noise())
+        ms = MultistreamDialer([YAMUX_PROTOCOL])
+        self.writer.write(self.crypto.encrypt(ms.data_to_send()))
+        plain = self.crypto.decrypt(rest) if rest else b""
+        if plain:
+            ms.receive_data(plain)
+        while not ms.done:
+            ms.receive_data(self.crypto.decrypt(await self.recv()))
+        self.session = y.YamuxSession(True)
+        return self.session.receive_data(ms.unused) if ms.unused else []
+
+    def send_plain(self, data: bytes) -> None:
+        self.writer.write(self.crypto.encrypt(data))
+
+    def flush(self) -> None:
+        out = self.session.data_to_send()
+        if out:
+            self.send_plain(out)
+
+    async def events_until(self, predicate, timeout: float = 5.0) -> list:
+        """Yamux events from the server until ``predicate(events)`` holds."""
+        events: list = []
+
+        async def go():
+            while not predicate(events):
+                events.extend(self.session.receive_data(self.crypto.decrypt(await self.recv())))
+
+        await asyncio.wait_for(go(), timeout)
+        return events
+
+    async def events_to_eof(self, timeout: float = 5.0) -> list:
+        """Yamux events from everything the server sends until it closes."""
+        data = await read_to_eof(self.reader, timeout)
+        return self.session.receive_data(self.crypto.decrypt(data)) if data else []
+
+
+# -- kad messages with bad varints ---------------------------------------------------
+def test_bad_varints_in_kad_messages_reset_the_stream(run):
+    async def main():
+        node = await start_node()
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                find = encode_message(KadMessage(MessageType.FIND_NODE, key=b"k"))
+                bad = [
+                    b"\xff" * 10 + b"\x01",                              # length prefix longer than 10 bytes
+                    b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",  # ... even of a small value
+                    b"\x80\x80\x40",                                     # length 1 MiB > max_message_size
+                    b"\x83\x00" + find[:3],                              # non-minimal length prefix (3)
+                    frame(b"\x08" + b"\xff" * 10 + b"\x01"),             # a field varint of 11 bytes
+                    frame(b"\x12\xff\xff\xff\xff\x0f" + b"k"),           # a key longer than the message
+                ]
+                for raw in bad:
+                    await expect_reset(h, node.peer_id, raw)
+                # the connection survived every one of them; so does serving on it
+                [reply] = await kad_request(h, node.peer_id, KadMessage(MessageType.FIND_NODE, key=b"k"))
+                assert reply.key == b"k"
+                assert len(h.connections(node.peer_id)) == 1
+            assert list(node.store.records()) == []
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+# -- the handshake ----------------------------------------------------------------------
+def test_slowloris_handshake_is_cut_at_the_handshake_timeout(run):
+    async def main():
+        node = await start_node(handshake_timeout=0.5)
+        # the multistream header and /noise, one byte every 0.1 s: 2.8 s in all,
+        # each byte well inside any per-read timeout, the whole far beyond 0.5 s
+        header = b"\x13/multistream/1.0.0\n\x07/noise\n"
+        loop = asyncio.get_running_loop()
+        try:
+            async def slow_client():
+                reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port(node.host))
+
+                async def drip():
+                    for b in header:
+                        writer.write(bytes([b]))
+                        await asyncio.sleep(0.1)
+
+                t0 = loop.time()
+                dripper = loop.create_task(drip())
+                try:
+                    await read_to_eof(reader, timeout=5)
+                finally:
+                    dripper.cancel()
+                    await asyncio.gather(dripper, return_exceptions=True)
+                    writer.transport.abort()
+                return loop.time() - t0, dripper
+
+            results = await asyncio.gather(*[slow_client() for _ in range(5)])
+            for elapsed, _ in results:
+                assert 0.4 <= elapsed < 2.0, elapsed  # cut at ~0.5 s although bytes kept coming
+            assert node.host.connection_count() == 0
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def _bad_signature_key() -> NoiseStaticKey:
+    """A static key whose payload signs another X25519 key than its own."""
+    kp = Ed25519KeyPair.generate()
+    sk = NoiseStaticKey(kp)
+    other = NoiseStaticKey(kp)
+    sig = kp.sign(STATIC_KEY_SIGNATURE_PREFIX + other.public_bytes)
+    sk.payload = field_bytes(1, kp.public_key.encode()) + field_bytes(2, sig)
+    return sk
+
+
+@pytest.mark.parametrize("attack", ["bad_signature", "garbage_message_3", "short_message_1", "random_frames"])
+def test_bad_noise_handshakes_are_dropped(run, attack):
+    async def main():
+        node = await start_node()
+        events = node.host.subscribe()
+        try:
+            c = await RawClient.connect(node.host)
+            rest = await c.select_noise()
+            if attack == "bad_signature":
+                await c.noise(rest, static_key=_bad_signature_key())
+            elif attack == "garbage_message_3":
+                hs = NoiseHandshake(Ed25519KeyPair.generate(), initiator=True)
+                c.writer.write(hs.data_to_send())
+                if rest:
+                    hs.receive_data(rest)
+                while not hs.complete:
+                    hs.receive_data(await c.recv())
+                msg3 = hs.data_to_send()
+                c.writer.write(msg3[:2] + os.urandom(len(msg3) - 2))  # right length, random bytes
+            elif attack == "short_message_1":
+                c.writer.write(b"\x00\x05" + os.urandom(5))  # an ephemeral key needs 32 bytes
+            else:
+                c.writer.write(b"\x00\x20" + os.urandom(32))  # a valid-looking message 1 ...
+                await c.recv()                                # ... the server answers it ...
+                c.writer.write(b"\x00\xc8" + os.urandom(200))  # ... then a random message 3
+            await read_to_eof(c.reader, timeout=5)  # the server hangs up
+            c.close()
+            assert node.host.connection_count() == 0
+            assert not any(isinstance(events.get_nowait(), ConnectionEstablished) for _ in range(events.qsize()))
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+# -- per-IP connection limit ------------------------------------------------------------
+def test_ip_groups():
+    assert _ip_group("10.1.2.3") == ("10.1.2.3", False)
+    assert _ip_group("127.0.0.1") == ("127.0.0.1", True)
+    assert _ip_group("::ffff:10.1.2.3") == ("10.1.2.3", False)
+    assert _ip_group("2001:db8:1:2:aaaa::1")[0] == _ip_group("2001:db8:1:2:bbbb::9")[0] == "2001:db8:1:2::/64"
+    assert _ip_group("2001:db8:1:3::1")[0] != _ip_group("2001:db8:1:2::1")[0]
+    assert _ip_group("::1")[1] and _ip_group("fe80::1%eth0")[0] == "fe80::/64"
+    assert _ip_group("not an ip") == (None, False)
+    c = HostConfig()
+    assert c.max_connections_per_ip == 64 and c.limit_loopback is False
+
+
+def test_per_ip_connection_limit(run):
+    async def main():
+        node = await start_node(max_connections_per_ip=3, limit_loopback=True)
+        exempt = await start_node(max_connections_per_ip=1)  # loopback exempt by default
+        host = node.host
+        try:
+            # three connections from 127.0.0.2 that stall in the handshake
+            held = [await RawClient.connect(host, local_ip="127.0.0.2") for _ in range(3)]
+            await until_true(lambda: host._ip_conns.get("127.0.0.2") == 3)
+            # a fourth from that address is closed at once, before any handshake byte
+            c4 = await RawClient.connect(host, local_ip="127.0.0.2")
+            c4.writer.write(b"\x13/multistream/1.0.0\n")
+            t0 = time.monotonic()
+            assert await read_to_eof(c4.reader, timeout=5) == b""
+            assert time.monotonic() - t0 < 2.0  # refused, not timed out (handshake timeout 10 s)
+            c4.close()
+            assert host._ip_conns.get("127.0.0.2") == 3
+            # another address is not affected
+            await assert_serves(node)
+            # closed connections give their slots back
+            for c in held:
+                c.close()
+            await until_true(lambda: "127.0.0.2" not in host._ip_conns)
+            c5 = await RawClient.connect(host, local_ip="127.0.0.2")
+            await c5.upgrade()
+            c5.close()
+            # loopback is exempt unless limit_loopback: several connections from 127.0.0.1
+            hosts = [Host() for _ in range(3)]
+            for h in hosts:
+                await h.start()
+                await h.dial(maddr(exempt.host))
+            for h in hosts:
+                await h.close()
+            await assert_serves(exempt)
+        finally:
+            await node.stop()
+            await exempt.stop()
+    run(main)
+
+
+# -- stream floods --------------------------------------------------------------------------
+def test_kad_stream_flood_beyond_the_per_connection_limit(run):
+    async def main():
+        node = await start_node()
+        limit = node.config.max_inbound_kad_streams_per_connection
+        assert limit == 32
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                held = [await h.new_stream(node.peer_id, KAD) for _ in range(limit)]  # open, idle
+                extra = await h.new_stream(node.peer_id, KAD)
+                with pytest.raises(StreamReset):  # on the write when the reset arrived first
+                    extra.write(frame(encode_message(KadMessage(MessageType.PING))))
+                    await asyncio.wait_for(extra.read(), 5)
+                assert h.connection(node.peer_id).is_open
+                # the streams within the limit are served
+                held[0].write(frame(encode_message(KadMessage(MessageType.FIND_NODE, key=b"x"))))
+                body = await asyncio.wait_for(held[0].read_message(MAX_MESSAGE_SIZE), 5)
+                assert decode_message(body).key == b"x"
+                # a stream closed by both sides frees its slot
+                held[0].close()
+                assert await asyncio.wait_for(held[0].read_to_end(1024), 5) == b""
+                [reply] = await kad_request(h, node.peer_id, KadMessage(MessageType.FIND_NODE, key=b"y"))
+                assert reply.key == b"y"
+                for s in held[1:]:
+                    s.reset()
+                # every stream ended: the count is back to zero (no drift)
+                server_conn = node.host.connection(h.peer_id)
+                await until_true(lambda: server_conn.inbound_streams_for(KAD) == 0)
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
+    async def main():
+        node = await start_node(max_inbound_streams=8)
+        try:
+            c = await RawClient.connect(node.host)
+            await c.upgrade()
+            sids = []
+            for _ in range(20):  # streams that never finish negotiating
+                sid = c.session.open_stream()
+                c.session.send(sid, b"\x13/multi")
+                sids.append(sid)
+            c.flush()
+            events = await c.events_until(lambda evs: sum(isinstance(e, y.StreamReset) for e in evs) >= 12)
+            reset = {e.stream_id for e in events if isinstance(e, y.StreamReset)}
+            assert reset == set(sids[8:])
+            conn = next(iter(node.host._pending | {x for cs in node.host._conns.values() for x in cs}))
+            assert conn._inbound_streams == 8 and conn.is_open
+            c.close()
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+# -- Yamux window violation ---------------------------------------------------------------------
+def test_data_frame_larger_than_the_window_closes_the_connection_with_go_away(run):
+    async def main():
+        node = await start_node()
+        events = node.host.subscribe()
+        try:
+            c = await RawClient.connect(node.host)
+            await c.upgrade()
+            await asyncio.wait_for(_next(events, ConnectionEstablished), 5)
+            n = y.DEFAULT_WINDOW + 1
+            # stream 1, SYN on a Data frame that carries one byte more than the window
+            c.send_plain(y.encode_header(0, y.FLAG_SYN, 1, n) + b"\0" * n)
+            got = await c.events_to_eof()
+            go_aways = [e for e in got if isinstance(e, y.GoAwayReceived)]
+            assert go_aways and go_aways[0].code == y.GO_AWAY_PROTOCOL_ERROR
+            c.close()
+            assert node.host.connection_count() == 0
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+async def _next(q: asyncio.Queue, kind):
+    while True:
+        ev = await q.get()
+        if isinstance(ev, kind):
+            return ev
+
+
+# -- kad requests that must not take effect --------------------------------------------------------
+def test_add_provider_naming_another_peer_is_ignored(run):
+    async def main():
+        node = await start_node()
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                other = random_peer()
+                addr = Multiaddr("/ip4/10.9.9.9/tcp/4001")
+                me = KadPeer(h.peer_id, [Multiaddr("/ip4/10.1.1.1/tcp/1")])
+                # ADD_PROVIDER has no reply: the GET_PROVIDERS behind it on the
+                # same stream is answered only after it was handled
+                [reply] = await kad_request(
+                    h, node.peer_id,
+                    KadMessage(MessageType.ADD_PROVIDER, key=b"k1", provider_peers=[KadPeer(other, [addr]), me]),
+                    KadMessage(MessageType.GET_PROVIDERS, key=b"k1"))
+                assert [p.peer_id for p in reply.provider_peers] == [h.peer_id]
+                [reply] = await kad_request(
+                    h, node.peer_id,
+                    KadMessage(MessageType.ADD_PROVIDER, key=b"k2", provider_peers=[KadPeer(other, [addr])]),
+                    KadMessage(MessageType.GET_PROVIDERS, key=b"k2"))
+                assert reply.provider_peers == []
+            now = node.clock()
+            assert [p.provider for p in node.store.providers(b"k1", now)] == [h.peer_id]
+            assert node.store.providers(b"k2", now) == []
+            assert node.host.addrbook.addrs(other, time.monotonic()) == []
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+class OnlyGood(Validator):
+    def validate(self, key, value):
+        if value != b"good":
+            raise InvalidRecord("not good")
+
+
+def test_bad_put_value_resets_the_stream_and_stores_nothing(run):
+    async def main():
+        node = await start_node()
+        node.validator.register("strict", OnlyGood())
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                bad = [
+                    KadMessage(MessageType.PUT_VALUE, key=b"/any/a", record=KadRecord(b"/any/b", b"v")),
+                    KadMessage(MessageType.PUT_VALUE, key=b"/any/a"),  # no record at all
+                    KadMessage(MessageType.PUT_VALUE, key=b"/strict/k", record=KadRecord(b"/strict/k", b"bad")),
+                ]
+                for msg in bad:
+                    await expect_reset(h, node.peer_id, frame(encode_message(msg)))
+                assert list(node.store.records()) == []
+                # a valid one on the same connection is stored and echoed
+                good = KadMessage(MessageType.PUT_VALUE, key=b"/strict/k", record=KadRecord(b"/strict/k", b"good"))
+                [reply] = await kad_request(h, node.peer_id, good)
+                assert reply.record.value == b"good"
+            assert [r.key for r in node.store.records()] == [b"/strict/k"]
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+# -- lookups through liars and laggards -------------------------------------------------------------
+async def honest_network(n: int) -> list[KadNode]:
+    nodes = [await start_node() for _ in range(n)]
+    for node in nodes[1:]:
+        node.add_address(nodes[0].peer_id, nodes[0].listen_addrs[0])
+    await asyncio.gather(*[node.bootstrap() for node in nodes[1:]])
+    return nodes
+
+
+def test_find_node_replies_full_of_made_up_peers(run):
+    async def main():
+        honest = await honest_network(3)
+        liar = Host(config=HostConfig(listen_addrs=LISTEN))
+        await liar.start()
+        closed_port = dead_port()
+        made_up: set[PeerId] = set()
+
+        async def lie(stream):
+            reader = MessageReader()
+            while True:
+                data = await stream.read()
+                if not data:
+                    return
+                for body in reader.feed(data):
+                    msg = decode_message(body)
+                    fakes = (
+                        [KadPeer(random_peer(), [Multiaddr(f"/ip4/127.0.0.1/tcp/{closed_port}")]) for _ in range(8)]
+                        + [KadPeer(random_peer(), [Multiaddr("/ip4/192.0.2.1/tcp/4001")]) for _ in range(4)]   # TEST-NET-1
+                        + [KadPeer(random_peer(), [liar.listen_addrs[0]]) for _ in range(4)]  # wrong PeerId there
+                        + [KadPeer(random_peer(), [Multiaddr("/ip4/10.0.0.1/udp/1/quic-v1")]) for _ in range(4)]
+                    )
+                    made_up.update(p.peer_id for p in fakes)
+                    stream.write(frame(encode_message(KadMessage(msg.type, key=msg.key, closer_peers=fakes))))
+
+        liar.set_stream_handler(KAD, lie)
+        cfg = Config(query_timeout=3.0, request_timeout=1.0)
+        victim = await start_node(cfg, dial_timeout=1.0)
+        victim.add_address(liar.peer_id, liar.listen_addrs[0])
+        victim.add_address(honest[0].peer_id, honest[0].listen_addrs[0])
+        try:
+            async def lookup():
+                t0 = time.monotonic()
+                peers = await victim.get_closest_peers(os.urandom(32))
+                return time.monotonic() - t0, peers
+
+            results = await asyncio.gather(*[lookup() for _ in range(4)])
+            honest_ids = {n.peer_id for n in honest}
+            for elapsed, peers in results:
+                assert elapsed < cfg.query_timeout + 1.0
+                assert set(peers) <= honest_ids | {liar.peer_id}
+                assert set(peers) & honest_ids
+            assert len(made_up) >= 4 * 20
+            table = set(victim.routing_table_peers())
+            assert not table & made_up  # unreachable peers never enter the routing table
+            assert table <= honest_ids | {liar.peer_id}
+            # what was learned about them stays within the bounded tables
+            assert len(victim.host.addrbook) <= victim.host.addrbook.max_peers
+            assert len(victim.host._backoff) <= victim.host.config.max_backoff_entries
+            # no connection is left behind by the failed dials (uvloop creates the
+            # protocol before connecting; a refused dial once leaked it as pending)
+            assert victim.host.connection_count() <= len(honest) + 1
+            await assert_serves(victim)
+        finally:
+            await victim.stop()
+            await liar.close()
+            for n in honest:
+                await n.stop()
+    run(main, timeout=30)
+
+
+def test_peer_that_answers_slowly_to_everything(run):
+    async def main():
+        honest = await honest_network(3)
+        slow = Host(config=HostConfig(listen_addrs=LISTEN))
+        never = asyncio.Event()
+
+        async def stall(stream):
+            await never.wait()
+
+        for proto in (KAD, IDENTIFY_PROTOCOL, PING_PROTOCOL):
+            slow.set_stream_handler(proto, stall)
+        await slow.start()
+        cfg = Config(request_timeout=0.5, query_timeout=5.0)
+        victim = await start_node(cfg)
+        victim.add_address(slow.peer_id, slow.listen_addrs[0])
+        victim.add_address(honest[0].peer_id, honest[0].listen_addrs[0])
+        try:
+            t0 = time.monotonic()
+            peers = await victim.get_closest_peers(os.urandom(32))
+            assert time.monotonic() - t0 < 3.0
+            assert slow.peer_id not in peers and set(peers) == {n.peer_id for n in honest}
+            entry = victim.table.get(_key(slow.peer_id))
+            assert entry is None or not entry.connected
+            t0 = time.monotonic()
+            stored = await victim.put_record(Record(b"/t/slow", b"v"), Quorum.ONE)
+            assert stored >= 1 and time.monotonic() - t0 < 3.0
+            await assert_serves(victim)
+        finally:
+            await victim.stop()
+            await slow.close()
+            for n in honest:
+                await n.stop()
+    run(main, timeout=30)
+
+
+def _key(peer: PeerId):
+    from kadfast import Key
+    return Key(peer.to_bytes())
+
+
+# -- rate limits ------------------------------------------------------------------------------------
+def test_peer_rate_limiter_unit():
+    lim = PeerRateLimiter(rate=2.0, burst=3.0, max_peers=2)
+    assert [lim.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert lim.allow("a", 0.5)          # one token back after half a second at 2/s
+    assert not lim.allow("a", 0.5)
+    assert not lim.allow("a", 0.4)      # a clock going backwards refills nothing
+    assert [lim.allow("a", 100.0) for _ in range(4)] == [True, True, True, False]  # never above the burst
+    lim.allow("b", 100.0)
+    lim.allow("c", 100.0)
+    assert len(lim) == 2                # bounded: "a", the least recently seen, is forgotten
+    assert PeerRateLimiter(0, 1).allow("x", 0.0)  # rate 0: no limit
+    c = Config()
+    assert c.max_puts_per_peer_per_second > 0 and c.max_provider_adds_per_peer_per_second > 0
+
+
+def test_put_and_add_provider_rate_limits(run):
+    async def main():
+        clock = FakeClock()
+        cfg = Config(max_puts_per_peer_per_second=1.0, max_provider_adds_per_peer_per_second=1.0,
+                     rate_limit_burst_seconds=3.0)
+        node = await start_node(cfg, clock=clock)
+
+        def put(i: int) -> KadMessage:
+            key = b"/r/%d" % i
+            return KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, b"v"))
+
+        def add_provider(h: Host, key: bytes) -> list[KadMessage]:
+            return [KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(h.peer_id, [Multiaddr("/ip4/10.1.1.1/tcp/1")])]),
+                    KadMessage(MessageType.GET_PROVIDERS, key=key)]
+
+        try:
+            async with Host() as flood, Host() as other:
+                for h in (flood, other):
+                    await h.dial(maddr(node.host))
+                # a burst of 3, then the fourth PUT_VALUE resets its stream
+                for i in range(3):
+                    [reply] = await kad_request(flood, node.peer_id, put(i))
+                    assert reply.record.key == b"/r/%d" % i
+                await expect_reset(flood, node.peer_id, frame(encode_message(put(3))))
+                assert node.store.get(b"/r/3", clock()) is None
+                # ADD_PROVIDER has its own bucket
+                for i in range(3):
+                    [reply] = await kad_request(flood, node.peer_id, *add_provider(flood, b"p%d" % i))
+                    assert [p.peer_id for p in reply.provider_peers] == [flood.peer_id]
+                await expect_reset(flood, node.peer_id, b"".join(frame(encode_message(m)) for m in add_provider(flood, b"p3")))
+                assert node.store.providers(b"p3", clock()) == []
+                # other peers are not affected
+                [reply] = await kad_request(other, node.peer_id, put(10))
+                assert reply.record.key == b"/r/10"
+                [reply] = await kad_request(other, node.peer_id, *add_provider(other, b"p10"))
+                assert [p.peer_id for p in reply.provider_peers] == [other.peer_id]
+                # tokens come back with the node's clock
+                clock.t += 1.0
+                [reply] = await kad_request(flood, node.peer_id, put(4))
+                assert reply.record.key == b"/r/4"
+                await expect_reset(flood, node.peer_id, frame(encode_message(put(5))))
+                # the flooder's connection stays; reads are not limited
+                [reply] = await kad_request(flood, node.peer_id, KadMessage(MessageType.GET_VALUE, key=b"/r/0"))
+                assert reply.record.value == b"v"
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_inbound_stream_that_never_negotiates_is_reset():
+    async def main():
+        from kadfast.net import Host, HostConfig
+        from kadfast import yamux as y
+        server = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], negotiation_timeout=0.3))
+        client = Host()
+        await server.start()
+        await client.start()
+        try:
+            conn = await client.dial(server.listen_addrs[0].with_peer_id(server.peer_id))
+            # open a Yamux stream by hand and never send a multistream header
+            sid = conn.session.open_stream()
+            conn.session.send(sid, b"\x13")  # a length prefix, then silence: never a whole message
+            conn._schedule_flush()
+            sconn = None
+            deadline = asyncio.get_running_loop().time() + 5
+            while sconn is None or sid not in sconn.streams:
+                sconn = server.connection(client.peer_id)
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            while sid in sconn.streams:
+                assert asyncio.get_running_loop().time() < deadline, "never reset"
+                await asyncio.sleep(0.05)
+            assert await client.ping(server.peer_id) > 0
+        finally:
+            await client.close()
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

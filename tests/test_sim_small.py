@@ -1,0 +1,43 @@
+"""bench/sim.py run tiny: the whole pipeline (join, lookups, records, churn,
+republish) and its report, in a few seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+import sim  # noqa: E402
+
+
+@pytest.mark.parametrize("join", ["self", "prefill"])
+def test_small_network_report(join, capsys):
+    assert sim.main(["--nodes", "400", "--lookups", "100", "--records", "15", "--join", join,
+                     "--seed", "7", "--json", "-q"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["nodes"] == 400 and r["departed"] == 80
+    before, churn, rep = (r["phases"][p] for p in ("before_churn", "after_churn", "after_republish"))
+    f = before["find"]
+    assert f["success"] >= 0.95
+    assert f["hops_median"] <= 3 and f["hops_p95"] <= 5
+    assert 20 <= f["messages_median"] < 80
+    # dead peers cost timeouts and extra requests, but lookups still get close
+    assert churn["find"]["messages_median"] > f["messages_median"]
+    assert churn["find"]["success"] >= 0.7
+    # records: 20 replicas survive a 20% churn; republishing restores coverage
+    assert before["get"]["success"] == 1.0 and before["get"]["coverage_mean"] == 1.0
+    assert churn["get"]["success"] >= 0.99
+    assert churn["get"]["coverage_mean"] < rep["get"]["coverage_mean"]
+    assert rep["get"]["coverage_mean"] >= 0.9
+    assert r["republish"]["lookups"] > 0
+
+
+def test_table_output(capsys):
+    assert sim.main(["--nodes", "200", "--lookups", "30", "--records", "5", "-q"]) == 0
+    out = capsys.readouterr().out
+    for word in ("before_churn", "after_churn", "after_republish", "hops", "targets:"):
+        assert word in out
