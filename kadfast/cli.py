@@ -214,6 +214,12 @@ async def cmd_server(args, out: Out) -> int:
         store=store,
     )
     await node.start()
+    if args.bootstrap:
+        # other bootstrap nodes to join: add them, bootstrap in the background
+        from .client import parse_bootstrap
+        for pid, addr in parse_bootstrap(args.bootstrap):
+            node.add_address(pid, addr)
+        node._spawn(node._quietly(node.bootstrap()))
     addrs = [str(a.with_peer_id(node.peer_id)) for a in node.listen_addrs]
     stop = asyncio.Event()
     metrics_server = None

@@ -386,11 +386,15 @@ class KadNode:
                     self._mark_disconnected(ev.peer_id)
 
     def _mark_disconnected(self, peer: PeerId) -> None:
-        # The value is passed again (not None): applying a due pending entry
-        # inside update() may have evicted this very entry, which then comes
-        # back as a new one and must keep its PeerId.
+        """Mark a known entry disconnected; never inserts. Due pending entries
+        are applied first, so that update() cannot evict this very entry and
+        then bring it back as a new one."""
+        now = self.clock()
+        self.table.apply_pending(now)
+        for applied in self.table.pop_applied():
+            self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if Key(peer.to_bytes()) in self.table:
-            self._update_peer(peer, self.clock(), connected=False)
+            self._update_peer(peer, now, connected=False)
 
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
@@ -572,7 +576,10 @@ class KadNode:
             return decode_message(body)
 
         try:
-            reply = await asyncio.wait_for(exchange(), self.config.request_timeout)
+            # asyncio.timeout, not wait_for: no inner task whose late failure
+            # would go unretrieved when a lookup cancels this request
+            async with asyncio.timeout(self.config.request_timeout):
+                reply = await exchange()
         except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             key = Key(peer.to_bytes())
             if key in self.table:
@@ -591,7 +598,8 @@ class KadNode:
             stream.write(frame(encode_message(msg)))
             await stream.drain()
             stream.close()
-        await asyncio.wait_for(send(), self.config.request_timeout)
+        async with asyncio.timeout(self.config.request_timeout):
+            await send()
 
     def _learn_peers(self, peers: Iterable[KadPeer], now: float) -> list[tuple[Key, PeerId]]:
         out = []
@@ -670,14 +678,12 @@ class KadNode:
         await self.get_closest_peers(self.peer_id)
         buckets = self.table.nonempty_buckets()
         if buckets:
-            for i in range(buckets[0] + 1, 256):
-                target = random_peer_id_in_bucket(self.local_key, i)
-                if target is None:
-                    continue
-                try:
-                    await self.get_closest_peers(target)
-                except NoKnownPeers:
-                    break
+            targets = [random_peer_id_in_bucket(self.local_key, i) for i in range(buckets[0] + 1, 256)]
+            # the bucket refreshes run side by side: one slow or dead peer
+            # delays them all by one request timeout, not one per bucket
+            await asyncio.gather(
+                *[self.get_closest_peers(t) for t in targets if t is not None], return_exceptions=True
+            )
         return len(self.table)
 
     async def find_peer(self, peer: PeerId) -> list[Multiaddr]:

@@ -363,6 +363,7 @@ class Host:
             self.conn_epoch += 1
             if not conns:
                 del self._conns[peer]
+                self.peer_info.pop(peer, None)  # bounded by the live connections
                 fut = self._identified.pop(peer, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(ConnectionError(conn.close_reason))
