@@ -1,5 +1,5 @@
 """The kadfast CLI against a rust-libp2p program modelled on the reference
-listener (see /work/shared/REFERENCE-SYSTEM.md): the reference announces
+listener: the reference program announces
 itself with one DHT record (key: the namespace bytes, value: its PeerId
 bytes, Quorum::One) and serves JSON request/response.
 
