@@ -437,3 +437,26 @@ def test_read_to_end_larger_than_the_window_and_reset_semantics(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_listeners_see_every_event_even_when_queues_overflow(run):
+    async def main():
+        a, b = await pair(config_a=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], event_queue_size=1))
+        seen = []
+        a.add_listener(seen.append)
+        q = a.subscribe()  # a queue of one: it overflows
+        try:
+            await a.dial(maddr(b))
+            await a.identify(b.peer_id)
+            await b.close()
+            deadline = asyncio.get_running_loop().time() + 5
+            while not any(isinstance(e, ConnectionClosed) for e in seen):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            kinds = [type(e) for e in seen]
+            assert kinds[:1] == [ConnectionEstablished] and PeerIdentified in kinds and ConnectionClosed in kinds
+            assert q.qsize() == 1 and a.dropped_events >= 2
+            assert a.connection_count() == 0
+        finally:
+            await a.close()
+    run(main)

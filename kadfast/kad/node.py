@@ -96,6 +96,9 @@ class Config:
     pending_timeout: float = 60.0
     #: seconds between two runs of the maintenance step
     maintenance_period: float = 1.0
+    #: seconds between two sweeps of expired records and providers (each a
+    #: full scan of the store)
+    sweep_interval: float = 60.0
     #: events kept per subscriber before new ones are dropped
     event_queue_size: int = 4096
     # -- limits on what one peer may ask of this server (rust has none of the
@@ -253,11 +256,11 @@ class KadNode:
         self._subscribers: list[asyncio.Queue] = []
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
-        self._host_events: asyncio.Queue | None = None
-        self._host_task: asyncio.Task | None = None
+        self._started = False
         self._last_bootstrap = None
         self._last_replication = None
         self._last_provider_republish = None
+        self._last_sweep = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
         self.server_mode = False
         self.dropped_events = 0
@@ -281,16 +284,17 @@ class KadNode:
         )
         if self.server_mode:
             self.host.set_stream_handler(self.config.protocol, self._serve)
-        self._host_events = self.host.subscribe()
+        self.host.add_listener(self._on_host_event)
+        self._started = True
         loop = asyncio.get_running_loop()
-        self._host_task = loop.create_task(self._watch_host())
         self._maint_task = loop.create_task(self._maintain())
 
     async def stop(self) -> None:
-        for t in (self._maint_task, self._host_task, *self._tasks):
+        self.host.remove_listener(self._on_host_event)
+        for t in (self._maint_task, *self._tasks):
             if t is not None:
                 t.cancel()
-        await asyncio.gather(*[t for t in (self._maint_task, self._host_task, *self._tasks) if t], return_exceptions=True)
+        await asyncio.gather(*[t for t in (self._maint_task, *self._tasks) if t], return_exceptions=True)
         await self.host.close()
 
     async def __aenter__(self) -> "KadNode":
@@ -355,7 +359,7 @@ class KadNode:
             # the bucket is full: check whether its least recently seen entry is alive
             bucket = self.local_key.bucket_index(key)
             head = self.table.bucket(bucket)
-            if head and not head[0].connected and self._host_task is not None:
+            if head and not head[0].connected and self._started:
                 self._spawn(self._probe(head[0].value))
         elif res == _routing.FULL:
             self._emit(UnroutablePeer(peer))
@@ -371,19 +375,18 @@ class KadNode:
         except Exception:
             pass
 
-    async def _watch_host(self) -> None:
-        q = self._host_events
-        while True:
-            ev = await q.get()
-            if isinstance(ev, PeerIdentified):
-                if self.config.protocol in ev.info.protocols:
-                    self._update_peer(ev.peer_id, self.clock(), connected=True)
-                elif Key(ev.peer_id.to_bytes()) in self.table:
-                    # it stopped serving kad (e.g. became a client)
-                    self.table.remove(Key(ev.peer_id.to_bytes()))
-            elif isinstance(ev, ConnectionClosed):
-                if self.host.connection(ev.peer_id) is None:
-                    self._mark_disconnected(ev.peer_id)
+    def _on_host_event(self, ev) -> None:
+        """Host events, synchronously (a queue could drop them in bursts):
+        identify feeds the routing table, closed connections mark entries."""
+        if isinstance(ev, PeerIdentified):
+            if self.config.protocol in ev.info.protocols:
+                self._update_peer(ev.peer_id, self.clock(), connected=True)
+            elif Key(ev.peer_id.to_bytes()) in self.table:
+                # it stopped serving kad (e.g. became a client)
+                self.table.remove(Key(ev.peer_id.to_bytes()))
+        elif isinstance(ev, ConnectionClosed):
+            if self.host.connection(ev.peer_id) is None:
+                self._mark_disconnected(ev.peer_id)
 
     def _mark_disconnected(self, peer: PeerId) -> None:
         """Mark a known entry disconnected; never inserts. Due pending entries
@@ -838,11 +841,14 @@ class KadNode:
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
-        expired_keys = [r.key for r in self.store.records() if r.is_expired(now)]
-        self.store.sweep(now)
-        for k in expired_keys:
-            self._published.pop(k, None)
-            self._emit(RecordExpired(k))
+        if self._last_sweep is None or now - self._last_sweep >= cfg.sweep_interval:
+            # a full scan of the store: once per sweep_interval, not every step
+            self._last_sweep = now
+            expired_keys = [r.key for r in self.store.records() if r.is_expired(now)]
+            self.store.sweep(now)
+            for k in expired_keys:
+                self._published.pop(k, None)
+                self._emit(RecordExpired(k))
         if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
             self._last_bootstrap = now
             self._spawn(self._quietly(self.bootstrap()))

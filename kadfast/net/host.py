@@ -145,6 +145,8 @@ class Host:
         self._identified: dict[PeerId, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self._subscribers: list[asyncio.Queue] = []
+        self._listeners: list[Callable[[object], None]] = []
+        self._open_count = 0  # open connections in _conns, kept so that counting is O(1)
         self._reaper: asyncio.Task | None = None
         self._closing = False
         self.dropped_events = 0
@@ -283,7 +285,21 @@ class Host:
         if q in self._subscribers:
             self._subscribers.remove(q)
 
+    def add_listener(self, fn: Callable[[object], None]) -> None:
+        """Call ``fn(event)`` synchronously for every event: never dropped,
+        for components (like the Kademlia node) whose state depends on them."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[object], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def _emit(self, event) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("event listener failed on %r", event)
         for q in self._subscribers:
             try:
                 q.put_nowait(event)
@@ -318,7 +334,7 @@ class Host:
         return True
 
     def connection_count(self) -> int:
-        return len(self._pending) + sum(len(v) for v in self._conns.values())
+        return len(self._pending) + self._open_count
 
     def connections(self, peer: PeerId) -> list[Connection]:
         return list(self._conns.get(peer, ()))
@@ -340,6 +356,7 @@ class Host:
             conn.close("too many connections to this peer")
             return
         conns.append(conn)
+        self._open_count += 1
         self.conn_epoch += 1
         if conn.initiator and conn.remote_addr is not None:
             self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
@@ -360,6 +377,7 @@ class Host:
         conns = self._conns.get(peer)
         if conns and conn in conns:
             conns.remove(conn)
+            self._open_count -= 1
             self.conn_epoch += 1
             if not conns:
                 del self._conns[peer]
@@ -561,6 +579,8 @@ class Host:
         self._learn_identify(conn, info)
 
     def _learn_identify(self, conn: Connection, info: IdentifyInfo) -> None:
+        if not conn.is_open:
+            return  # the connection closed while its identify was read: keep no state for it
         peer = conn.remote_peer_id
         if info.peer_id is not None and info.peer_id != peer:
             log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)

@@ -1,0 +1,1012 @@
+#!/usr/bin/env python3
+"""Connection churn: new connections (TCP, Noise, Yamux, identify) a kadfast
+server accepts per second, and its memory per idle connection, with 10,000
+idle connections held.
+
+    python bench/churn_bench.py [--quick] [--json] [--workers 2] [--hold 10000]
+                                [--duration S] [--concurrency N] [--loop uvloop|asyncio]
+
+Targets: at least 1,000 connections per second per server core (server CPU
+per connection <= 1 ms) and at most 32 KiB of server memory per idle
+connection.
+
+The server is a kadfast ``KadNode`` (its ``Host``) in a child process of its
+own (``python bench/churn_bench.py --serve``), driven through the interop
+harness's ``Peer`` (ready line, ``stats``, ``gc``, ``stop``; killed in a
+``finally``), with ``HostConfig(max_connections=20000, idle_timeout=1e9)`` so
+that nothing it holds is closed as idle during the run, and its open-file
+limit raised.
+
+The dialing side is a RAW kadfast client, not a kadfast ``Host``: the spec
+asks for a go or rust dialer so that the dialer is never the bottleneck; in
+its place ``--workers`` processes (uvloop) drive kadfast's sans-IO cores
+directly (``MultistreamDialer``, ``NoiseHandshake``, ``NoiseTransport``,
+``YamuxSession``, ``MultistreamListener``) from one ``asyncio.Protocol`` per
+connection and do nothing but the wire work:
+
+* identities (Ed25519 key, Noise static key with its signed payload, and the
+  identify message the server will ask for) are made before the clock runs;
+* the server's Noise payload signature is verified once per worker and the
+  result cached (the server's static key and payload never change);
+* per connection: TCP connect from a source address in 127.0.0.2-250
+  (``IP_BIND_ADDRESS_NO_PORT``, so TIME_WAIT is spread over 249 addresses),
+  multistream ``/noise``, Noise XX, multistream ``/yamux/1.0.0``, then both
+  identify exchanges: we open ``/ipfs/id/1.0.0`` and read the server's
+  answer to its end, and answer the server's identify stream with a
+  pre-encoded message (public key, protocols, observed address); then a
+  Yamux ping, whose pong proves the server has processed our identify answer
+  (its identify completes), and -- when churning -- GoAway and close.
+
+Phases, on one fresh server:
+
+1. warm-up: a few hundred connections opened and closed;
+2. hold: ``--hold`` connections (10,000; 2,000 with ``--quick``) opened and
+   left idle; server RSS (``VmRSS`` of ``/proc/<pid>/status``, after a
+   ``gc.collect()`` in the server) before and after, divided by the count:
+   KiB per idle connection; also the open rate and the server's idle CPU;
+3. churn with them held: connections opened, upgraded, identified and closed
+   as fast as the workers go, for ``--duration`` seconds;
+4. the held connections are checked (all still open on both sides) and
+   closed; churn again with none held;
+5. server RSS once everything is closed, and its per-peer state.
+
+Per churn phase: connections per second (client-counted, and the server's
+``ConnectionEstablished``/``PeerIdentified`` events in the same window),
+server CPU (``/proc/<pid>/stat`` utime+stime) per connection, connections
+per server-CPU-second, the CPU utilisation of server and workers (if the
+server is below ~0.9 the dialer, not the server, limits the rate; the
+per-CPU-second figure is the one to compare with the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import gc
+import json
+import multiprocessing as mp
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from net_bench import (  # noqa: E402
+    install_log_counter,
+    load_harness,
+    log_progress,
+    machine_busy,
+    proc_cpu,
+    short_error,
+)
+
+TARGET_CONN_PER_CORE_S = 1000.0
+TARGET_KIB_PER_CONN = 32.0
+NOFILE = 65536
+IDENTIFY_PROTOCOL = "/ipfs/id/1.0.0"
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+SOURCE_IPS = [f"127.0.0.{i}" for i in range(2, 251)]
+
+
+def raise_nofile(want: int = NOFILE) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in ((want, max(want, hard)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, target)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def proc_rss_kib(pid: int | str = "self") -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------
+# the server (child process): python bench/churn_bench.py --serve
+# --------------------------------------------------------------------------
+
+
+def serve(loop_kind: str) -> int:
+    from kadfast.kad.node import Config, KadNode
+    from kadfast.loop import run as run_loop
+    from kadfast.net import ConnectionClosed, ConnectionEstablished, HostConfig, PeerIdentified
+
+    nofile = raise_nofile()
+    counter = install_log_counter()
+    out_lock = threading.Lock()
+
+    def emit(obj: dict) -> None:
+        with out_lock:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop_errors: collections.Counter[str] = collections.Counter()
+
+        def on_loop_error(lp, ctx):
+            exc = ctx.get("exception")
+            loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
+
+        loop.set_exception_handler(on_loop_error)
+        hcfg = HostConfig(
+            listen_addrs=["/ip4/127.0.0.1/tcp/0"],
+            max_connections=20000,
+            idle_timeout=1e9,
+        )
+        node = KadNode(config=Config(periodic_bootstrap_interval=1e12), host_config=hcfg)
+        host = node.host
+        await node.start()
+        counts = collections.Counter()
+        close_reasons: collections.Counter[str] = collections.Counter()
+        events = host.subscribe()
+
+        async def count_events() -> None:
+            while True:
+                ev = await events.get()
+                t = type(ev)
+                if t is ConnectionEstablished:
+                    counts["established"] += 1
+                elif t is PeerIdentified:
+                    counts["identified"] += 1
+                elif t is ConnectionClosed:
+                    counts["closed"] += 1
+                    close_reasons[ev.reason.split(":")[0][:60]] += 1
+
+        counter_task = loop.create_task(count_events())
+        # time spent in the cyclic garbage collector, per generation
+        gc_time = {"start": 0.0, "seconds": [0.0, 0.0, 0.0], "runs": [0, 0, 0]}
+
+        def on_gc(phase, info):
+            if phase == "start":
+                gc_time["start"] = time.perf_counter()
+            else:
+                g = info["generation"]
+                gc_time["seconds"][g] += time.perf_counter() - gc_time["start"]
+                gc_time["runs"][g] += 1
+
+        gc.callbacks.append(on_gc)
+        done = asyncio.Event()
+
+        def stats() -> dict:
+            return {
+                "connections": host.connection_count(),
+                "open": sum(len(v) for v in host._conns.values()),
+                "pending": len(host._pending),
+                "established": counts["established"],
+                "identified": counts["identified"],
+                "closed": counts["closed"],
+                "close_reasons": dict(close_reasons.most_common(8)),
+                "dropped_events": host.dropped_events,
+                "peer_info": len(host.peer_info),
+                "identified_futures": len(host._identified),
+                "identified_futures_pending": sum(1 for f in host._identified.values() if not f.done()),
+                "identified_futures_without_conn": sum(1 for p in host._identified if p not in host._conns),
+                "addrbook_peers": len(host.addrbook),
+                "backoff": len(host._backoff),
+                "tasks": len(host._tasks),
+                "routing_table": len(node.table),
+                "rss_kib": proc_rss_kib(),
+                "gc_objects": len(gc.get_objects()),
+                "gc_seconds": [round(x, 3) for x in gc_time["seconds"]],
+                "gc_runs": list(gc_time["runs"]),
+                "loop_errors": dict(loop_errors.most_common(10)),
+                "log": counter.summary(),
+            }
+
+        def on_line(line: str | None) -> None:
+            if line is None:
+                done.set()
+                return
+            try:
+                req = json.loads(line)
+            except ValueError:
+                return
+            cmd, rid = req.get("cmd"), req.get("id")
+            if cmd == "stop":
+                emit({"id": rid, "ok": True, "result": {}})
+                done.set()
+            elif cmd == "stats":
+                emit({"id": rid, "ok": True, "result": stats()})
+            elif cmd == "gc":
+                t0 = time.perf_counter()
+                n = gc.collect()
+                emit({"id": rid, "ok": True, "result": {"collected": n, "seconds": round(time.perf_counter() - t0, 3),
+                                                        "rss_kib": proc_rss_kib()}})
+            else:
+                emit({"id": rid, "ok": False, "error": f"unsupported: {cmd}"})
+
+        def read_stdin() -> None:
+            for raw in sys.stdin:
+                if raw.strip():
+                    loop.call_soon_threadsafe(on_line, raw)
+            loop.call_soon_threadsafe(on_line, None)
+
+        threading.Thread(target=read_stdin, daemon=True).start()
+        emit({
+            "event": "ready",
+            "impl": f"kadfast/{loop_kind}",
+            "loop": type(loop).__module__,
+            "peer_id": str(node.peer_id),
+            "addrs": [str(a) for a in node.listen_addrs],
+            "nofile": nofile,
+        })
+        try:
+            await done.wait()
+        finally:
+            counter_task.cancel()
+            await node.stop()
+
+    try:
+        run_loop(main, loop_kind)
+    except Exception as exc:  # pragma: no cover - reported to the parent
+        emit({"event": "fatal", "error": short_error(exc)})
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# the raw dialer (worker processes)
+# --------------------------------------------------------------------------
+
+_SEC, _NOISE, _MUX, _OPEN, _CLOSED = range(5)
+
+
+class Identity:
+    __slots__ = ("keypair", "static", "identify_msg")
+
+    def __init__(self, observed) -> None:
+        from kadfast.identify import encode_identify
+        from kadfast.keys import Ed25519KeyPair
+        from kadfast.noise import NoiseStaticKey
+
+        self.keypair = Ed25519KeyPair.generate()
+        self.static = NoiseStaticKey(self.keypair)
+        # what a client-mode libp2p peer tells the server: no listen addresses,
+        # no kad protocol (so the server does not add it to its routing table)
+        self.identify_msg = encode_identify(
+            public_key=self.keypair.public_key,
+            protocols=[IDENTIFY_PROTOCOL, "/ipfs/ping/1.0.0", "/ipfs/id/push/1.0.0"],
+            observed_addr=observed,
+            protocol_version="ipfs/0.1.0",
+            agent_version="kadfast-churn-bench/raw",
+        )
+
+
+class RawConn(asyncio.Protocol):
+    """One dialed connection, driven through the sans-IO cores."""
+
+    def __init__(self, w: "Worker", ident: Identity, hold: bool) -> None:
+        self.w = w
+        self.ident = ident
+        self.hold = hold
+        self.loop = w.loop
+        self.done: asyncio.Future = self.loop.create_future()
+        self.tr = None
+        self.state = _SEC
+        self.ms = None
+        self.hs = None
+        self.crypto = None
+        self.session = None
+        self.id_sid = None
+        self.id_ms = None
+        self.in_ms: dict[int, Any] = {}
+        self.got_identify = False
+        self.answered = False
+        self.ping_opaque = None
+        self.finished = False
+
+    # asyncio.Protocol
+    def connection_made(self, tr) -> None:
+        from kadfast.multistream import MultistreamDialer
+
+        self.tr = tr
+        self.ms = MultistreamDialer(["/noise"])
+        tr.write(self.ms.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._on_data(data)
+        except Exception as exc:
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def eof_received(self):
+        self._fail("server closed the connection")
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.state != _CLOSED:
+            self._fail(f"connection lost: {exc}" if exc else "connection closed")
+
+    def _fail(self, reason: str) -> None:
+        was_open = self.finished
+        self.state = _CLOSED
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(reason[:160]))
+        if was_open and self.hold:
+            self.w.held_lost += 1
+            self.w.held_lost_reasons[reason[:80]] += 1
+        if self.tr is not None:
+            self.tr.abort()
+
+    def _write_plain(self, data: bytes) -> None:
+        if data:
+            self.tr.write(self.crypto.encrypt(data))
+
+    def _flush(self) -> None:
+        out = self.session.data_to_send()
+        if out:
+            self.tr.write(self.crypto.encrypt(out))
+
+    def _on_data(self, data: bytes) -> None:
+        st = self.state
+        if st == _OPEN:
+            plain = self.crypto.decrypt(data)
+            if plain:
+                self._events(self.session.receive_data(plain))
+                self._progress()
+                self._flush()
+            return
+        if st == _SEC:
+            from kadfast.noise import NoiseHandshake
+
+            ms = self.ms
+            ms.receive_data(data)
+            if not ms.done:
+                return
+            if ms.selected != "/noise":
+                raise RuntimeError("server refused /noise")
+            rest = ms.unused
+            w = self.w
+            self.hs = NoiseHandshake(self.ident.keypair, initiator=True, expected_peer=w.server_pid,
+                                     static_key=self.ident.static)
+            self.state = _NOISE
+            self.tr.write(self.hs.data_to_send())
+            if rest:
+                self._on_data(rest)
+            return
+        if st == _NOISE:
+            from kadfast.multistream import MultistreamDialer
+
+            hs = self.hs
+            hs.receive_data(data)
+            out = hs.data_to_send()
+            if not hs.complete:
+                if out:
+                    self.tr.write(out)
+                return
+            self.crypto = hs.transport()
+            rest = hs.unused
+            self.hs = None
+            self.ms = MultistreamDialer(["/yamux/1.0.0"])
+            self.state = _MUX
+            # Noise message 3 and the Yamux proposal in one write
+            self.tr.write(out + self.crypto.encrypt(self.ms.data_to_send()))
+            if rest:
+                self._on_data(rest)
+            return
+        if st == _MUX:
+            from kadfast.multistream import MultistreamDialer
+            from kadfast.yamux import YamuxSession
+
+            plain = self.crypto.decrypt(data)
+            if not plain:
+                return
+            ms = self.ms
+            ms.receive_data(plain)
+            if not ms.done:
+                return
+            if ms.selected != "/yamux/1.0.0":
+                raise RuntimeError("server refused yamux")
+            rest = ms.unused
+            self.ms = None
+            s = self.session = YamuxSession(True)
+            self.state = _OPEN
+            # our identify of the server: proposal and FIN at once
+            sid = self.id_sid = s.open_stream()
+            self.id_ms = MultistreamDialer([IDENTIFY_PROTOCOL])
+            s.send(sid, self.id_ms.data_to_send())
+            s.close_stream(sid)
+            if rest:
+                self._events(s.receive_data(rest))
+                self._progress()
+            self._flush()
+            return
+
+    def _events(self, events) -> None:
+        from kadfast import yamux as y
+        from kadfast.multistream import MultistreamListener
+
+        s = self.session
+        for ev in events:
+            t = type(ev)
+            if t is y.StreamData:
+                sid = ev.stream_id
+                if sid == self.id_sid:
+                    self.id_ms.receive_data(ev.data)
+                else:
+                    ms = self.in_ms.get(sid)
+                    if ms is None:
+                        continue
+                    ms.receive_data(ev.data)
+                    out = ms.data_to_send()
+                    if ms.done:
+                        del self.in_ms[sid]
+                        if ms.selected == IDENTIFY_PROTOCOL:
+                            s.send(sid, out + self.ident.identify_msg)
+                            s.close_stream(sid)
+                            self.answered = True
+                        else:
+                            s.reset_stream(sid)
+                    elif out:
+                        s.send(sid, out)
+            elif t is y.StreamOpened:
+                self.in_ms[ev.stream_id] = MultistreamListener([IDENTIFY_PROTOCOL])
+            elif t is y.StreamEnded:
+                if ev.stream_id == self.id_sid:
+                    if not self.id_ms.done or not self.id_ms.unused:
+                        raise RuntimeError("server's identify stream ended without an identify message")
+                    if not self.w.checked_identify:
+                        self.w.check_identify(self.id_ms.unused)
+                    self.got_identify = True
+            elif t is y.StreamReset:
+                raise RuntimeError(f"server reset stream {ev.stream_id}")
+            elif t is y.PongReceived:
+                if ev.opaque == self.ping_opaque:
+                    self._finish()
+            elif t is y.SessionClosed:
+                raise RuntimeError(f"yamux session closed: {ev.reason}")
+
+    def _progress(self) -> None:
+        if self.got_identify and self.answered and self.ping_opaque is None:
+            self.ping_opaque = self.session.ping(0.0)
+
+    def _finish(self) -> None:
+        self.finished = True
+        if not self.done.done():
+            self.done.set_result(None)
+        if not self.hold:
+            self.close()
+
+    def close(self) -> None:
+        if self.state == _CLOSED:
+            return
+        if self.state == _OPEN:
+            with contextlib.suppress(Exception):
+                self.session.go_away(0)
+                self._flush()
+        self.state = _CLOSED
+        self.tr.close()
+
+
+class Worker:
+    def __init__(self, index: int, n_workers: int) -> None:
+        self.index = index
+        self.srcs = SOURCE_IPS[index::n_workers]
+        self.src_i = 0
+        self.loop = asyncio.get_event_loop()
+        self.server_pid = None
+        self.server_addr = None
+        self.churn_ids: list[Identity] = []
+        self.hold_ids: list[Identity] = []
+        self.held: list[RawConn] = []
+        self.held_lost = 0
+        self.held_lost_reasons: collections.Counter[str] = collections.Counter()
+        self.checked_identify = False
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def check_identify(self, data: bytes) -> None:
+        from kadfast.identify import IdentifyReader
+
+        r = IdentifyReader()
+        r.feed(data)
+        info = r.eof()
+        if info.peer_id != self.server_pid:
+            raise RuntimeError(f"identify from the server carries {info.peer_id}")
+        self.checked_identify = True
+
+    def init(self, maddr: str, peer_id: str, n_churn: int, n_hold: int) -> dict:
+        from kadfast import Multiaddr, PeerId
+        import kadfast.noise as kn
+
+        # the server's payload never changes: verify its signature once
+        orig = kn._verify_payload
+        cache: dict = {}
+
+        def verify_cached(payload, remote_static):
+            key = (payload, remote_static)
+            v = cache.get(key)
+            if v is None:
+                v = orig(payload, remote_static)
+                if len(cache) < 8:
+                    cache[key] = v
+            return v
+
+        kn._verify_payload = verify_cached
+        ma = Multiaddr(maddr)
+        self.server_pid = PeerId.from_string(peer_id)
+        self.server_addr = (ma.value_for("ip4"), int(ma.value_for("tcp")))
+        observed = ma.without_peer_id()
+        t0 = time.perf_counter()
+        self.churn_ids = [Identity(observed) for _ in range(n_churn)]
+        self.hold_ids = [Identity(observed) for _ in range(n_hold)]
+        return {"identities": n_churn + n_hold, "seconds": round(time.perf_counter() - t0, 2)}
+
+    async def connect(self, ident: Identity, hold: bool, timeout: float = 20.0) -> RawConn:
+        loop = self.loop
+        src = self.srcs[self.src_i % len(self.srcs)]
+        self.src_i += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            sock.bind((src, 0))
+            await asyncio.wait_for(loop.sock_connect(sock, self.server_addr), timeout)
+            _, conn = await loop.create_connection(lambda: RawConn(self, ident, hold), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.done), timeout)
+        except BaseException:
+            conn._fail("timed out" if not conn.done.done() else "failed")
+            raise
+        return conn
+
+    async def churn(self, start_at: float, stop_at: float, concurrency: int) -> dict:
+        counted = [0, 0]  # in the window, all
+        errors: collections.Counter[str] = collections.Counter()
+        ids = self.churn_ids
+        k = [self.index * 7919]
+        cpu0 = proc_cpu()
+
+        async def one_loop() -> None:
+            streak = 0
+            while time.time() < stop_at:
+                ident = ids[k[0] % len(ids)]
+                k[0] += 1
+                try:
+                    await self.connect(ident, hold=False)
+                except (Exception, asyncio.TimeoutError) as exc:
+                    errors[short_error(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"] += 1
+                    streak += 1
+                    if streak > 200:
+                        return
+                    await asyncio.sleep(0.01)
+                    continue
+                streak = 0
+                now = time.time()
+                counted[1] += 1
+                if start_at <= now < stop_at:
+                    counted[0] += 1
+
+        await asyncio.gather(*[one_loop() for _ in range(concurrency)])
+        await asyncio.sleep(0.05)  # let the last closes go out
+        return {"in_window": counted[0], "total": counted[1], "errors": dict(errors.most_common(5)),
+                "error_count": sum(errors.values()), "cpu": proc_cpu() - cpu0}
+
+    async def open_held(self, n: int, concurrency: int) -> dict:
+        errors: collections.Counter[str] = collections.Counter()
+        ids = self.hold_ids[len(self.held):len(self.held) + n]
+        it = iter(ids)
+        t0 = time.perf_counter()
+        cpu0 = proc_cpu()
+
+        async def one_loop() -> None:
+            for ident in it:
+                try:
+                    self.held.append(await self.connect(ident, hold=True))
+                except (Exception, asyncio.TimeoutError) as exc:
+                    errors[short_error(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"] += 1
+
+        await asyncio.gather(*[one_loop() for _ in range(concurrency)])
+        return {"opened": len(self.held), "seconds": time.perf_counter() - t0, "cpu": proc_cpu() - cpu0,
+                "errors": dict(errors.most_common(5)), "error_count": sum(errors.values())}
+
+    def held_status(self) -> dict:
+        alive = sum(1 for c in self.held if c.state == _OPEN)
+        return {"held": len(self.held), "alive": alive, "lost": self.held_lost,
+                "lost_reasons": dict(self.held_lost_reasons.most_common(3)), "rss_kib": proc_rss_kib()}
+
+    async def close_held(self) -> dict:
+        for c in self.held:
+            c.close()
+        n = len(self.held)
+        self.held.clear()
+        await asyncio.sleep(0.5)
+        return {"closed": n}
+
+
+def worker_main(index: int, n_workers: int, loop_kind: str, pipe) -> None:
+    """A dialer process: commands from the parent over ``pipe``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_nofile()
+    install_log_counter()
+    from kadfast.loop import new_event_loop
+
+    loop = new_event_loop(loop_kind)
+    asyncio.set_event_loop(loop)
+    w = Worker(index, n_workers)
+    while True:
+        try:
+            cmd, args = pipe.recv()
+        except (EOFError, OSError):
+            break
+        try:
+            if cmd == "init":
+                res = w.init(*args)
+            elif cmd == "churn":
+                res = loop.run_until_complete(w.churn(*args))
+            elif cmd == "open":
+                res = loop.run_until_complete(w.open_held(*args))
+            elif cmd == "status":
+                loop.run_until_complete(asyncio.sleep(0.2))  # take in whatever arrived
+                res = w.held_status()
+            elif cmd == "close_held":
+                res = loop.run_until_complete(w.close_held())
+            elif cmd == "stop":
+                pipe.send({"ok": True})
+                break
+            else:
+                res = {"error": f"unknown command {cmd}"}
+        except Exception as exc:
+            res = {"error": short_error(exc)}
+        pipe.send(res)
+    with contextlib.suppress(Exception):
+        loop.close()
+
+
+class Workers:
+    def __init__(self, n: int, loop_kind: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.procs = []
+        self.pipes = []
+        for i in range(n):
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=worker_main, args=(i, n, loop_kind, b), daemon=True, name=f"churn-dialer-{i}")
+            p.start()
+            b.close()
+            self.procs.append(p)
+            self.pipes.append(a)
+
+    def call(self, cmd: str, per_worker_args, timeout: float = 600.0) -> list[dict]:
+        for pipe, args in zip(self.pipes, per_worker_args):
+            pipe.send((cmd, args))
+        out = []
+        deadline = time.monotonic() + timeout
+        for pipe, p in zip(self.pipes, self.procs):
+            while not pipe.poll(0.5):
+                if not p.is_alive():
+                    raise RuntimeError(f"dialer worker {p.name} died (exit {p.exitcode})")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dialer worker {p.name}: {cmd} timed out")
+            out.append(pipe.recv())
+        for r in out:
+            if isinstance(r, dict) and "error" in r and len(r) == 1:
+                raise RuntimeError(f"dialer worker: {cmd}: {r['error']}")
+        return out
+
+    def cpu(self) -> float:
+        return sum(proc_cpu(p.pid) or 0.0 for p in self.procs if p.pid)
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(Exception):
+                pipe.send(("stop", ()))
+        for p in self.procs:
+            p.join(timeout=3)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=3)
+
+
+# --------------------------------------------------------------------------
+# the parent: phases
+# --------------------------------------------------------------------------
+
+
+def sleep_until(t: float) -> None:
+    d = t - time.time()
+    if d > 0:
+        time.sleep(d)
+
+
+def churn_phase(peer, workers: Workers, duration: float, concurrency: int, label: str) -> dict:
+    pid = peer.proc.pid
+    n = len(workers.procs)
+    lead = 1.0  # workers start dialing at once; the window opens a second later
+    t_cmd = time.time()
+    start_at = t_cmd + lead
+    stop_at = start_at + duration
+    for pipe in workers.pipes:
+        pipe.send(("churn", (start_at, stop_at, concurrency)))
+    sleep_until(start_at)
+    s0 = peer.call("stats", timeout=10)
+    cs0, cw0, busy0, t0 = proc_cpu(pid), workers.cpu(), machine_busy(), time.time()
+    sleep_until(stop_at)
+    s1 = peer.call("stats", timeout=10)
+    cs1, cw1, busy1, t1 = proc_cpu(pid), workers.cpu(), machine_busy(), time.time()
+    res = []
+    for pipe, p in zip(workers.pipes, workers.procs):
+        while not pipe.poll(0.5):
+            if not p.is_alive():
+                raise RuntimeError(f"dialer worker {p.name} died")
+        res.append(pipe.recv())
+    dt = t1 - t0
+    client_n = sum(r.get("in_window", 0) for r in res)
+    est = s1["established"] - s0["established"]
+    ident = s1["identified"] - s0["identified"]
+    s_cpu = cs1 - cs0 if cs0 is not None and cs1 is not None else None
+    w_cpu = cw1 - cw0
+    errors: collections.Counter[str] = collections.Counter()
+    for r in res:
+        errors.update(r.get("errors", {}))
+    out = {
+        "phase": label,
+        "seconds": round(dt, 2),
+        "concurrency": concurrency * n,
+        "client_completed": client_n,
+        "client_per_s": round(client_n / dt, 1),
+        "server_established": est,
+        "server_identified": ident,
+        "server_per_s": round(est / dt, 1),
+        "server_cpu_s": round(s_cpu, 2) if s_cpu is not None else None,
+        "server_cpu_ms_per_conn": round(s_cpu / est * 1e3, 3) if s_cpu and est else None,
+        "conn_per_server_cpu_s": round(est / s_cpu, 1) if s_cpu else None,
+        "server_util": round(s_cpu / dt, 2) if s_cpu is not None else None,
+        "dialer_util": round(w_cpu / dt, 2),
+        "dialer_cpu_ms_per_conn": round(w_cpu / client_n * 1e3, 3) if client_n else None,
+        "other_util": round((busy1 - busy0 - (s_cpu or 0) - w_cpu) / dt, 2) if busy0 is not None and busy1 is not None else None,
+        "server_open_connections_after": s1["open"],
+        "server_gc_ms_per_conn": round(sum(b - a for a, b in zip(s0["gc_seconds"], s1["gc_seconds"])) / est * 1e3, 3) if est else None,
+        "server_gc_runs": [b - a for a, b in zip(s0["gc_runs"], s1["gc_runs"])],
+        "errors": dict(errors.most_common(5)),
+        "error_count": sum(errors.values()),
+    }
+    log_progress(f"  {label}: {out['server_per_s']:.0f} conn/s (client {out['client_per_s']:.0f}), "
+                 f"server {out['server_cpu_ms_per_conn']} ms CPU/conn, util server {out['server_util']} "
+                 f"dialers {out['dialer_util']}, errors {out['error_count']}")
+    return out
+
+
+def gc_rss(peer, settle: float = 1.0) -> int:
+    time.sleep(settle)
+    r = peer.call("gc", timeout=60)
+    time.sleep(0.2)
+    return proc_rss_kib(peer.proc.pid) or r["rss_kib"]
+
+
+def run_bench(opts) -> dict:
+    harness = load_harness()
+    install_log_counter()
+    raise_nofile()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "--loop", opts.loop]
+    peer = harness.Peer("kadfast", argv, cwd=str(ROOT), name="churn-server")
+    workers = None
+    report: dict[str, Any] = {
+        "config": {
+            "quick": opts.quick,
+            "cpus": os.cpu_count(),
+            "server": f"kadfast KadNode/{opts.loop} in a child process; HostConfig(max_connections=20000, idle_timeout=1e9)",
+            "dialer": (f"RAW kadfast client in {opts.workers} worker process(es) on uvloop, not a go/rust dialer "
+                       "(none at hand): kadfast's sans-IO cores (multistream, Noise XX, Yamux) driven directly, "
+                       "identities and identify answers made in advance, the server's Noise signature verified once; "
+                       "sources spread over 127.0.0.2-250"),
+            "workers": opts.workers,
+            "concurrency_per_worker": opts.concurrency,
+            "hold": opts.hold,
+            "churn_seconds": opts.duration,
+            "churn_identities_per_worker": opts.identities,
+            "targets": {"conn_per_server_cpu_s": TARGET_CONN_PER_CORE_S, "kib_per_idle_conn": TARGET_KIB_PER_CONN},
+        },
+    }
+    t_start = time.monotonic()
+    try:
+        peer.start(timeout=60)
+        report["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "nofile")}
+        pid = peer.proc.pid
+        maddr = peer.maddr
+        log_progress(f"churn_bench: server {maddr} (pid {pid}); starting {opts.workers} dialer worker(s)")
+        workers = Workers(opts.workers, "uvloop")
+        per_hold = [opts.hold // opts.workers + (1 if i < opts.hold % opts.workers else 0) for i in range(opts.workers)]
+        init = workers.call("init", [(maddr, peer.peer_id, opts.identities, per_hold[i]) for i in range(opts.workers)])
+        report["identities_seconds"] = max(r["seconds"] for r in init)
+        # 1. warm-up
+        workers.call("churn", [(time.time(), time.time() + (1.0 if opts.quick else 2.0), 8)] * opts.workers)
+        st = peer.call("stats", timeout=10)
+        if st["identified"] == 0:
+            raise RuntimeError(f"warm-up: the server identified nobody: {st}")
+        # 2. hold
+        rss0 = gc_rss(peer, 2.0)
+        cs0, t0 = proc_cpu(pid), time.time()
+        opened = workers.call("open", [(per_hold[i], opts.concurrency) for i in range(opts.workers)])
+        open_s, open_cpu = time.time() - t0, proc_cpu(pid) - cs0
+        n_open = sum(r["opened"] for r in opened)
+        hold_errors: collections.Counter[str] = collections.Counter()
+        for r in opened:
+            hold_errors.update(r.get("errors", {}))
+        rss1 = gc_rss(peer, 2.0)
+        st1 = peer.call("stats", timeout=10)
+        c0 = proc_cpu(pid)
+        time.sleep(3.0)
+        idle_cpu = (proc_cpu(pid) - c0) / 3.0
+        hold = {
+            "requested": opts.hold,
+            "opened": n_open,
+            "open_seconds": round(open_s, 2),
+            "open_per_s": round(n_open / open_s, 1),
+            "open_server_cpu_ms_per_conn": round(open_cpu / n_open * 1e3, 3) if n_open else None,
+            "open_errors": dict(hold_errors.most_common(5)),
+            "server_open_connections": st1["open"],
+            "rss_before_kib": rss0,
+            "rss_after_kib": rss1,
+            "kib_per_idle_conn": round((rss1 - rss0) / n_open, 2) if n_open else None,
+            "server_idle_cpu_util_while_holding": round(idle_cpu, 3),
+            "server_gc_objects_with_held": st1["gc_objects"],
+        }
+        report["hold"] = hold
+        log_progress(f"  hold: {n_open} idle connections opened at {hold['open_per_s']:.0f}/s; server RSS "
+                     f"{rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB = {hold['kib_per_idle_conn']} KiB/conn")
+        # 3. churn with them held
+        report["churn_held"] = churn_phase(peer, workers, opts.duration, opts.concurrency, f"churn with {n_open} held")
+        # 4. held connections still there? then close them and churn again
+        status = workers.call("status", [()] * opts.workers)
+        st2 = peer.call("stats", timeout=10)
+        hold["after_churn"] = {
+            "client_alive": sum(s["alive"] for s in status),
+            "client_lost": sum(s["lost"] for s in status),
+            "lost_reasons": [s["lost_reasons"] for s in status if s["lost_reasons"]],
+            "server_open_connections": st2["open"],
+            "server_close_reasons": st2["close_reasons"],
+        }
+        hold["dialer_rss_kib"] = [s["rss_kib"] for s in status]
+        workers.call("close_held", [()] * opts.workers)
+        time.sleep(1.0)
+        report["churn_empty"] = churn_phase(peer, workers, opts.duration, opts.concurrency, "churn with 0 held")
+        # 5. everything closed
+        time.sleep(1.0)
+        rss_end = gc_rss(peer, 1.0)
+        st3 = peer.call("stats", timeout=10)
+        report["end"] = {
+            "rss_kib": rss_end,
+            "rss_growth_over_start_kib": rss_end - rss0,
+            **{k: st3[k] for k in ("open", "pending", "established", "identified", "closed", "peer_info",
+                                   "identified_futures", "identified_futures_pending", "identified_futures_without_conn",
+                                   "gc_seconds", "gc_runs", "addrbook_peers", "tasks", "dropped_events",
+                                   "gc_objects", "close_reasons", "loop_errors", "log")},
+        }
+    except Exception as exc:
+        report["error"] = short_error(exc)
+        if peer.proc is not None:
+            report["server_stderr"] = peer.stderr_tail(10)
+    finally:
+        if workers is not None:
+            workers.stop()
+        with contextlib.suppress(Exception):
+            peer.stop(timeout=10)
+    report["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    verdict = {}
+    for ph in ("churn_held", "churn_empty"):
+        v = report.get(ph, {}).get("conn_per_server_cpu_s")
+        if v is not None:
+            verdict[f"{ph}: conn per server CPU-second >= {TARGET_CONN_PER_CORE_S:g}"] = v >= TARGET_CONN_PER_CORE_S
+    v = report.get("hold", {}).get("kib_per_idle_conn")
+    if v is not None:
+        verdict[f"hold: KiB per idle connection <= {TARGET_KIB_PER_CONN:g}"] = v <= TARGET_KIB_PER_CONN
+    report["target_met"] = verdict
+    return report
+
+
+def print_table(r: dict) -> None:
+    cfg = r["config"]
+    print(f"\nchurn_bench: kadfast connection churn on loopback, {cfg['cpus']} CPUs; {cfg['server']}")
+    print(f"dialer: {cfg['dialer']}")
+    if r.get("error"):
+        print(f"\nERROR: {r['error']}\n{r.get('server_stderr', '')}")
+    h = r.get("hold")
+    if h:
+        print(f"\nidle connections held: {h['opened']} of {h['requested']} (server counts {h['server_open_connections']} open)")
+        print(f"  opened at {h['open_per_s']:.0f}/s, server {h['open_server_cpu_ms_per_conn']} ms CPU per connection"
+              + (f", errors {h['open_errors']}" if h["open_errors"] else ""))
+        print(f"  server RSS {h['rss_before_kib'] / 1024:.1f} MiB -> {h['rss_after_kib'] / 1024:.1f} MiB: "
+              f"{h['kib_per_idle_conn']} KiB per idle connection (target <= {TARGET_KIB_PER_CONN:g})")
+        print(f"  server CPU while idle with them: {h['server_idle_cpu_util_while_holding']:.3f} of a core")
+        ac = h.get("after_churn")
+        if ac:
+            print(f"  after the churn phase: {ac['client_alive']} still open at the dialer, {ac['client_lost']} lost, "
+                  f"server holds {ac['server_open_connections']}")
+    rows = [r[k] for k in ("churn_held", "churn_empty") if k in r]
+    if rows:
+        head = (f"\n{'phase':<22}{'conn/s':>8}{'(client)':>9}{'srv ms/conn':>12}{'conn/srv-CPU-s':>15}"
+                f"{'srv util':>9}{'dialer util':>12}{'dialer ms/conn':>15}{'other':>7}{'errors':>8}")
+        print(head)
+        print("-" * (len(head) - 1))
+        for row in rows:
+            def f(k, fmt):
+                v = row.get(k)
+                return fmt.format(v) if isinstance(v, (int, float)) else "-"
+            print(f"{row['phase']:<22}{f('server_per_s', '{:.0f}'):>8}{f('client_per_s', '{:.0f}'):>9}"
+                  f"{f('server_cpu_ms_per_conn', '{:.3f}'):>12}{f('conn_per_server_cpu_s', '{:.0f}'):>15}"
+                  f"{f('server_util', '{:.2f}'):>9}{f('dialer_util', '{:.2f}'):>12}"
+                  f"{f('dialer_cpu_ms_per_conn', '{:.3f}'):>15}{f('other_util', '{:.2f}'):>7}{row['error_count']:>8}")
+            print(f"   of which the server's cyclic GC: {row.get('server_gc_ms_per_conn')} ms/conn "
+                  f"(collections per generation {row.get('server_gc_runs')})")
+            if row["errors"]:
+                print(f"   errors: {row['errors']}")
+        if any((row.get("server_util") or 0) < 0.85 for row in rows):
+            print("  (server below ~0.85 of a core: the dialers, sharing the machine, limit the rate; "
+                  "conn/srv-CPU-s is the figure to compare with the target)")
+    e = r.get("end")
+    if e:
+        print(f"\nat the end (all closed): server RSS {e['rss_kib'] / 1024:.1f} MiB "
+              f"({e['rss_growth_over_start_kib'] / 1024:+.1f} MiB over the start of the hold phase); "
+              f"{e['established']} connections established, {e['identified']} identified, {e['closed']} closed")
+        print(f"  per-peer state left: peer_info {e['peer_info']}, identify futures {e['identified_futures']}, "
+              f"address book {e['addrbook_peers']} peers, host tasks {e['tasks']}, open {e['open']}, pending {e['pending']}")
+        print(f"  close reasons: {e['close_reasons']}; host events dropped (queue full): {e['dropped_events']}")
+        if e.get("loop_errors"):
+            print(f"  server loop errors: {e['loop_errors']}")
+        for item in e.get("log", []):
+            print(f"  server log x{item['count']}: {item['example'][:160]}")
+    if r.get("target_met"):
+        print("\ntargets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in r["target_met"].items()))
+    print(f"(run took {r.get('elapsed_s')} s)\n")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2,000 held connections, 3 s churn phases")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--workers", type=int, default=2, help="dialer processes")
+    ap.add_argument("--concurrency", type=int, default=32, help="connections in flight per dialer process")
+    ap.add_argument("--hold", type=int, default=None, help="idle connections to hold (default 10,000; quick 2,000)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per churn phase (default 10; quick 3)")
+    ap.add_argument("--identities", type=int, default=1000,
+                    help="identities each dialer rotates through while churning (distinct peers to the server)")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    opts = ap.parse_args(argv)
+    if opts.hold is None:
+        opts.hold = 2000 if opts.quick else 10000
+    if opts.duration is None:
+        opts.duration = 3.0 if opts.quick else 10.0
+    if opts.hold > 16000:
+        ap.error("--hold above 16,000 exceeds the server's max_connections headroom")
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    if opts.serve:
+        return serve(opts.loop)
+    report = run_bench(opts)
+    if opts.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_table(report)
+    return 0 if "error" not in report else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
