@@ -185,7 +185,7 @@ impl Peer {
         if self.swarm.is_connected(&peer) {
             return Ok(());
         }
-        match self.swarm.dial(DialOpts::peer_id(peer).build()) {
+        match self.swarm.dial(DialOpts::peer_id(peer).allocate_new_port().build()) {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
             Err(e) => Err(format!("dial {peer}: {e}")),
         }
@@ -251,7 +251,9 @@ impl Peer {
                     .behaviour_mut()
                     .kad
                     .add_address(&peer, addr.clone());
-                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                // a fresh source port: with port reuse, a dial racing one that kad
+                // started itself fails with EADDRINUSE
+                let opts = DialOpts::peer_id(peer).addresses(vec![addr]).allocate_new_port().build();
                 let conn = opts.connection_id();
                 let mut pending = PendingDial {
                     id,
