@@ -72,24 +72,31 @@ import resource
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from net_bench import (  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    count_loop_errors,
+    gc_rss,
     install_log_counter,
+    kadfast_server_peer,
     load_harness,
     log_progress,
     machine_busy,
+    make_emitter,
     proc_cpu,
+    proc_rss_kib,
+    ready_line,
+    run_server,
     short_error,
+    start_control,
 )
+
+sys.path.insert(0, str(ROOT))
 
 TARGET_CONN_PER_CORE_S = 1000.0
 TARGET_KIB_PER_CONN = 32.0
@@ -110,17 +117,6 @@ def raise_nofile(want: int = NOFILE) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def proc_rss_kib(pid: int | str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 # --------------------------------------------------------------------------
 # the server (child process): python bench/churn_bench.py --serve
 # --------------------------------------------------------------------------
@@ -128,27 +124,15 @@ def proc_rss_kib(pid: int | str = "self") -> int | None:
 
 def serve(loop_kind: str) -> int:
     from kadfast.kad.node import Config, KadNode
-    from kadfast.loop import run as run_loop
     from kadfast.net import ConnectionClosed, ConnectionEstablished, HostConfig, PeerIdentified
 
     nofile = raise_nofile()
     counter = install_log_counter()
-    out_lock = threading.Lock()
-
-    def emit(obj: dict) -> None:
-        with out_lock:
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+    emit = make_emitter()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop_errors: collections.Counter[str] = collections.Counter()
-
-        def on_loop_error(lp, ctx):
-            exc = ctx.get("exception")
-            loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
-
-        loop.set_exception_handler(on_loop_error)
+        loop_errors = count_loop_errors(loop)
         hcfg = HostConfig(
             listen_addrs=["/ip4/127.0.0.1/tcp/0"],
             max_connections=20000,
@@ -214,55 +198,20 @@ def serve(loop_kind: str) -> int:
                 "log": counter.summary(),
             }
 
-        def on_line(line: str | None) -> None:
-            if line is None:
-                done.set()
-                return
-            try:
-                req = json.loads(line)
-            except ValueError:
-                return
-            cmd, rid = req.get("cmd"), req.get("id")
-            if cmd == "stop":
-                emit({"id": rid, "ok": True, "result": {}})
-                done.set()
-            elif cmd == "stats":
-                emit({"id": rid, "ok": True, "result": stats()})
-            elif cmd == "gc":
-                t0 = time.perf_counter()
-                n = gc.collect()
-                emit({"id": rid, "ok": True, "result": {"collected": n, "seconds": round(time.perf_counter() - t0, 3),
-                                                        "rss_kib": proc_rss_kib()}})
-            else:
-                emit({"id": rid, "ok": False, "error": f"unsupported: {cmd}"})
+        def collect(req) -> dict:
+            t0 = time.perf_counter()
+            n = gc.collect()
+            return {"collected": n, "seconds": round(time.perf_counter() - t0, 3), "rss_kib": proc_rss_kib()}
 
-        def read_stdin() -> None:
-            for raw in sys.stdin:
-                if raw.strip():
-                    loop.call_soon_threadsafe(on_line, raw)
-            loop.call_soon_threadsafe(on_line, None)
-
-        threading.Thread(target=read_stdin, daemon=True).start()
-        emit({
-            "event": "ready",
-            "impl": f"kadfast/{loop_kind}",
-            "loop": type(loop).__module__,
-            "peer_id": str(node.peer_id),
-            "addrs": [str(a) for a in node.listen_addrs],
-            "nofile": nofile,
-        })
+        start_control(loop, emit, done, {"stats": lambda req: stats(), "gc": collect})
+        emit(ready_line(loop_kind, loop, node.peer_id, node.listen_addrs, nofile=nofile))
         try:
             await done.wait()
         finally:
             counter_task.cancel()
             await node.stop()
 
-    try:
-        run_loop(main, loop_kind)
-    except Exception as exc:  # pragma: no cover - reported to the parent
-        emit({"event": "fatal", "error": short_error(exc)})
-        return 1
-    return 0
+    return run_server(main, loop_kind, emit)
 
 
 # --------------------------------------------------------------------------
@@ -790,19 +739,11 @@ def churn_phase(peer, workers: Workers, duration: float, concurrency: int, label
     return out
 
 
-def gc_rss(peer, settle: float = 1.0) -> int:
-    time.sleep(settle)
-    r = peer.call("gc", timeout=60)
-    time.sleep(0.2)
-    return proc_rss_kib(peer.proc.pid) or r["rss_kib"]
-
-
 def run_bench(opts) -> dict:
     harness = load_harness()
     install_log_counter()
     raise_nofile()
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "--loop", opts.loop]
-    peer = harness.Peer("kadfast", argv, cwd=str(ROOT), name="churn-server")
+    peer = kadfast_server_peer(harness, __file__, "churn-server", "--loop", opts.loop)
     workers = None
     report: dict[str, Any] = {
         "config": {
@@ -838,7 +779,7 @@ def run_bench(opts) -> dict:
         if st["identified"] == 0:
             raise RuntimeError(f"warm-up: the server identified nobody: {st}")
         # 2. hold
-        rss0 = gc_rss(peer, 2.0)
+        rss0 = gc_rss(peer, 2.0, 60)
         cs0, t0 = proc_cpu(pid), time.time()
         opened = workers.call("open", [(per_hold[i], opts.concurrency) for i in range(opts.workers)])
         open_s, open_cpu = time.time() - t0, proc_cpu(pid) - cs0
@@ -846,7 +787,7 @@ def run_bench(opts) -> dict:
         hold_errors: collections.Counter[str] = collections.Counter()
         for r in opened:
             hold_errors.update(r.get("errors", {}))
-        rss1 = gc_rss(peer, 2.0)
+        rss1 = gc_rss(peer, 2.0, 60)
         st1 = peer.call("stats", timeout=10)
         c0 = proc_cpu(pid)
         time.sleep(3.0)
@@ -886,7 +827,7 @@ def run_bench(opts) -> dict:
         report["churn_empty"] = churn_phase(peer, workers, opts.duration, opts.concurrency, "churn with 0 held")
         # 5. everything closed
         time.sleep(1.0)
-        rss_end = gc_rss(peer, 1.0)
+        rss_end = gc_rss(peer, 1.0, 60)
         st3 = peer.call("stats", timeout=10)
         report["end"] = {
             "rss_kib": rss_end,

@@ -43,45 +43,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from net_bench import (  # noqa: E402
+from _common import (  # noqa: E402
+    KAD_PROTOCOL,
+    ROOT,
+    case_pipelined,
+    count_loop_errors,
+    fill_table,
     install_log_counter,
+    kadfast_server_peer,
     load_harness,
     log_progress,
-    machine_busy,
-    proc_cpu,
+    make_emitter,
+    print_case_table,
+    random_peer_id,
+    raw_client,
+    ready_line,
+    run_cases,
+    run_server,
     short_error,
+    start_control,
+    summarize,
 )
 
-KAD_PROTOCOL = "/ipfs/kad/1.0.0"
+sys.path.insert(0, str(ROOT))
+
 CASES = [("reused", 1), ("reused", 32), ("new", 1), ("new", 32)]
 TARGET_US = 50.0
 REQUEST_POOL = 512
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_sys_cpu(pid: int) -> float | None:
-    """stime (kernel time) of a process in seconds, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[12]) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------
@@ -89,32 +87,12 @@ def proc_sys_cpu(pid: int) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def fill_table(node, n: int) -> int:
-    """Make ``node`` meet ``n`` random peers, each with one address, all
-    marked connected. Returns the routing-table size."""
-    from kadfast.peerid import PeerId
-
-    now = node.clock()
-    for i in range(n):
-        pid = PeerId(bytes.fromhex("002408011220") + os.urandom(32))
-        addr = f"/ip4/10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/tcp/4001"
-        node.add_address(pid, addr)
-        node._update_peer(pid, now, connected=True)
-    return len(node.table)
-
-
 def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str | None) -> int:
     from kadfast.kad.node import Config, KadNode
-    from kadfast.loop import run as run_loop
     from kadfast.net import HostConfig
 
     counter = install_log_counter()
-    out_lock = threading.Lock()
-
-    def emit(obj: dict) -> None:
-        with out_lock:
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+    emit = make_emitter()
 
     prof = None
     if profiler == "cprofile":
@@ -130,13 +108,7 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop_errors: collections.Counter[str] = collections.Counter()
-
-        def on_loop_error(lp, ctx):
-            exc = ctx.get("exception")
-            loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
-
-        loop.set_exception_handler(on_loop_error)
+        loop_errors = count_loop_errors(loop)
         cfg = Config(periodic_bootstrap_interval=1e12)
         node = KadNode(config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
         t0 = time.perf_counter()
@@ -146,67 +118,38 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
         await node.start()
         done = asyncio.Event()
 
-        def on_line(line: str | None) -> None:
-            if line is None:
-                done.set()
-                return
-            try:
-                req = json.loads(line)
-            except ValueError:
-                return
-            cmd, rid = req.get("cmd"), req.get("id")
-            if cmd == "stop":
-                emit({"id": rid, "ok": True, "result": {}})
-                done.set()
-            elif cmd == "stats":
-                emit({"id": rid, "ok": True, "result": {
-                    "routing_table": len(node.table),
-                    "connections": node.host.connection_count(),
-                    "loop_errors": dict(loop_errors.most_common(10)),
-                    "log": counter.summary(),
-                }})
-            elif cmd == "profile_start":
-                if prof is not None:
-                    prof.enable() if profiler == "cprofile" else prof.start()
-                emit({"id": rid, "ok": True, "result": {"profiling": prof is not None}})
-            elif cmd == "profile_stop":
-                if prof is not None:
-                    prof.disable() if profiler == "cprofile" else prof.stop()
-                emit({"id": rid, "ok": True, "result": {}})
-            else:
-                emit({"id": rid, "ok": False, "error": f"unsupported: {cmd}"})
+        def profile_start(req) -> dict:
+            if prof is not None:
+                prof.enable() if profiler == "cprofile" else prof.start()
+            return {"profiling": prof is not None}
 
-        def read_stdin() -> None:
-            for raw in sys.stdin:
-                if raw.strip():
-                    loop.call_soon_threadsafe(on_line, raw)
-            loop.call_soon_threadsafe(on_line, None)
+        def profile_stop(req) -> dict:
+            if prof is not None:
+                prof.disable() if profiler == "cprofile" else prof.stop()
+            return {}
 
-        threading.Thread(target=read_stdin, daemon=True).start()
-        emit({
-            "event": "ready",
-            "impl": f"kadfast/{loop_kind}",
-            "loop": type(loop).__module__,
-            "peer_id": str(node.peer_id),
-            "addrs": [str(a) for a in node.listen_addrs],
-            "routing_table": size,
-            "peers_met": n_peers,
-            "fill_seconds": round(fill_s, 3),
+        start_control(loop, emit, done, {
+            "stats": lambda req: {
+                "routing_table": len(node.table),
+                "connections": node.host.connection_count(),
+                "loop_errors": dict(loop_errors.most_common(10)),
+                "log": counter.summary(),
+            },
+            "profile_start": profile_start,
+            "profile_stop": profile_stop,
         })
+        emit(ready_line(loop_kind, loop, node.peer_id, node.listen_addrs,
+                        routing_table=size, peers_met=n_peers, fill_seconds=round(fill_s, 3)))
         try:
             await done.wait()
         finally:
             await node.stop()
 
     try:
-        run_loop(main, loop_kind)
-    except Exception as exc:  # pragma: no cover - reported to the parent
-        emit({"event": "fatal", "error": short_error(exc)})
-        return 1
+        return run_server(main, loop_kind, emit)
     finally:
         if prof is not None and profile_out:
             write_profile(prof, profiler, profile_out)
-    return 0
 
 
 def write_profile(prof, profiler: str, path: str) -> None:
@@ -233,11 +176,10 @@ def write_profile(prof, profiler: str, path: str) -> None:
 
 def request_frames(n: int) -> list[bytes]:
     from kadfast.kad.pb import KadMessage, MessageType, encode_message, frame
-    from kadfast.peerid import PeerId
 
     out = []
     for _ in range(n):
-        key = PeerId(bytes.fromhex("002408011220") + os.urandom(32)).to_bytes()
+        key = random_peer_id().to_bytes()
         out.append(frame(encode_message(KadMessage(MessageType.FIND_NODE, key=key))))
     return out
 
@@ -253,91 +195,11 @@ def check_reply(body: bytes, k: int = 20) -> None:
         raise RuntimeError(f"reply carries {len(msg.closer_peers)} peers, {len(with_addrs)} with addresses; want {k}")
 
 
-class Window:
-    """The measured part of a case: counts replies between start() and stop()."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.replies = 0
-        self.t0 = self.cs0 = self.cc0 = self.busy0 = None
-        self.result: dict | None = None
-
-    def start(self) -> None:
-        self.replies = 0
-        self.cs0, self.cc0, self.busy0 = proc_cpu(self.server_pid), proc_cpu(), machine_busy()
-        self.sys0 = proc_sys_cpu(self.server_pid)
-        self.t0 = time.perf_counter()
-
-    def stop(self) -> dict:
-        dt = time.perf_counter() - self.t0
-        cs, cc, busy = proc_cpu(self.server_pid), proc_cpu(), machine_busy()
-        sys1 = proc_sys_cpu(self.server_pid)
-        n = self.replies
-        s_cpu = cs - self.cs0 if cs is not None and self.cs0 is not None else None
-        c_cpu = cc - self.cc0 if cc is not None and self.cc0 is not None else None
-        other = (busy - self.busy0 - (s_cpu or 0) - (c_cpu or 0)) / dt if busy is not None and self.busy0 is not None else None
-        return {
-            "requests": n,
-            "seconds": round(dt, 3),
-            "per_s": round(n / dt, 1),
-            "server_cpu_us": round(s_cpu / n * 1e6, 2) if s_cpu is not None and n else None,
-            "server_sys_us": round((sys1 - self.sys0) / n * 1e6, 2) if sys1 is not None and self.sys0 is not None and n else None,
-            "client_cpu_us": round(c_cpu / n * 1e6, 2) if c_cpu is not None and n else None,
-            "server_util": round(s_cpu / dt, 2) if s_cpu is not None else None,
-            "other_util": round(other, 2) if other is not None else None,
-        }
+async def case_reused(host, pid, frames, inflight: int, warmup: float, duration: float, win) -> dict:
+    return await case_pipelined(host, pid, frames, inflight, warmup, duration, win, lambda i, body: check_reply(body))
 
 
-async def case_reused(host, pid, frames, inflight: int, warmup: float, duration: float, win: Window) -> dict:
-    from kadfast.kad.pb import MessageReader
-
-    loop = asyncio.get_running_loop()
-    stream = await host.new_stream(pid, KAD_PROTOCOL)
-    reader = MessageReader(1 << 20)
-    feed = reader.feed
-    write = stream.write
-    nf = len(frames)
-    i = 0
-    checked = 0
-    for _ in range(inflight):
-        write(frames[i % nf])
-        i += 1
-    outstanding = inflight
-    phase = 0  # 0 warm-up, 1 measuring, 2 draining
-    t_next = loop.time() + warmup
-    try:
-        while outstanding:
-            data = await stream.read()
-            if not data:
-                raise RuntimeError("server closed the stream")
-            bodies = feed(data)
-            got = len(bodies)
-            if checked < 3:
-                for b in bodies[: 3 - checked]:
-                    check_reply(b)
-                checked += min(got, 3)
-            outstanding -= got
-            win.replies += got
-            if phase < 2:
-                now = loop.time()
-                if now >= t_next:
-                    if phase == 0:
-                        phase = 1
-                        win.start()
-                        t_next = now + duration
-                    else:
-                        phase = 2
-                        continue
-                for _ in range(got):
-                    write(frames[i % nf])
-                    i += 1
-                outstanding += got
-    finally:
-        stream.close()
-    return win.stop()
-
-
-async def case_new(host, pid, frames, inflight: int, warmup: float, duration: float, win: Window) -> dict:
+async def case_new(host, pid, frames, inflight: int, warmup: float, duration: float, win) -> dict:
     from kadfast.kad.pb import MessageReader
 
     loop = asyncio.get_running_loop()
@@ -382,68 +244,24 @@ async def case_new(host, pid, frames, inflight: int, warmup: float, duration: fl
 
 async def bench_server(server_pid: int, maddr: str, peer_id: str, opts) -> list[dict]:
     """All cases, ``opts.runs`` times (interleaved); one dict per run and case."""
-    from kadfast import Multiaddr, PeerId
-    from kadfast.net import Host, HostConfig
-
-    host = Host(config=HostConfig())
-    await host.start()
-    pid = PeerId.from_string(peer_id)
     frames = request_frames(REQUEST_POOL)
-    out = []
-    try:
-        await asyncio.wait_for(host.dial(Multiaddr(maddr)), 20)
-        await host.identify(pid, timeout=10)
-        for run in range(opts.runs):
-            for kind, inflight in opts.cases:
-                fn = case_reused if kind == "reused" else case_new
-                win = Window(server_pid)
-                try:
-                    res = await asyncio.wait_for(
-                        fn(host, pid, frames, inflight, opts.warmup, opts.duration, win), opts.duration + 60
-                    )
-                except (asyncio.TimeoutError, Exception) as exc:
-                    res = {"error": "timed out" if isinstance(exc, asyncio.TimeoutError) else short_error(exc)}
-                res.update(run=run, case=f"{kind}/{inflight}")
-                out.append(res)
-                log_progress(f"  run {run + 1}/{opts.runs} {kind}/{inflight}: "
-                             + (res.get("error") or f"{res['per_s']:.0f} req/s, server {res['server_cpu_us']} us/req"))
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(host.close(), 5)
-    return out
+    async with raw_client(maddr, peer_id) as (host, pid):
+        def run_case(kind, inflight, win):
+            fn = case_reused if kind == "reused" else case_new
+            return fn(host, pid, frames, inflight, opts.warmup, opts.duration, win)
 
-
-def summarize(samples: list[dict]) -> dict:
-    by_case: dict[str, list[dict]] = collections.defaultdict(list)
-    for s in samples:
-        by_case[s["case"]].append(s)
-    out = {}
-    for case, rows in by_case.items():
-        good = [r for r in rows if "error" not in r]
-        entry: dict[str, Any] = {"runs": len(good)}
-        for f in ("per_s", "server_cpu_us", "server_sys_us", "client_cpu_us", "server_util", "other_util"):
-            vals = [r[f] for r in good if r.get(f) is not None]
-            if vals:
-                entry[f] = round(statistics.median(vals), 2)
-                if f in ("per_s", "server_cpu_us"):
-                    entry[f + "_all"] = vals
-        errs = [r["error"] for r in rows if "error" in r]
-        if errs:
-            entry["errors"] = dict(collections.Counter(errs))
-        out[case] = entry
-    return out
+        return await run_cases(server_pid, opts, run_case, 60)
 
 
 def run_one(harness, label: str, loop_kind: str, opts) -> dict:
     from kadfast.loop import run as run_loop
 
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "--loop", loop_kind,
-            "--peers", str(opts.peers)]
+    args = ["--loop", loop_kind, "--peers", str(opts.peers)]
     profile_out = None
     if opts.profile:
         profile_out = f"/tmp/findnode_bench_profile_{os.getpid()}_{loop_kind}.txt"
-        argv += ["--profiler", opts.profile, "--profile-out", profile_out]
-    peer = harness.Peer("kadfast", argv, cwd=str(ROOT), name=label)
+        args += ["--profiler", opts.profile, "--profile-out", profile_out]
+    peer = kadfast_server_peer(harness, __file__, label, *args)
     res: dict[str, Any] = {}
     try:
         peer.start(timeout=120)
@@ -454,7 +272,7 @@ def run_one(harness, label: str, loop_kind: str, opts) -> dict:
         if opts.profile:
             peer.call("profile_stop", timeout=30)
         res["samples"] = samples
-        res["cases"] = summarize(samples)
+        res["cases"] = summarize(samples, keep_all=("per_s", "server_cpu_us"))
         with contextlib.suppress(Exception):
             res["server_stats"] = peer.call("stats", timeout=10)
     except Exception as exc:
@@ -517,17 +335,7 @@ def print_table(report: dict) -> None:
             continue
         srv = res.get("server", {})
         print(f"\n{label} (routing table {srv.get('routing_table')} entries; every reply checked to carry 20 peers)")
-        head = (f"{'case':<12}{'req/s':>10}{'server us/req':>15}{'(kernel)':>10}{'client us/req':>15}"
-                f"{'server util':>13}{'other util':>12}")
-        print(head)
-        print("-" * len(head))
-        for case, row in res.get("cases", {}).items():
-            def f(key, fmt):
-                v = row.get(key)
-                return fmt.format(v) if isinstance(v, (int, float)) else "-"
-            print(f"{case:<12}{f('per_s', '{:.0f}'):>10}{f('server_cpu_us', '{:.1f}'):>15}{f('server_sys_us', '{:.1f}'):>10}"
-                  f"{f('client_cpu_us', '{:.1f}'):>15}{f('server_util', '{:.2f}'):>13}{f('other_util', '{:.2f}'):>12}"
-                  + (f"  errors {row['errors']}" if row.get("errors") else ""))
+        print_case_table(res.get("cases", {}))
         st = res.get("server_stats")
         if isinstance(st, dict):
             if st.get("loop_errors"):

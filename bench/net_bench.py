@@ -38,9 +38,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.util
 import json
-import logging
 import os
 import statistics
 import sys
@@ -49,9 +47,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    ROOT,
+    count_loop_errors,
+    cpu_delta,
+    install_log_counter,
+    load_harness,
+    log_progress,
+    machine_busy,
+    make_emitter,
+    proc_cpu,
+    ready_line,
+    run_server,
+    short_error,
+    start_control,
+)
+
 JSON_PROTOCOL = "/kadfast/json/1.0.0"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PEER_NAMES = {"py": "py-libp2p", "js": "js-libp2p", "rust": "rust-libp2p", "go": "go-libp2p"}
 # the request body of the py peer is limited to 4 MiB (MAX_JSON_BODY in
 # peers/py/peer.py): the JSON string is a little shorter than that
@@ -62,86 +76,6 @@ READ_LIMIT = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------
-# small helpers
-# --------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int | None = None) -> float | None:
-    """utime + stime of a process in seconds (10 ms resolution), or None."""
-    try:
-        with open(f"/proc/{pid or 'self'}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def machine_busy() -> float | None:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-        return (user + nice + system + irq + softirq + steal) / CLK_TCK
-    except (OSError, ValueError):
-        return None
-
-
-class LogCounter(logging.Handler):
-    """Counts kadfast log records by level and message template."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.examples: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        key = f"{record.levelname} {record.name}: {record.msg}"
-        self.counts[key] += 1
-        if key not in self.examples:
-            try:
-                text = record.getMessage()
-            except Exception:  # pragma: no cover
-                text = str(record.msg)
-            if record.exc_info and record.exc_info[1] is not None:
-                text += f" [{type(record.exc_info[1]).__name__}: {record.exc_info[1]}]"
-            self.examples[key] = text[:300]
-
-    def summary(self) -> list[dict[str, Any]]:
-        return [
-            {"count": n, "template": k, "example": self.examples.get(k, "")}
-            for k, n in self.counts.most_common(12)
-        ]
-
-    def reset(self) -> None:
-        self.counts.clear()
-        self.examples.clear()
-
-
-def install_log_counter() -> LogCounter:
-    counter = LogCounter()
-    lg = logging.getLogger("kadfast")
-    lg.addHandler(counter)
-    lg.setLevel(logging.INFO)
-    lg.propagate = False  # count, don't print
-    return counter
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
-
-
-def load_harness():
-    path = ROOT / "tests" / "interop" / "harness.py"
-    spec = importlib.util.spec_from_file_location("kadfast_interop_harness", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look the module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-# --------------------------------------------------------------------------
 # the kadfast server (child process): python bench/net_bench.py --serve
 # --------------------------------------------------------------------------
 
@@ -149,26 +83,14 @@ def load_harness():
 def serve(loop_kind: str) -> int:
     """A kadfast host serving the JSON echo, speaking just enough of the
     interop control protocol (ready line, stop, stats; exit on stdin EOF)."""
-    from kadfast.loop import run as run_loop
     from kadfast.net import Host, HostConfig
 
     counter = install_log_counter()
-    out_lock = threading.Lock()
-
-    def emit(obj: dict) -> None:
-        with out_lock:
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+    emit = make_emitter()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop_errors: collections.Counter[str] = collections.Counter()
-
-        def on_loop_error(lp, ctx):
-            exc = ctx.get("exception")
-            loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
-
-        loop.set_exception_handler(on_loop_error)
+        loop_errors = count_loop_errors(loop)
         host = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
         handled = [0, 0]  # requests served, handler errors
 
@@ -178,12 +100,7 @@ def serve(loop_kind: str) -> int:
                 reply = json.dumps(
                     {"echo": body, "peer_id": str(host.peer_id), "impl": "kadfast"}
                 ).encode()
-                if len(reply) <= CHUNK:
-                    stream.write(reply)
-                else:
-                    mv = memoryview(reply)
-                    for off in range(0, len(reply), CHUNK):
-                        await stream.write_all(mv[off : off + CHUNK])
+                await write_chunked(stream, reply)
                 stream.close()
                 handled[0] += 1
             except BaseException:
@@ -193,60 +110,23 @@ def serve(loop_kind: str) -> int:
         host.set_stream_handler(JSON_PROTOCOL, json_echo)
         await host.start()
         done = asyncio.Event()
-
-        def on_line(line: str | None) -> None:
-            if line is None:
-                done.set()
-                return
-            try:
-                req = json.loads(line)
-            except ValueError:
-                return
-            cmd, rid = req.get("cmd"), req.get("id")
-            if cmd == "stop":
-                emit({"id": rid, "ok": True, "result": {}})
-                done.set()
-            elif cmd == "stats":
-                emit({
-                    "id": rid,
-                    "ok": True,
-                    "result": {
-                        "connections": host.connection_count(),
-                        "requests": handled[0],
-                        "handler_errors": handled[1],
-                        "dropped_events": host.dropped_events,
-                        "loop_errors": dict(loop_errors.most_common(10)),
-                        "log": counter.summary(),
-                    },
-                })
-            else:
-                emit({"id": rid, "ok": False, "error": f"unsupported: {cmd}"})
-
-        def read_stdin() -> None:
-            for raw in sys.stdin:
-                if raw.strip():
-                    loop.call_soon_threadsafe(on_line, raw)
-            loop.call_soon_threadsafe(on_line, None)
-
-        threading.Thread(target=read_stdin, daemon=True).start()
-        emit({
-            "event": "ready",
-            "impl": f"kadfast/{loop_kind}",
-            "loop": type(loop).__module__,
-            "peer_id": str(host.peer_id),
-            "addrs": [str(a) for a in host.listen_addrs],
+        start_control(loop, emit, done, {
+            "stats": lambda req: {
+                "connections": host.connection_count(),
+                "requests": handled[0],
+                "handler_errors": handled[1],
+                "dropped_events": host.dropped_events,
+                "loop_errors": dict(loop_errors.most_common(10)),
+                "log": counter.summary(),
+            },
         })
+        emit(ready_line(loop_kind, loop, host.peer_id, host.listen_addrs))
         try:
             await done.wait()
         finally:
             await host.close()
 
-    try:
-        run_loop(main, loop_kind)
-    except Exception as exc:  # pragma: no cover - reported to the parent
-        emit({"event": "fatal", "error": short_error(exc)})
-        return 1
-    return 0
+    return run_server(main, loop_kind, emit)
 
 
 # --------------------------------------------------------------------------
@@ -280,17 +160,23 @@ class Server:
 async def json_request(host, pid, payload: bytes, limit: int = READ_LIMIT) -> bytes:
     stream = await host.new_stream(pid, JSON_PROTOCOL)
     try:
-        if len(payload) <= CHUNK:
-            stream.write(payload)
-        else:
-            mv = memoryview(payload)
-            for off in range(0, len(payload), CHUNK):
-                await stream.write_all(mv[off : off + CHUNK])
+        await write_chunked(stream, payload)
         stream.close()
         return await read_all(stream, limit)
     except BaseException:
         stream.reset()
         raise
+
+
+async def write_chunked(stream, data: bytes) -> None:
+    """``data`` on ``stream``, in writes of at most CHUNK bytes (each waiting
+    for room) when it is longer than that."""
+    if len(data) <= CHUNK:
+        stream.write(data)
+    else:
+        mv = memoryview(data)
+        for off in range(0, len(data), CHUNK):
+            await stream.write_all(mv[off : off + CHUNK])
 
 
 async def read_all(stream, limit: int) -> bytes:
@@ -309,12 +195,6 @@ async def read_all(stream, limit: int) -> bytes:
         if total > limit:
             stream.reset()
             raise ValueError(f"more than {limit} bytes")
-
-
-def cpu_delta(before: float | None, after: float | None) -> float | None:
-    if before is None or after is None:
-        return None
-    return after - before
 
 
 async def bench_handshakes(server: Server, maddr, pid, duration: float, dialers: int, identities: int) -> dict:
@@ -532,14 +412,7 @@ async def bench_server(server: Server, opts) -> dict:
     from kadfast import Multiaddr, PeerId
     from kadfast.net import Host, HostConfig
 
-    loop = asyncio.get_running_loop()
-    loop_errors: collections.Counter[str] = collections.Counter()
-
-    def on_loop_error(lp, ctx):
-        exc = ctx.get("exception")
-        loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
-
-    loop.set_exception_handler(on_loop_error)
+    loop_errors = count_loop_errors(asyncio.get_running_loop())
     res: dict[str, Any] = {"loop_errors": {}}
     maddr = Multiaddr(server.peer.maddr)
     pid = PeerId.from_string(server.peer.peer_id)
@@ -615,10 +488,6 @@ def start_watchdog(budget: float) -> None:
     t = threading.Timer(budget, fire)
     t.daemon = True
     t.start()
-
-
-def log_progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def start_server(harness, label: str, argv, cwd, impl: str) -> Server:

@@ -43,37 +43,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import gc
 import json
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from net_bench import (  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    case_pipelined,
+    count_loop_errors,
+    fill_table,
+    gc_rss,
     install_log_counter,
+    kadfast_server_peer,
     load_harness,
     log_progress,
-    machine_busy,
+    make_emitter,
+    print_case_table,
     proc_cpu,
+    proc_rss_kib,
+    random_peer_id,
+    raw_client,
+    ready_line,
+    run_cases,
+    run_server,
     short_error,
+    start_control,
+    summarize,
 )
-from findnode_bench import fill_table, proc_sys_cpu  # noqa: E402
 
-KAD_PROTOCOL = "/ipfs/kad/1.0.0"
+sys.path.insert(0, str(ROOT))
+
 CASES = [("get", 1), ("get", 32), ("put", 1), ("put", 32)]
 REQUEST_POOL = 4096
 N_PUBLISHERS = 1000
@@ -84,27 +93,15 @@ def record_key(i: int) -> bytes:
     return b"/bench/%010d" % i
 
 
-def proc_rss_kib(pid: int | str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 # --------------------------------------------------------------------------
 # the server (child process)
 # --------------------------------------------------------------------------
 
 
 def prefill(node, store_spec: str, n: int, value_size: int) -> dict:
-    from kadfast.peerid import PeerId
     from kadfast.store import Record
 
-    pubs = [PeerId(bytes.fromhex("002408011220") + os.urandom(32)) for _ in range(N_PUBLISHERS)]
+    pubs = [random_peer_id() for _ in range(N_PUBLISHERS)]
     store = node.store
     now = node.clock()
     t0 = time.perf_counter()
@@ -129,28 +126,16 @@ def prefill(node, store_spec: str, n: int, value_size: int) -> dict:
 
 def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
     from kadfast.kad.node import Config, KadNode
-    from kadfast.loop import run as run_loop
     from kadfast.net import HostConfig
     from kadfast.sqlite_store import open_store
     from kadfast.store import StoreConfig
 
     counter = install_log_counter()
-    out_lock = threading.Lock()
-
-    def emit(obj: dict) -> None:
-        with out_lock:
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+    emit = make_emitter()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        loop_errors: collections.Counter[str] = collections.Counter()
-
-        def on_loop_error(lp, ctx):
-            exc = ctx.get("exception")
-            loop_errors[short_error(exc) if exc else str(ctx.get("message"))[:200]] += 1
-
-        loop.set_exception_handler(on_loop_error)
+        loop_errors = count_loop_errors(loop)
         cfg = Config(
             store=StoreConfig(max_records=200_000),
             max_puts_per_peer_per_second=0,
@@ -181,58 +166,26 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
 
         node.maintenance = timed_maintenance
 
-        def on_line(line: str | None) -> None:
-            if line is None:
-                done.set()
-                return
-            try:
-                req = json.loads(line)
-            except ValueError:
-                return
-            cmd, rid = req.get("cmd"), req.get("id")
-            try:
-                if cmd == "stop":
-                    emit({"id": rid, "ok": True, "result": {}})
-                    done.set()
-                elif cmd == "prefill":
-                    emit({"id": rid, "ok": True, "result": prefill(node, store_spec, int(req["n"]), int(req["value_size"]))})
-                elif cmd == "gc":
-                    n = gc.collect()
-                    emit({"id": rid, "ok": True, "result": {"collected": n, "rss_kib": proc_rss_kib()}})
-                elif cmd == "maint_reset":
-                    maint.update(calls=0, seconds=0.0, max=0.0)
-                    emit({"id": rid, "ok": True, "result": {}})
-                elif cmd == "stats":
-                    emit({"id": rid, "ok": True, "result": {
-                        "records": len(node.store),
-                        "routing_table": len(node.table),
-                        "connections": node.host.connection_count(),
-                        "maintenance": dict(maint),
-                        "rss_kib": proc_rss_kib(),
-                        "loop_errors": dict(loop_errors.most_common(10)),
-                        "log": counter.summary(),
-                    }})
-                else:
-                    emit({"id": rid, "ok": False, "error": f"unsupported: {cmd}"})
-            except Exception as exc:
-                emit({"id": rid, "ok": False, "error": short_error(exc)})
+        def maint_reset(req) -> dict:
+            maint.update(calls=0, seconds=0.0, max=0.0)
+            return {}
 
-        def read_stdin() -> None:
-            for raw in sys.stdin:
-                if raw.strip():
-                    loop.call_soon_threadsafe(on_line, raw)
-            loop.call_soon_threadsafe(on_line, None)
-
-        threading.Thread(target=read_stdin, daemon=True).start()
-        emit({
-            "event": "ready",
-            "impl": f"kadfast/{loop_kind}",
-            "loop": type(loop).__module__,
-            "peer_id": str(node.peer_id),
-            "addrs": [str(a) for a in node.listen_addrs],
-            "routing_table": size,
-            "store": type(node.store).__name__,
-        })
+        start_control(loop, emit, done, {
+            "prefill": lambda req: prefill(node, store_spec, int(req["n"]), int(req["value_size"])),
+            "gc": lambda req: {"collected": gc.collect(), "rss_kib": proc_rss_kib()},
+            "maint_reset": maint_reset,
+            "stats": lambda req: {
+                "records": len(node.store),
+                "routing_table": len(node.table),
+                "connections": node.host.connection_count(),
+                "maintenance": dict(maint),
+                "rss_kib": proc_rss_kib(),
+                "loop_errors": dict(loop_errors.most_common(10)),
+                "log": counter.summary(),
+            },
+        }, catch_errors=True)
+        emit(ready_line(loop_kind, loop, node.peer_id, node.listen_addrs,
+                        routing_table=size, store=type(node.store).__name__))
         try:
             await done.wait()
         finally:
@@ -241,12 +194,7 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
             if close:
                 close()
 
-    try:
-        run_loop(main, loop_kind)
-    except Exception as exc:  # pragma: no cover - reported to the parent
-        emit({"event": "fatal", "error": short_error(exc)})
-        return 1
-    return 0
+    return run_server(main, loop_kind, emit)
 
 
 # --------------------------------------------------------------------------
@@ -289,164 +237,40 @@ def check_reply(kind: str, body: bytes, key: bytes, value: bytes | None, value_s
         raise RuntimeError("put: the echo carries another value")
 
 
-class Window:
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.replies = 0
-
-    def start(self) -> None:
-        self.replies = 0
-        self.cs0, self.cc0, self.busy0 = proc_cpu(self.server_pid), proc_cpu(), machine_busy()
-        self.sys0 = proc_sys_cpu(self.server_pid)
-        self.t0 = time.perf_counter()
-
-    def stop(self) -> dict:
-        dt = time.perf_counter() - self.t0
-        cs, cc, busy = proc_cpu(self.server_pid), proc_cpu(), machine_busy()
-        sys1 = proc_sys_cpu(self.server_pid)
-        n = self.replies
-        s_cpu = cs - self.cs0 if cs is not None and self.cs0 is not None else None
-        c_cpu = cc - self.cc0 if cc is not None and self.cc0 is not None else None
-        other = (busy - self.busy0 - (s_cpu or 0) - (c_cpu or 0)) / dt if busy is not None and self.busy0 is not None else None
-        return {
-            "requests": n,
-            "seconds": round(dt, 3),
-            "per_s": round(n / dt, 1),
-            "server_cpu_us": round(s_cpu / n * 1e6, 2) if s_cpu is not None and n else None,
-            "server_sys_us": round((sys1 - self.sys0) / n * 1e6, 2) if sys1 is not None and self.sys0 is not None and n else None,
-            "client_cpu_us": round(c_cpu / n * 1e6, 2) if c_cpu is not None and n else None,
-            "server_util": round(s_cpu / dt, 2) if s_cpu is not None else None,
-            "other_util": round(other, 2) if other is not None else None,
-        }
-
-
 async def case_reused(host, pid, kind, frames, meta, value_size, inflight, warmup, duration, win) -> dict:
-    from kadfast.kad.pb import MessageReader
-
-    loop = asyncio.get_running_loop()
-    stream = await host.new_stream(pid, KAD_PROTOCOL)
-    reader = MessageReader(1 << 20)
-    feed = reader.feed
-    write = stream.write
     nf = len(frames)
-    i = 0
-    sent_meta = collections.deque()  # (key, value) of the first requests, to check their replies
-    checked = 0
-    for _ in range(inflight):
-        write(frames[i % nf])
-        if i < 3:
-            sent_meta.append(meta[i % nf])
-        i += 1
-    outstanding = inflight
-    phase = 0  # 0 warm-up, 1 measuring, 2 draining
-    t_next = loop.time() + warmup
-    try:
-        while outstanding:
-            data = await stream.read()
-            if not data:
-                raise RuntimeError("server closed the stream")
-            bodies = feed(data)
-            got = len(bodies)
-            if checked < 3:
-                for b in bodies[: 3 - checked]:
-                    key, value = sent_meta.popleft()
-                    check_reply(kind, b, key, value, value_size)
-                    checked += 1
-            outstanding -= got
-            win.replies += got
-            if phase < 2:
-                now = loop.time()
-                if now >= t_next:
-                    if phase == 0:
-                        phase = 1
-                        win.start()
-                        t_next = now + duration
-                    else:
-                        phase = 2
-                        continue
-                for _ in range(got):
-                    write(frames[i % nf])
-                    if i < 3:
-                        sent_meta.append(meta[i % nf])
-                    i += 1
-                outstanding += got
-    finally:
-        stream.close()
-    return win.stop()
+
+    def check(i: int, body: bytes) -> None:  # reply i answers request i (one stream, in order)
+        key, value = meta[i % nf]
+        check_reply(kind, body, key, value, value_size)
+
+    return await case_pipelined(host, pid, frames, inflight, warmup, duration, win, check)
 
 
 async def bench_cases(server_pid: int, maddr: str, peer_id: str, opts) -> list[dict]:
-    from kadfast import Multiaddr, PeerId
-    from kadfast.net import Host, HostConfig
-
-    host = Host(config=HostConfig())
-    await host.start()
-    pid = PeerId.from_string(peer_id)
     pools = {k: request_frames(k, opts.records, opts.value_size, REQUEST_POOL) for k in ("get", "put")}
-    out = []
-    try:
-        await asyncio.wait_for(host.dial(Multiaddr(maddr)), 20)
-        await host.identify(pid, timeout=10)
-        for run in range(opts.runs):
-            for kind, inflight in opts.cases:
-                frames, meta = pools[kind]
-                win = Window(server_pid)
-                try:
-                    res = await asyncio.wait_for(
-                        case_reused(host, pid, kind, frames, meta, opts.value_size, inflight, opts.warmup,
-                                    opts.duration, win), opts.duration + 120)
-                except (asyncio.TimeoutError, Exception) as exc:
-                    res = {"error": "timed out" if isinstance(exc, asyncio.TimeoutError) else short_error(exc)}
-                res.update(run=run, case=f"{kind}/{inflight}")
-                out.append(res)
-                log_progress(f"    run {run + 1}/{opts.runs} {kind}/{inflight}: "
-                             + (res.get("error") or f"{res['per_s']:.0f} req/s, server {res['server_cpu_us']} us/req"))
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(host.close(), 5)
-    return out
+    async with raw_client(maddr, peer_id) as (host, pid):
+        def run_case(kind, inflight, win):
+            frames, meta = pools[kind]
+            return case_reused(host, pid, kind, frames, meta, opts.value_size, inflight, opts.warmup,
+                               opts.duration, win)
 
-
-def summarize(samples: list[dict]) -> dict:
-    by_case: dict[str, list[dict]] = collections.defaultdict(list)
-    for s in samples:
-        by_case[s["case"]].append(s)
-    out = {}
-    for case, rows in by_case.items():
-        good = [r for r in rows if "error" not in r]
-        entry: dict[str, Any] = {"runs": len(good)}
-        for f in ("per_s", "server_cpu_us", "server_sys_us", "client_cpu_us", "server_util", "other_util"):
-            vals = [r[f] for r in good if r.get(f) is not None]
-            if vals:
-                entry[f] = round(statistics.median(vals), 2)
-        errs = [r["error"] for r in rows if "error" in r]
-        if errs:
-            entry["errors"] = dict(collections.Counter(errs))
-        out[case] = entry
-    return out
-
-
-def gc_rss(peer, settle: float = 0.5) -> int:
-    time.sleep(settle)
-    r = peer.call("gc", timeout=120)
-    time.sleep(0.2)
-    return proc_rss_kib(peer.proc.pid) or r["rss_kib"]
+        return await run_cases(server_pid, opts, run_case, 120, indent="    ")
 
 
 def run_store(harness, label: str, spec: str, opts) -> dict:
     from kadfast.loop import run as run_loop
 
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", "--loop", opts.loop, "--store", spec,
-            "--peers", str(opts.peers)]
-    peer = harness.Peer("kadfast", argv, cwd=str(ROOT), name=label)
+    peer = kadfast_server_peer(harness, __file__, label, "--loop", opts.loop, "--store", spec,
+                               "--peers", str(opts.peers))
     res: dict[str, Any] = {"store": spec}
     try:
         peer.start(timeout=120)
         pid = peer.proc.pid
         res["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "routing_table", "store")}
-        rss0 = gc_rss(peer, 1.0)
+        rss0 = gc_rss(peer, 1.0, 120)
         pf = peer.call("prefill", timeout=600, n=opts.records, value_size=opts.value_size)
-        rss1 = gc_rss(peer, 1.0)
+        rss1 = gc_rss(peer, 1.0, 120)
         mem = {
             "records": pf["records"],
             "prefill_seconds": pf["seconds"],
@@ -553,18 +377,7 @@ def print_table(report: dict) -> None:
                   f"{m['maintenance_ms_per_step']} ms (max {m['maintenance_max_ms']} ms) once a second")
         cases = res.get("cases")
         if cases:
-            head = (f"  {'case':<10}{'req/s':>10}{'server us/req':>15}{'(kernel)':>10}{'client us/req':>15}"
-                    f"{'server util':>13}{'other util':>12}")
-            print(head)
-            print("  " + "-" * (len(head) - 2))
-            for case, row in cases.items():
-                def f(key, fmt):
-                    v = row.get(key)
-                    return fmt.format(v) if isinstance(v, (int, float)) else "-"
-                print(f"  {case:<10}{f('per_s', '{:.0f}'):>10}{f('server_cpu_us', '{:.1f}'):>15}"
-                      f"{f('server_sys_us', '{:.1f}'):>10}{f('client_cpu_us', '{:.1f}'):>15}"
-                      f"{f('server_util', '{:.2f}'):>13}{f('other_util', '{:.2f}'):>12}"
-                      + (f"  errors {row['errors']}" if row.get("errors") else ""))
+            print_case_table(cases, indent="  ", case_width=10)
         st = res.get("server_stats")
         if st:
             print(f"  after the load: {st['records']} records, RSS {st['rss_kib'] / 1024:.1f} MiB; maintenance "

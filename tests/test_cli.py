@@ -4,66 +4,20 @@ on loopback."""
 from __future__ import annotations
 
 import json
-import os
-import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from _procs import KadfastProc
 
 from kadfast import Ed25519KeyPair
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
 
 
-class Proc:
-    """A long-running kadfast command whose JSON stdout lines are queued."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "kadfast", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.p.stderr), daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_event(self, event: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {event!r} from {self.args}; stderr: {''.join(self.stderr[-20:])}")
-            try:
-                line = self.lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"{self.args} exited ({self.p.wait()}); stderr: {''.join(self.stderr[-20:])}")
-            obj = json.loads(line)
-            if obj.get("event") == event:
-                return obj
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
+Proc = KadfastProc
 
 
 def kadfast(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

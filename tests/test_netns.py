@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from _procs import KadfastProc
 
 N = 4
 SUBNET = "10.231.0"
@@ -105,46 +103,11 @@ class Net:
         self.created.clear()
 
 
-class Proc:
+class Proc(KadfastProc):
     """A long-running kadfast command in a namespace; JSON stdout lines queued."""
 
     def __init__(self, ns: str, *args: str) -> None:
-        self.args = args
-        self.p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "kadfast", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.p.stderr), daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_event(self, event: str, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} from {self.args}; stderr: {''.join(self.stderr[-20:])}") from None
-            if line is None:
-                raise AssertionError(f"{self.args} exited ({self.p.wait()}); stderr: {''.join(self.stderr[-20:])}")
-            obj = json.loads(line)
-            if obj.get("event") == event:
-                return obj
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        super().__init__(*args, prefix=("ip", "netns", "exec", ns))
 
 
 @pytest.fixture

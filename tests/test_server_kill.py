@@ -15,16 +15,12 @@ key must be served by the restarted server, under the same PeerId.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import queue
 import signal
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 
+from _procs import KadfastProc
 from kadfast import Multiaddr, PeerId
 from kadfast.kad.node import Config, KadError, KadNode, NotFound
 from kadfast.loop import run as run_loop
@@ -36,49 +32,14 @@ IN_FLIGHT = 16
 N_CLIENTS = 8
 
 
-class Server:
-    def __init__(self, key: str, db: str) -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", "kadfast", "server", "--listen", LOOP, "--json", "--key", key, "--store", f"sqlite:{db}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.p.stderr), daemon=True).start()
+class Server(KadfastProc):
+    """``kadfast server`` on loopback with a key file and a sqlite store."""
 
-    def _read(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
+    def __init__(self, key: str, db: str) -> None:
+        super().__init__("server", "--listen", LOOP, "--json", "--key", key, "--store", f"sqlite:{db}")
 
     def listening(self, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"server not listening after {timeout}s; stderr: {''.join(self.stderr)}") from None
-            if line is None:
-                raise AssertionError(f"server exited with {self.p.wait()}; stderr: {''.join(self.stderr)}")
-            ev = json.loads(line)
-            if ev.get("event") == "listening":
-                return ev
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGKILL)
-        self.p.wait()
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        return self.p.returncode
+        return self.wait_event("listening", timeout)
 
 
 def client_for(addr: str) -> KadNode:
