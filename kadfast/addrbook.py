@@ -23,7 +23,7 @@ import ipaddress
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .multiaddr import Multiaddr
 from .peerid import PeerId
@@ -134,6 +134,9 @@ class AddressBook:
         # our address -> {reporter: last report time}
         self._observed: dict[Multiaddr, dict[PeerId, float]] = {}
         self._versions = itertools.count(1)
+        #: peers that ``keep(peer)`` says are needed (e.g. routing-table
+        #: entries) are spared when the book is full and evicts
+        self.keep: Callable[[PeerId], bool] | None = None
 
     # -- peers' addresses -------------------------------------------------
 
@@ -148,8 +151,14 @@ class AddressBook:
             book = self._peers[peer] = _Book()
             book.min_expires = float("inf")
             self._changed(book)
+            tries = 0
             while len(self._peers) > self.max_peers:
-                self._changed(self._peers.popitem(last=False)[1])
+                victim, vbook = self._peers.popitem(last=False)
+                if self.keep is not None and tries < self.max_peers and self.keep(victim):
+                    self._peers[victim] = vbook  # spared: back at the recent end
+                    tries += 1
+                    continue
+                self._changed(vbook)
         else:
             self._peers.move_to_end(peer)
         return book

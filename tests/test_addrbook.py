@@ -286,3 +286,20 @@ def test_addrs_for_remote_matches_go_filter():
 )
 def test_dialable_tcp(text, ok):
     assert dialable_tcp(M(text)) is ok
+
+
+def test_a_full_book_spares_the_peers_that_keep_says_are_needed():
+    from kadfast import Ed25519KeyPair
+    book = AddressBook(max_peers=3)
+    peers = [Ed25519KeyPair.generate().peer_id for _ in range(6)]
+    needed = peers[0]
+    book.keep = lambda p: p == needed
+    addr = Multiaddr("/ip4/10.0.0.1/tcp/1")
+    for p in peers:
+        book.add(p, [addr], now=0.0)
+    assert needed in book and len(book) == 3
+    assert book.addrs(needed, 0.0) == [addr]
+    assert peers[1] not in book and peers[5] in book
+    book.keep = lambda p: True  # even if everything is needed, the bound holds
+    book.add(Ed25519KeyPair.generate().peer_id, [addr], now=0.0)
+    assert len(book) == 3

@@ -249,6 +249,9 @@ class KadNode:
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
         self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
+        # a full address book never evicts the addresses of routing-table
+        # peers (floods of lookup-learned addresses must not push them out)
+        self.host.addrbook.keep = lambda peer: Key(peer.to_bytes()) in self.table
         self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
         self.validator = validator or NamespacedValidator()
         self.clock = clock
