@@ -304,13 +304,13 @@ def _parse_text(text: str) -> list[tuple[Protocol, bytes]]:
     if not text.startswith("/"):
         raise MultiaddrError(f"multiaddr must start with '/': {text[:80]!r}")
     tokens = text[1:].split("/")
-    if tokens and tokens[-1] == "":
-        tokens.pop()  # tolerate one trailing slash
-    if not tokens:
+    if tokens == [""]:
         raise MultiaddrError("empty multiaddr")
     parts = []
     i = 0
     while i < len(tokens):
+        if tokens[i] == "" and i == len(tokens) - 1 and parts:
+            break  # tolerate one trailing slash (a path keeps its own, below)
         name = _ALIASES.get(tokens[i], tokens[i])
         proto = PROTOCOLS.get(name)
         if proto is None:
@@ -321,7 +321,7 @@ def _parse_text(text: str) -> list[tuple[Protocol, bytes]]:
             continue
         if proto.path:
             rest = "/".join(tokens[i:])
-            if not rest:
+            if not rest.strip("/"):
                 raise MultiaddrError(f"{name} needs a path")
             parts.append((proto, _text_to_value(proto, "/" + rest)))
             break

@@ -167,3 +167,13 @@ def test_unix_path_must_be_absolute_and_last(hexbytes):
     # found by fuzzing: such values could not survive a round trip through text
     with pytest.raises(MultiaddrError):
         Multiaddr.from_bytes(bytes.fromhex(hexbytes))
+
+
+def test_unix_path_trailing_slash_survives_text():
+    # found by fuzzing: a path ending in "/" lost it when parsed back
+    for text in ("/unix/a/b/", "/unix/a//b", "/unix/x"):
+        m = Multiaddr(text)
+        assert str(m) == text and Multiaddr(str(m)) == m
+    assert str(Multiaddr("/ip4/1.2.3.4/tcp/1/")) == "/ip4/1.2.3.4/tcp/1"
+    with pytest.raises(MultiaddrError):
+        Multiaddr("/unix//")
