@@ -31,7 +31,7 @@ from .loop import LOOP_KINDS, run as run_loop
 from .net import HostConfig
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError
-from .store import Record
+from .store import Record, StoreConfig
 
 log = logging.getLogger("kadfast.cli")
 
@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("server", "run a bootstrap node (Kademlia server mode)")
     s.add_argument("--store", default="memory", help="record store: memory or sqlite:PATH")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (127.0.0.1)")
+    lim = s.add_argument_group("limits (all on by default; see README, Reliability)")
+    lim.add_argument("--max-connections", type=int, help="connections in total (default: what the open-file limit allows)")
+    lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
+    lim.add_argument("--max-inbound-streams", type=int, default=256, help="inbound streams per connection")
+    lim.add_argument("--max-records", type=int, default=1024, help="records (and provider keys) stored")
+    lim.add_argument("--max-value-bytes", type=int, default=65 * 1024, help="largest record value")
+    lim.add_argument("--max-message-size", type=int, default=16 * 1024, help="largest kad message")
+    lim.add_argument("--max-puts-per-second", type=float, default=20.0, help="PUT_VALUE per peer per second (0 = off)")
+    lim.add_argument("--max-provider-adds-per-second", type=float, default=20.0,
+                     help="ADD_PROVIDER per peer per second (0 = off)")
 
     s = add("listen", "join, announce yourself in a namespace and answer JSON requests")
     s.add_argument("--namespace", required=True)
@@ -199,18 +209,23 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL)
 async def cmd_server(args, out: Out) -> int:
     soft, _ = raise_nofile_limit()
     keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
+    store_config = StoreConfig(max_records=args.max_records, max_value_bytes=args.max_value_bytes)
     store = None
     if args.store != "memory":
         from .sqlite_store import open_store
         try:
-            store = open_store(args.store, keypair.peer_id)
+            store = open_store(args.store, keypair.peer_id, store_config)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     node = KadNode(
         keypair,
-        Config(mode="server", protocol=args.kad_protocol),
+        Config(mode="server", protocol=args.kad_protocol, store=store_config, max_message_size=args.max_message_size,
+               max_puts_per_peer_per_second=args.max_puts_per_second,
+               max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second),
         host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
-                               max_connections=max(64, soft - 64) if soft else 4096),
+                               max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
+                               max_connections_per_ip=args.max_connections_per_ip,
+                               max_inbound_streams=args.max_inbound_streams),
         store=store,
     )
     await node.start()

@@ -194,3 +194,15 @@ def test_sigterm_stops_a_running_command_cleanly(procs, server):
     p = procs("listen", "--bootstrap", server, "--namespace", "t", "--listen", LOOP, "--json")
     p.wait_event("announced")
     assert p.stop() == 0  # SIGTERM -> graceful stop, exit 0
+
+
+def test_server_limits_from_the_command_line(procs):
+    server = procs("server", "--listen", LOOP, "--json", "--max-records", "1", "--max-value-bytes", "8")
+    addr = server.wait_event("listening")["addrs"][0]
+    net = ("--bootstrap", addr, "--listen", LOOP)
+    assert kadfast("put", *net, "/l/a", "v").returncode == 0
+    cp = kadfast("put", *net, "/l/b", "v")  # the store is full: the server refuses
+    assert cp.returncode == 5 and "quorum" in cp.stderr
+    cp = kadfast("put", *net, "/l/a", "much too long")  # over --max-value-bytes
+    assert cp.returncode == 5
+    assert kadfast("get", *net, "/l/a").stdout.strip() == "v"
