@@ -460,3 +460,40 @@ def test_listeners_see_every_event_even_when_queues_overflow(run):
         finally:
             await a.close()
     run(main)
+
+
+def test_synchronous_consumer_answers_in_the_read_callback(run):
+    async def main():
+        a, b = await pair()
+
+        async def upper(stream):
+            def on_data(data):
+                if not data:
+                    stream.sink_finished()
+                    return
+                stream.write(data.upper())
+            await stream.consume_with(on_data)
+
+        async def failing(stream):
+            def on_data(data):
+                raise ValueError("bad input")
+            await stream.consume_with(on_data)
+
+        b.set_stream_handler("/t/upper", upper)
+        b.set_stream_handler("/t/fail", failing)
+        try:
+            s = await a.new_stream(b.peer_id, "/t/upper", [b.listen_addrs[0]])
+            for word in (b"one", b"two", b"three"):
+                s.write(word)
+                assert await s.read_exactly(len(word)) == word.upper()
+            s.close()
+            assert await s.read_to_end(16) == b""
+            f = await a.new_stream(b.peer_id, "/t/fail")
+            f.write(b"x")
+            with pytest.raises(StreamReset):  # an error in the consumer resets the stream
+                await asyncio.wait_for(f.read(), 5)
+            assert await a.ping(b.peer_id) > 0
+        finally:
+            await a.close()
+            await b.close()
+    run(main)

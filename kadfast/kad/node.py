@@ -482,16 +482,22 @@ class KadNode:
             return
         reader = MessageReader(self.config.max_message_size)
         peer = stream.peer_id
-        while True:
-            data = await stream.read()
+        handle = self._handle_request
+        remote_addr = stream.conn.remote_addr
+
+        def on_data(data: bytes) -> None:
+            # runs inside the connection's read callback: every request of the
+            # batch is answered and the replies leave in the same write
             if not data:
                 reader.eof()
+                stream.sink_finished()
                 return
             for body in reader.feed(data):
-                reply = self._handle_request(peer, decode_message(body), stream.conn.remote_addr, True)
+                reply = handle(peer, decode_message(body), remote_addr, True)
                 if reply is not None:
                     stream.write(reply if reply.__class__ is bytes else frame(encode_message(reply)))
-            await stream.drain()
+
+        await stream.consume_with(on_data)
 
     def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
         """Answer one request; raises on a request that must reset the stream.

@@ -40,7 +40,7 @@ class Stream:
     __slots__ = (
         "conn", "stream_id", "protocol", "inbound", "_buf", "_eof", "_reset",
         "_reset_reason", "_waiter", "_write_closed", "_writable", "_negotiator",
-        "_negotiated", "__weakref__",
+        "_negotiated", "_sink", "_sink_done", "__weakref__",
     )
 
     def __init__(self, conn: "Connection", stream_id: int, inbound: bool) -> None:
@@ -57,6 +57,8 @@ class Stream:
         self._writable: asyncio.Future | None = None
         self._negotiator = None  # multistream state while the protocol is negotiated
         self._negotiated: asyncio.Future | None = None
+        self._sink = None  # see consume_with()
+        self._sink_done: asyncio.Future | None = None
 
     # -- who ------------------------------------------------------------
     @property
@@ -73,12 +75,53 @@ class Stream:
 
     # -- fed by the connection -----------------------------------------
     def _feed(self, data: bytes) -> None:
+        if self._sink is not None:
+            self.conn._consumed(self.stream_id, len(data))
+            self._run_sink(data)
+            return
         self._buf += data
         self._wake()
 
     def _feed_eof(self) -> None:
         self._eof = True
+        if self._sink is not None:
+            self._run_sink(b"")
+            return
         self._wake()
+
+    # -- synchronous consumers (the hot path of request/response servers) --
+    def consume_with(self, sink) -> "asyncio.Future":
+        """Hand every chunk received from now on to ``sink(data)`` right in
+        the connection's read callback (``b""`` once the peer half-closed):
+        no task switch per message, and what the sink writes leaves in the
+        same batch. The sink calls :meth:`sink_finished` when it is done; an
+        exception from it resets the stream. The returned future completes
+        then (or fails with the error, or :class:`StreamReset`)."""
+        fut = self.conn.loop.create_future()
+        self._sink_done = fut
+        self._sink = sink
+        if self._buf:
+            self._run_sink(self._take(len(self._buf)))
+        if self._eof and not fut.done():
+            self._run_sink(b"")
+        if self._reset and not fut.done():
+            fut.set_exception(StreamReset(self._reset_reason or "stream reset"))
+        return fut
+
+    def sink_finished(self) -> None:
+        self._sink = None
+        if self._sink_done is not None and not self._sink_done.done():
+            self._sink_done.set_result(None)
+
+    def _run_sink(self, data: bytes) -> None:
+        try:
+            self._sink(data)
+        except Exception as exc:
+            self._sink = None
+            fut = self._sink_done
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            self.reset()
 
     def _on_reset(self, reason: str) -> None:
         # ``_eof`` stays as it is: data and a FIN that arrived before the reset
@@ -89,6 +132,9 @@ class Stream:
             self._write_closed = True
             self._wake()
             self._wake_writer()
+            if self._sink_done is not None and not self._sink_done.done():
+                self._sink = None
+                self._sink_done.set_exception(StreamReset(reason))
             if self._negotiated is not None and not self._negotiated.done():
                 self._negotiated.set_exception(StreamReset(reason))
 
