@@ -23,12 +23,9 @@ from ..errors import KadfastError, StoreError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported
-from ..net.errors import DialError
-from ..net.stream import StreamReset
 from ..peerid import PeerId
 from ..store import MemoryStore, ProviderRecord, Record, RecordStore, StoreConfig
 from .pb import (
-    KadCodecError,
     KadMessage,
     KadPeer,
     KadRecord,

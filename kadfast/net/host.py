@@ -42,7 +42,6 @@ from .errors import (
     DialRefused,
     DialTimeout,
     DialWrongPeer,
-    ProtocolNotSupported,
 )
 from .stream import Stream, StreamReset
 
