@@ -66,7 +66,7 @@ class JsonRequestResponse:
         raw = await asyncio.wait_for(stream.read_to_end(self.max_request_bytes), self.timeout)
         try:
             request = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             log.info("request from %s is not JSON; resetting", stream.peer_id)
             stream.reset()
             return
@@ -100,5 +100,5 @@ class JsonRequestResponse:
             raise RequestError(f"request to {peer} failed: {exc}") from exc
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RequestError(f"response from {peer} is not JSON") from None

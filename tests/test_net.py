@@ -497,3 +497,32 @@ def test_synchronous_consumer_answers_in_the_read_callback(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_json_request_response_refuses_absurdly_nested_json(run):
+    from kadfast.reqresp import DEFAULT_PROTOCOL, JsonRequestResponse, RequestError
+
+    async def main():
+        a, b = await pair()
+
+        async def nested(stream):
+            await stream.read_to_end(1024)
+            await stream.write_all(b"[" * 100_000)  # valid prefix, far too deep for json
+
+        b.set_stream_handler(DEFAULT_PROTOCOL, nested)
+        rr = JsonRequestResponse(a)
+        try:
+            with pytest.raises(RequestError):
+                await rr.request(b.peer_id, {"q": 1}, addrs=[b.listen_addrs[0]])
+            # and as a server: the same input resets the stream, nothing else
+            served = JsonRequestResponse(b, handler=lambda peer, req: asyncio.sleep(0, result=req))
+            s = await a.new_stream(b.peer_id, DEFAULT_PROTOCOL)
+            await s.write_all(b"[" * 100_000)
+            s.close()
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(s.read_to_end(1024), 5)
+            assert served.protocol in b.protocols and await a.ping(b.peer_id) > 0
+        finally:
+            await a.close()
+            await b.close()
+    run(main)

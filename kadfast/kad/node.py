@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 PROTOCOL = "/ipfs/kad/1.0.0"
+#: PeerId -> Key entries kept before the memo starts over
+MAX_KEY_CACHE = 16384
 HOUR = 3600.0
 #: encoded Peer messages cached for replies (a routing table holds at most 256 * k)
 _PEER_BODY_CACHE_SIZE = 8192
@@ -248,7 +250,10 @@ class KadNode:
         self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
         # a full address book never evicts the addresses of routing-table
         # peers (floods of lookup-learned addresses must not push them out)
-        self.host.addrbook.keep = lambda peer: Key(peer.to_bytes()) in self.table
+        self.host.addrbook.keep = lambda peer: self._key(peer) in self.table
+        # PeerId -> its Kademlia key: every request, reply and routing event
+        # needs it, and a SHA-256 per use adds up on the server's hot path
+        self._keys: dict[PeerId, Key] = {}
         self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
         self.validator = validator or NamespacedValidator()
         self.clock = clock
@@ -337,6 +342,14 @@ class KadNode:
                 self.dropped_events += 1
 
     # -- routing table -----------------------------------------------------------
+    def _key(self, peer: PeerId) -> Key:
+        key = self._keys.get(peer)
+        if key is None:
+            if len(self._keys) >= MAX_KEY_CACHE:
+                self._keys.clear()
+            key = self._keys[peer] = Key(peer.to_bytes())
+        return key
+
     def add_address(self, peer: PeerId, addr: Multiaddr | str) -> int:
         """Add a known peer (a bootstrap node) with its address to the routing
         table, as rust's ``Behaviour::add_address`` does."""
@@ -348,7 +361,7 @@ class KadNode:
     def _update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
         if peer == self.peer_id:
             return _routing.SELF
-        key = Key(peer.to_bytes())
+        key = self._key(peer)
         known = key in self.table
         res = self.table.update(key, peer, now, connected)
         for applied in self.table.pop_applied():
@@ -367,7 +380,7 @@ class KadNode:
 
     def _emit_routing(self, peer: PeerId, is_new: bool, evicted: PeerId | None) -> None:
         addrs = tuple(self.host.addrbook.addrs(peer, self.clock()))
-        self._emit(RoutingUpdated(peer, addrs, is_new, self.local_key.bucket_index(Key(peer.to_bytes())), evicted))
+        self._emit(RoutingUpdated(peer, addrs, is_new, self.local_key.bucket_index(self._key(peer)), evicted))
 
     async def _probe(self, peer: PeerId) -> None:
         try:
@@ -381,9 +394,9 @@ class KadNode:
         if isinstance(ev, PeerIdentified):
             if self.config.protocol in ev.info.protocols:
                 self._update_peer(ev.peer_id, self.clock(), connected=True)
-            elif Key(ev.peer_id.to_bytes()) in self.table:
+            elif self._key(ev.peer_id) in self.table:
                 # it stopped serving kad (e.g. became a client)
-                self.table.remove(Key(ev.peer_id.to_bytes()))
+                self.table.remove(self._key(ev.peer_id))
         elif isinstance(ev, ConnectionClosed):
             if self.host.connection(ev.peer_id) is None:
                 self._mark_disconnected(ev.peer_id)
@@ -396,7 +409,7 @@ class KadNode:
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
-        if Key(peer.to_bytes()) in self.table:
+        if self._key(peer) in self.table:
             self._update_peer(peer, now, connected=False)
 
     def routing_table_peers(self) -> list[PeerId]:
@@ -432,7 +445,7 @@ class KadNode:
         cache = self._peer_bodies
         epoch = self.host.conn_epoch
         k = self.config.k
-        skip = None if exclude is None else Key(exclude.to_bytes())
+        skip = None if exclude is None else self._key(exclude)
         out: list[bytes] = []
         for e in self.table.closest(target, k + 1):
             key = e.key
@@ -590,7 +603,7 @@ class KadNode:
             async with asyncio.timeout(self.config.request_timeout):
                 reply = await exchange()
         except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            key = Key(peer.to_bytes())
+            key = self._key(peer)
             if key in self.table:
                 if isinstance(exc, ProtocolNotSupported):
                     self.table.remove(key)
@@ -617,7 +630,7 @@ class KadNode:
                 continue
             if p.addrs:
                 self.host.addrbook.add(p.peer_id, p.addrs, now, source="lookup")
-            out.append((Key(p.peer_id.to_bytes()), p.peer_id))
+            out.append((self._key(p.peer_id), p.peer_id))
         return out
 
     async def _iterate(self, kind: str, key: bytes, msg: KadMessage, on_reply=None, num_results=None):
