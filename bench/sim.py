@@ -22,7 +22,8 @@ to event; no Noise, no Yamux, no asyncio. Lookups run one after another.
 As a real node does: the responder inserts the requester into its table (the
 inbound connection), the requester inserts every peer that answered it,
 a request that timed out marks its peer disconnected in the requester's
-table, an insert into a full bucket whose least recently seen entry is
+table and withholds it from the requester's answers until it is heard from
+again (``--failed-peers``; what ``KadNode`` does), an insert into a full bucket whose least recently seen entry is
 disconnected becomes the bucket's pending entry and pings that entry (the
 ping succeeds when it is alive), and due pending entries are applied before
 each lookup. Peers merely *named* in answers are not inserted.
@@ -41,7 +42,10 @@ Then: ``--lookups`` FIND_NODE lookups of random keys from random live nodes;
 the k peers found; the publisher keeps a copy as ``put_record`` does) and got
 back with GET_VALUE lookups (quorum 1, stopping at the first record, as
 ``get_record`` does). Then 20% of the nodes (``--churn``) leave at once and
-the same measurements run again, then one republish round (every surviving
+the same measurements run again, then every live node runs its periodic
+bootstrap once (``--maintenance``: ``KadNode.bootstrap()``, a self-lookup and
+bucket refreshes; a node does it every 5 minutes) and the measurements run
+again, then one republish round (every surviving
 holder of a record re-puts it: a FIND_NODE lookup and PUT_VALUE to the k peers
 found, as ``KadNode`` replication does), then the gets once more.
 
@@ -121,11 +125,15 @@ class Counters:
 
 class Sim:
     def __init__(self, n: int, seed: int, latency: tuple[float, float], learn: bool = True,
-                 failed: str = "disconnect") -> None:
+                 failed: str = "withhold") -> None:
         self.rng = rng = random.Random(seed)
         self.n = n
         self.learn = learn
         self.remove_failed = failed == "remove"
+        self.withhold_failed = failed == "withhold"
+        # node -> nodes whose request failed (KadNode._unreachable): kept in
+        # the table, left out of answers until heard from again
+        self.unreachable: dict[int, set[int]] = {}
         self.lat_lo, self.lat_hi = latency
         # PeerId-shaped identities (an inline Ed25519 key), as real peers have
         self.peer_ids = [PeerId(b"\x00\x24\x08\x01\x12\x20" + rng.randbytes(32)) for _ in range(n)]
@@ -150,6 +158,9 @@ class Sim:
         table = self.tables[a]
         key = self.keys[b]
         known = key in table
+        u = self.unreachable.get(a)
+        if u:
+            u.discard(b)
         if table.update(key, b, self.now, True) == PENDING and not known:
             head = table.bucket(self.keys[a].bucket_index(key))
             if head and not head[0].connected:   # ping the least recently seen entry
@@ -157,10 +168,22 @@ class Sim:
                 h = head[0]
                 if self.alive[h.value]:
                     table.update(h.key, h.value, self.now, True)
+                    if u:
+                        u.discard(h.value)
+                elif self.withhold_failed:
+                    self.mark_unreachable(a, h.value)
+
+    def mark_unreachable(self, a: int, b: int) -> None:
+        self.unreachable.setdefault(a, set()).add(b)
 
     def serve_closest(self, responder: int, requester: int, target: Key) -> list[tuple[Key, int]]:
         """The closer peers of a FIND_NODE / GET_VALUE answer (``_closest_kad_peers``)."""
-        out = [(e.key, e.value) for e in self.tables[responder].closest(target, K + 1) if e.value != requester][:K]
+        u = self.unreachable.get(responder)
+        if u:
+            cand = self.tables[responder].closest(target, K + 1 + min(len(u), 4 * K))
+            out = [(e.key, e.value) for e in cand if e.value != requester and e.value not in u][:K]
+        else:
+            out = [(e.key, e.value) for e in self.tables[responder].closest(target, K + 1) if e.value != requester][:K]
         if target == self.keys[responder]:
             out.insert(0, (self.keys[responder], responder))
         return out
@@ -239,6 +262,8 @@ class Sim:
                         table.remove(self.keys[h])
                     else:
                         table.update(self.keys[h], h, self.now, False)
+                        if self.withhold_failed and self.keys[h] in table:
+                            self.mark_unreachable(q, h)
         result = it.result()
         hops = max((depth[p] for p in result), default=0)
         return LookupOut(result, hops, depth[result[0]] if result else 0, it.stats.requests, self.now - start, found)
@@ -269,14 +294,32 @@ class Sim:
         boot = 0
         for count, i in enumerate(order, 1):
             self.connect(i, boot)
-            self.lookup(i, self.keys[i])
-            if mode == "full":
-                buckets = self.tables[i].nonempty_buckets()
-                if buckets:
-                    for b in range(buckets[0] + 1, 256):
-                        self.lookup(i, self.key_in_bucket(self.keys[i], b))
+            self.bootstrap(i, refresh=mode == "full")
             if count % 1000 == 0:
                 progress(f"joined {count + 1}/{self.n}")
+
+    def bootstrap(self, i: int, refresh: bool = True) -> None:
+        """``KadNode.bootstrap()`` by node ``i``: a lookup of its own key, then
+        (``refresh``) one of a random key in every bucket farther than its
+        closest non-empty one."""
+        self.lookup(i, self.keys[i])
+        if refresh:
+            buckets = self.tables[i].nonempty_buckets()
+            if buckets:
+                for b in range(buckets[0] + 1, 256):
+                    self.lookup(i, self.key_in_bucket(self.keys[i], b))
+
+    def bootstrap_round(self, refresh: bool, progress) -> dict:
+        """Every live node runs its periodic bootstrap once (rust's and
+        KadNode's default period is 5 minutes), in random order."""
+        lookups0 = self.c.lookups
+        live = [i for i in range(self.n) if self.alive[i]]
+        self.rng.shuffle(live)
+        for count, i in enumerate(live, 1):
+            self.bootstrap(i, refresh)
+            if count % 2000 == 0:
+                progress(f"bootstrapped {count}/{len(live)}")
+        return {"nodes": len(live), "lookups": self.c.lookups - lookups0}
 
     def prefill(self) -> None:
         """Up to k random members of each bucket of every table: nodes sorted by
@@ -434,6 +477,12 @@ def run(args) -> dict:
     if records:
         ph["after_churn"]["get"] = measure_gets(sim, records)
     log(f"after churn: {ph['after_churn']}")
+    if args.maintenance != "none":
+        report["bootstrap_round"] = sim.bootstrap_round(args.maintenance == "full", log)
+        ph["after_bootstrap"] = {"find": measure_lookups(sim, args.lookups)}
+        if records:
+            ph["after_bootstrap"]["get"] = measure_gets(sim, records)
+        log(f"after one bootstrap round: {ph['after_bootstrap']}")
     if records:
         report["republish"] = republish(sim)
         log(f"republish: {report['republish']}")
@@ -448,6 +497,13 @@ def run(args) -> dict:
         "success_after_churn>=99%": ac["success"] >= 0.99 and all(
             p["get"]["success"] >= 0.99 for p in ph.values() if "get" in p),
     }
+    if "after_bootstrap" in ph:
+        # the same target once every node has run one periodic bootstrap
+        # (every 5 minutes; the lookups right after the churn run for
+        # more simulated time than that, see sim_seconds)
+        report["targets"]["success_after_churn_and_one_bootstrap>=99%"] = (
+            ph["after_bootstrap"]["find"]["success"] >= 0.99
+            and all(p["get"]["success"] >= 0.99 for n, p in ph.items() if "get" in p and n != "before_churn"))
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     report["sim_clock_s"] = round(sim.now, 1)
     report["max_rss_mb"] = maxrss_mb()
@@ -500,11 +556,14 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=int, default=100)
     ap.add_argument("--churn", type=float, default=0.2, help="fraction of nodes that leave at once")
     ap.add_argument("--join", choices=("self", "full", "prefill"), default="full")
-    ap.add_argument("--failed-peers", choices=("disconnect", "remove"), default="disconnect",
-                    help="what a requester does with a peer whose request timed out: mark it disconnected "
-                         "(what KadNode and rust-libp2p do: the entry stays, still served in answers, until a pending "
-                         "entry replaces it) or remove it from the table at once (go-libp2p-kad-dht's peerStoppedDHT "
-                         "on a failed dial or query)")
+    ap.add_argument("--failed-peers", choices=("withhold", "serve", "remove"), default="withhold",
+                    help="what a requester does with a peer whose request failed: withhold (what KadNode does): mark "
+                         "it disconnected and stop naming it in answers until it is heard from again, the entry "
+                         "stays until a pending entry replaces it; serve (rust-libp2p): mark it disconnected but keep "
+                         "naming it; remove (go-libp2p-kad-dht's peerStoppedDHT): drop it from the table at once")
+    ap.add_argument("--maintenance", choices=("full", "self", "none"), default="full",
+                    help="after the churn measurements, every live node runs one periodic bootstrap: full "
+                         "(KadNode.bootstrap: self-lookup and bucket refreshes), self (self-lookup only) or none")
     ap.add_argument("--latency", default="0.01", help="seconds per request, or MIN:MAX uniform")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="1,000 nodes, 200 lookups, 30 records")

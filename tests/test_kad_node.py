@@ -13,6 +13,7 @@ from kadfast import Ed25519KeyPair, Key, Multiaddr, PeerId
 from kadfast.kad.node import (
     Config,
     InboundRequest,
+    KadError,
     KadNode,
     NoKnownPeers,
     NotFound,
@@ -90,6 +91,55 @@ def test_find_node_returns_the_k_closest():
     t = Key(target)
     expected = sorted((p for p in in_table if p != peers[0]), key=lambda p: t.distance(Key(p.to_bytes())))[:5]
     assert got == expected
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_peer_whose_request_failed_stays_in_the_table_but_is_not_served():
+    from kadfast.kad.pb import MessageReader
+
+    def ids(node, asker, key, framed):
+        reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=key), None, framed)
+        if framed:
+            from kadfast.kad.pb import decode_message
+
+            (body,) = MessageReader(1 << 20).feed(reply)
+            reply = decode_message(body)
+        return [p.peer_id for p in reply.closer_peers]
+
+    async def main():
+        node = KadNode(config=Config(k=5, request_timeout=5.0),
+                       host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        await node.start()
+        try:
+            gone, asker, *others = peer_ids(12)
+            node.add_address(gone, Multiaddr(f"/ip4/127.0.0.1/tcp/{_closed_port()}"))
+            for i, p in enumerate(others):
+                node.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
+            key = gone.to_bytes()  # gone is the closest entry to its own key
+            for framed in (False, True):
+                got = ids(node, asker, key, framed)
+                assert got[0] == gone and len(got) == 5
+            with pytest.raises(KadError):
+                await node._rpc(gone, KadMessage(MessageType.FIND_NODE, key=key))
+            assert gone in node.routing_table_peers()  # kept: a pending entry may replace it
+            for framed in (False, True):
+                got = ids(node, asker, key, framed)
+                assert gone not in got and len(got) == 5  # still k answers, from the others
+            # heard from again (an inbound connection, a reply): served again
+            node._update_peer(gone, node.clock(), connected=True)
+            for framed in (False, True):
+                assert ids(node, asker, key, framed)[0] == gone
+        finally:
+            await node.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 30))
 
 
 def test_put_value_echoes_and_stores_and_validates():

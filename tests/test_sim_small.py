@@ -1,5 +1,5 @@
 """bench/sim.py run tiny: the whole pipeline (join, lookups, records, churn,
-republish) and its report, in a few seconds."""
+a bootstrap round, republish) and its report, in a few seconds."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def test_small_network_report(join, capsys):
     # dead peers cost timeouts and extra requests, but lookups still get close
     assert churn["find"]["messages_median"] > f["messages_median"]
     assert churn["find"]["success"] >= 0.7
+    # once every node ran its periodic bootstrap, the nodes that tried a
+    # departed peer stop naming it: lookups are exact again
+    boot = r["phases"]["after_bootstrap"]
+    assert boot["find"]["success"] >= 0.99 and r["bootstrap_round"]["nodes"] == 320
+    assert r["targets"]["success_after_churn_and_one_bootstrap>=99%"]
     # records: 20 replicas survive a 20% churn; republishing restores coverage
     assert before["get"]["success"] == 1.0 and before["get"]["coverage_mean"] == 1.0
     assert churn["get"]["success"] >= 0.99
@@ -39,5 +44,17 @@ def test_small_network_report(join, capsys):
 def test_table_output(capsys):
     assert sim.main(["--nodes", "200", "--lookups", "30", "--records", "5", "-q"]) == 0
     out = capsys.readouterr().out
-    for word in ("before_churn", "after_churn", "after_republish", "hops", "targets:"):
+    for word in ("before_churn", "after_churn", "after_bootstrap", "after_republish", "hops", "targets:"):
         assert word in out
+
+
+def test_failed_peers_policies_after_churn(capsys):
+    """Withholding a peer whose request failed (KadNode) is what makes the
+    bootstrap round restore exact lookups; rust's keep-serving does not."""
+    out = {}
+    for policy in ("withhold", "serve"):
+        assert sim.main(["--nodes", "400", "--lookups", "100", "--records", "0", "--join", "self",
+                         "--seed", "3", "--failed-peers", policy, "--json", "-q"]) == 0
+        out[policy] = json.loads(capsys.readouterr().out)["phases"]["after_bootstrap"]["find"]["success"]
+    assert out["withhold"] >= 0.99
+    assert out["serve"] < out["withhold"]

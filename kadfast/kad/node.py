@@ -272,6 +272,10 @@ class KadNode:
         #: routing key -> (address-book view, its version, connection type,
         #: host connection epoch, encoded Peer); see _closer_bodies
         self._peer_bodies: dict[Key, tuple] = {}
+        #: routing-table keys of peers whose last request failed (unreachable,
+        #: timed out): kept in the table, but left out of our answers until
+        #: they are heard from again; see _mark_unreachable
+        self._unreachable: set[Key] = set()
         cfg = self.config
         self._put_limiter = PeerRateLimiter.per_second(
             cfg.max_puts_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
@@ -356,12 +360,15 @@ class KadNode:
         addr = Multiaddr(addr) if isinstance(addr, str) else addr
         now = self.clock()
         self.host.addrbook.add(peer, [addr], now, source="config")
+        self._unreachable.discard(self._key(peer))
         return self._update_peer(peer, now, connected=False)
 
     def _update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
         if peer == self.peer_id:
             return _routing.SELF
         key = self._key(peer)
+        if connected and self._unreachable:
+            self._unreachable.discard(key)
         known = key in self.table
         res = self.table.update(key, peer, now, connected)
         for applied in self.table.pop_applied():
@@ -412,6 +419,27 @@ class KadNode:
         if self._key(peer) in self.table:
             self._update_peer(peer, now, connected=False)
 
+    def _mark_unreachable(self, key: Key) -> None:
+        """A request to this table entry failed: it stays in the table (a
+        pending entry may replace it, or it comes back when heard from) but
+        is no longer handed out in FIND_NODE / GET_* answers, so that peers
+        which left stop being advertised by the nodes that noticed. (rust
+        keeps serving such entries; go removes them from its table.) The set
+        holds table keys only: it is pruned when it outgrows the table."""
+        u = self._unreachable
+        u.add(key)
+        if len(u) > len(self.table) + self.config.k:
+            self._unreachable = {x for x in u if x in self.table}
+
+    def _answer_candidates(self, target: Key):
+        """Table entries closest to ``target``, enough of them for k answers
+        after the requester and unreachable entries are skipped."""
+        k = self.config.k
+        u = self._unreachable
+        if not u:
+            return self.table.closest(target, k + 1)
+        return [e for e in self.table.closest(target, k + 1 + min(len(u), 4 * k)) if e.key not in u]
+
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
 
@@ -424,7 +452,7 @@ class KadNode:
 
     def _closest_kad_peers(self, target: Key, exclude: PeerId | None, now: float) -> list[KadPeer]:
         out = []
-        for e in self.table.closest(target, self.config.k + 1):
+        for e in self._answer_candidates(target):
             if e.value == exclude:
                 continue
             kp = self._kad_peer(e.value, now)
@@ -447,7 +475,7 @@ class KadNode:
         k = self.config.k
         skip = None if exclude is None else self._key(exclude)
         out: list[bytes] = []
-        for e in self.table.closest(target, k + 1):
+        for e in self._answer_candidates(target):
             key = e.key
             if key == skip:
                 continue
@@ -609,6 +637,8 @@ class KadNode:
                     self.table.remove(key)
                 else:
                     self._mark_disconnected(peer)
+                    if key in self.table:
+                        self._mark_unreachable(key)
             raise KadError(f"request to {peer} failed: {type(exc).__name__}: {exc}") from exc
         self._update_peer(peer, self.clock(), connected=True)
         return reply
