@@ -421,7 +421,28 @@ def _name_scope(name: str) -> int:
     return _SCOPE_PUBLIC
 
 
+_SCOPE_MEMO: dict[tuple, int] = {}
+
+
 def _scope(addr: Multiaddr) -> int:
+    """Scope of the address's first component (memoized per component,
+    bounded: every accepted connection asks for its remote address's)."""
+    parts = addr._parts
+    if not parts:
+        return _SCOPE_UNROUTABLE
+    first = parts[0]
+    if first[0].name == "ip6zone":
+        return _scope_uncached(addr)  # the /ip6 after the zone decides
+    scope = _SCOPE_MEMO.get(first)
+    if scope is None:
+        scope = _scope_uncached(addr)
+        if len(_SCOPE_MEMO) >= 4096:
+            _SCOPE_MEMO.clear()
+        _SCOPE_MEMO[first] = scope
+    return scope
+
+
+def _scope_uncached(addr: Multiaddr) -> int:
     """Scope of the address's first component: an IP by its network, a DNS
     name by its suffix; /unix and /memory are loopback; anything else (a
     relay's /p2p, onion, garlic) counts as public."""

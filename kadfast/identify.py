@@ -43,6 +43,7 @@ __all__ = [
     "MAX_PROTOCOL_NAME_BYTES",
     "IdentifyInfo",
     "IdentifyReader",
+    "IdentifyEncoder",
     "encode_identify",
     "decode_identify",
     "merge_push",
@@ -183,6 +184,47 @@ def encode_identify(
     return encode_uvarint(len(payload)) + payload
 
 
+class IdentifyEncoder:
+    """:func:`encode_identify` for a host that tells every peer the same but
+    the observed address: the rest is encoded once per (listen addresses,
+    protocols) and kept (at most ``cache_size`` variants), so an accepted
+    connection costs one field's encoding. Byte for byte what
+    :func:`encode_identify` makes (it is used whenever the size limit bites)."""
+
+    __slots__ = ("public_key", "protocol_version", "agent_version", "max_bytes", "cache_size", "_cache")
+
+    def __init__(self, public_key: PublicKey | None, protocol_version: str = "", agent_version: str = "", *,
+                 max_bytes: int = MAX_SEND_IDENTIFY_BYTES, cache_size: int = 64) -> None:
+        self.public_key = public_key
+        self.protocol_version = protocol_version
+        self.agent_version = agent_version
+        self.max_bytes = max_bytes
+        self.cache_size = cache_size
+        self._cache: dict[tuple, tuple[bytes, bytes]] = {}
+
+    def encode(self, listen_addrs: Iterable[Multiaddr], protocols: Iterable[str],
+               observed_addr: Multiaddr | None) -> bytes:
+        """The length-prefixed identify message."""
+        addrs, protos = tuple(listen_addrs), tuple(protocols)
+        key = (addrs, protos)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = (
+                _payload(self.public_key, addrs, (), None, self.protocol_version, self.agent_version, None),
+                _payload(None, (), protos, None, "", "", None),
+            )
+            if len(self._cache) >= self.cache_size:
+                self._cache.clear()
+            self._cache[key] = hit
+        observed = b"" if observed_addr is None else field_bytes(_F_OBSERVED_ADDR, observed_addr.to_bytes())
+        size = len(hit[0]) + len(observed) + len(hit[1])
+        if size > self.max_bytes:
+            return encode_identify(public_key=self.public_key, listen_addrs=addrs, protocols=protos,
+                                   observed_addr=observed_addr, protocol_version=self.protocol_version,
+                                   agent_version=self.agent_version, max_bytes=self.max_bytes)
+        return encode_uvarint(size) + hit[0] + observed + hit[1]
+
+
 def _text(value: bytes) -> str:
     return value.decode("utf-8", errors="replace")
 
@@ -303,7 +345,7 @@ class IdentifyReader:
     ``eof()`` the reader is closed.
     """
 
-    __slots__ = ("_buf", "_parts", "_total", "_max_bytes", "_max_parts", "_closed", "_need")
+    __slots__ = ("_buf", "_parts", "_total", "_max_bytes", "_max_parts", "_closed", "_need", "_first")
 
     def __init__(self, *, max_bytes: int = MAX_IDENTIFY_BYTES, max_parts: int = MAX_IDENTIFY_PARTS) -> None:
         self._buf = bytearray()
@@ -313,6 +355,7 @@ class IdentifyReader:
         self._max_parts = max_parts
         self._closed = False
         self._need = -1  # payload length of the part being read, -1 until its prefix is read
+        self._first: IdentifyInfo | None = None  # the first part decoded: the whole message while it is alone
 
     @property
     def parts(self) -> int:
@@ -353,10 +396,12 @@ class IdentifyReader:
             # each part must be a whole message by itself, so that the outcome
             # never depends on how the bytes were split into reads
             try:
-                decode_identify(part, max_bytes=self._max_bytes)
+                info = decode_identify(part, max_bytes=self._max_bytes)
             except IdentifyError:
                 self._closed = True
                 raise
+            if not self._total:
+                self._first = info
             self._parts += part
             del buf[: self._need]
             self._need = -1
@@ -367,6 +412,8 @@ class IdentifyReader:
         return self._decode()
 
     def _decode(self) -> IdentifyInfo:
+        if self._total == 1 and self._first is not None:
+            return self._first  # one part (the usual case): decoded once
         try:
             return decode_identify(bytes(self._parts), max_bytes=self._max_bytes)
         except IdentifyError:
@@ -382,4 +429,6 @@ class IdentifyReader:
             raise IdentifyError("identify stream closed inside a message")
         if not self._total:
             raise IdentifyError("identify stream closed before any message")
+        if self._total == 1 and self._first is not None:
+            return self._first
         return decode_identify(bytes(self._parts), max_bytes=self._max_bytes)

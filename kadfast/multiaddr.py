@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -153,7 +154,7 @@ def _value_to_text(proto: Protocol, value: bytes) -> str:
     name = proto.name
     try:
         if name == "ip4":
-            return str(ipaddress.IPv4Address(value))
+            return socket.inet_ntop(socket.AF_INET, value)  # as ipaddress writes it, faster
         if name == "ip6":
             return str(ipaddress.IPv6Address(value))
         if name in ("tcp", "udp", "dccp", "sctp", "memory", "ipcidr"):
@@ -210,6 +211,24 @@ class Multiaddr:
         self._parts = tuple(_parse_binary(data))
         self._bytes = data
         return self
+
+    @classmethod
+    def from_ip_port(cls, host: str, port: int, transport: str = "tcp") -> "Multiaddr":
+        """``/ip4|ip6/<host>/<transport>/<port>`` from a socket address,
+        without going through text (a connection's addresses are made this
+        way on every accept). Raises :class:`MultiaddrError` on a bad host or
+        port."""
+        try:
+            if ":" in host:
+                ip = PROTOCOLS["ip6"], socket.inet_pton(socket.AF_INET6, host.split("%")[0])
+            else:
+                ip = PROTOCOLS["ip4"], socket.inet_pton(socket.AF_INET, host)
+            if len(ip[1]) != ip[0].size // 8:
+                raise OSError
+            port_bytes = port.to_bytes(2, "big")
+        except (OSError, OverflowError, ValueError, TypeError):
+            raise MultiaddrError(f"invalid socket address {host!r}:{port!r}") from None
+        return cls._from_parts((ip, (PROTOCOLS[transport], port_bytes)))
 
     @classmethod
     def _from_parts(cls, parts: Iterable[tuple[Protocol, bytes]]) -> "Multiaddr":

@@ -443,3 +443,39 @@ def test_outcome_does_not_depend_on_how_bytes_are_split():
         except IdentifyError:
             outcomes.append("err")
     assert set(outcomes) == {"err"}
+
+
+# -- the cached encoder a host uses for every accepted connection -------------
+def test_identify_encoder_matches_encode_identify_byte_for_byte():
+    from kadfast.identify import IdentifyEncoder, encode_identify
+    from kadfast.keys import Ed25519KeyPair
+    from kadfast.multiaddr import Multiaddr
+
+    pk = Ed25519KeyPair.generate().public_key
+    enc = IdentifyEncoder(pk, "ipfs/0.1.0", "kadfast/test", cache_size=2)
+    addrs = [Multiaddr("/ip4/10.0.0.1/tcp/4001"), Multiaddr("/ip6/::1/tcp/4001")]
+    protos = ["/ipfs/id/1.0.0", "/ipfs/kad/1.0.0"]
+    for listen in (addrs, addrs[:1], []):
+        for observed in (None, Multiaddr("/ip4/127.0.0.1/tcp/5555"), Multiaddr("/ip6/::1/tcp/1")):
+            for _ in range(2):  # a miss, then a hit
+                assert enc.encode(listen, protos, observed) == encode_identify(
+                    public_key=pk, listen_addrs=listen, protocols=protos, observed_addr=observed,
+                    protocol_version="ipfs/0.1.0", agent_version="kadfast/test")
+    assert len(enc._cache) <= 2
+    # over the size limit it trims as encode_identify does (addresses from the end)
+    many = [Multiaddr(f"/ip4/10.0.{i // 250}.{i % 250 + 1}/tcp/4001") for i in range(600)]
+    small = IdentifyEncoder(pk, "", "", max_bytes=2048)
+    got = small.encode(many, protos, None)
+    assert got == encode_identify(public_key=pk, listen_addrs=many, protocols=protos, max_bytes=2048)
+    assert len(got) <= 2048 + 3
+
+
+def test_reader_decodes_a_single_part_once():
+    from kadfast.identify import IdentifyReader, encode_identify
+    from kadfast.keys import Ed25519KeyPair
+
+    msg = encode_identify(public_key=Ed25519KeyPair.generate().public_key, protocols=["/a"], agent_version="x")
+    r = IdentifyReader()
+    first = r.feed(msg)
+    assert first is not None and first.agent_version == "x"
+    assert r.eof() is first  # the same decoded message, not decoded again

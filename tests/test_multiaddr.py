@@ -177,3 +177,17 @@ def test_unix_path_trailing_slash_survives_text():
     assert str(Multiaddr("/ip4/1.2.3.4/tcp/1/")) == "/ip4/1.2.3.4/tcp/1"
     with pytest.raises(MultiaddrError):
         Multiaddr("/unix//")
+
+
+def test_from_ip_port_matches_text_and_rejects_bad_sockets():
+    from kadfast.errors import MultiaddrError
+
+    for host, port in [("127.0.0.1", 4001), ("10.1.2.3", 0), ("::1", 65535), ("fe80::1%eth0", 7), ("2001:db8::5", 80)]:
+        m = Multiaddr.from_ip_port(host, port)
+        proto = "ip6" if ":" in host else "ip4"
+        assert m == Multiaddr(f"/{proto}/{host.split('%')[0]}/tcp/{port}")
+        assert Multiaddr.from_bytes(m.to_bytes()) == m
+    assert str(Multiaddr.from_ip_port("1.2.3.4", 53, "udp")) == "/ip4/1.2.3.4/udp/53"
+    for host, port in [("127.1", 1), ("0x7f.0.0.1", 1), ("host", 1), ("1.2.3.4", 70000), ("1.2.3.4", -1), ("::g", 1)]:
+        with pytest.raises(MultiaddrError):
+            Multiaddr.from_ip_port(host, port)

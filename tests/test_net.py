@@ -526,3 +526,29 @@ def test_json_request_response_refuses_absurdly_nested_json(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_a_flush_after_the_transport_closed_drops_the_output():
+    """A flush scheduled before the peer reset the connection runs after the
+    transport closed: uvloop raises on such a write; the output is dropped."""
+    from kadfast.net.connection import Connection
+    from kadfast.net.host import Host
+
+    class ClosedTransport:
+        def is_closing(self):
+            return True
+
+        def write(self, data):
+            raise RuntimeError("the handler is closed")
+
+    async def main():
+        host = Host()
+        host.loop = asyncio.get_running_loop()
+        conn = Connection(host, initiator=True)
+        conn.transport = ClosedTransport()
+        conn._crypto = object()
+        conn._out_plain.append(b"late")
+        conn._flush()
+        assert not conn._out_plain
+
+    asyncio.run(main())

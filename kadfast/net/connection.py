@@ -37,16 +37,31 @@ YAMUX_PROTOCOL = "/yamux/1.0.0"
 _SEC, _NOISE, _MUX, _OPEN, _CLOSED = range(5)
 
 
+_LOCAL_ADDRS: dict[tuple, Multiaddr | None] = {}
+
+
 def _sock_multiaddr(addr) -> Multiaddr | None:
     if not addr:
         return None
-    host, port = addr[0], addr[1]
-    proto = "ip6" if ":" in host else "ip4"
-    host = host.split("%")[0]
     try:
-        return Multiaddr(f"/{proto}/{host}/tcp/{port}")
+        return Multiaddr.from_ip_port(addr[0], addr[1])
     except KadfastError:
         return None
+
+
+def _local_multiaddr(addr) -> Multiaddr | None:
+    """The local end of an accepted connection is one of few listen
+    addresses: remembered (bounded) instead of rebuilt per connection."""
+    if not addr:
+        return None
+    key = (addr[0], addr[1])
+    ma = _LOCAL_ADDRS.get(key)
+    if ma is None:
+        ma = _sock_multiaddr(addr)
+        if len(_LOCAL_ADDRS) >= 256:
+            _LOCAL_ADDRS.clear()
+        _LOCAL_ADDRS[key] = ma
+    return ma
 
 
 class Connection(asyncio.Protocol):
@@ -139,7 +154,8 @@ class Connection(asyncio.Protocol):
             except OSError:
                 pass
         self.remote_addr = _sock_multiaddr(transport.get_extra_info("peername"))
-        self.local_addr = _sock_multiaddr(transport.get_extra_info("sockname"))
+        sockname = transport.get_extra_info("sockname")
+        self.local_addr = _sock_multiaddr(sockname) if self.initiator else _local_multiaddr(sockname)
         self._handshake_timer = self.loop.call_later(
             self.host.config.handshake_timeout, self._handshake_timed_out
         )
@@ -380,8 +396,9 @@ class Connection(asyncio.Protocol):
         self.session.send(sid, s._negotiator.data_to_send())
         self._schedule_flush()
         try:
-            return await asyncio.wait_for(s._negotiated, self.host.config.negotiation_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.host.config.negotiation_timeout):
+                return await s._negotiated
+        except TimeoutError:
             s.reset()
             raise StreamReset("protocol negotiation timed out") from None
         except (StreamReset, ProtocolNotSupported):
@@ -441,6 +458,11 @@ class Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self.transport is None or self._crypto is None:
+            return
+        if self.transport.is_closing():
+            # closed under us (peer reset, abort) before this flush ran:
+            # nothing can be sent any more (uvloop raises on a write)
+            self._out_plain.clear()
             return
         if self.session is not None:
             local = self.session.events()  # produced by local calls (close_stream, go_away)

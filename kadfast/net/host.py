@@ -22,9 +22,9 @@ from ..identify import (
     MAX_IDENTIFY_BYTES,
     PROTOCOL_ID as IDENTIFY_PROTOCOL,
     PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL,
+    IdentifyEncoder,
     IdentifyInfo,
     IdentifyReader,
-    encode_identify,
     merge_push,
 )
 from ..keys import Ed25519KeyPair
@@ -125,6 +125,10 @@ class Host:
         #: one X25519 static key and signed payload for every Noise handshake
         self.noise_static = NoiseStaticKey.generate(self.keypair)
         self.config = config or HostConfig()
+        #: config.external_addrs (text) and their parsed form
+        self._external: tuple[tuple, list[Multiaddr]] = ((), [])
+        self._identify_encoder = IdentifyEncoder(self.keypair.public_key, self.config.protocol_version,
+                                                 self.config.agent_version)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.addrbook = AddressBook()
         self.peer_info: dict[PeerId, IdentifyInfo] = {}
@@ -221,8 +225,11 @@ class Host:
         return out
 
     def announce_addrs(self) -> list[Multiaddr]:
+        ext = tuple(self.config.external_addrs)
+        if self._external[0] != ext:
+            self._external = (ext, [Multiaddr(x) for x in ext])
         seen = []
-        for a in [Multiaddr(x) for x in self.config.external_addrs] + self.listen_addrs:
+        for a in self._external[1] + self.listen_addrs:
             if a not in seen:
                 seen.append(a)
         return seen
@@ -540,14 +547,12 @@ class Host:
         addrs = self.announce_addrs()
         if remote is not None:
             addrs = addrs_for_remote(addrs, remote)
-        return encode_identify(
-            public_key=self.keypair.public_key,
-            listen_addrs=addrs,
-            protocols=self.protocols,
-            observed_addr=remote,
-            protocol_version=self.config.protocol_version,
-            agent_version=self.config.agent_version,
-        )
+        enc = self._identify_encoder
+        cfg = self.config
+        if enc.protocol_version != cfg.protocol_version or enc.agent_version != cfg.agent_version:
+            enc = self._identify_encoder = IdentifyEncoder(self.keypair.public_key, cfg.protocol_version,
+                                                           cfg.agent_version)
+        return enc.encode(addrs, self.protocols, remote)
 
     async def _serve_identify(self, stream: Stream) -> None:
         stream.write(self._identify_payload(stream.conn))
@@ -566,7 +571,8 @@ class Host:
         try:
             stream = await conn.open_stream([IDENTIFY_PROTOCOL])
             stream.close()
-            info = await asyncio.wait_for(_read_identify(stream), self.config.identify_timeout)
+            async with asyncio.timeout(self.config.identify_timeout):  # no extra task, unlike wait_for
+                info = await _read_identify(stream)
             if info.public_key is None:
                 raise ProtocolError("identify message without a public key")
         except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
@@ -647,6 +653,12 @@ def _ip_group(ip: str) -> tuple[str | None, bool]:
     """The key an address is counted under for max_connections_per_ip (the
     address itself; an IPv6 address's /64 prefix; an IPv4-mapped IPv6
     address's IPv4 address) and whether it is a loopback address."""
+    if ":" not in ip and ip.count(".") == 3:
+        try:  # a socket's IPv4 address, canonical already: no ipaddress object
+            socket.inet_pton(socket.AF_INET, ip)
+        except OSError:
+            return None, False
+        return ip, ip.startswith("127.")
     try:
         addr = ipaddress.ip_address(ip.split("%")[0])
     except ValueError:
