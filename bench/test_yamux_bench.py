@@ -68,6 +68,8 @@ def test_request_stream_lifecycle(benchmark):
         close(sid)
         return drain()
 
-    assert len(benchmark(run)) == 12 + len(PAYLOAD)
+    # the reply's Data frame, then its FIN in a WindowUpdate frame of its own
+    # (js-libp2p drops the payload of a Data frame that carries FIN)
+    assert len(benchmark(run)) == 12 + len(PAYLOAD) + 12
     assert s.stream_ids() == []
     benchmark.extra_info["frames_per_call"] = 2

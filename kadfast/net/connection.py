@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self._out_plain: list[bytes] = []  # plaintext waiting for encryption
         self._flush_scheduled = False
+        self._receiving = False  # inside data_received: its closing flush sends
         self._write_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._pings: dict[int, asyncio.Future] = {}
@@ -167,12 +168,17 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        # what the handlers write while this runs leaves in the one flush
+        # below, not in a call_soon flush (an extra loop pass per read)
+        self._receiving = True
         try:
             self._on_data(data)
         except KadfastError as exc:
             self.error = exc
             self._fail(f"{type(exc).__name__}: {exc}")
             return
+        finally:
+            self._receiving = False
         self._flush()
 
     def eof_received(self):
@@ -451,7 +457,7 @@ class Connection(asyncio.Protocol):
             self._out_plain.append(data)
 
     def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._receiving:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
