@@ -315,11 +315,19 @@ class Sim:
         lookups0 = self.c.lookups
         live = [i for i in range(self.n) if self.alive[i]]
         self.rng.shuffle(live)
+        # the nodes bootstrap side by side, not one after another: each
+        # starts at the round's start on the simulated clock (records must
+        # not age by the sum of all their timeouts), the round ends with the
+        # slowest
+        start = end = self.now
         for count, i in enumerate(live, 1):
+            self.now = start
             self.bootstrap(i, refresh)
+            end = max(end, self.now)
             if count % 2000 == 0:
                 progress(f"bootstrapped {count}/{len(live)}")
-        return {"nodes": len(live), "lookups": self.c.lookups - lookups0}
+        self.now = end
+        return {"nodes": len(live), "lookups": self.c.lookups - lookups0, "sim_seconds": round(end - start, 1)}
 
     def prefill(self) -> None:
         """Up to k random members of each bucket of every table: nodes sorted by
