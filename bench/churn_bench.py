@@ -3,8 +3,9 @@
 server accepts per second, and its memory per idle connection, with 10,000
 idle connections held.
 
-    python bench/churn_bench.py [--quick] [--json] [--workers 2] [--hold 10000]
-                                [--duration S] [--concurrency N] [--loop uvloop|asyncio]
+    python bench/churn_bench.py [--quick] [--json] [--dialer go|raw] [--hold 10000]
+                                [--duration S] [--concurrency N] [--identities N]
+                                [--workers 2] [--loop uvloop|asyncio]
 
 Targets: at least 1,000 connections per second per server core (server CPU
 per connection <= 1 ms) and at most 32 KiB of server memory per idle
@@ -17,10 +18,32 @@ harness's ``Peer`` (ready line, ``stats``, ``gc``, ``stop``; killed in a
 that nothing it holds is closed as idle during the run, and its open-file
 limit raised.
 
-The dialing side is a RAW kadfast client, not a kadfast ``Host``: the spec
-asks for a go or rust dialer so that the dialer is never the bottleneck; in
-its place ``--workers`` processes (uvloop) drive kadfast's sans-IO cores
-directly (``MultistreamDialer``, ``NoiseHandshake``, ``NoiseTransport``,
+The dialing side (``--dialer``):
+
+``go`` (the default): ``bench/dialers/go-churn``, a go-libp2p program (built
+like the interop peers, into the interop cache outside the clone, rebuilt
+when its sources change; needs Go) in one process using every CPU, driven
+by JSON lines like an interop peer. A go-libp2p host keeps one connection
+per peer, so every connection comes from a host of its own: ``--identities``
+hosts (1,000) take turns while churning and one more host per held
+connection; all are made before the clock runs. Each host: Ed25519
+identity, no listen address, TCP only, Noise, Yamux (go-libp2p's defaults,
+so held connections send a keep-alive ping every 30 s), go-libp2p's
+identify, a resource manager without limits and no connection trimming.
+Per connection: ``DialPeer`` (TCP connect, multistream ``/noise``, Noise XX,
+multistream ``/yamux/1.0.0``), then both identify exchanges by go-libp2p's
+identify service (it asks for the server's, and answers the server's
+request); the connection is complete when go's identify of the server has
+finished, our answer has been sent and a Yamux ping sent after it came back
+(so the server has read our identify); when churning, it is then closed.
+Every TCP connection comes from the next source address of 127.0.1.1 ...
+127.0.250.254 (``IP_BIND_ADDRESS_NO_PORT``), so TIME_WAIT is spread over
+63,500 addresses of 127.0.0.0/8 and never exhausts the ports of one.
+``--concurrency`` (64) connections are in flight at once.
+
+``raw``: a RAW kadfast client, not a kadfast ``Host``: ``--workers``
+processes (uvloop) drive kadfast's sans-IO cores directly
+(``MultistreamDialer``, ``NoiseHandshake``, ``NoiseTransport``,
 ``YamuxSession``, ``MultistreamListener``) from one ``asyncio.Protocol`` per
 connection and do nothing but the wire work:
 
@@ -37,6 +60,8 @@ connection and do nothing but the wire work:
   Yamux ping, whose pong proves the server has processed our identify answer
   (its identify completes), and -- when churning -- GoAway and close.
 
+``--concurrency`` (32) connections per worker are in flight at once.
+
 Phases, on one fresh server:
 
 1. warm-up: a few hundred connections opened and closed;
@@ -45,7 +70,7 @@ Phases, on one fresh server:
    ``gc.collect()`` in the server) before and after, divided by the count:
    KiB per idle connection; also the open rate and the server's idle CPU;
 3. churn with them held: connections opened, upgraded, identified and closed
-   as fast as the workers go, for ``--duration`` seconds;
+   as fast as the dialer goes, for ``--duration`` seconds;
 4. the held connections are checked (all still open on both sides) and
    closed; churn again with none held;
 5. server RSS once everything is closed, and its per-peer state.
@@ -53,9 +78,11 @@ Phases, on one fresh server:
 Per churn phase: connections per second (client-counted, and the server's
 ``ConnectionEstablished``/``PeerIdentified`` events in the same window),
 server CPU (``/proc/<pid>/stat`` utime+stime) per connection, connections
-per server-CPU-second, the CPU utilisation of server and workers (if the
-server is below ~0.9 the dialer, not the server, limits the rate; the
-per-CPU-second figure is the one to compare with the target).
+per server-CPU-second, the CPU utilisation of server and dialer, and the
+dialer's CPU per connection (same reading for the dialer's processes). The
+dialer shares the machine with the server: when the server is below ~0.9 of
+a core the dialer, not the server, limits the rate, and the
+per-CPU-second figure is the one to compare with the target.
 """
 
 from __future__ import annotations
@@ -73,12 +100,14 @@ import signal
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
+    HERE,
     ROOT,
     count_loop_errors,
     gc_rss,
@@ -670,6 +699,177 @@ class Workers:
                 p.join(timeout=3)
 
 
+class RawDialer:
+    """``--dialer raw``: the worker processes above."""
+
+    kind = "raw"
+
+    def __init__(self, opts) -> None:
+        self.n = opts.workers
+        self.concurrency = opts.concurrency  # per worker
+        self.identities = opts.identities  # per worker
+        self.workers = Workers(opts.workers, "uvloop")
+        self.per_hold: list[int] = []
+
+    def describe(self) -> str:
+        return (f"RAW kadfast client in {self.n} worker process(es) on uvloop: kadfast's sans-IO cores "
+                "(multistream, Noise XX, Yamux) driven directly, identities and identify answers made in advance, "
+                "the server's Noise signature verified once; sources spread over 127.0.0.2-250")
+
+    def total_concurrency(self) -> int:
+        return self.concurrency * self.n
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.workers.procs if p.pid]
+
+    def cpu(self) -> float:
+        return self.workers.cpu()
+
+    def prepare(self, maddr: str, peer_id: str, hold: int) -> dict:
+        n = self.n
+        self.per_hold = [hold // n + (1 if i < hold % n else 0) for i in range(n)]
+        init = self.workers.call("init", [(maddr, peer_id, self.identities, self.per_hold[i]) for i in range(n)])
+        return {"seconds": max(r["seconds"] for r in init), "identities": sum(r["identities"] for r in init)}
+
+    def warm_up(self, seconds: float) -> None:
+        self.workers.call("churn", [(time.time(), time.time() + seconds, 8)] * self.n)
+
+    def open_held(self) -> dict:
+        res = self.workers.call("open", [(self.per_hold[i], self.concurrency) for i in range(self.n)])
+        errors: collections.Counter[str] = collections.Counter()
+        for r in res:
+            errors.update(r.get("errors", {}))
+        return {"opened": sum(r["opened"] for r in res), "errors": errors}
+
+    def churn_start(self, start_at: float, stop_at: float) -> None:
+        for pipe in self.workers.pipes:
+            pipe.send(("churn", (start_at, stop_at, self.concurrency)))
+
+    def churn_finish(self) -> dict:
+        res = []
+        for pipe, p in zip(self.workers.pipes, self.workers.procs):
+            while not pipe.poll(0.5):
+                if not p.is_alive():
+                    raise RuntimeError(f"dialer worker {p.name} died")
+            res.append(pipe.recv())
+        for r in res:
+            if "error" in r and len(r) == 1:
+                raise RuntimeError(f"dialer worker: churn: {r['error']}")
+        errors: collections.Counter[str] = collections.Counter()
+        for r in res:
+            errors.update(r.get("errors", {}))
+        return {"in_window": sum(r.get("in_window", 0) for r in res), "total": sum(r.get("total", 0) for r in res),
+                "errors": errors}
+
+    def held_status(self) -> dict:
+        status = self.workers.call("status", [()] * self.n)
+        return {"alive": sum(s["alive"] for s in status), "lost": sum(s["lost"] for s in status),
+                "lost_reasons": [s["lost_reasons"] for s in status if s["lost_reasons"]],
+                "rss_kib": [s["rss_kib"] for s in status]}
+
+    def close_held(self) -> None:
+        self.workers.call("close_held", [()] * self.n)
+
+    def stop(self) -> None:
+        self.workers.stop()
+
+
+def go_dialer_build(harness):
+    """The build of bench/dialers/go-churn, cached like the interop peers."""
+
+    class GoChurnDialerBuild(harness.GoBuild):
+        impl = "go-churn"
+        binary_name = "kadfast-go-churn"
+
+    return GoChurnDialerBuild(peers_dir=HERE / "dialers")
+
+
+class GoDialer:
+    """``--dialer go``: bench/dialers/go-churn (go-libp2p), one process,
+    driven like an interop peer."""
+
+    kind = "go"
+
+    def __init__(self, opts, harness) -> None:
+        self.concurrency = opts.concurrency  # in all
+        self.identities = opts.identities  # churn hosts
+        build = go_dialer_build(harness)
+        t0 = time.monotonic()
+        try:
+            res = build.ensure()
+        except harness.BuildError as exc:
+            raise RuntimeError(f"cannot build the go dialer (use --dialer raw without Go): {exc}") from None
+        self.build_seconds = round(time.monotonic() - t0, 1)
+        self.build_cached = res.cached
+        env = dict(os.environ)
+        env.pop("GOMAXPROCS", None)  # all CPUs
+        self.peer = harness.Peer("go-churn", res.argv, cwd=res.cwd, env=env, name="churn-dialer-go")
+        self.peer.start(timeout=60)
+        self.ready = self.peer.ready
+        self.maddr = ""
+        self.hold = 0
+        self._churn = None
+
+    def describe(self) -> str:
+        return (f"go-libp2p {self.ready.get('go_libp2p')} (bench/dialers/go-churn, GOMAXPROCS "
+                f"{self.ready.get('gomaxprocs')}): one host per connection in flight or held (Ed25519, TCP, Noise, "
+                "Yamux, go-libp2p's identify; rcmgr without limits, no connection trimming); a connection is "
+                "complete when go's identify of the server finished, we answered the server's identify and a Yamux "
+                f"ping after that came back; sources round robin over {self.ready.get('sources')} addresses of "
+                "127.0.0.0/8 (IP_BIND_ADDRESS_NO_PORT)")
+
+    def total_concurrency(self) -> int:
+        return self.concurrency
+
+    def pids(self) -> list[int]:
+        return [self.peer.proc.pid]
+
+    def cpu(self) -> float:
+        return proc_cpu(self.peer.proc.pid) or 0.0
+
+    def prepare(self, maddr: str, peer_id: str, hold: int) -> dict:
+        self.maddr = maddr
+        self.hold = hold
+        r = self.peer.call("prepare", addr=maddr, churn_hosts=max(self.identities, self.concurrency),
+                           hold_hosts=hold, timeout=600)
+        return {"seconds": round(r["seconds"], 2), "identities": r["churn_hosts"] + r["hold_hosts"],
+                "goroutines": r["goroutines"]}
+
+    def warm_up(self, seconds: float) -> None:
+        t = time.time()
+        self.peer.call("churn", addr=self.maddr, start_at=t, stop_at=t + seconds,
+                       concurrency=min(16, self.concurrency), timeout=seconds + 60)
+
+    def open_held(self) -> dict:
+        r = self.peer.call("hold", addr=self.maddr, count=self.hold, concurrency=self.concurrency, timeout=900)
+        return {"opened": r["opened"], "errors": collections.Counter(r.get("errors", {}))}
+
+    def churn_start(self, start_at: float, stop_at: float) -> None:
+        pool = ThreadPoolExecutor(1)
+        fut = pool.submit(self.peer.call, "churn", addr=self.maddr, start_at=start_at, stop_at=stop_at,
+                          concurrency=self.concurrency, timeout=stop_at - time.time() + 60)
+        pool.shutdown(wait=False)
+        self._churn = fut
+
+    def churn_finish(self) -> dict:
+        r = self._churn.result()
+        self._churn = None
+        return {"in_window": r["in_window"], "total": r["total"], "errors": collections.Counter(r.get("errors", {}))}
+
+    def held_status(self) -> dict:
+        r = self.peer.call("check_held", timeout=30)
+        st = self.peer.call("stats", timeout=30)
+        return {"alive": r["alive"], "lost": r["lost"], "lost_reasons": [], "rss_kib": [st["rss_kib"]],
+                "goroutines": st["goroutines"]}
+
+    def close_held(self) -> None:
+        self.peer.call("close_held", timeout=60)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.peer.stop(timeout=10)
+
+
 # --------------------------------------------------------------------------
 # the parent: phases
 # --------------------------------------------------------------------------
@@ -681,40 +881,31 @@ def sleep_until(t: float) -> None:
         time.sleep(d)
 
 
-def churn_phase(peer, workers: Workers, duration: float, concurrency: int, label: str) -> dict:
+def churn_phase(peer, dialer, duration: float, label: str) -> dict:
     pid = peer.proc.pid
-    n = len(workers.procs)
-    lead = 1.0  # workers start dialing at once; the window opens a second later
+    lead = 1.0  # the dialer starts at once; the window opens a second later
     t_cmd = time.time()
     start_at = t_cmd + lead
     stop_at = start_at + duration
-    for pipe in workers.pipes:
-        pipe.send(("churn", (start_at, stop_at, concurrency)))
+    dialer.churn_start(start_at, stop_at)
     sleep_until(start_at)
     s0 = peer.call("stats", timeout=10)
-    cs0, cw0, busy0, t0 = proc_cpu(pid), workers.cpu(), machine_busy(), time.time()
+    cs0, cw0, busy0, t0 = proc_cpu(pid), dialer.cpu(), machine_busy(), time.time()
     sleep_until(stop_at)
     s1 = peer.call("stats", timeout=10)
-    cs1, cw1, busy1, t1 = proc_cpu(pid), workers.cpu(), machine_busy(), time.time()
-    res = []
-    for pipe, p in zip(workers.pipes, workers.procs):
-        while not pipe.poll(0.5):
-            if not p.is_alive():
-                raise RuntimeError(f"dialer worker {p.name} died")
-        res.append(pipe.recv())
+    cs1, cw1, busy1, t1 = proc_cpu(pid), dialer.cpu(), machine_busy(), time.time()
+    res = dialer.churn_finish()
     dt = t1 - t0
-    client_n = sum(r.get("in_window", 0) for r in res)
+    client_n = res["in_window"]
     est = s1["established"] - s0["established"]
     ident = s1["identified"] - s0["identified"]
     s_cpu = cs1 - cs0 if cs0 is not None and cs1 is not None else None
     w_cpu = cw1 - cw0
-    errors: collections.Counter[str] = collections.Counter()
-    for r in res:
-        errors.update(r.get("errors", {}))
+    errors = res["errors"]
     out = {
         "phase": label,
         "seconds": round(dt, 2),
-        "concurrency": concurrency * n,
+        "concurrency": dialer.total_concurrency(),
         "client_completed": client_n,
         "client_per_s": round(client_n / dt, 1),
         "server_established": est,
@@ -735,7 +926,7 @@ def churn_phase(peer, workers: Workers, duration: float, concurrency: int, label
     }
     log_progress(f"  {label}: {out['server_per_s']:.0f} conn/s (client {out['client_per_s']:.0f}), "
                  f"server {out['server_cpu_ms_per_conn']} ms CPU/conn, util server {out['server_util']} "
-                 f"dialers {out['dialer_util']}, errors {out['error_count']}")
+                 f"dialer {out['dialer_util']} ({out['dialer_cpu_ms_per_conn']} ms CPU/conn), errors {out['error_count']}")
     return out
 
 
@@ -744,49 +935,55 @@ def run_bench(opts) -> dict:
     install_log_counter()
     raise_nofile()
     peer = kadfast_server_peer(harness, __file__, "churn-server", "--loop", opts.loop)
-    workers = None
+    dialer = None
     report: dict[str, Any] = {
         "config": {
             "quick": opts.quick,
             "cpus": os.cpu_count(),
             "server": f"kadfast KadNode/{opts.loop} in a child process; HostConfig(max_connections=20000, idle_timeout=1e9)",
-            "dialer": (f"RAW kadfast client in {opts.workers} worker process(es) on uvloop, not a go/rust dialer "
-                       "(none at hand): kadfast's sans-IO cores (multistream, Noise XX, Yamux) driven directly, "
-                       "identities and identify answers made in advance, the server's Noise signature verified once; "
-                       "sources spread over 127.0.0.2-250"),
-            "workers": opts.workers,
-            "concurrency_per_worker": opts.concurrency,
+            "dialer_kind": opts.dialer,
+            "concurrency": opts.concurrency * (opts.workers if opts.dialer == "raw" else 1),
             "hold": opts.hold,
             "churn_seconds": opts.duration,
-            "churn_identities_per_worker": opts.identities,
             "targets": {"conn_per_server_cpu_s": TARGET_CONN_PER_CORE_S, "kib_per_idle_conn": TARGET_KIB_PER_CONN},
         },
     }
+    if opts.dialer == "raw":
+        report["config"].update(workers=opts.workers, concurrency_per_worker=opts.concurrency,
+                                churn_identities_per_worker=opts.identities)
+    else:
+        report["config"].update(churn_hosts=max(opts.identities, opts.concurrency), hold_hosts=opts.hold)
     t_start = time.monotonic()
     try:
+        if opts.dialer == "go":
+            log_progress("churn_bench: building/starting the go dialer (bench/dialers/go-churn)")
+            dialer = GoDialer(opts, harness)
+            report["config"]["dialer_build"] = {"seconds": dialer.build_seconds, "cached": dialer.build_cached}
         peer.start(timeout=60)
         report["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "nofile")}
         pid = peer.proc.pid
         maddr = peer.maddr
-        log_progress(f"churn_bench: server {maddr} (pid {pid}); starting {opts.workers} dialer worker(s)")
-        workers = Workers(opts.workers, "uvloop")
-        per_hold = [opts.hold // opts.workers + (1 if i < opts.hold % opts.workers else 0) for i in range(opts.workers)]
-        init = workers.call("init", [(maddr, peer.peer_id, opts.identities, per_hold[i]) for i in range(opts.workers)])
-        report["identities_seconds"] = max(r["seconds"] for r in init)
+        if dialer is None:
+            log_progress(f"churn_bench: server {maddr} (pid {pid}); starting {opts.workers} raw dialer worker(s)")
+            dialer = RawDialer(opts)
+        else:
+            log_progress(f"churn_bench: server {maddr} (pid {pid}); go dialer pid {dialer.pids()[0]}")
+        report["config"]["dialer"] = dialer.describe()
+        prep = dialer.prepare(maddr, peer.peer_id, opts.hold)
+        report["identities_seconds"] = prep["seconds"]
+        report["dialer_identities"] = prep["identities"]
         # 1. warm-up
-        workers.call("churn", [(time.time(), time.time() + (1.0 if opts.quick else 2.0), 8)] * opts.workers)
+        dialer.warm_up(1.0 if opts.quick else 2.0)
         st = peer.call("stats", timeout=10)
         if st["identified"] == 0:
             raise RuntimeError(f"warm-up: the server identified nobody: {st}")
         # 2. hold
         rss0 = gc_rss(peer, 2.0, 60)
-        cs0, t0 = proc_cpu(pid), time.time()
-        opened = workers.call("open", [(per_hold[i], opts.concurrency) for i in range(opts.workers)])
-        open_s, open_cpu = time.time() - t0, proc_cpu(pid) - cs0
-        n_open = sum(r["opened"] for r in opened)
-        hold_errors: collections.Counter[str] = collections.Counter()
-        for r in opened:
-            hold_errors.update(r.get("errors", {}))
+        cs0, cw0, t0 = proc_cpu(pid), dialer.cpu(), time.time()
+        opened = dialer.open_held()
+        open_s, open_cpu, open_wcpu = time.time() - t0, proc_cpu(pid) - cs0, dialer.cpu() - cw0
+        n_open = opened["opened"]
+        hold_errors = opened["errors"]
         rss1 = gc_rss(peer, 2.0, 60)
         st1 = peer.call("stats", timeout=10)
         c0 = proc_cpu(pid)
@@ -798,6 +995,7 @@ def run_bench(opts) -> dict:
             "open_seconds": round(open_s, 2),
             "open_per_s": round(n_open / open_s, 1),
             "open_server_cpu_ms_per_conn": round(open_cpu / n_open * 1e3, 3) if n_open else None,
+            "open_dialer_cpu_ms_per_conn": round(open_wcpu / n_open * 1e3, 3) if n_open else None,
             "open_errors": dict(hold_errors.most_common(5)),
             "server_open_connections": st1["open"],
             "rss_before_kib": rss0,
@@ -810,21 +1008,21 @@ def run_bench(opts) -> dict:
         log_progress(f"  hold: {n_open} idle connections opened at {hold['open_per_s']:.0f}/s; server RSS "
                      f"{rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB = {hold['kib_per_idle_conn']} KiB/conn")
         # 3. churn with them held
-        report["churn_held"] = churn_phase(peer, workers, opts.duration, opts.concurrency, f"churn with {n_open} held")
+        report["churn_held"] = churn_phase(peer, dialer, opts.duration, f"churn with {n_open} held")
         # 4. held connections still there? then close them and churn again
-        status = workers.call("status", [()] * opts.workers)
+        status = dialer.held_status()
         st2 = peer.call("stats", timeout=10)
         hold["after_churn"] = {
-            "client_alive": sum(s["alive"] for s in status),
-            "client_lost": sum(s["lost"] for s in status),
-            "lost_reasons": [s["lost_reasons"] for s in status if s["lost_reasons"]],
+            "client_alive": status["alive"],
+            "client_lost": status["lost"],
+            "lost_reasons": status["lost_reasons"],
             "server_open_connections": st2["open"],
             "server_close_reasons": st2["close_reasons"],
         }
-        hold["dialer_rss_kib"] = [s["rss_kib"] for s in status]
-        workers.call("close_held", [()] * opts.workers)
+        hold["dialer_rss_kib"] = status["rss_kib"]
+        dialer.close_held()
         time.sleep(1.0)
-        report["churn_empty"] = churn_phase(peer, workers, opts.duration, opts.concurrency, "churn with 0 held")
+        report["churn_empty"] = churn_phase(peer, dialer, opts.duration, "churn with 0 held")
         # 5. everything closed
         time.sleep(1.0)
         rss_end = gc_rss(peer, 1.0, 60)
@@ -841,9 +1039,11 @@ def run_bench(opts) -> dict:
         report["error"] = short_error(exc)
         if peer.proc is not None:
             report["server_stderr"] = peer.stderr_tail(10)
+        if isinstance(dialer, GoDialer) and dialer.peer.proc is not None:
+            report["dialer_stderr"] = dialer.peer.stderr_tail(10)
     finally:
-        if workers is not None:
-            workers.stop()
+        if dialer is not None:
+            dialer.stop()
         with contextlib.suppress(Exception):
             peer.stop(timeout=10)
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -862,13 +1062,16 @@ def run_bench(opts) -> dict:
 def print_table(r: dict) -> None:
     cfg = r["config"]
     print(f"\nchurn_bench: kadfast connection churn on loopback, {cfg['cpus']} CPUs; {cfg['server']}")
-    print(f"dialer: {cfg['dialer']}")
+    print(f"dialer ({cfg['dialer_kind']}): {cfg.get('dialer', '-')}")
     if r.get("error"):
         print(f"\nERROR: {r['error']}\n{r.get('server_stderr', '')}")
+        if r.get("dialer_stderr"):
+            print(f"dialer stderr:\n{r['dialer_stderr']}")
     h = r.get("hold")
     if h:
         print(f"\nidle connections held: {h['opened']} of {h['requested']} (server counts {h['server_open_connections']} open)")
-        print(f"  opened at {h['open_per_s']:.0f}/s, server {h['open_server_cpu_ms_per_conn']} ms CPU per connection"
+        print(f"  opened at {h['open_per_s']:.0f}/s, server {h['open_server_cpu_ms_per_conn']} ms CPU per connection, "
+              f"dialer {h['open_dialer_cpu_ms_per_conn']} ms"
               + (f", errors {h['open_errors']}" if h["open_errors"] else ""))
         print(f"  server RSS {h['rss_before_kib'] / 1024:.1f} MiB -> {h['rss_after_kib'] / 1024:.1f} MiB: "
               f"{h['kib_per_idle_conn']} KiB per idle connection (target <= {TARGET_KIB_PER_CONN:g})")
@@ -896,7 +1099,7 @@ def print_table(r: dict) -> None:
             if row["errors"]:
                 print(f"   errors: {row['errors']}")
         if any((row.get("server_util") or 0) < 0.85 for row in rows):
-            print("  (server below ~0.85 of a core: the dialers, sharing the machine, limit the rate; "
+            print("  (server below ~0.85 of a core: the dialer, sharing the machine, limits the rate; "
                   "conn/srv-CPU-s is the figure to compare with the target)")
     e = r.get("end")
     if e:
@@ -919,12 +1122,18 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 held connections, 3 s churn phases")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    ap.add_argument("--workers", type=int, default=2, help="dialer processes")
-    ap.add_argument("--concurrency", type=int, default=32, help="connections in flight per dialer process")
+    ap.add_argument("--dialer", choices=["go", "raw"], default="go",
+                    help="go: the go-libp2p dialer of bench/dialers/go-churn (default); raw: kadfast's sans-IO cores "
+                         "in --workers Python processes")
+    ap.add_argument("--workers", type=int, default=2, help="dialer processes (raw dialer)")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="connections in flight: per worker process for the raw dialer (default 32), "
+                         "in all for the go dialer (default 64)")
     ap.add_argument("--hold", type=int, default=None, help="idle connections to hold (default 10,000; quick 2,000)")
     ap.add_argument("--duration", type=float, default=None, help="seconds per churn phase (default 10; quick 3)")
     ap.add_argument("--identities", type=int, default=1000,
-                    help="identities each dialer rotates through while churning (distinct peers to the server)")
+                    help="identities the dialer rotates through while churning (distinct peers to the server): "
+                         "per worker process for the raw dialer, go-libp2p hosts in all for the go dialer")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -932,6 +1141,8 @@ def parse_args(argv=None):
         opts.hold = 2000 if opts.quick else 10000
     if opts.duration is None:
         opts.duration = 3.0 if opts.quick else 10.0
+    if opts.concurrency is None:
+        opts.concurrency = 64 if opts.dialer == "go" else 32
     if opts.hold > 16000:
         ap.error("--hold above 16,000 exceeds the server's max_connections headroom")
     return opts
