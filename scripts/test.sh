@@ -28,6 +28,8 @@ rc=0
 
 t=$(date +%s)
 python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=1
+# the benchmark files once each, untimed: they assert what they measure
+python -m pytest -q -p no:cacheprovider bench --benchmark-disable || rc=1
 phase "unit tests" $(( $(date +%s) - t ))
 
 t=$(date +%s)
