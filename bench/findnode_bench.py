@@ -2,24 +2,46 @@
 """Bootstrap-server throughput: FIND_NODE requests over Noise+Yamux on loopback.
 
     python bench/findnode_bench.py [--quick] [--json] [--runs 5] [--loop uvloop|asyncio|both]
-                                   [--peers N] [--duration S] [--profile cprofile|pyinstrument]
+                                   [--impls kadfast,rust,go,js,py|all] [--peers N] [--duration S]
+                                   [--profile cprofile|pyinstrument]
 
-The server is a kadfast ``KadNode`` in a child process of its own
-(``python bench/findnode_bench.py --serve --loop KIND``), driven through the
-interop harness's ``Peer`` (ready line, ``stats``, ``stop``) as in
-``bench/net_bench.py``. Before it starts listening it has met ``--peers``
-random peers (default 1,000): each one added with an address
-(``add_address``) and marked connected (``_update_peer(..., connected=True)``),
-so its routing table is as full as random peers make it (~150 entries) and
-every FIND_NODE reply carries 20 peers with an address. Its periodic
-bootstrap is pushed out of the run (it would dial the made-up addresses).
+The servers (``--impls``, comma list; default ``kadfast``; ``all`` = every
+one), each in a child process of its own:
+
+* ``kadfast``: a kadfast ``KadNode`` (``python bench/findnode_bench.py
+  --serve --loop KIND``, one server per ``--loop``: uvloop, asyncio or
+  both), driven through the interop harness's ``Peer`` (ready line,
+  ``stats``, ``stop``) as in ``bench/net_bench.py``. Before it starts
+  listening it has met ``--peers`` random peers (default 1,000): each one
+  added with an address (``add_address``) and marked connected
+  (``_update_peer(..., connected=True)``), so its routing table is as full
+  as random peers make it (~150 entries) and every FIND_NODE reply carries
+  20 peers with an address. Its periodic bootstrap is pushed out of the run
+  (it would dial the made-up addresses).
+* ``rust``, ``go``, ``js``, ``py``: the interop peer programs of
+  ``tests/interop/peers/`` (rust-libp2p with libp2p-kad, go-libp2p with
+  go-libp2p-kad-dht, js-libp2p with @libp2p/kad-dht on Node.js, py-libp2p
+  with its kad_dht on trio; the versions are in the report), each a server-mode
+  Kademlia node on TCP+Noise+Yamux, built into the harness's cache
+  (``harness.build_for(impl).ensure()``) and started through its ``Peer``.
+  Its ``kad_fill`` command makes it meet ``--peers`` random peers the way
+  that implementation stores peers it met (an address in its peer store, an
+  entry in its routing table, nobody dialed; see ``tests/interop/peers/
+  PROTOCOL.md``), so its replies too carry 20 peers with addresses; how
+  many entries its table keeps depends on its bucket layout (rust and go
+  ~135, js ~970, py all). The CPU measured is that of the peer's own
+  process (the binary, ``node``, or the venv's ``python``; all its threads).
+  A case such a server cannot serve (it resets or closes the stream, or
+  stops answering) is reported as failed, with the reason, and the run goes
+  on.
 
 The load generator is this process (so it never shares a loop or a CPU slot
-with the server): a raw kadfast client on uvloop that does only the wire
-work -- a kadfast ``Host`` and its streams, requests pre-encoded (a pool of
-FIND_NODE frames for random keys), replies counted by splitting the stream
-into frames with ``MessageReader``, never decoded (the first replies of every
-case are decoded once and checked to carry 20 peers with addresses).
+with the server), the same for every server: a raw kadfast client on uvloop
+that does only the wire work -- a kadfast ``Host`` and its streams, requests
+pre-encoded (a pool of FIND_NODE frames for random keys), replies counted by
+splitting the stream into frames with ``MessageReader``, never decoded (the
+first replies of every case are decoded once and checked to carry 20 peers
+with addresses).
 
 Cases, each for ``--duration`` seconds after a warm-up:
 
@@ -32,11 +54,14 @@ Cases, each for ``--duration`` seconds after a warm-up:
 Per case: requests per second, and the CPU time (``/proc/<pid>/stat``
 utime+stime, 10 ms ticks) the server and this client spent per request.
 ``--runs N`` repeats every case N times against the same server (the cases
-interleaved) and reports the medians. The target: at most 50 us of server CPU
-per FIND_NODE on a reused stream (median of 5 runs).
+interleaved) and reports the medians. With other implementations in the
+run, the report also gives, per case, how many times the server CPU per
+request of kadfast on uvloop each of them spends. The target: at most 50 us
+of kadfast server CPU per FIND_NODE on a reused stream (median of 5 runs).
 
-``--profile cprofile|pyinstrument`` runs the server under that profiler and
-prints its report (written by the server when it stops) after the table.
+``--profile cprofile|pyinstrument`` runs the kadfast server(s) under that
+profiler and prints its report (written by the server when it stops) after
+the table.
 """
 
 from __future__ import annotations
@@ -46,6 +71,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,6 +107,15 @@ sys.path.insert(0, str(ROOT))
 CASES = [("reused", 1), ("reused", 32), ("new", 1), ("new", 32)]
 TARGET_US = 50.0
 REQUEST_POOL = 512
+OTHER_IMPLS = ("rust", "go", "js", "py")
+ALL_IMPLS = ("kadfast",) + OTHER_IMPLS
+BASELINE = "kadfast/uvloop"  # the server CPU ratios are relative to this one
+FILL_SETTLE_S = 1.0  # after kad_fill: js's self-query (waiting for a first peer) runs then
+FAILED_CASE_SETTLE_S = 1.0  # after a failed new/N case, before the next case
+# Known limits behind a failed case, printed (and put in the JSON) with it.
+IMPL_NOTES = {
+    "py": "py-libp2p's KadDHT handles at most 12 inbound kad streams at a time and resets any further one",
+}
 
 
 # --------------------------------------------------------------------------
@@ -209,19 +245,23 @@ async def case_new(host, pid, frames, inflight: int, warmup: float, duration: fl
 
     async def one(frame: bytes) -> None:
         stream = await host.new_stream(pid, KAD_PROTOCOL)
-        stream.write(frame)
-        stream.close()
-        reader = MessageReader(1 << 20)
-        while True:
-            data = await stream.read()
-            if not data:
-                raise RuntimeError("stream ended without a reply")
-            bodies = reader.feed(data)
-            if bodies:
-                if state["checked"] < 3:
-                    check_reply(bodies[0])
-                    state["checked"] += 1
-                return
+        try:
+            stream.write(frame)
+            stream.close()
+            reader = MessageReader(1 << 20)
+            while True:
+                data = await stream.read()
+                if not data:
+                    raise RuntimeError("stream ended without a reply")
+                bodies = reader.feed(data)
+                if bodies:
+                    if state["checked"] < 3:
+                        check_reply(bodies[0])
+                        state["checked"] += 1
+                    return
+        except BaseException:
+            stream.reset()
+            raise
 
     async def worker() -> None:
         while state["phase"] < 2:
@@ -238,7 +278,18 @@ async def case_new(host, pid, frames, inflight: int, warmup: float, duration: fl
                 else:
                     state["phase"] = 2
 
-    await asyncio.gather(*[worker() for _ in range(inflight)])
+    workers = [asyncio.ensure_future(worker()) for _ in range(inflight)]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        # one request failed (or the case timed out): stop the other workers
+        # too, and give the server a moment to drop what they left it, so
+        # that none of it lands in the next case
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.sleep(FAILED_CASE_SETTLE_S)
+        raise
     return win.stop()
 
 
@@ -287,21 +338,164 @@ def run_one(harness, label: str, loop_kind: str, opts) -> dict:
     return res
 
 
+# --------------------------------------------------------------------------
+# the other implementations' servers (interop peers)
+# --------------------------------------------------------------------------
+
+
+def _grep(path: Path, pattern: str) -> str | None:
+    try:
+        m = re.search(pattern, path.read_text(), re.M)
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+def impl_description(harness, impl: str) -> str:
+    """What the ``impl`` server is, with the library versions its lock files pin."""
+    d = harness.PEERS_DIR / impl
+    if impl == "rust":
+        lib = _grep(d / "Cargo.toml", r'^libp2p = \{ version = "([^"]+)"')
+        kad = _grep(d / "Cargo.lock", r'^name = "libp2p-kad"\nversion = "([^"]+)"')
+        return (f"rust-libp2p {lib} (libp2p-kad {kad}) interop peer, tokio current-thread runtime, "
+                f"a release build (opt-level 2, no debug assertions)")
+    if impl == "go":
+        lib = _grep(d / "go.mod", r"github\.com/libp2p/go-libp2p (v\S+)")
+        kad = _grep(d / "go.mod", r"github\.com/libp2p/go-libp2p-kad-dht (v\S+)")
+        return f"go-libp2p {lib} + go-libp2p-kad-dht {kad} interop peer"
+    if impl == "js":
+        lib = _grep(d / "package.json", r'"libp2p": "([^"]+)"')
+        kad = _grep(d / "package.json", r'"@libp2p/kad-dht": "([^"]+)"')
+        node = harness.JsBuild.NODE
+        try:
+            version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            version = "?"
+        return f"js-libp2p {lib} + @libp2p/kad-dht {kad} interop peer on Node.js {version}"
+    if impl == "py":
+        lib = _grep(d / "requirements.txt", r"^libp2p==(\S+)")
+        return f"py-libp2p {lib} interop peer (trio)"
+    return impl
+
+
+def proc_comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def working_pid(pid: int) -> int:
+    """The process that serves: ``pid`` itself, unless it is a shell wrapper
+    with one child (then that child)."""
+    if proc_comm(pid) not in ("sh", "bash", "dash", "env"):
+        return pid
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return pid
+    return working_pid(children[0]) if len(children) == 1 else pid
+
+
+def run_other(harness, impl: str, opts) -> dict:
+    """All cases against the ``impl`` interop peer after ``kad_fill``."""
+    from kadfast.loop import run as run_loop
+
+    res: dict[str, Any] = {"server": {"impl": impl, "description": impl_description(harness, impl)}}
+    peer = None
+    try:
+        build = harness.build_for(impl).ensure()
+        peer = harness.Peer(impl, build.argv, cwd=build.cwd, name=impl)
+        peer.start(timeout=120)
+        t0 = time.perf_counter()
+        fill = peer.call("kad_fill", count=opts.peers, timeout=300)
+        pid = working_pid(peer.proc.pid)
+        res["server"].update(routing_table=fill.get("routing_table"), peers_met=opts.peers,
+                             fill_seconds=round(time.perf_counter() - t0, 3), process=proc_comm(pid))
+        time.sleep(FILL_SETTLE_S)
+        samples = run_loop(lambda: bench_server(pid, peer.maddr, peer.peer_id, opts), "uvloop")
+        res["samples"] = samples
+        res["cases"] = summarize(samples, keep_all=("per_s", "server_cpu_us"))
+        with contextlib.suppress(Exception):
+            res["server"]["routing_table_after"] = len(peer.call("routing_table", timeout=30)["peers"])
+    except Exception as exc:
+        res["error"] = short_error(exc)
+        res["stderr"] = peer.stderr_tail(10) if peer is not None and peer.proc else ""
+    finally:
+        if peer is not None:
+            with contextlib.suppress(Exception):
+                peer.stop(timeout=10)
+    return res
+
+
+def case_failure(entry: dict) -> str | None:
+    """Why a case has no figures (every run failed), or None."""
+    if entry.get("runs"):
+        return None
+    errors = entry.get("errors") or {}
+    return "; ".join(errors) or "no result"
+
+
+def comparison(results: dict, cases: list[str]) -> dict:
+    """Per server and case: requests/s, server CPU per request and how many
+    times the baseline's (kadfast/uvloop) server CPU per request that is; or
+    the reason the case failed."""
+    base = results.get(BASELINE, {}).get("cases", {})
+    out: dict[str, dict] = {}
+    for label, res in results.items():
+        row: dict[str, Any] = {}
+        for case in cases:
+            if "error" in res:
+                row[case] = {"failed": res["error"]}
+                continue
+            entry = res.get("cases", {}).get(case, {})
+            why = case_failure(entry)
+            if why is not None:
+                row[case] = {"failed": why}
+                if label in IMPL_NOTES:
+                    row[case]["note"] = IMPL_NOTES[label]
+                continue
+            cell: dict[str, Any] = {"per_s": entry.get("per_s"), "server_cpu_us": entry.get("server_cpu_us")}
+            b = base.get(case, {}).get("server_cpu_us")
+            if b and cell["server_cpu_us"] is not None:
+                cell["cpu_vs_kadfast_uvloop"] = round(cell["server_cpu_us"] / b, 2)
+            if entry.get("errors"):
+                cell["failed_runs"] = entry["errors"]
+            row[case] = cell
+        out[label] = row
+    return out
+
+
 def run_bench(opts) -> dict:
     harness = load_harness()
     install_log_counter()
     loops = ["uvloop", "asyncio"] if opts.loop == "both" else [opts.loop]
     results = {}
-    for kind in loops:
-        label = f"kadfast/{kind}"
-        log_progress(f"findnode_bench: {label} ...")
-        results[label] = run_one(harness, label, kind, opts)
+    if "kadfast" in opts.impls:
+        for kind in loops:
+            label = f"kadfast/{kind}"
+            log_progress(f"findnode_bench: {label} ...")
+            results[label] = run_one(harness, label, kind, opts)
+            results[label].setdefault("server", {})["description"] = (
+                f"kadfast KadNode on {kind}, python bench/findnode_bench.py --serve")
+    for impl in opts.impls:
+        if impl == "kadfast":
+            continue
+        log_progress(f"findnode_bench: {impl} ...")
+        results[impl] = run_other(harness, impl, opts)
+        if "error" in results[impl]:
+            log_progress(f"  {impl}: {results[impl]['error']}")
     verdict = {}
     for label, res in results.items():
+        if not label.startswith("kadfast/"):
+            continue
         for case in ("reused/1", "reused/32"):
             v = res.get("cases", {}).get(case, {}).get("server_cpu_us")
             if v is not None:
                 verdict[f"{label} {case}"] = v <= TARGET_US
+    cases = [f"{k}/{n}" for k, n in opts.cases]
     return {
         "config": {
             "quick": opts.quick,
@@ -309,32 +503,67 @@ def run_bench(opts) -> dict:
             "duration_s": opts.duration,
             "warmup_s": opts.warmup,
             "peers_met": opts.peers,
-            "cases": [f"{k}/{n}" for k, n in opts.cases],
-            "client": "raw kadfast client on uvloop in this process: pre-encoded FIND_NODE frames, "
-                      "replies counted by MessageReader framing, not decoded",
+            "impls": list(opts.impls),
+            "cases": cases,
+            "client": "raw kadfast client on uvloop in this process, the same for every server: "
+                      "pre-encoded FIND_NODE frames, replies counted by MessageReader framing, not decoded",
+            "server_cpu": "utime+stime of the server's process (/proc/<pid>/stat, all its threads) per request",
+            "cpu_vs_kadfast_uvloop": "a server's CPU per request divided by kadfast/uvloop's in the same case: "
+                                     "how many times less CPU kadfast on uvloop spends",
             "cpus": os.cpu_count(),
             "target_server_cpu_us_reused": TARGET_US,
         },
         "servers": results,
+        "comparison": comparison(results, cases),
         "target_met": verdict,
     }
+
+
+def print_comparison(report: dict) -> None:
+    comp = report.get("comparison") or {}
+    cases = report["config"]["cases"]
+    if len(comp) < 2:
+        return
+    print(f"\nall servers, medians: requests/s | server CPU us per request (x = times the server CPU of {BASELINE})")
+    width = 30
+    print(f"{'server':<16}" + "".join(f"{c:>{width}}" for c in cases))
+    failures = []
+    for label, row in comp.items():
+        cells = []
+        for case in cases:
+            cell = row.get(case, {})
+            if "failed" in cell:
+                cells.append("failed")
+                failures.append(f"{label} {case}: {cell['failed']}" + (f" ({cell['note']})" if "note" in cell else ""))
+                continue
+            text = f"{cell['per_s']:.0f} | " if isinstance(cell.get("per_s"), (int, float)) else "- | "
+            cpu = cell.get("server_cpu_us")
+            text += f"{cpu:.1f} us" if isinstance(cpu, (int, float)) else "-"
+            if "cpu_vs_kadfast_uvloop" in cell and label != BASELINE:
+                text += f" ({cell['cpu_vs_kadfast_uvloop']:.1f}x)"
+            cells.append(text)
+        print(f"{label:<16}" + "".join(f"{c:>{width}}" for c in cells))
+    for line in failures:
+        print(f"  failed: {line}")
 
 
 def print_table(report: dict) -> None:
     cfg = report["config"]
     servers = report["servers"]
     print(
-        f"\nfindnode_bench: FIND_NODE over Noise+Yamux on loopback, {cfg['cpus']} CPUs; server = kadfast KadNode in a "
-        f"child process that met {cfg['peers_met']} random peers; {cfg['runs']} run(s) x {cfg['duration_s']:g}s per case, "
+        f"\nfindnode_bench: FIND_NODE over Noise+Yamux on loopback, {cfg['cpus']} CPUs; every server in a child "
+        f"process, having met {cfg['peers_met']} random peers; {cfg['runs']} run(s) x {cfg['duration_s']:g}s per case, "
         f"medians"
     )
     print(f"load generator: {cfg['client']}")
     for label, res in servers.items():
-        if "error" in res:
-            print(f"\n{label}: ERROR {res['error']}\n{res.get('stderr', '')}")
-            continue
         srv = res.get("server", {})
-        print(f"\n{label} (routing table {srv.get('routing_table')} entries; every reply checked to carry 20 peers)")
+        if "error" in res:
+            print(f"\n{label} ({srv.get('description', '')}): ERROR {res['error']}\n{res.get('stderr', '')}")
+            continue
+        proc = f", process {srv['process']}" if srv.get("process") else ""
+        print(f"\n{label}: {srv.get('description', '')} (routing table {srv.get('routing_table')} entries{proc}; "
+              f"first replies of every case checked to carry 20 peers with addresses)")
         print_case_table(res.get("cases", {}))
         st = res.get("server_stats")
         if isinstance(st, dict):
@@ -342,8 +571,9 @@ def print_table(report: dict) -> None:
                 print(f"  server loop errors: {st['loop_errors']}")
             for item in st.get("log", []):
                 print(f"  server log x{item['count']}: {item['example']}")
+    print_comparison(report)
     if report.get("target_met"):
-        print(f"\ntarget (server CPU <= {TARGET_US:g} us per FIND_NODE on a reused stream): "
+        print(f"\ntarget (kadfast server CPU <= {TARGET_US:g} us per FIND_NODE on a reused stream): "
               + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in report["target_met"].items()))
     for label, res in servers.items():
         if res.get("profile"):
@@ -358,17 +588,27 @@ def parse_args(argv=None):
     ap.add_argument("--runs", type=int, default=1, help="repeat every case and report the medians")
     ap.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="both",
                     help="event loop(s) of the kadfast server (the client always uses uvloop)")
+    ap.add_argument("--impls", default="kadfast",
+                    help="servers to measure, comma list of kadfast (the --loop server(s)), rust, go, js, py "
+                         "(interop peers filled with kad_fill); all = every one")
     ap.add_argument("--peers", type=int, default=1000, help="random peers the server has met")
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per case")
     ap.add_argument("--cases", default=None, help="comma list of cases, e.g. reused/32,new/1 (default: all four)")
     ap.add_argument("--profile", choices=["cprofile", "pyinstrument"], default=None,
-                    help="profile the server while the cases run; the report is printed at the end")
+                    help="profile the kadfast server while the cases run; the report is printed at the end")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profiler", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.serve:
         return opts
+    names = [n.strip() for n in opts.impls.split(",") if n.strip()]
+    if "all" in names:
+        names = list(ALL_IMPLS)
+    bad = [n for n in names if n not in ALL_IMPLS]
+    if bad or not names:
+        ap.error(f"bad --impls {opts.impls!r}: choose from {', '.join(ALL_IMPLS)} or all")
+    opts.impls = [n for n in ALL_IMPLS if n in names]
     if opts.duration is None:
         opts.duration = 1.0 if opts.quick else 3.0
     opts.warmup = 0.3 if opts.quick else 0.5

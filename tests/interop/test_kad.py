@@ -1,12 +1,14 @@
 """kadfast's Kademlia against real peers (rust, go, js, py): FIND_NODE both
-ways, records and provider records in both directions, a kadfast bootstrap
-node through which a js and a rust peer find each other, and JSON
-request/response with the rust peer both ways."""
+ways, records and provider records in both directions, the FIND_NODE replies
+of a peer that has met a thousand peers, a kadfast bootstrap node through
+which a js and a rust peer find each other, and JSON request/response with
+the rust peer both ways."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +16,7 @@ import pytest
 
 from kadfast import Multiaddr, PeerId
 from kadfast.kad.node import Config, KadNode, Quorum
+from kadfast.kad.pb import KadMessage, MessageType, decode_message, encode_message, frame
 from kadfast.loop import run as run_loop
 from kadfast.net import HostConfig
 from kadfast.reqresp import JsonRequestResponse
@@ -105,6 +108,53 @@ def test_kad_both_ways(spawn_peer, impl):
             await node.stop()
 
     run_loop(lambda: asyncio.wait_for(main(), 150))
+
+
+def xor_distance(a: bytes, b: bytes) -> int:
+    """Kademlia distance of two keys (sha256 of their bytes)."""
+    return int.from_bytes(hashlib.sha256(a).digest(), "big") ^ int.from_bytes(hashlib.sha256(b).digest(), "big")
+
+
+def test_find_node_from_a_full_routing_table(spawn_peer, impl):
+    """The peer has met 1,000 random peers (``kad_fill``); a FIND_NODE from
+    kadfast for a random key gets k = 20 of them back, each with its address,
+    and they are the closest ones in the peer's table."""
+    peer = spawn_peer(impl)
+    filled = peer.call("kad_fill", count=1000, seed=7, timeout=120)["routing_table"]
+    assert filled >= 100, f"routing table of {filled} entries after meeting 1,000 peers"
+    pid = PeerId.from_string(peer.peer_id)
+
+    async def main():
+        node = await start_node()
+        try:
+            await asyncio.wait_for(node.host.dial(Multiaddr(peer.maddr)), 20)
+            replies = []
+            for _ in range(3):
+                key = PeerId(bytes.fromhex("002408011220") + os.urandom(32)).to_bytes()
+                stream = await node.host.new_stream(pid, "/ipfs/kad/1.0.0")
+                stream.write(frame(encode_message(KadMessage(MessageType.FIND_NODE, key=key))))
+                body = await asyncio.wait_for(stream.read_message(1 << 20), 20)
+                stream.close()
+                assert body is not None, "the peer closed the stream without a reply"
+                replies.append((key, decode_message(body)))
+            return replies
+        finally:
+            await node.stop()
+
+    replies = run_loop(lambda: asyncio.wait_for(main(), 90))
+    table = peer.call("routing_table")["peers"]
+    assert len(table) >= filled, (len(table), filled)
+    for key, msg in replies:
+        assert msg.type == MessageType.FIND_NODE
+        got = [str(p.peer_id) for p in msg.closer_peers]
+        assert len(got) == 20 and len(set(got)) == 20, got
+        assert all(p.addrs for p in msg.closer_peers), [(str(p.peer_id), p.addrs) for p in msg.closer_peers]
+        assert set(got) <= set(table), set(got) - set(table)
+        for p in msg.closer_peers:
+            assert all(str(a).startswith("/ip4/127.") and str(a).endswith("/tcp/1") for a in p.addrs), p.addrs
+        # the 20 closest entries of the table, by kadfast's XOR metric
+        nearest = sorted(table, key=lambda t: xor_distance(PeerId.from_string(t).to_bytes(), key))[:20]
+        assert set(got) == set(nearest), f"{len(set(got) - set(nearest))} of the 20 are not among the closest"
 
 
 def test_kadfast_bootstrap_node_joins_js_and_rust(spawn_peer, interop_impls):

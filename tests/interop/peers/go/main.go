@@ -126,6 +126,7 @@ type request struct {
 	Value   string          `json:"value"`
 	Quorum  *int            `json:"quorum"`
 	Count   *int            `json:"count"`
+	Seed    *uint64         `json:"seed"`
 	PeerID  string          `json:"peer_id"`
 	Body    json.RawMessage `json:"body"`
 	Timeout *float64        `json:"timeout"`
@@ -380,6 +381,8 @@ func (n *node) handle(ctx context.Context, req *request) (any, error) {
 		return n.cmdIdentify(ctx, req)
 	case "request":
 		return n.cmdRequest(ctx, req)
+	case "kad_fill":
+		return n.cmdKadFill(req)
 	case "routing_table":
 		return map[string]any{"peers": idStrings(n.kad.RoutingTable().ListPeers())}, nil
 	case "connected":
@@ -523,6 +526,54 @@ func (n *node) cmdDial(ctx context.Context, req *request) (any, error) {
 		logf("dial: %s does not announce %s; not added to the routing table", ai.ID, kadProtocol)
 	}
 	return map[string]any{"peer_id": ai.ID.String()}, nil
+}
+
+// fillAddr is the made-up address of the i-th kad_fill peer: a loopback
+// address on port 1, where nothing listens (a dial is refused at once).
+func fillAddr(i int) ma.Multiaddr {
+	return ma.StringCast(fmt.Sprintf("/ip4/127.%d.%d.%d/tcp/1", 1+(i>>16)%254, (i>>8)&255, i&255))
+}
+
+// fillKey is the identity of the i-th kad_fill peer: random, or derived from seed.
+func fillKey(seed *uint64, i int) (crypto.PrivKey, error) {
+	if seed == nil {
+		priv, _, err := crypto.GenerateEd25519Key(nil)
+		return priv, err
+	}
+	secret := sha256.Sum256([]byte(fmt.Sprintf("kadfast-interop-fill-%d-%d", *seed, i)))
+	return crypto.UnmarshalEd25519PrivateKey(ed25519.NewKeyFromSeed(secret[:]))
+}
+
+// cmdKadFill puts `count` made-up peers into the routing table as if we had
+// met them: a permanent address in the peerstore (FIND_NODE replies take
+// addresses from there) and TryAddPeer, which never dials. A peer whose
+// bucket is full is left out (TryAddPeer refuses it: nothing replaceable).
+// The DHT's own upkeep that would dial them (the routing-table refresh with
+// its liveness pings) runs every 10 minutes, not before.
+func (n *node) cmdKadFill(req *request) (any, error) {
+	if req.Count == nil || *req.Count < 0 {
+		return nil, errors.New("missing argument: count")
+	}
+	rt := n.kad.RoutingTable()
+	ps := n.h.Peerstore()
+	for i := 0; i < *req.Count; i++ {
+		priv, err := fillKey(req.Seed, i)
+		if err != nil {
+			return nil, err
+		}
+		id, err := peer.IDFromPrivateKey(priv)
+		if err != nil {
+			return nil, err
+		}
+		if !rt.UsefulNewPeer(id) {
+			continue
+		}
+		ps.AddAddrs(id, []ma.Multiaddr{fillAddr(i)}, peerstore.PermanentAddrTTL)
+		if added, _ := rt.TryAddPeer(id, true, false); !added {
+			ps.ClearAddrs(id)
+		}
+	}
+	return map[string]any{"routing_table": rt.Size()}, nil
 }
 
 func (n *node) cmdBootstrap(ctx context.Context) (any, error) {

@@ -82,7 +82,7 @@ try {
     { ping },
     { kadDHT },
     { generateKeyPairFromSeed, generateKeyPair },
-    { peerIdFromString },
+    { peerIdFromString, peerIdFromPrivateKey },
     { multiaddr },
     { CID },
     { sha256 },
@@ -110,7 +110,7 @@ try {
   ])
   lib = {
     createLibp2p, tcp, noise, yamux, identify, identifyPush, ping, kadDHT,
-    generateKeyPairFromSeed, generateKeyPair, peerIdFromString, multiaddr, CID,
+    generateKeyPairFromSeed, generateKeyPair, peerIdFromString, peerIdFromPrivateKey, multiaddr, CID,
     sha256, u8FromString, u8ToString, createHash, readline
   }
 } catch (err) {
@@ -146,6 +146,19 @@ function toPeerId (text) {
   } catch (err) {
     throw new Error(`invalid peer_id ${JSON.stringify(text)}: ${errMessage(err)}`)
   }
+}
+
+// The made-up address of the i-th kad_fill peer: a loopback address on port
+// 1, where nothing listens (a dial is refused at once).
+function fillAddr (i) {
+  return lib.multiaddr(`/ip4/127.${1 + ((i >> 16) % 254)}.${(i >> 8) & 255}.${i & 255}/tcp/1`)
+}
+
+// The identity of the i-th kad_fill peer: random, or derived from the seed.
+async function fillKey (seed, i) {
+  if (seed === undefined) return lib.generateKeyPair('Ed25519')
+  const secret = lib.createHash('sha256').update(`kadfast-interop-fill-${seed}-${i}`, 'utf8').digest()
+  return lib.generateKeyPairFromSeed('Ed25519', new Uint8Array(secret))
 }
 
 async function readAll (stream) {
@@ -516,6 +529,33 @@ async function main () {
         try { stream.abort(err) } catch {}
         throw err
       }
+    },
+
+    // Made-up peers put into the routing table as if we had met them: the
+    // address goes into the peer store (FIND_NODE replies take it from
+    // there), the peer into the k-bucket trie with a fresh lastPing. The
+    // public routingTable.add() would ping every new contact first (and ping
+    // the oldest contacts of a full bucket); the trie's own insert skips the
+    // ping for a contact seen within lastPingThreshold (10 min), and for the
+    // same reason never pings these contacts to evict them from a full
+    // bucket: a peer whose bucket is full and can split no further is left
+    // out. Kad-dht's self-query, which was waiting for a first peer, then
+    // runs once: it takes its 20 peers from the table and ends within some
+    // 50 ms, aborting the dials it had started; it runs again in 5 minutes.
+    async kad_fill (req, signal) {
+      const count = Number(req.count)
+      if (req.count == null || !Number.isInteger(count) || count < 0) throw new Error('missing argument: count')
+      const seed = req.seed == null ? undefined : String(req.seed)
+      const kb = dht.routingTable.kb
+      if (kb == null) throw new Error('routing table not started')
+      for (let i = 0; i < count; i++) {
+        const peerId = lib.peerIdFromPrivateKey(await fillKey(seed, i))
+        const kadId = (await lib.sha256.digest(peerId.toMultihash().bytes)).digest
+        await node.peerStore.merge(peerId, { multiaddrs: [fillAddr(i)] }, { signal })
+        await kb._add({ peerId, kadId, lastPing: Date.now() }, { signal })
+        if (kb.get(kadId) == null) await node.peerStore.delete(peerId, { signal })
+      }
+      return { routing_table: dht.routingTable.size }
     },
 
     async routing_table () {

@@ -29,6 +29,7 @@ DEFAULT_TIMEOUT = 30.0
 ADDR_TTL = 24 * 60 * 60  # seconds; peerstore address lifetime for dialed peers
 MAX_JSON_BODY = 4 * 1024 * 1024
 PER_PEER_TIMEOUT = 10.0
+PEERSTORE_MAX_PEERS = 100_000
 
 log = logging.getLogger("kadfast.interop.py")
 
@@ -99,6 +100,7 @@ async def amain(args: argparse.Namespace) -> None:
     from libp2p.network.stream.exceptions import StreamEOF
     from libp2p.peer.id import ID
     from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+    from libp2p.peer.peerstore import PeerStore
     from libp2p.records.validator import Validator
     from libp2p.security.noise.transport import (
         PROTOCOL_ID as NOISE_PROTOCOL_ID,
@@ -149,6 +151,10 @@ async def amain(args: argparse.Namespace) -> None:
         # Loopback tests: advertise the listen addresses only, never the
         # ephemeral ports that identify reports as observed.
         disable_identify_address_discovery=True,
+        # The default peerstore holds at most 1,000 peers and, past that,
+        # evicts address-less entries first -- our own, whose key identify
+        # needs. `kad_fill` (1,000 made-up peers) would get there.
+        peerstore_opt=PeerStore(max_peers=PEERSTORE_MAX_PEERS),
     )
     local_id = host.get_id()
     peerstore = host.get_peerstore()
@@ -524,6 +530,41 @@ async def amain(args: argparse.Namespace) -> None:
             raise CommandError(f"response is not JSON: {exc}") from exc
         return {"response": response}
 
+    def fill_addr(i: int) -> multiaddr.Multiaddr:
+        # A loopback address on port 1, where nothing listens (a dial is
+        # refused at once). Not globally routable, so the k-buckets' subnet
+        # diversity cap (2 peers per /24) does not apply to it.
+        a, b, c = 1 + (i >> 16) % 254, (i >> 8) & 255, i & 255
+        return multiaddr.Multiaddr(f"/ip4/127.{a}.{b}.{c}/tcp/1")
+
+    async def cmd_kad_fill(req: dict[str, Any]) -> dict[str, Any]:
+        # Made-up peers put into the routing table as if we had met them: a
+        # permanent address in the peerstore (FIND_NODE replies take
+        # addresses from there) and RoutingTable.add_peer, which splits any
+        # full bucket (up to 256 buckets), so it never reaches the branch
+        # that pings a full bucket's oldest entry. py-libp2p's own upkeep
+        # pings only peers unseen for an hour (every 5 min, 5 at a time) and
+        # refreshes the table every 10 min; random walk is off.
+        count = req.get("count")
+        if not isinstance(count, int) or count < 0:
+            raise CommandError("missing argument: count")
+        seed = req.get("seed")
+        for i in range(count):
+            if seed is None:
+                secret = secrets.token_bytes(32)
+            else:
+                secret = hashlib.sha256(f"kadfast-interop-fill-{seed}-{i}".encode()).digest()
+            pid = ID.from_pubkey(create_new_key_pair(secret).public_key)
+            addr = fill_addr(i)
+            peerstore.add_addrs(pid, [addr], 0)  # ttl 0: permanent
+            if not await dht.routing_table.add_peer(
+                PeerInfo(pid, [addr]), skip_server_mode_check=True
+            ):
+                peerstore.clear_addrs(pid)
+            if i % 50 == 49:
+                await trio.sleep(0)  # let the peer serve requests meanwhile
+        return {"routing_table": dht.routing_table.size()}
+
     async def cmd_routing_table(req: dict[str, Any]) -> dict[str, Any]:
         return {"peers": [str(p) for p in dht.routing_table.get_peer_ids()]}
 
@@ -542,6 +583,7 @@ async def amain(args: argparse.Namespace) -> None:
         "ping": cmd_ping,
         "identify": cmd_identify,
         "request": cmd_request,
+        "kad_fill": cmd_kad_fill,
         "routing_table": cmd_routing_table,
         "connected": cmd_connected,
     }

@@ -3,7 +3,7 @@
 //! Speaks the JSON-lines control protocol described in `../PROTOCOL.md`:
 //! requests on stdin, replies and events on stdout, logs on stderr.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{
     self, store::MemoryStore, Mode, QueryId, QueryResult, Quorum, Record, RecordKey,
+    RoutingUpdate, K_VALUE,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -86,6 +87,8 @@ struct Peer {
     idents: Vec<PendingPeer>,
     requests: HashMap<OutboundRequestId, PendingRequest>,
     identified: HashMap<PeerId, identify::Info>,
+    /// Bootstrap queries of ours that are finished at every step (see `kad_fill`).
+    quiet: HashSet<QueryId>,
     debug: bool,
 }
 
@@ -122,6 +125,30 @@ fn provider_key(text: &str) -> RecordKey {
     let mut bytes = vec![0x12, 0x20];
     bytes.extend_from_slice(&Sha256::digest(text.as_bytes()));
     RecordKey::from(bytes)
+}
+
+/// The made-up address of the `i`-th `kad_fill` peer: a loopback address on
+/// port 1, where nothing listens (a dial is refused at once).
+fn fill_addr(i: usize) -> Multiaddr {
+    format!(
+        "/ip4/127.{}.{}.{}/tcp/1",
+        1 + (i >> 16) % 254,
+        (i >> 8) & 255,
+        i & 255
+    )
+    .parse()
+    .expect("valid multiaddr")
+}
+
+/// The identity of the `i`-th `kad_fill` peer: random, or derived from `seed`.
+fn fill_keypair(seed: Option<u64>, i: usize) -> Keypair {
+    match seed {
+        Some(s) => {
+            let secret = Sha256::digest(format!("kadfast-interop-fill-{s}-{i}").as_bytes());
+            Keypair::ed25519_from_bytes(secret.to_vec()).expect("32-byte secret")
+        }
+        None => Keypair::generate_ed25519(),
+    }
 }
 
 fn arg_str<'a>(req: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
@@ -389,6 +416,43 @@ impl Peer {
                     QueryKind::RefDiscover { found: Vec::new() },
                 );
             }
+            "kad_fill" => {
+                let count = req
+                    .get("count")
+                    .and_then(Value::as_u64)
+                    .ok_or("missing argument: count")? as usize;
+                let seed = req.get("seed").and_then(Value::as_u64);
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let mut refused = 0usize;
+                for i in 0..count {
+                    let peer = fill_keypair(seed, i).public().to_peer_id();
+                    // Only into a bucket with room: adding to a full bucket makes the
+                    // peer "pending" and dials the bucket's least recently seen entry
+                    // (a made-up peer) to see whether it may be replaced.
+                    match kad.kbucket(peer) {
+                        Some(bucket) if bucket.num_entries() < K_VALUE.get() => {}
+                        _ => continue,
+                    }
+                    if let RoutingUpdate::Failed = kad.add_address(&peer, fill_addr(i)) {
+                        refused += 1;
+                    }
+                }
+                self.log(format!("kad_fill: {count} peers, {refused} refused by kad"));
+                // The first inserts (table below k entries) scheduled an automatic
+                // bootstrap, which would dial the made-up peers. Starting a bootstrap
+                // by hand cancels that schedule (and pushes the periodic one 5 min
+                // out); this one is finished at once, and so is each of its bucket
+                // refresh steps (see `on_kad`), before it dials anybody.
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if let Ok(qid) = kad.bootstrap() {
+                    if let Some(mut q) = kad.query_mut(&qid) {
+                        q.finish();
+                    }
+                    self.quiet.insert(qid);
+                }
+                let size = self.routing_table().len();
+                reply_ok(&id, json!({ "routing_table": size }));
+            }
             "routing_table" => {
                 let peers = self.routing_table();
                 reply_ok(&id, json!({ "peers": peers }));
@@ -643,6 +707,14 @@ impl Peer {
                 return;
             }
         };
+        if self.quiet.contains(&qid) {
+            if step.last {
+                self.quiet.remove(&qid);
+            } else {
+                self.finish_query(qid);
+            }
+            return;
+        }
         let Some(mut q) = self.queries.remove(&qid) else {
             return;
         };
@@ -919,6 +991,7 @@ async fn main() {
         idents: Vec::new(),
         requests: HashMap::new(),
         identified: HashMap::new(),
+        quiet: HashSet::new(),
         debug: std::env::var_os("KADFAST_INTEROP_DEBUG").is_some_and(|v| !v.is_empty()),
     };
 
