@@ -630,3 +630,18 @@ def test_fuzz_structured_fields(top, nested):
     except KadCodecError:
         return
     assert decode_message(encode_message(msg)) == msg
+
+
+def test_fast_reply_from_cached_closer_fields_is_byte_identical():
+    from kadfast.kad.pb import closer_field
+
+    peers = [KadPeer(PeerId(b"\x00\x24\x08\x01\x12\x20" + bytes([i]) * 32), [Multiaddr(f"/ip4/10.0.0.{i}/tcp/1")], i % 2)
+             for i in range(1, 21)]
+    bodies = [encode_peer(p.peer_id, p.addrs, p.connection) for p in peers]
+    fields = [closer_field(b) for b in bodies]
+    for framed in (False, True):
+        a = encode_find_node_reply(b"key", bodies, MessageType.GET_VALUE, framed=framed)
+        b = encode_find_node_reply(b"key", fields, MessageType.GET_VALUE, framed=framed, closer_fields=True)
+        assert a == b
+    big = closer_field(b"\x0a" + bytes(70000))  # past the prefix table: the slow path keeps fields whole
+    assert encode_find_node_reply(b"", [big], closer_fields=True) == encode_find_node_reply(b"", [b"\x0a" + bytes(70000)])

@@ -33,6 +33,7 @@ from .pb import (
     MessageReader,
     MessageType,
     decode_message,
+    closer_field,
     encode_find_node_reply,
     encode_message,
     encode_peer,
@@ -270,7 +271,7 @@ class KadNode:
         self.server_mode = False
         self.dropped_events = 0
         #: routing key -> (address-book view, its version, connection type,
-        #: host connection epoch, encoded Peer); see _closer_bodies
+        #: host connection epoch, encoded Peer, its closerPeers field); see _closer_fields
         self._peer_bodies: dict[Key, tuple] = {}
         #: routing-table keys of peers whose last request failed (unreachable,
         #: timed out): kept in the table, but left out of our answers until
@@ -462,9 +463,9 @@ class KadNode:
                 break
         return out
 
-    def _closer_bodies(self, target: Key, exclude: PeerId | None, now: float) -> list[bytes]:
-        """The Peer encodings (:func:`encode_peer`) of :meth:`_closest_kad_peers`,
-        byte for byte. Each is cached per routing-table key with what it was
+    def _closer_fields(self, target: Key, exclude: PeerId | None, now: float) -> list[bytes]:
+        """The closerPeers fields (:func:`closer_field` of :func:`encode_peer`)
+        of :meth:`_closest_kad_peers`, byte for byte. Each is cached per routing-table key with what it was
         made of: the peer's address-book view (valid while its version
         holds and until its first expiry) and the host's connection epoch
         (while no connection opened or closed, every peer's connection type
@@ -481,19 +482,20 @@ class KadNode:
                 continue
             hit = cache.get(key)
             if hit is not None and hit[3] == epoch and hit[0].version == hit[1] and now < hit[0].min_expires:
-                out.append(hit[4])
+                out.append(hit[5])
             else:
-                body = self._peer_body(key, e.value, now, epoch, hit)
-                if body is None:  # peers without addresses are left out
+                field = self._peer_field(key, e.value, now, epoch, hit)
+                if field is None:  # peers without addresses are left out
                     continue
-                out.append(body)
+                out.append(field)
             if len(out) >= k:
                 break
         return out
 
-    def _peer_body(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
+    def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
         """Look up ``peer``'s addresses and connection type again; its cached
-        encoding (re-made only if they changed), or None without addresses."""
+        closerPeers field (re-made only if they changed), or None without
+        addresses."""
         cache = self._peer_bodies
         book = self.host.addrbook.book(peer, now)
         if book is None:
@@ -502,13 +504,14 @@ class KadNode:
             return None
         conn = 0 if self.host.connection(peer) is None else 1
         if hit is not None and hit[0] is book and hit[1] == book.version and hit[2] == conn:
-            body = hit[4]
+            body, field = hit[4], hit[5]
         else:
             body = encode_peer(peer, self.host.addrbook.addrs(peer, now), conn)
+            field = closer_field(body)
             if hit is None and len(cache) >= _PEER_BODY_CACHE_SIZE:
                 cache.clear()
-        cache[key] = (book, book.version, conn, epoch, body)
-        return body
+        cache[key] = (book, book.version, conn, epoch, body, field)
+        return field
 
     # -- server side ---------------------------------------------------------------
     async def _serve(self, stream) -> None:
@@ -548,10 +551,10 @@ class KadNode:
             self._emit(InboundRequest(peer, t))
         if t == MessageType.FIND_NODE:
             if framed:
-                bodies = self._closer_bodies(Key(msg.key), peer, now)
+                fields = self._closer_fields(Key(msg.key), peer, now)
                 if msg.key == self.peer_id.to_bytes():
-                    bodies.insert(0, encode_peer(self.peer_id, self.host.announce_addrs(), 1))
-                return encode_find_node_reply(msg.key, bodies, MessageType.FIND_NODE, framed=True)
+                    fields.insert(0, closer_field(encode_peer(self.peer_id, self.host.announce_addrs(), 1)))
+                return encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             if msg.key == self.peer_id.to_bytes():
                 closer.insert(0, KadPeer(self.peer_id, self.host.announce_addrs(), 1))
@@ -562,8 +565,8 @@ class KadNode:
             if rec is not None:
                 kr = KadRecord(rec.key, rec.value, time_received=_rfc3339(self.wall_clock()), publisher=rec.publisher)
             if framed:
-                return encode_find_node_reply(msg.key, self._closer_bodies(Key(msg.key), peer, now),
-                                              MessageType.GET_VALUE, record=kr, framed=True)
+                return encode_find_node_reply(msg.key, self._closer_fields(Key(msg.key), peer, now),
+                                              MessageType.GET_VALUE, record=kr, framed=True, closer_fields=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             return KadMessage(MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer)
         if t == MessageType.PUT_VALUE:
@@ -600,8 +603,9 @@ class KadNode:
                     providers.append(KadPeer(rec.provider, addrs, 0))
             if framed:
                 return encode_find_node_reply(
-                    msg.key, self._closer_bodies(Key(msg.key), peer, now), MessageType.GET_PROVIDERS,
-                    [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers], framed=True)
+                    msg.key, self._closer_fields(Key(msg.key), peer, now), MessageType.GET_PROVIDERS,
+                    [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers], framed=True,
+                    closer_fields=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             return KadMessage(MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer, provider_peers=providers)
         if t == MessageType.PING:

@@ -67,6 +67,7 @@ __all__ = [
     "decode_message",
     "encode_peer",
     "encode_find_node_reply",
+    "closer_field",
     "frame",
     "MessageReader",
 ]
@@ -257,6 +258,12 @@ def encode_message(msg: KadMessage) -> bytes:
     return b"".join(parts)
 
 
+def closer_field(peer_body: bytes) -> bytes:
+    """A whole ``closerPeers`` field (tag, length, Peer encoding), for
+    :func:`encode_find_node_reply` with ``closer_fields=True``."""
+    return _len_field(b"\x42", peer_body)
+
+
 def encode_find_node_reply(
     key: bytes,
     closer_peer_bodies: list[bytes],
@@ -264,6 +271,7 @@ def encode_find_node_reply(
     provider_peer_bodies: Iterable[bytes] = (),
     record: KadRecord | None = None,
     framed: bool = False,
+    closer_fields: bool = False,
 ) -> bytes:
     """Fast path for replies: a message of type ``msg_type`` built from Peer
     encodings made by :func:`encode_peer`. The result is identical to
@@ -271,7 +279,8 @@ def encode_find_node_reply(
     ``cluster_level_raw`` 0). ``key`` b"" leaves the key out (rust and go
     send none in a FIND_NODE reply; go echoes it for GET_PROVIDERS).
     ``framed`` puts the length prefix in front, as :func:`frame` does, in
-    the same single copy."""
+    the same single copy. With ``closer_fields`` the closer peers come as
+    whole fields (:func:`closer_field`, e.g. cached), joined as they are."""
     parts = [_type_field(msg_type)]
     if key:
         parts.append(_len_field(b"\x12", key))
@@ -285,9 +294,12 @@ def encode_find_node_reply(
     try:
         # The prefix table covers every ordinary Peer; a body too long for it
         # raises IndexError and the slow loop below starts over.
-        for body in closer_peer_bodies:
-            append(prefix[len(body)])
-            append(body)
+        if closer_fields:
+            parts += closer_peer_bodies
+        else:
+            for body in closer_peer_bodies:
+                append(prefix[len(body)])
+                append(body)
         if provider_peer_bodies:
             provider_peer_bodies = list(provider_peer_bodies)
             prefix = _PROVIDER_PREFIX
@@ -296,9 +308,13 @@ def encode_find_node_reply(
                 append(body)
     except IndexError:
         del parts[head:]
-        for tag, bodies in ((b"\x42", closer_peer_bodies), (b"\x4a", provider_peer_bodies)):
-            for body in bodies:
-                append(_len_field(tag, body))
+        if closer_fields:
+            parts += closer_peer_bodies
+        else:
+            for body in closer_peer_bodies:
+                append(_len_field(b"\x42", body))
+        for body in provider_peer_bodies:
+            append(_len_field(b"\x4a", body))
     if framed:
         n = sum(map(len, parts))
         parts.insert(0, _BYTE[n] if n < 0x80 else _varint(n))
