@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -148,12 +147,7 @@ class Connection(asyncio.Protocol):
             if not self.host._admit_inbound(self, peer[0] if peer else None):
                 transport.abort()
                 return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # TCP_NODELAY: asyncio's and uvloop's TCP transports set it themselves
         self.remote_addr = _sock_multiaddr(transport.get_extra_info("peername"))
         sockname = transport.get_extra_info("sockname")
         self.local_addr = _sock_multiaddr(sockname) if self.initiator else _local_multiaddr(sockname)
