@@ -22,7 +22,7 @@ from .._xor import Key
 from ..errors import KadfastError, StoreError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
-from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported
+from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
 from ..peerid import PeerId
 from ..store import MemoryStore, ProviderRecord, Record, RecordStore, StoreConfig
 from .pb import (
@@ -230,6 +230,18 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
     return None
 
 
+def _log_serve_end(fut: asyncio.Future) -> None:
+    """How an inline kad stream ended: logged (and the future's exception
+    retrieved) when bad input or a reset ended it."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if isinstance(exc, StreamReset):
+        log.debug("kad stream reset: %s", exc)
+    elif exc is not None:  # the stream was reset because of it
+        log.info("kad stream: bad input: %s: %s", type(exc).__name__, exc)
+
+
 class KadNode:
     """A Kademlia DHT node over a libp2p host."""
 
@@ -293,7 +305,7 @@ class KadNode:
             mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
         )
         if self.server_mode:
-            self.host.set_stream_handler(self.config.protocol, self._serve)
+            self.host.set_stream_handler(self.config.protocol, self._serve, inline=True)
         self.host.add_listener(self._on_host_event)
         self._started = True
         loop = asyncio.get_running_loop()
@@ -514,7 +526,9 @@ class KadNode:
         return field
 
     # -- server side ---------------------------------------------------------------
-    async def _serve(self, stream) -> None:
+    def _serve(self, stream) -> None:
+        """The kad server of one inbound stream, inline (no task): called in
+        the connection's read callback once the protocol is negotiated."""
         # per-connection count of open kad streams, uncounted when a stream ends
         limit = self.config.max_inbound_kad_streams_per_connection
         if limit and not stream.conn.count_inbound(stream, limit):
@@ -528,17 +542,19 @@ class KadNode:
 
         def on_data(data: bytes) -> None:
             # runs inside the connection's read callback: every request of the
-            # batch is answered and the replies leave in the same write
+            # batch is answered and the replies leave in the same write; an
+            # exception (bad input) resets the stream
             if not data:
                 reader.eof()
                 stream.sink_finished()
+                stream.close()
                 return
             for body in reader.feed(data):
                 reply = handle(peer, decode_message(body), remote_addr, True)
                 if reply is not None:
                     stream.write(reply if reply.__class__ is bytes else frame(encode_message(reply)))
 
-        await stream.consume_with(on_data)
+        stream.consume_with(on_data).add_done_callback(_log_serve_end)
 
     def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
         """Answer one request; raises on a request that must reset the stream.

@@ -133,6 +133,7 @@ class Host:
         self.addrbook = AddressBook()
         self.peer_info: dict[PeerId, IdentifyInfo] = {}
         self._handlers: dict[str, Handler] = {}
+        self._inline: set[str] = set()  # protocols whose handler runs inline (set_stream_handler)
         self._servers: list[asyncio.AbstractServer] = []
         self._listen_addrs: list[Multiaddr] = []
         self._conns: dict[PeerId, list[Connection]] = {}
@@ -153,7 +154,7 @@ class Host:
         self._reaper: asyncio.Task | None = None
         self._closing = False
         self.dropped_events = 0
-        self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify)
+        self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify, inline=True)
         self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_identify_push)
         self.set_stream_handler(PING_PROTOCOL, self._serve_ping)
 
@@ -235,11 +236,25 @@ class Host:
         return seen
 
     # -- handlers --------------------------------------------------------
-    def set_stream_handler(self, protocol: str, handler: Handler) -> None:
+    def set_stream_handler(self, protocol: str, handler, *, inline: bool = False) -> None:
+        """Serve ``protocol`` with ``handler(stream)``: a coroutine function
+        run as a task of its own (the stream is closed when it returns, reset
+        when it raises), or with ``inline`` a plain function called right in
+        the connection's read callback once the protocol is negotiated. An
+        inline handler must not block: it writes what it can at once and
+        owns the stream (closes or resets it, or hands it to
+        :meth:`Stream.consume_with`); an exception from it resets the
+        stream. No task per stream: what the accept path of a busy server
+        wants for identify and kad."""
         self._handlers[protocol] = handler
+        if inline:
+            self._inline.add(protocol)
+        else:
+            self._inline.discard(protocol)
 
     def remove_stream_handler(self, protocol: str) -> None:
         self._handlers.pop(protocol, None)
+        self._inline.discard(protocol)
 
     @property
     def protocols(self) -> list[str]:
@@ -252,6 +267,17 @@ class Host:
         handler = self._handlers.get(stream.protocol)
         if handler is None:  # removed while negotiating
             stream.reset()
+            return
+        if stream.protocol in self._inline:
+            try:
+                handler(stream)
+            except KadfastError as exc:  # bad input from the peer: a dropped stream
+                log.info("%s handler: bad input from %s: %s: %s", stream.protocol, stream.peer_id,
+                         type(exc).__name__, exc)
+                stream.reset()
+            except Exception:
+                log.exception("%s handler failed for %s", stream.protocol, stream.peer_id)
+                stream.reset()
             return
         self._spawn(self._run_handler(handler, stream))
 
@@ -554,8 +580,9 @@ class Host:
                                                            cfg.agent_version)
         return enc.encode(addrs, self.protocols, remote)
 
-    async def _serve_identify(self, stream: Stream) -> None:
+    def _serve_identify(self, stream: Stream) -> None:
         stream.write(self._identify_payload(stream.conn))
+        stream.close()
 
     async def _serve_identify_push(self, stream: Stream) -> None:
         info = await asyncio.wait_for(_read_identify(stream), self.config.identify_timeout)
