@@ -552,3 +552,57 @@ def test_a_flush_after_the_transport_closed_drops_the_output():
         assert not conn._out_plain
 
     asyncio.run(main())
+
+
+def test_inline_handlers_run_in_the_read_callback(run):
+    """An inline handler is called synchronously once the protocol is
+    negotiated (no task), owns its stream, and an exception from it resets
+    only that stream."""
+    async def main():
+        a, b = await pair()
+        calls = []
+
+        def greet(stream):
+            calls.append(asyncio.current_task())
+            stream.write(b"hi " + str(stream.peer_id).encode())
+            stream.close()
+
+        def broken(stream):
+            raise ValueError("handler bug")
+
+        def upper(stream):
+            def sink(data):
+                if not data:
+                    stream.sink_finished()
+                    stream.close()
+                    return
+                stream.write(data.upper())
+            stream.consume_with(sink)
+
+        b.set_stream_handler("/test/greet/1.0.0", greet, inline=True)
+        b.set_stream_handler("/test/broken/1.0.0", broken, inline=True)
+        b.set_stream_handler("/test/upper/1.0.0", upper, inline=True)
+        try:
+            s = await a.new_stream(b.peer_id, "/test/greet/1.0.0", [b.listen_addrs[0]])
+            assert await s.read_to_end(1024) == b"hi " + str(a.peer_id).encode()
+            assert calls == [None]  # not in a task: in the connection's callback
+            r = await a.new_stream(b.peer_id, "/test/broken/1.0.0")
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(r.read(), 5)
+            u = await a.new_stream(b.peer_id, "/test/upper/1.0.0")
+            u.write(b"abc")
+            u.write(b"def")
+            u.close()
+            assert await u.read_to_end(1024) == b"ABCDEF"
+            # an inline protocol replaced by an ordinary handler runs as a task again
+            async def tasked(stream):
+                calls.append(asyncio.current_task())
+                stream.write(b"task")
+            b.set_stream_handler("/test/greet/1.0.0", tasked)
+            t = await a.new_stream(b.peer_id, "/test/greet/1.0.0")
+            assert await t.read_to_end(1024) == b"task" and calls[-1] is not None
+            assert await a.ping(b.peer_id) > 0  # the connection survives
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
