@@ -304,6 +304,23 @@ async def bench_server(server_pid: int, maddr: str, peer_id: str, opts) -> list[
         return await run_cases(server_pid, opts, run_case, 60)
 
 
+@contextlib.contextmanager
+def server_affinity(pin: str):
+    """While a server process starts: this process on the server's CPUs, so
+    that the server and all its threads inherit them; then back to the load
+    generator's CPUs."""
+    if pin == "none" or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    client = {0}
+    server = {0} if pin == "same" else {1}
+    os.sched_setaffinity(0, server)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, client)
+
+
 def run_one(harness, label: str, loop_kind: str, opts) -> dict:
     from kadfast.loop import run as run_loop
 
@@ -315,7 +332,8 @@ def run_one(harness, label: str, loop_kind: str, opts) -> dict:
     peer = kadfast_server_peer(harness, __file__, label, *args)
     res: dict[str, Any] = {}
     try:
-        peer.start(timeout=120)
+        with server_affinity(opts.pin):
+            peer.start(timeout=120)
         res["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "routing_table", "peers_met", "fill_seconds")}
         if opts.profile:
             peer.call("profile_start", timeout=10)
@@ -408,7 +426,8 @@ def run_other(harness, impl: str, opts) -> dict:
     try:
         build = harness.build_for(impl).ensure()
         peer = harness.Peer(impl, build.argv, cwd=build.cwd, name=impl)
-        peer.start(timeout=120)
+        with server_affinity(opts.pin):
+            peer.start(timeout=120)
         t0 = time.perf_counter()
         fill = peer.call("kad_fill", count=opts.peers, timeout=300)
         pid = working_pid(peer.proc.pid)
@@ -469,6 +488,10 @@ def comparison(results: dict, cases: list[str]) -> dict:
 
 
 def run_bench(opts) -> dict:
+    if opts.pin != "none":
+        if (os.cpu_count() or 1) < 2 and opts.pin == "apart":
+            raise SystemExit("--pin apart needs two CPUs")
+        os.sched_setaffinity(0, {0})
     harness = load_harness()
     install_log_counter()
     loops = ["uvloop", "asyncio"] if opts.loop == "both" else [opts.loop]
@@ -505,6 +528,9 @@ def run_bench(opts) -> dict:
             "peers_met": opts.peers,
             "impls": list(opts.impls),
             "cases": cases,
+            "pin": {"none": "no CPU affinity: the OS schedules server and load generator",
+                    "same": "server and load generator both on CPU 0",
+                    "apart": "load generator on CPU 0, server on CPU 1"}[opts.pin],
             "client": "raw kadfast client on uvloop in this process, the same for every server: "
                       "pre-encoded FIND_NODE frames, replies counted by MessageReader framing, not decoded",
             "server_cpu": "utime+stime of the server's process (/proc/<pid>/stat, all its threads) per request",
@@ -556,6 +582,7 @@ def print_table(report: dict) -> None:
         f"medians"
     )
     print(f"load generator: {cfg['client']}")
+    print(f"CPU affinity: {cfg['pin']}")
     for label, res in servers.items():
         srv = res.get("server", {})
         if "error" in res:
@@ -596,6 +623,10 @@ def parse_args(argv=None):
     ap.add_argument("--cases", default=None, help="comma list of cases, e.g. reused/32,new/1 (default: all four)")
     ap.add_argument("--profile", choices=["cprofile", "pyinstrument"], default=None,
                     help="profile the kadfast server while the cases run; the report is printed at the end")
+    ap.add_argument("--pin", choices=["none", "same", "apart"], default="none",
+                    help="CPU affinity: none (the OS schedules server and load generator), same (both on CPU 0: "
+                         "no cross-core wake-ups), apart (load generator on CPU 0, server on CPU 1); a server "
+                         "inherits it from this process when it starts, with every thread it makes")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profiler", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
