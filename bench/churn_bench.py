@@ -153,6 +153,7 @@ def raise_nofile(want: int = NOFILE) -> int:
 
 def serve(loop_kind: str) -> int:
     from kadfast.kad.node import Config, KadNode
+    from kadfast.loop import tune_gc_for_server
     from kadfast.net import ConnectionClosed, ConnectionEstablished, HostConfig, PeerIdentified
 
     nofile = raise_nofile()
@@ -170,6 +171,7 @@ def serve(loop_kind: str) -> int:
         node = KadNode(config=Config(periodic_bootstrap_interval=1e12), host_config=hcfg)
         host = node.host
         await node.start()
+        tune_gc_for_server()  # as `kadfast server` does
         counts = collections.Counter()
         close_reasons: collections.Counter[str] = collections.Counter()
         events = host.subscribe()

@@ -125,6 +125,7 @@ IMPL_NOTES = {
 
 def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str | None) -> int:
     from kadfast.kad.node import Config, KadNode
+    from kadfast.loop import tune_gc_for_server
     from kadfast.net import HostConfig
 
     counter = install_log_counter()
@@ -152,6 +153,7 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
         fill_s = time.perf_counter() - t0
         node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
         await node.start()
+        tune_gc_for_server()  # as `kadfast server` does
         done = asyncio.Event()
 
         def profile_start(req) -> dict:

@@ -142,6 +142,7 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
             periodic_bootstrap_interval=1e12,
         )
         from kadfast.keys import Ed25519KeyPair
+        from kadfast.loop import tune_gc_for_server
 
         kp = Ed25519KeyPair.generate()
         store = open_store(store_spec, kp.peer_id, cfg.store)
@@ -149,6 +150,7 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
         size = fill_table(node, n_peers)
         node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
         await node.start()
+        tune_gc_for_server()  # as `kadfast server` does
         done = asyncio.Event()
         # time spent in the maintenance step (it walks the store once a second)
         maint = {"calls": 0, "seconds": 0.0, "max": 0.0}

@@ -27,7 +27,7 @@ from .client import BootstrapError, Client, NoPeersInNamespace
 from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
 from .kad.node import Config, InboundRequest, KadNode, NoKnownPeers, NotFound, QuorumFailed
 from .keys import Ed25519KeyPair, load_or_create_keypair
-from .loop import LOOP_KINDS, run as run_loop
+from .loop import LOOP_KINDS, run as run_loop, tune_gc_for_server
 from .net import HostConfig
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("server", "run a bootstrap node (Kademlia server mode)")
     s.add_argument("--store", default="memory", help="record store: memory or sqlite:PATH")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (127.0.0.1)")
+    s.add_argument("--gc-young-threshold", type=int, default=10_000,
+                   help="cyclic GC: allocations between young-generation collections, start-up objects frozen "
+                        "(default 10000; 0 = Python's defaults)")
     lim = s.add_argument_group("limits (all on by default; see README, Reliability)")
     lim.add_argument("--max-connections", type=int, help="connections in total (default: what the open-file limit allows)")
     lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
@@ -229,6 +232,7 @@ async def cmd_server(args, out: Out) -> int:
         store=store,
     )
     await node.start()
+    tune_gc_for_server(args.gc_young_threshold)
     if args.bootstrap:
         # other bootstrap nodes to join: add them, bootstrap in the background
         from .client import parse_bootstrap
