@@ -429,6 +429,4 @@ class IdentifyReader:
             raise IdentifyError("identify stream closed inside a message")
         if not self._total:
             raise IdentifyError("identify stream closed before any message")
-        if self._total == 1 and self._first is not None:
-            return self._first
-        return decode_identify(bytes(self._parts), max_bytes=self._max_bytes)
+        return self._decode()

@@ -223,8 +223,6 @@ class Multiaddr:
                 ip = PROTOCOLS["ip6"], socket.inet_pton(socket.AF_INET6, host.split("%")[0])
             else:
                 ip = PROTOCOLS["ip4"], socket.inet_pton(socket.AF_INET, host)
-            if len(ip[1]) != ip[0].size // 8:
-                raise OSError
             port_bytes = port.to_bytes(2, "big")
         except (OSError, OverflowError, ValueError, TypeError):
             raise MultiaddrError(f"invalid socket address {host!r}:{port!r}") from None

@@ -283,7 +283,7 @@ class KadNode:
         self.server_mode = False
         self.dropped_events = 0
         #: routing key -> (address-book view, its version, connection type,
-        #: host connection epoch, encoded Peer, its closerPeers field); see _closer_fields
+        #: host connection epoch, closerPeers field of the encoded Peer); see _closer_fields
         self._peer_bodies: dict[Key, tuple] = {}
         #: routing-table keys of peers whose last request failed (unreachable,
         #: timed out): kept in the table, but left out of our answers until
@@ -494,7 +494,7 @@ class KadNode:
                 continue
             hit = cache.get(key)
             if hit is not None and hit[3] == epoch and hit[0].version == hit[1] and now < hit[0].min_expires:
-                out.append(hit[5])
+                out.append(hit[4])
             else:
                 field = self._peer_field(key, e.value, now, epoch, hit)
                 if field is None:  # peers without addresses are left out
@@ -516,13 +516,12 @@ class KadNode:
             return None
         conn = 0 if self.host.connection(peer) is None else 1
         if hit is not None and hit[0] is book and hit[1] == book.version and hit[2] == conn:
-            body, field = hit[4], hit[5]
+            field = hit[4]
         else:
-            body = encode_peer(peer, self.host.addrbook.addrs(peer, now), conn)
-            field = closer_field(body)
+            field = closer_field(encode_peer(peer, self.host.addrbook.addrs(peer, now), conn))
             if hit is None and len(cache) >= _PEER_BODY_CACHE_SIZE:
                 cache.clear()
-        cache[key] = (book, book.version, conn, epoch, body, field)
+        cache[key] = (book, book.version, conn, epoch, field)
         return field
 
     # -- server side ---------------------------------------------------------------

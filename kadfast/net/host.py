@@ -271,33 +271,32 @@ class Host:
         if stream.protocol in self._inline:
             try:
                 handler(stream)
-            except KadfastError as exc:  # bad input from the peer: a dropped stream
-                log.info("%s handler: bad input from %s: %s: %s", stream.protocol, stream.peer_id,
-                         type(exc).__name__, exc)
-                stream.reset()
-            except Exception:
-                log.exception("%s handler failed for %s", stream.protocol, stream.peer_id)
-                stream.reset()
+            except Exception as exc:
+                self._handler_failed(stream, exc)
             return
         self._spawn(self._run_handler(handler, stream))
 
     async def _run_handler(self, handler: Handler, stream: Stream) -> None:
         try:
             await handler(stream)
-        except (StreamReset, ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.debug("%s handler for %s: %s", stream.protocol, stream.peer_id, exc)
-            stream.reset()
         except asyncio.CancelledError:
             stream.reset()
             raise
-        except KadfastError as exc:  # bad input from the peer: a dropped stream, not a crash
-            log.info("%s handler: bad input from %s: %s: %s", stream.protocol, stream.peer_id, type(exc).__name__, exc)
-            stream.reset()
-        except Exception:
-            log.exception("%s handler failed for %s", stream.protocol, stream.peer_id)
-            stream.reset()
+        except Exception as exc:
+            self._handler_failed(stream, exc)
         else:
             stream.close()
+
+    def _handler_failed(self, stream: Stream, exc: Exception) -> None:
+        """A stream handler (a task or inline) raised: the stream is reset
+        and the cause logged by its kind."""
+        if isinstance(exc, (StreamReset, ConnectionError, asyncio.IncompleteReadError)):
+            log.debug("%s handler for %s: %s", stream.protocol, stream.peer_id, exc)
+        elif isinstance(exc, KadfastError):  # bad input from the peer: a dropped stream, not a crash
+            log.info("%s handler: bad input from %s: %s: %s", stream.protocol, stream.peer_id, type(exc).__name__, exc)
+        else:
+            log.error("%s handler failed for %s", stream.protocol, stream.peer_id, exc_info=exc)
+        stream.reset()
 
     def _spawn(self, coro) -> asyncio.Task:
         task = self.loop.create_task(coro)
