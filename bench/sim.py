@@ -9,7 +9,9 @@ a memory transport.
 What runs for real: every node is a compiled ``RoutingTable`` (k = 20) and a
 ``MemoryStore`` under a PeerId and its ``Key``; every lookup is a
 ``ClosestPeersIter`` (parallelism 3, request timeout 10 s, query timeout 60 s,
-rust-libp2p's defaults). What is simulated: the network. A request is a
+rust-libp2p's defaults), FIND_NODE lookups with KadNode's repair round
+(``--repair``: a lookup that met failed peers among its closest asks the
+peers that answered for their own neighbourhoods once). What is simulated: the network. A request is a
 direct call answered after a fixed latency (``--latency``, default 10 ms, or a
 uniform ``MIN:MAX``) from the target node's table and store, with the server
 semantics of ``KadNode._handle_request``: FIND_NODE and GET_VALUE name the k
@@ -125,8 +127,9 @@ class Counters:
 
 class Sim:
     def __init__(self, n: int, seed: int, latency: tuple[float, float], learn: bool = True,
-                 failed: str = "withhold") -> None:
+                 failed: str = "withhold", repair: bool = True) -> None:
         self.rng = rng = random.Random(seed)
+        self.repair = repair
         self.n = n
         self.learn = learn
         self.remove_failed = failed == "remove"
@@ -214,9 +217,10 @@ class Sim:
             return None
         start = self.now
         it = ClosestPeersIter(target, known, now=start, k=K, parallelism=ALPHA,
-                              request_timeout=REQUEST_TIMEOUT, query_timeout=QUERY_TIMEOUT)
+                              request_timeout=REQUEST_TIMEOUT, query_timeout=QUERY_TIMEOUT,
+                              repair=self.repair and get_key is None)
         depth = {h: 0 for _, h in known}
-        heap: list[tuple[float, int, int]] = []
+        heap: list[tuple[float, int, int, Key]] = []
         seq = 0
         dead: list[tuple[float, int]] = []
         alive = self.alive
@@ -225,7 +229,7 @@ class Sim:
         while not it.finished:
             for h in it.next(self.now):
                 if alive[h]:
-                    heapq.heappush(heap, (self.now + self.latency(), seq, h))
+                    heapq.heappush(heap, (self.now + self.latency(), seq, h, self.keys[h] if it.is_repair(h) else target))
                     seq += 1
                 else:
                     dead.append((self.now, h))
@@ -237,10 +241,10 @@ class Sim:
             if wake > self.now:
                 self.now = wake
             while heap and heap[0][0] <= self.now:
-                _, _, h = heapq.heappop(heap)
+                _, _, h, asked = heapq.heappop(heap)
                 if learn:
                     self.connect(h, q)   # the responder sees the inbound connection
-                closer = self.serve_closest(h, q, target)
+                closer = self.serve_closest(h, q, asked)
                 rec = self.stores[h].get(get_key, self.now) if get_key is not None else None
                 if learn:
                     self.connect(q, h)
@@ -456,10 +460,10 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True))
     lat = [float(x) for x in args.latency.split(":")]
-    sim = Sim(args.nodes, args.seed, (lat[0], lat[-1]), failed=args.failed_peers)
+    sim = Sim(args.nodes, args.seed, (lat[0], lat[-1]), failed=args.failed_peers, repair=args.repair == "on")
     report: dict = {
         "nodes": args.nodes, "k": K, "parallelism": ALPHA, "join": args.join, "latency_s": args.latency,
-        "request_timeout_s": REQUEST_TIMEOUT, "failed_peers": args.failed_peers, "churn": args.churn, "seed": args.seed, "phases": {},
+        "request_timeout_s": REQUEST_TIMEOUT, "failed_peers": args.failed_peers, "repair": args.repair, "churn": args.churn, "seed": args.seed, "phases": {},
     }
     log(f"{args.nodes} nodes created")
     t = time.perf_counter()
@@ -536,7 +540,7 @@ coverage  = share of each record's true 20 closest live nodes holding it."""
 
 def print_table(r: dict) -> None:
     print(f"kadfast sim: {r['nodes']} nodes, k={r['k']}, alpha={r['parallelism']}, latency {r['latency_s']} s, "
-          f"request timeout {r['request_timeout_s']} s, failed peers: {r['failed_peers']}, join={r['join']} ({r['build_lookups']} lookups, "
+          f"request timeout {r['request_timeout_s']} s, failed peers: {r['failed_peers']}, repair round: {r['repair']}, join={r['join']} ({r['build_lookups']} lookups, "
           f"{r['build_seconds']} s), table size median {r['table_size']['median']} "
           f"[{r['table_size']['min']}..{r['table_size']['max']}]")
     print(f"churn: {r['departed']} nodes ({r['churn']:.0%}) left at once")
@@ -575,6 +579,8 @@ def main(argv=None) -> int:
     ap.add_argument("--maintenance", choices=("full", "self", "none"), default="full",
                     help="after the churn measurements, every live node runs one periodic bootstrap: full "
                          "(KadNode.bootstrap: self-lookup and bucket refreshes), self (self-lookup only) or none")
+    ap.add_argument("--repair", choices=("on", "off"), default="on",
+                    help="lookups run a repair round after meeting failed peers among their closest (KadNode's default)")
     ap.add_argument("--latency", default="0.01", help="seconds per request, or MIN:MAX uniform")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="1,000 nodes, 200 lookups, 30 records")

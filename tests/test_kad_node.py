@@ -142,6 +142,51 @@ def test_a_peer_whose_request_failed_stays_in_the_table_but_is_not_served():
     run_loop(lambda: asyncio.wait_for(main(), 30))
 
 
+def test_a_lookup_that_met_departed_peers_repairs_its_result():
+    """k = 2, over a scripted network that stands in for ``_rpc``. Q knows A
+    and B; asked about the target, A and B both name two departed peers G1,
+    G2 (closer than anyone live) and so never H, the closest live peer.
+    Without the repair round the lookup ends with [A, B]. With it, Q asks A
+    and B once for the peers closest to *their own* keys, A names H there,
+    Q asks H about the target, and the result is [H, A]."""
+    key = lambda p: Key(p.to_bytes())  # noqa: E731
+    target = random.Random(5).randbytes(32)
+    # the roles by distance to the target: G1 < G2 < H < A < B
+    g1, g2, h, a, b = sorted(peer_ids(5), key=lambda p: key(p).distance(Key(target)))
+    addr = {p: Multiaddr(f"/ip4/10.9.0.{i + 1}/tcp/4001") for i, p in enumerate((g1, g2, h, a, b))}
+    answers = {  # (asked peer, FIND_NODE key) -> peers named
+        (a, target): [g1, g2], (b, target): [g1, g2], (h, target): [],
+        (a, a.to_bytes()): [a, h], (b, b.to_bytes()): [b],
+    }
+
+    def run(repair: bool):
+        node = offline_node(config=Config(k=2, repair_lookups=repair))
+        asked = []
+
+        async def rpc(peer, msg):
+            asked.append((peer, msg.key))
+            if peer in (g1, g2):
+                raise KadError("gone")
+            named = answers[(peer, msg.key)]
+            return KadMessage(MessageType.FIND_NODE, key=msg.key,
+                              closer_peers=[KadPeer(p, [addr[p]]) for p in named])
+
+        node._rpc = rpc
+        node.add_address(a, addr[a])
+        node.add_address(b, addr[b])
+        got = run_loop(lambda: asyncio.wait_for(node.get_closest_peers(target), 10))
+        return got, asked
+
+    got, asked = run(False)
+    assert got == [a, b]                      # H was named by no one
+    assert all(k == target for _, k in asked)
+    got, asked = run(True)
+    assert got == [h, a]
+    own = [(p, k) for p, k in asked if k != target]
+    assert len(own) == 2 and set(own) == {(a, a.to_bytes()), (b, b.to_bytes())}   # once each
+    assert (h, target) in asked
+
+
 def test_put_value_echoes_and_stores_and_validates():
     v = NamespacedValidator()
 

@@ -359,6 +359,79 @@ def test_single_no_progress_stalls_with_parallelism_one():
 # -- property tests ------------------------------------------------------------------
 
 
+# -- the repair round (kadfast's addition; off by default) ----------------------
+
+
+def _repair_setup(repair: bool):
+    """Peers 0..29 by closeness; the lookup knows 0, 2, 3, 4, 5 and asks them
+    all; 2, 3, 4 answer with nothing new, then 0 fails."""
+    s = Setup(30)
+    it = s.new(known=[0, 2, 3, 4, 5], k=5, num_results=3, parallelism=5, request_timeout=5.0, repair=repair)
+    assert it.next(0.0) == [0, 2, 3, 4, 5]
+    for h in (2, 3, 4):
+        it.on_success(h, [], 1.0)
+    assert not it.finished
+    it.on_failure(0, 1.0)
+    return s, it
+
+
+def test_without_repair_a_failed_closest_peer_just_drops_out():
+    s, it = _repair_setup(False)
+    assert it.finished and it.result() == [2, 3, 4] and not it.repaired
+
+
+def test_repair_round_asks_the_answered_peers_for_their_own_neighbourhoods():
+    s, it = _repair_setup(True)
+    assert not it.finished and it.repaired        # 0 failed among the 3 closest
+    assert it.on_success(5, [], 1.0)               # a late answer before next(): still repairing
+    assert not it.finished
+    batch = it.next(1.0)
+    assert batch == [2, 3, 4] and all(it.is_repair(h) for h in batch)
+    assert it.waiting() == 3
+    assert it.on_success(2, [], 1.5)
+    assert it.on_success(3, [s.pairs[1]], 1.5)     # 3's neighbourhood names 1
+    assert not it.finished
+    assert it.on_success(4, [s.pairs[6]], 1.5)
+    # both asked about the target, as usual: 1 is closer than the 3rd answer,
+    # and while it is in flight a free slot goes to the next candidate
+    assert it.next(1.5) == [1, 6] and not it.is_repair(1) and not it.is_repair(6)
+    it.on_success(1, [], 2.0)
+    assert it.finished and it.result() == [1, 2, 3]
+    assert it.stats == QueryStats(requests=10, successes=8, failures=1, start=0.0, end=2.0)
+
+
+def test_repair_round_runs_once_and_gives_up_on_silent_peers():
+    s, it = _repair_setup(True)
+    it.on_success(5, [], 1.0)
+    assert it.next(1.0) == [2, 3, 4]
+    assert it.on_success(3, [s.pairs[1]], 2.0)
+    assert it.next_deadline() == 6.0               # the repair requests' deadline
+    assert it.next(2.0) == [1]
+    it.on_failure(1, 3.0)                          # another failure among the closest
+    assert not it.finished                         # 2 and 4 are still asked for their neighbourhoods
+    assert it.next(6.0) == []                      # they timed out: given up, no second round
+    assert it.finished and it.result() == [2, 3, 4]
+    assert it.on_success(2, [s.pairs[1]], 6.5) is False
+    assert it.stats.requests == 9 and it.stats.failures == 4 and it.stats.successes == 5
+
+
+def test_repair_costs_nothing_when_no_closest_peer_failed():
+    for repair in (False, True):
+        s = Setup(30)
+        it = s.new(known=range(30), k=30, num_results=5, parallelism=2, repair=repair)
+        asked = []
+        while not it.finished:
+            batch = it.next(0.0)
+            asked += batch
+            for h in batch:
+                if h == 7:
+                    it.on_failure(h, 0.0)              # a failure, but not among the 5 closest
+                else:
+                    it.on_success(h, [], 0.0)
+        assert asked == [0, 1, 2, 3, 4, 5, 6] and it.result() == [0, 1, 2, 3, 4]
+        assert not it.repaired
+
+
 @st.composite
 def scenarios(draw):
     return dict(
@@ -372,6 +445,7 @@ def scenarios(draw):
         p_silent=draw(st.sampled_from([0.0, 0.1, 0.3])),
         p_late=draw(st.sampled_from([0.0, 0.5])),
         xor=draw(st.sampled_from(KEYSPACES)),
+        repair=draw(st.booleans()),
     )
 
 
@@ -386,7 +460,7 @@ def test_random_lookups_keep_invariants(sc):
     known = [universe[rng.randrange(len(universe))] for _ in range(sc["n_known"])]
     it = ClosestPeersIter(
         target, known, now=0.0, k=sc["k"], parallelism=sc["parallelism"],
-        num_results=sc["num_results"], request_timeout=1.0, query_timeout=1e9,
+        num_results=sc["num_results"], request_timeout=1.0, query_timeout=1e9, repair=sc["repair"],
     )
     n = it.num_results
     keys = dict((h, key) for key, h in universe)
@@ -394,6 +468,8 @@ def test_random_lookups_keep_invariants(sc):
     silent: list[int] = []
     now = 0.0
     asked: set[int] = set()
+    repaired: set[int] = set()
+    open_repairs: dict[int, float] = {}   # repair requests in flight -> deadline
     for _ in range(10_000):
         if it.finished:
             break
@@ -402,12 +478,26 @@ def test_random_lookups_keep_invariants(sc):
         if it.finished:
             assert batch == []
             break
+        repairs = [h for h in batch if it.is_repair(h)]
+        batch = [h for h in batch if h not in repairs]
+        assert sc["repair"] or not repairs
+        # a repair request goes, once, to a peer that answered about the target
+        assert set(repairs) <= succeeded and not (set(repairs) & repaired)
+        repaired.update(repairs)
         assert not (set(batch) & asked), "a peer is asked twice"
         asked.update(batch)
+        # repair requests go out all at once, besides the parallelism
+        open_repairs = {h: d for h, d in open_repairs.items() if d > now}
+        open_repairs.update((h, now + 1.0) for h in repairs)
         if batch:
             cap = max(n, it.parallelism) if was_stalled else it.parallelism
-            assert it.waiting() <= cap
+            assert it.waiting() - len(open_repairs) <= cap
         assert it.stats.requests == it.stats.successes + it.stats.failures + it.waiting()
+        for h in repairs:
+            if rng.random() < 0.8:                # a neighbourhood: any peers at all
+                closer = [universe[rng.randrange(len(universe))] for _ in range(rng.randrange(n + 1))]
+                it.on_success(h, closer, now)
+                del open_repairs[h]
         for h in batch:
             running = not it.finished             # an earlier answer may finish it
             r = rng.random()
@@ -420,7 +510,7 @@ def test_random_lookups_keep_invariants(sc):
                 assert it.on_success(h, closer, now) == running
                 if running:
                     succeeded.add(h)
-        if not batch:
+        if not batch and not repairs:
             # nothing to do until a deadline: some silent peers answer late
             now = it.next_deadline()
             assert now is not None
@@ -435,7 +525,7 @@ def test_random_lookups_keep_invariants(sc):
     res = it.result()
     brute = sorted(succeeded, key=lambda h: xor.xor_distance(target, keys[h]))[:n]
     assert res == brute
-    assert it.stats.successes == len(succeeded)
+    assert it.stats.successes - len(repaired) <= len(succeeded) <= it.stats.successes
     if len(res) < n:
         # every candidate was tried
         assert all(it.state_of(keys[h]) != "NotContacted" for h in keys if it.state_of(keys[h]))

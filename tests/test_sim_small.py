@@ -58,3 +58,21 @@ def test_failed_peers_policies_after_churn(capsys):
         out[policy] = json.loads(capsys.readouterr().out)["phases"]["after_bootstrap"]["find"]["success"]
     assert out["withhold"] >= 0.99
     assert out["serve"] < out["withhold"]
+
+
+def test_repair_round_makes_lookups_exact_right_after_a_mass_departure(capsys):
+    """Right after 20% leave at once, answers still name the departed peers
+    and so hide the live ones just behind them; the lookups' repair round
+    finds those."""
+    out = {}
+    for repair in ("off", "on"):
+        assert sim.main(["--nodes", "600", "--lookups", "150", "--records", "0", "--seed", "2",
+                         "--maintenance", "none", "--repair", repair, "--json", "-q"]) == 0
+        phases = json.loads(capsys.readouterr().out)["phases"]
+        out[repair] = (phases["before_churn"]["find"], phases["after_churn"]["find"])
+    before_off, after_off = out["off"]
+    before_on, after_on = out["on"]
+    assert before_on["success"] == before_off["success"] == 1.0
+    assert before_on["messages_median"] == before_off["messages_median"]   # no failure, no repair
+    assert after_off["success"] <= 0.8
+    assert after_on["success"] >= 0.95

@@ -92,6 +92,12 @@ class Config:
     mode: str = "auto"
     max_message_size: int = MAX_MESSAGE_SIZE
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: closest-peers lookups (get_closest_peers, and so put_record, provide
+    #: and bootstrap) that met failed peers among their k closest ask the k
+    #: peers that answered for their own neighbourhoods once (the repair
+    #: round of ``ClosestPeersIter``), so that the live peers behind departed
+    #: ones are found; rust has no such round
+    repair_lookups: bool = True
     #: a routing-table entry replaced by a pending one after this long disconnected
     pending_timeout: float = 60.0
     #: seconds between two runs of the maintenance step
@@ -682,9 +688,12 @@ class KadNode:
             out.append((self._key(p.peer_id), p.peer_id))
         return out
 
-    async def _iterate(self, kind: str, key: bytes, msg: KadMessage, on_reply=None, num_results=None):
+    async def _iterate(self, kind: str, key: bytes, msg: KadMessage, on_reply=None, num_results=None,
+                       repair: bool = False):
         """Drive one iterative lookup; ``on_reply(peer, reply, it)`` may call
-        ``it.finish()``. Returns (closest succeeded peers, stats)."""
+        ``it.finish()``; ``repair`` allows the iterator's repair round (its
+        requests are FIND_NODEs for the asked peer's own key, not ``msg``).
+        Returns (closest succeeded peers, stats)."""
         cfg = self.config
         target = Key(key)
         now = self.clock()
@@ -694,13 +703,15 @@ class KadNode:
         it = ClosestPeersIter(
             target, known, now=now, k=cfg.k, parallelism=cfg.parallelism,
             num_results=num_results, request_timeout=cfg.request_timeout, query_timeout=cfg.query_timeout,
+            repair=repair,
         )
         inflight: dict[asyncio.Task, PeerId] = {}
         loop = asyncio.get_running_loop()
         try:
             while not it.finished:
                 for peer in it.next(self.clock()):
-                    inflight[loop.create_task(self._rpc(peer, msg))] = peer
+                    m = KadMessage(MessageType.FIND_NODE, key=peer.to_bytes()) if it.is_repair(peer) else msg
+                    inflight[loop.create_task(self._rpc(peer, m))] = peer
                 if it.finished:
                     break
                 deadline = it.next_deadline()
@@ -737,7 +748,8 @@ class KadNode:
     async def get_closest_peers(self, key: bytes | PeerId) -> list[PeerId]:
         """The k peers closest to ``key`` (bytes, or a PeerId's bytes) that answered."""
         raw = key.to_bytes() if isinstance(key, PeerId) else bytes(key)
-        peers, _ = await self._iterate("get_closest_peers", raw, KadMessage(MessageType.FIND_NODE, key=raw))
+        peers, _ = await self._iterate("get_closest_peers", raw, KadMessage(MessageType.FIND_NODE, key=raw),
+                                       repair=self.config.repair_lookups)
         return peers
 
     async def bootstrap(self) -> int:

@@ -27,6 +27,21 @@ The behaviour follows rust-libp2p's ``ClosestPeersIter``:
   to ask and no request is in flight; or when ``query_timeout`` has passed; or
   when :meth:`ClosestPeersIter.finish` is called.
 
+One addition of kadfast's, off unless ``repair=True`` (rust has none):
+
+* *Repair round.* When the termination rule holds but some peer that failed or
+  went unresponsive ranks among the ``num_results`` closest, the answers the
+  lookup got were written by peers that did not yet know of that departure:
+  each answer names at most k peers, departed ones included, so live peers
+  just behind them are named by no one. The lookup then asks each of the
+  ``num_results`` closest peers that answered, once, for the peers closest to
+  *its own* key (:meth:`ClosestPeersIter.is_repair` tells the caller which
+  key to ask for). Their neighbourhoods name the peers behind the departed
+  ones; those closer than the current ``num_results``-th answer are asked
+  about the target as usual, and the lookup finishes by the rule above.
+  The repair round happens at most once per lookup; a lookup that met no
+  failure among its closest peers never runs it and costs what rust's does.
+
 Peer states::
 
     NotContacted --next()--> Waiting --on_success--> Succeeded
@@ -151,6 +166,10 @@ class ClosestPeersIter:
         "_deadline",
         "_now",
         "_cap",
+        "_repair",
+        "_repaired",
+        "_repair_queue",
+        "_repair_inflight",
     )
 
     def __init__(
@@ -164,6 +183,7 @@ class ClosestPeersIter:
         num_results: int | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         query_timeout: float = DEFAULT_QUERY_TIMEOUT,
+        repair: bool = False,
     ) -> None:
         if num_results is None:
             num_results = k
@@ -193,6 +213,12 @@ class ClosestPeersIter:
         self._deadline = now + self.query_timeout
         self._now = now
         self._cap = max(k, num_results)
+        self._repair = repair
+        self._repaired = False
+        # repair requests: peers to ask for their own neighbourhood, and
+        # handle -> (peer, deadline) for those asked and not yet answered
+        self._repair_queue: list[_Peer] = []
+        self._repair_inflight: dict[Any, tuple[_Peer, float]] = {}
 
         t = self._target_int
         fresh: dict[bytes, _Peer] = {}
@@ -217,9 +243,20 @@ class ClosestPeersIter:
         """True while the lookup is stalled (widened parallelism)."""
         return self._state is STALLED
 
+    @property
+    def repaired(self) -> bool:
+        """True once the lookup has started its repair round (see the module doc)."""
+        return self._repaired
+
     def waiting(self) -> int:
         """Requests in flight that have not timed out."""
-        return self._num_waiting
+        return self._num_waiting + len(self._repair_inflight)
+
+    def is_repair(self, handle: Any) -> bool:
+        """True if ``handle``, just handed out by :meth:`next`, is to be asked
+        for the peers closest to its *own* key (a request of the repair
+        round), False if for the target's."""
+        return handle in self._repair_inflight
 
     def next_deadline(self) -> float | None:
         """The earliest instant at which :meth:`next` has something to do
@@ -231,6 +268,9 @@ class ClosestPeersIter:
         for peer in self._inflight.values():
             if peer.state == WAITING and peer.deadline < deadline:
                 deadline = peer.deadline
+        for _, d in self._repair_inflight.values():
+            if d < deadline:
+                deadline = d
         return deadline
 
     def result(self) -> list[Any]:
@@ -268,18 +308,25 @@ class ClosestPeersIter:
         if self._state is FINISHED or self._tick(now):
             return []
         out: list[Any] = []
+        deadline = now + self.request_timeout
+        if self._repair_queue:
+            for peer in self._repair_queue:
+                self._repair_inflight[peer.handle] = (peer, deadline)
+                self.stats.requests += 1
+                out.append(peer.handle)
+            self._repair_queue = []
         cap = self._capacity()
         counter: int | None = 0   # None once a closer request is in flight
         n = self.num_results
-        deadline = now + self.request_timeout
         for peer in self._peers:
             state = peer.state
             if state == SUCCEEDED:
                 if counter is not None:
                     counter += 1
                     if counter >= n:
-                        self._finish(now)
-                        return out  # empty: a contact sets counter to None
+                        if self._done(now):
+                            return self.next(now)   # the repair round starts
+                        return out
             elif state == NOT_CONTACTED:
                 if self._num_waiting >= cap:
                     return out
@@ -295,8 +342,8 @@ class ClosestPeersIter:
                     return out
                 counter = None
             # FAILED, UNRESPONSIVE: skipped
-        if self._num_waiting == 0:
-            self._finish(now)
+        if self._num_waiting == 0 and self._done(now):
+            return self.next(now)
         return out
 
     def on_success(self, handle: Any, closer: Iterable[tuple[Key, Any]], now: float) -> bool:
@@ -307,6 +354,12 @@ class ClosestPeersIter:
         known are ignored; the caller leaves out its own key."""
         if self._state is FINISHED or self._tick(now):
             return False
+        if handle in self._repair_inflight:
+            del self._repair_inflight[handle]
+            self.stats.successes += 1
+            self._add_candidates(closer)
+            self._check(now)
+            return True
         peer = self._inflight.pop(handle, None)
         if peer is None:
             return False
@@ -322,26 +375,11 @@ class ClosestPeersIter:
         # before this answer, or fewer than num_results peers known.
         dists = self._dists
         n = self.num_results
-        progress = len(dists) < n
-        bound = None if progress else dists[n - 1]
-        t = self._target_int
-        by_digest = self._by_digest
-        taken = 0
-        for key, h in closer:
-            if taken >= self._cap:
-                break
-            taken += 1
-            digest = key.digest
-            if digest in by_digest:
-                continue
-            d = int.from_bytes(digest, "big") ^ t
-            new = _Peer(key, h, d)
-            i = bisect.bisect_left(dists, d)
-            dists.insert(i, d)
-            self._peers.insert(i, new)
-            by_digest[digest] = new
-            if bound is not None and d < bound:
-                progress = True
+        if len(dists) < n:
+            self._add_candidates(closer)
+            progress = True
+        else:
+            progress = self._add_candidates(closer, dists[n - 1])
 
         if self._state is ITERATING:
             if progress:
@@ -362,6 +400,11 @@ class ClosestPeersIter:
         lookup runs."""
         if self._state is FINISHED or self._tick(now):
             return False
+        if handle in self._repair_inflight:
+            del self._repair_inflight[handle]
+            self.stats.failures += 1
+            self._check(now)
+            return True
         peer = self._inflight.pop(handle, None)
         if peer is None:
             return False
@@ -403,6 +446,62 @@ class ClosestPeersIter:
                     peer.state = UNRESPONSIVE
                     self._num_waiting -= 1
                     self.stats.failures += 1
+        if self._repair_inflight:
+            late = [h for h, (_, d) in self._repair_inflight.items() if now >= d]
+            for h in late:   # a repair request that timed out is given up
+                del self._repair_inflight[h]
+                self.stats.failures += 1
+        return False
+
+    def _add_candidates(self, closer: Iterable[tuple[Key, Any]], bound: int | None = None) -> bool:
+        """Insert the first ``_cap`` of ``closer`` not yet known as
+        NotContacted. True if one of them is closer than ``bound``."""
+        dists = self._dists
+        peers = self._peers
+        t = self._target_int
+        by_digest = self._by_digest
+        closer_found = False
+        taken = 0
+        for key, h in closer:
+            if taken >= self._cap:
+                break
+            taken += 1
+            digest = key.digest
+            if digest in by_digest:
+                continue
+            d = int.from_bytes(digest, "big") ^ t
+            new = _Peer(key, h, d)
+            i = bisect.bisect_left(dists, d)
+            dists.insert(i, d)
+            peers.insert(i, new)
+            by_digest[digest] = new
+            if bound is not None and d < bound:
+                closer_found = True
+        return closer_found
+
+    def _done(self, now: float) -> bool:
+        """The termination rule holds: finish, unless the repair round starts
+        now or its requests are still to send or in flight. True when it
+        starts."""
+        if self._repair_inflight or self._repair_queue:
+            return False
+        if self._repair and not self._repaired:
+            n = self.num_results
+            hole = False
+            answered: list[_Peer] = []
+            for peer in self._peers:
+                state = peer.state
+                if state == SUCCEEDED:
+                    answered.append(peer)
+                    if len(answered) >= n:
+                        break
+                elif state == FAILED or state == UNRESPONSIVE:
+                    hole = True
+            if hole and answered:
+                self._repaired = True
+                self._repair_queue = answered
+                return True
+        self._finish(now)
         return False
 
     def _check(self, now: float) -> None:
@@ -418,4 +517,4 @@ class ClosestPeersIter:
             elif state == NOT_CONTACTED or state == WAITING:
                 return
         # n closest answered, or nothing left to ask and nothing in flight
-        self._finish(now)
+        self._done(now)
