@@ -3,7 +3,7 @@
 server holding 100,000 records, its memory per record, and the same with the
 sqlite store.
 
-    python bench/records_bench.py [--quick] [--json] [--records N] [--stores memory,sqlite]
+    python bench/records_bench.py [--quick] [--json] [--records N] [--stores memory,sqlite,sqlite-each]
                                   [--duration S] [--value-size B] [--peers N] [--runs R]
 
 The server is a kadfast ``KadNode`` in a child process of its own
@@ -36,7 +36,10 @@ case are decoded and checked: the GET reply carries the record, the PUT
 reply echoes it).
 
 Per case: requests per second and server CPU (``/proc/<pid>/stat``) per
-request; memory and ``sqlite:PATH`` stores in turn (a fresh server each).
+request; for each store of ``--stores`` in turn (a fresh server each):
+``memory``, ``sqlite`` (group commit, as ``kadfast server`` runs it: one
+commit for the changes of the requests at hand, their replies sent after it)
+and ``sqlite-each`` (a commit, and an fsync, per change).
 """
 
 from __future__ import annotations
@@ -145,7 +148,11 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
         from kadfast.loop import tune_gc_for_server
 
         kp = Ed25519KeyPair.generate()
-        store = open_store(store_spec, kp.peer_id, cfg.store)
+        # "sqlite:PATH" commits in groups, as `kadfast server` does;
+        # "sqlite-each:PATH" commits every change on its own
+        each = store_spec.startswith("sqlite-each:")
+        spec = "sqlite:" + store_spec[len("sqlite-each:"):] if each else store_spec
+        store = open_store(spec, kp.peer_id, cfg.store, group_commit=not each)
         node = KadNode(kp, config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]), store=store)
         size = fill_table(node, n_peers)
         node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
@@ -280,8 +287,8 @@ def run_store(harness, label: str, spec: str, opts) -> dict:
             "rss_after_kib": rss1,
             "bytes_per_record": round((rss1 - rss0) * 1024 / pf["records"], 1) if pf["records"] else None,
         }
-        if spec.startswith("sqlite:"):
-            path = spec[len("sqlite:"):]
+        if spec.startswith("sqlite"):
+            path = spec.split(":", 1)[1]
             size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
             mem["db_bytes"] = size
             mem["db_bytes_per_record"] = round(size / pf["records"], 1)
@@ -331,7 +338,7 @@ def run_bench(opts) -> dict:
     t_start = time.monotonic()
     try:
         for store in opts.stores:
-            spec = "memory" if store == "memory" else f"sqlite:{os.path.join(tmp, 'records.db')}"
+            spec = "memory" if store == "memory" else f"{store}:{os.path.join(tmp, store + '.db')}"
             label = f"kadfast/{opts.loop} {store}"
             log_progress(f"records_bench: {label} ...")
             results[store] = run_store(harness, label, spec, opts)
@@ -397,7 +404,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--records", type=int, default=None, help="records prefilled (default 100,000; quick 10,000)")
     ap.add_argument("--value-size", type=int, default=128, help="bytes per record value")
-    ap.add_argument("--stores", default="memory,sqlite", help="comma list of memory, sqlite")
+    ap.add_argument("--stores", default="memory,sqlite", help="comma list of memory, sqlite (group commit, as "
+                    "kadfast server), sqlite-each (a commit per change)")
     ap.add_argument("--runs", type=int, default=1, help="repeat every case and report the medians")
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per case (default 5; quick 1)")
     ap.add_argument("--cases", default=None, help="comma list, e.g. get/32,put/1 (default get/1,get/32,put/1,put/32)")
@@ -417,8 +425,8 @@ def parse_args(argv=None):
     opts.warmup = 0.3 if opts.quick else 0.5
     opts.idle_seconds = 2.0 if opts.quick else 5.0
     opts.stores = [s.strip() for s in opts.stores.split(",") if s.strip()]
-    if any(s not in ("memory", "sqlite") for s in opts.stores):
-        ap.error("--stores: memory and/or sqlite")
+    if any(s not in ("memory", "sqlite", "sqlite-each") for s in opts.stores):
+        ap.error("--stores: memory, sqlite and/or sqlite-each")
     if opts.cases:
         opts.cases = [(c.split("/")[0], int(c.split("/")[1])) for c in opts.cases.split(",") if c.strip()]
         if any(k not in ("get", "put") or n < 1 for k, n in opts.cases):

@@ -217,7 +217,7 @@ async def cmd_server(args, out: Out) -> int:
     if args.store != "memory":
         from .sqlite_store import open_store
         try:
-            store = open_store(args.store, keypair.peer_id, store_config)
+            store = open_store(args.store, keypair.peer_id, store_config, group_commit=True)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     node = KadNode(

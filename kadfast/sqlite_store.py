@@ -9,9 +9,20 @@ by ``max_provided_keys``; TTL expiry and :meth:`SqliteStore.sweep`.
 
 Durability
     The database runs with ``PRAGMA journal_mode=WAL`` and
-    ``PRAGMA synchronous=FULL``, and every mutating call commits before it
-    returns: a :meth:`put` that returned is on disk (the node acknowledges a
-    PUT_VALUE only after ``store.put`` returns).
+    ``PRAGMA synchronous=FULL``. By default every mutating call commits before
+    it returns: a :meth:`put` that returned is on disk.
+
+    With ``group_commit=True`` a mutating call leaves its changes in one open
+    transaction (each call inside a savepoint of its own, so a call that
+    raises undoes only itself) and :meth:`commit` makes everything since the
+    last commit durable with one fsync. ``on_dirty``, when set, is called
+    once per transaction, when its first change is made: :class:`KadNode`
+    uses it to run the commit as soon as the event loop has handled the
+    requests at hand, and holds back the replies to those requests (PUT_VALUE
+    and anything else that changed the store) until that commit is done. So
+    an acknowledged PUT_VALUE is still on disk, and a burst of puts from many
+    peers costs one fsync instead of one each. The same connection reads its
+    own uncommitted changes. :meth:`close` commits what is pending.
 
 Clocks
     The node passes ``now`` and expiry instants on :func:`time.monotonic`,
@@ -118,8 +129,13 @@ class SqliteStore(RecordStore):
         config: StoreConfig | None = None,
         *,
         clock_offset: float | None = None,
+        group_commit: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        #: changes wait for :meth:`commit` (see the module docstring)
+        self.group_commit = group_commit
+        #: called once per open transaction, at its first change (group commit)
+        self.on_dirty = None
         self.local_peer_id = local_peer_id
         self.config = config or StoreConfig()
         #: wall-clock instant minus the caller's clock (see the module docstring)
@@ -171,8 +187,31 @@ class SqliteStore(RecordStore):
     def closed(self) -> bool:
         return self._conn is None
 
+    @property
+    def dirty(self) -> bool:
+        """True while changes wait for :meth:`commit` (group commit only)."""
+        conn = self._conn
+        return conn is not None and conn.in_transaction
+
+    def commit(self) -> None:
+        """Make the pending changes durable (one fsync); a no-op when there
+        are none. On failure the pending changes are rolled back and
+        StoreError is raised."""
+        conn = self._conn
+        if conn is None or not conn.in_transaction:
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            raise StoreError(f"store {self.path!r}: commit failed: {exc}") from exc
+
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Commit what is pending and close the database (idempotent)."""
+        if self._conn is not None and self._conn.in_transaction:
+            self.commit()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -198,6 +237,20 @@ class SqliteStore(RecordStore):
         try:
             if not write:
                 yield conn
+                return
+            if self.group_commit:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                    if self.on_dirty is not None:
+                        self.on_dirty()
+                conn.execute("SAVEPOINT op")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    raise
+                conn.execute("RELEASE op")
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -373,9 +426,10 @@ class SqliteStore(RecordStore):
         return len(recs), len(provs)
 
 
-def open_store(spec: str, local_peer_id: PeerId, config: StoreConfig | None = None) -> RecordStore:
+def open_store(spec: str, local_peer_id: PeerId, config: StoreConfig | None = None, *,
+               group_commit: bool = False) -> RecordStore:
     """A store from a spec: ``"memory"`` (:class:`MemoryStore`) or
-    ``"sqlite:PATH"`` (:class:`SqliteStore` at PATH)."""
+    ``"sqlite:PATH"`` (:class:`SqliteStore` at PATH, with ``group_commit``)."""
     if not isinstance(spec, str):
         raise ValueError(f"store spec must be a string, not {type(spec).__name__}")
     if spec == "memory":
@@ -384,5 +438,5 @@ def open_store(spec: str, local_peer_id: PeerId, config: StoreConfig | None = No
         path = spec[len("sqlite:"):]
         if not path:
             raise ValueError("store spec 'sqlite:' needs a path, as in 'sqlite:/var/lib/kadfast/store.db'")
-        return SqliteStore(path, local_peer_id, config)
+        return SqliteStore(path, local_peer_id, config, group_commit=group_commit)
     raise ValueError(f"unknown store spec {spec!r}: expected 'memory' or 'sqlite:PATH'")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 
 import pytest
 
 from kadfast import Ed25519KeyPair, Key, Multiaddr, PeerId
+from kadfast.errors import StoreError
 from kadfast.kad.node import (
     Config,
     InboundRequest,
@@ -185,6 +187,99 @@ def test_a_lookup_that_met_departed_peers_repairs_its_result():
     own = [(p, k) for p, k in asked if k != target]
     assert len(own) == 2 and set(own) == {(a, a.to_bytes()), (b, b.to_bytes())}   # once each
     assert (h, target) in asked
+
+
+class _FakeStream:
+    """What KadNode._serve touches of an inbound stream, recording what the
+    server does with it."""
+
+    class _Conn:
+        remote_addr = None
+
+        def count_inbound(self, stream, limit):
+            return True
+
+    def __init__(self, peer):
+        self.peer_id = peer
+        self.conn = self._Conn()
+        self.events: list = []
+        self.sink = None
+
+    class _Done:
+        def add_done_callback(self, cb):
+            pass
+
+    def consume_with(self, sink):
+        self.sink = sink
+        return self._Done()
+
+    def sink_finished(self):
+        self.events.append("sink finished")
+
+    def write(self, data):
+        self.events.append(("write", data))
+
+    def close(self):
+        self.events.append("close")
+
+    def reset(self):
+        self.events.append("reset")
+
+
+def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
+    from kadfast.kad.pb import MessageReader, decode_message, encode_message, frame
+    from kadfast.sqlite_store import SqliteStore
+
+    me, asker = Ed25519KeyPair.generate(), peer_ids(1)[0]
+    store = SqliteStore(tmp_path / "s.db", me.peer_id, group_commit=True)
+    node = offline_node(keypair=me, store=store)
+    stream = _FakeStream(asker)
+    node._serve(stream)
+
+    def put(i):
+        rec = KadRecord(b"/k%d" % i, b"v%d" % i)
+        return frame(encode_message(KadMessage(MessageType.PUT_VALUE, key=rec.key, record=rec)))
+
+    def replies():
+        out = []
+        for e in stream.events:
+            if e[0] == "write":
+                out += [decode_message(b).type for b in MessageReader(1 << 20).feed(e[1])]
+            else:
+                out.append(e)
+        return out
+
+    find = frame(encode_message(KadMessage(MessageType.FIND_NODE, key=b"x" * 32)))
+    stream.sink(find)                                 # nothing pending: answered at once
+    assert replies() == [MessageType.FIND_NODE]
+    stream.events.clear()
+    stream.sink(put(1) + find + put(2))               # a PUT changes the store: replies wait
+    stream.sink(b"")                                  # and so does the close
+    assert replies() == ["sink finished"]
+    assert store.dirty and len(node._commit_waiters) == 1
+
+    def on_disk():
+        with sqlite3.connect(tmp_path / "s.db") as other:
+            return other.execute("SELECT count(*) FROM records").fetchone()[0]
+
+    assert on_disk() == 0
+    node._run_group_commit()
+    assert on_disk() == 2 and not store.dirty
+    # in order, the close last
+    assert replies() == ["sink finished", MessageType.PUT_VALUE, MessageType.FIND_NODE, MessageType.PUT_VALUE, "close"]
+
+    # a commit that fails acknowledges nothing: the waiting stream is reset
+    stream2 = _FakeStream(asker)
+    node._serve(stream2)
+    stream2.sink(put(3))
+    assert stream2.events == []
+
+    def failing_commit():
+        raise StoreError("disk full")
+
+    store.commit = failing_commit
+    node._run_group_commit()
+    assert stream2.events == ["reset"]
 
 
 def test_put_value_echoes_and_stores_and_validates():

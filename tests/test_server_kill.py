@@ -5,9 +5,10 @@ The server is the real command line, ``kadfast server --store sqlite:DB --key
 K``. Kadfast client nodes in the test process (client mode: they never serve
 kad, so they stay out of routing tables; 8 of them, as the server limits
 PUT_VALUE per peer) send puts with quorum 1, 16 in flight. A put returns
-success only when the server echoed the PUT_VALUE, which it does after
-``store.put`` returned (``SqliteStore.put`` commits, WAL with
-synchronous=FULL, before returning). The server is SIGKILLed while puts are
+success only when the server echoed the PUT_VALUE, which it does only after
+the group commit that covers it (WAL with synchronous=FULL; the server holds
+the replies of the requests at hand until their one commit is done). The
+server is SIGKILLed while puts are
 in flight; after a restart with the same key and database, every acknowledged
 key must be served by the restarted server, under the same PeerId.
 """

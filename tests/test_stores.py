@@ -23,15 +23,18 @@ def peers(n):
     return [Ed25519KeyPair.generate().peer_id for _ in range(n)]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-group"])
 def make_store(request, tmp_path):
-    """make_store(local_peer_id, config=None) -> a fresh store of the kind under test."""
+    """make_store(local_peer_id, config=None) -> a fresh store of the kind under test
+    (sqlite-group: group commit, never committed, so the store reads its own
+    pending changes)."""
     opened = []
 
     def make(local, config=None):
         if request.param == "memory":
             return MemoryStore(local, config)
-        s = SqliteStore(tmp_path / f"store{len(opened)}.db", local, config)
+        s = SqliteStore(tmp_path / f"store{len(opened)}.db", local, config,
+                        group_commit=request.param == "sqlite-group")
         opened.append(s)
         return s
 
@@ -370,3 +373,60 @@ def test_open_store_specs(tmp_path):
 def test_open_store_rejects_bad_specs(spec):
     with pytest.raises(ValueError, match="store spec"):
         open_store(spec, peers(1)[0])
+
+
+# -- group commit ------------------------------------------------------------------
+
+
+def _rows_seen_by_another_connection(path) -> int:
+    other = sqlite3.connect(path)
+    try:
+        return other.execute("SELECT count(*) FROM records").fetchone()[0]
+    finally:
+        other.close()
+
+
+def test_group_commit_holds_changes_until_commit(tmp_path):
+    me, other = peers(2)
+    path = tmp_path / "g.db"
+    calls = []
+    s = SqliteStore(path, me, group_commit=True)
+    s.on_dirty = lambda: calls.append(1)
+    assert not s.dirty
+    s.commit()                                     # nothing pending: a no-op
+    s.put(Record(b"/a", b"1", publisher=other), 0.0)
+    s.put(Record(b"/b", b"2", publisher=other), 0.0)
+    assert s.dirty and calls == [1]                # once per transaction
+    assert s.get(b"/a", 0.0).value == b"1"         # its own pending change
+    assert _rows_seen_by_another_connection(path) == 0
+    s.commit()
+    assert not s.dirty and _rows_seen_by_another_connection(path) == 2
+    s.remove(b"/a")
+    assert calls == [1, 1]                         # a new transaction
+    s.close()                                      # commits what is pending
+    assert _rows_seen_by_another_connection(path) == 1
+
+
+def test_group_commit_a_failed_call_undoes_only_itself(tmp_path):
+    me, other = peers(2)
+    path = tmp_path / "g.db"
+    with SqliteStore(path, me, StoreConfig(max_records=2), group_commit=True) as s:
+        s.put(Record(b"/a", b"1", publisher=other), 0.0)
+        s.put(Record(b"/b", b"2", publisher=other), 0.0)
+        with pytest.raises(StoreFull):
+            s.put(Record(b"/c", b"3", publisher=other), 0.0)
+        with pytest.raises(RecordTooLarge):
+            s.put(Record(b"/a", b"x" * (StoreConfig().max_value_bytes + 1), publisher=other), 0.0)
+        assert s.dirty
+        s.commit()
+        assert sorted(r.key for r in s.records()) == [b"/a", b"/b"]
+        assert s.get(b"/a", 0.0).value == b"1"
+    assert _rows_seen_by_another_connection(path) == 2
+
+
+def test_open_store_passes_group_commit(tmp_path):
+    me = peers(1)[0]
+    with open_store(f"sqlite:{tmp_path / 'a.db'}", me, group_commit=True) as s:
+        assert s.group_commit
+    with open_store(f"sqlite:{tmp_path / 'b.db'}", me) as s:
+        assert not s.group_commit

@@ -274,6 +274,14 @@ class KadNode:
         # needs it, and a SHA-256 per use adds up on the server's hot path
         self._keys: dict[PeerId, Key] = {}
         self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
+        # a store with group commit (SqliteStore(group_commit=True)): changes
+        # are committed once the loop has handled the requests at hand, and
+        # the replies to requests that changed it wait for that commit
+        self._group_commit = bool(getattr(self.store, "group_commit", False))
+        self._commit_scheduled = False
+        self._commit_waiters: list = []   # flush(ok) of streams whose replies wait
+        if self._group_commit:
+            self.store.on_dirty = self._commit_soon
         self.validator = validator or NamespacedValidator()
         self.clock = clock
         self.wall_clock = wall_clock
@@ -323,6 +331,8 @@ class KadNode:
             if t is not None:
                 t.cancel()
         await asyncio.gather(*[t for t in (self._maint_task, *self._tasks) if t], return_exceptions=True)
+        if self._group_commit:
+            self._run_group_commit()
         await self.host.close()
 
     async def __aenter__(self) -> "KadNode":
@@ -530,6 +540,35 @@ class KadNode:
         cache[key] = (book, book.version, conn, epoch, field)
         return field
 
+    # -- group commit ----------------------------------------------------------------
+    def _commit_soon(self) -> None:
+        """The store has uncommitted changes: commit them once the loop has
+        handled the I/O at hand (``call_soon`` runs after this iteration's
+        read callbacks, so one commit covers every request they carried)."""
+        if self._commit_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a store changed before start): the next commit takes it
+            return
+        self._commit_scheduled = True
+        loop.call_soon(self._run_group_commit)
+
+    def _run_group_commit(self) -> None:
+        """Commit the store, then release the replies that waited for it (or
+        reset their streams if the commit failed: nothing is acknowledged
+        that is not on disk)."""
+        self._commit_scheduled = False
+        waiters, self._commit_waiters = self._commit_waiters, []
+        ok = True
+        try:
+            self.store.commit()
+        except StoreError:
+            log.exception("the record store failed to commit; resetting the %d streams waiting on it", len(waiters))
+            ok = False
+        for flush in waiters:
+            flush(ok)
+
     # -- server side ---------------------------------------------------------------
     def _serve(self, stream) -> None:
         """The kad server of one inbound stream, inline (no task): called in
@@ -544,20 +583,52 @@ class KadNode:
         peer = stream.peer_id
         handle = self._handle_request
         remote_addr = stream.conn.remote_addr
+        store = self.store
+        group = self._group_commit
+        # with group commit: this stream's replies (and its close) that wait
+        # for the store's commit, in order; None when nothing waits
+        held: list | None = None
+
+        def flush(ok: bool) -> None:
+            nonlocal held
+            items, held = held, None
+            try:
+                if not ok:
+                    stream.reset()
+                    return
+                for item in items:
+                    if item is None:
+                        stream.close()
+                    else:
+                        stream.write(item)
+            except Exception as exc:  # the stream or its connection ended meanwhile
+                log.debug("held kad replies to %s not sent: %r", peer, exc)
 
         def on_data(data: bytes) -> None:
             # runs inside the connection's read callback: every request of the
             # batch is answered and the replies leave in the same write; an
             # exception (bad input) resets the stream
+            nonlocal held
             if not data:
                 reader.eof()
                 stream.sink_finished()
-                stream.close()
+                if held is None:
+                    stream.close()
+                else:
+                    held.append(None)
                 return
             for body in reader.feed(data):
                 reply = handle(peer, decode_message(body), remote_addr, True)
                 if reply is not None:
-                    stream.write(reply if reply.__class__ is bytes else frame(encode_message(reply)))
+                    out = reply if reply.__class__ is bytes else frame(encode_message(reply))
+                    if held is None and not (group and store.dirty):
+                        stream.write(out)
+                    else:  # acknowledged only once the change is on disk
+                        if held is None:
+                            held = []
+                            self._commit_waiters.append(flush)
+                            self._commit_soon()
+                        held.append(out)
 
         stream.consume_with(on_data).add_done_callback(_log_serve_end)
 
