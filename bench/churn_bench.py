@@ -73,7 +73,9 @@ Phases, on one fresh server:
    as fast as the dialer goes, for ``--duration`` seconds;
 4. the held connections are checked (all still open on both sides) and
    closed; churn again with none held;
-5. server RSS once everything is closed, and its per-peer state.
+5. server RSS once everything is closed, and its per-peer state; then RSS
+   after one ``malloc_trim`` (what ``kadfast server``'s ``MemoryTrimmer`` does
+   once the connection count fell by 1,000).
 
 Per churn phase: connections per second (client-counted, and the server's
 ``ConnectionEstablished``/``PeerIdentified`` events in the same window),
@@ -234,7 +236,15 @@ def serve(loop_kind: str) -> int:
             n = gc.collect()
             return {"collected": n, "seconds": round(time.perf_counter() - t0, 3), "rss_kib": proc_rss_kib()}
 
-        start_control(loop, emit, done, {"stats": lambda req: stats(), "gc": collect})
+        def trim(req) -> dict:
+            # what `kadfast server`'s MemoryTrimmer does once many connections closed
+            from kadfast.loop import malloc_trim
+
+            t0 = time.perf_counter()
+            ran = malloc_trim()
+            return {"trimmed": ran, "seconds": round(time.perf_counter() - t0, 4), "rss_kib": proc_rss_kib()}
+
+        start_control(loop, emit, done, {"stats": lambda req: stats(), "gc": collect, "trim": trim})
         emit(ready_line(loop_kind, loop, node.peer_id, node.listen_addrs, nofile=nofile))
         try:
             await done.wait()
@@ -1029,9 +1039,15 @@ def run_bench(opts) -> dict:
         time.sleep(1.0)
         rss_end = gc_rss(peer, 1.0, 60)
         st3 = peer.call("stats", timeout=10)
+        tr = peer.call("trim", timeout=60)
+        time.sleep(0.2)
+        rss_trimmed = proc_rss_kib(peer.proc.pid) or tr["rss_kib"]
         report["end"] = {
             "rss_kib": rss_end,
             "rss_growth_over_start_kib": rss_end - rss0,
+            "rss_after_trim_kib": rss_trimmed,
+            "rss_growth_after_trim_kib": rss_trimmed - rss0,
+            "trim_seconds": tr["seconds"],
             **{k: st3[k] for k in ("open", "pending", "established", "identified", "closed", "peer_info",
                                    "identified_futures", "identified_futures_pending", "identified_futures_without_conn",
                                    "gc_seconds", "gc_runs", "addrbook_peers", "tasks", "dropped_events",
@@ -1108,6 +1124,8 @@ def print_table(r: dict) -> None:
         print(f"\nat the end (all closed): server RSS {e['rss_kib'] / 1024:.1f} MiB "
               f"({e['rss_growth_over_start_kib'] / 1024:+.1f} MiB over the start of the hold phase); "
               f"{e['established']} connections established, {e['identified']} identified, {e['closed']} closed")
+        print(f"  after malloc_trim ({e['trim_seconds'] * 1e3:.1f} ms, as kadfast server's MemoryTrimmer does): "
+              f"RSS {e['rss_after_trim_kib'] / 1024:.1f} MiB ({e['rss_growth_after_trim_kib'] / 1024:+.1f} MiB)")
         print(f"  per-peer state left: peer_info {e['peer_info']}, identify futures {e['identified_futures']}, "
               f"address book {e['addrbook_peers']} peers, host tasks {e['tasks']}, open {e['open']}, pending {e['pending']}")
         print(f"  close reasons: {e['close_reasons']}; host events dropped (queue full): {e['dropped_events']}")

@@ -27,7 +27,7 @@ from .client import BootstrapError, Client, NoPeersInNamespace
 from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
 from .kad.node import Config, InboundRequest, KadNode, NoKnownPeers, NotFound, QuorumFailed
 from .keys import Ed25519KeyPair, load_or_create_keypair
-from .loop import LOOP_KINDS, run as run_loop, tune_gc_for_server
+from .loop import LOOP_KINDS, MemoryTrimmer, run as run_loop, tune_gc_for_server
 from .net import HostConfig
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError
@@ -257,6 +257,8 @@ async def cmd_server(args, out: Out) -> int:
             metrics_server = await start_metrics(node, args.metrics_port, requests)
         last, last_count = time.monotonic(), 0
         last_logged = 0.0
+        # after many connections closed, hand the memory they used back to the OS
+        trimmer = MemoryTrimmer()
         while not stop.is_set():
             try:
                 ev = await asyncio.wait_for(events.get(), 1.0)
@@ -269,6 +271,7 @@ async def cmd_server(args, out: Out) -> int:
             if continue_status or now - last >= 1.0:
                 rate = (requests[0] - last_count) / max(now - last, 1e-9)
                 last, last_count = now, requests[0]
+                trimmer.observe(node.host.connection_count(), now)
                 status = (f"peers {len(node.table)} | connections {node.host.connection_count()} | "
                           f"records {len(node.store)} | requests/s {rate:.0f}")
                 if out.tty:

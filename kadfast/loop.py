@@ -4,10 +4,21 @@ asyncio loop otherwise or on request."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
+import sys
 from typing import Awaitable, Callable, TypeVar
 
-__all__ = ["LOOP_KINDS", "new_event_loop", "run", "tune_gc_for_server", "uvloop_available"]
+__all__ = [
+    "LOOP_KINDS",
+    "MemoryTrimmer",
+    "malloc_trim",
+    "new_event_loop",
+    "run",
+    "tune_gc_for_server",
+    "uvloop_available",
+]
 
 T = TypeVar("T")
 LOOP_KINDS = ("auto", "uvloop", "asyncio")
@@ -55,3 +66,63 @@ def tune_gc_for_server(young_threshold: int = 10_000) -> None:
     gc.freeze()
     _, t1, t2 = gc.get_threshold()
     gc.set_threshold(young_threshold, t1, t2)
+
+
+_malloc_trim = None
+
+
+def malloc_trim() -> bool:
+    """Hand the C heap's free memory back to the OS (glibc's
+    ``malloc_trim(0)``). True if it ran; False where there is no such call
+    (not Linux, or not glibc)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        fn = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                fn = libc.malloc_trim
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):
+                fn = False
+        _malloc_trim = fn
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+class MemoryTrimmer:
+    """Returns freed memory to the OS after many connections closed.
+
+    A server that held many connections keeps the memory they used after
+    they close: the C allocator keeps freed pages for reuse (its high-water
+    mark). :meth:`observe` is told the open-connection count now and then;
+    once it has fallen by ``min_drop`` from the highest count seen since
+    the last trim, and at least ``min_interval`` seconds after it, the
+    allocator is trimmed (``trim``, by default :func:`malloc_trim`: a few
+    milliseconds on the loop). ``kadfast server`` runs one; ``trims``
+    counts the trims done."""
+
+    def __init__(self, min_drop: int = 1000, min_interval: float = 60.0, trim: Callable[[], bool] = malloc_trim) -> None:
+        self.min_drop = min_drop
+        self.min_interval = min_interval
+        self._trim = trim
+        self.peak = 0
+        self.last: float | None = None
+        self.trims = 0
+
+    def observe(self, connections: int, now: float) -> bool:
+        """Note the connection count at ``now``; True if it trimmed."""
+        if connections > self.peak:
+            self.peak = connections
+        if self.peak - connections < self.min_drop:
+            return False
+        if self.last is not None and now - self.last < self.min_interval:
+            return False
+        self.last = now
+        self.peak = connections
+        if self._trim():
+            self.trims += 1
+            return True
+        return False

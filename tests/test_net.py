@@ -607,3 +607,33 @@ def test_inline_handlers_run_in_the_read_callback(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_a_closed_connection_is_freed_at_once(run):
+    """Nothing keeps a closed connection alive: in particular no inbound
+    stream's negotiation deadline (a loop timer) outlives its negotiation."""
+    import gc
+    import weakref
+
+    async def main():
+        a, b = await pair()
+        qb = b.subscribe()
+        try:
+            await a.dial(maddr(b))
+            await wait_for_event(qb, PeerIdentified)   # identify streams came and went
+            s = await a.new_stream(b.peer_id, ECHO)
+            s.write(b"hi")
+            assert await s.read_exactly(2) == b"hi"
+            inbound = b.connection(a.peer_id)
+            assert all(st._deadline is None for st in inbound.streams.values())  # negotiated
+            ref = weakref.ref(inbound)
+            del inbound
+            await a.close()
+            await wait_for_event(qb, ConnectionClosed)
+            await asyncio.sleep(0)
+            gc.collect()
+            assert ref() is None, gc.get_referrers(ref())
+        finally:
+            await a.close()
+            await b.close()
+    run(main)

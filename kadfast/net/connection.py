@@ -327,11 +327,12 @@ class Connection(asyncio.Protocol):
         s._negotiator = MultistreamListener(self.host._supports_protocol)
         self.streams[stream_id] = s
         self._inbound_streams += 1
-        self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
+        s._deadline = self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
 
     def _negotiation_deadline(self, s: Stream) -> None:
         """An inbound stream still negotiating its protocol after the timeout
         is reset, so that it holds no slot (and no idle connection) forever."""
+        s._deadline = None
         if s._negotiator is not None and self.streams.get(s.stream_id) is s:
             log.info("%r: stream %d did not negotiate a protocol in time; resetting", self, s.stream_id)
             s.reset()
@@ -373,6 +374,9 @@ class Connection(asyncio.Protocol):
             self.session.consumed(sid, len(data))
             return
         s._negotiator = None
+        if s._deadline is not None:
+            s._deadline.cancel()
+            s._deadline = None
         s.protocol = ms.selected
         rest = ms.unused
         # negotiation bytes are consumed now; the rest when the application reads it

@@ -40,7 +40,7 @@ class Stream:
     __slots__ = (
         "conn", "stream_id", "protocol", "inbound", "_buf", "_eof", "_reset",
         "_reset_reason", "_waiter", "_write_closed", "_writable", "_negotiator",
-        "_negotiated", "_sink", "_sink_done", "__weakref__",
+        "_negotiated", "_sink", "_sink_done", "_deadline", "__weakref__",
     )
 
     def __init__(self, conn: "Connection", stream_id: int, inbound: bool) -> None:
@@ -56,6 +56,10 @@ class Stream:
         self._write_closed = False
         self._writable: asyncio.Future | None = None
         self._negotiator = None  # multistream state while the protocol is negotiated
+        # an inbound stream's negotiation deadline (a TimerHandle), cancelled
+        # once it is negotiated or reset: a pending timer would keep the
+        # stream and its connection alive after they closed
+        self._deadline = None
         self._negotiated: asyncio.Future | None = None
         self._sink = None  # see consume_with()
         self._sink_done: asyncio.Future | None = None
@@ -126,6 +130,9 @@ class Stream:
     def _on_reset(self, reason: str) -> None:
         # ``_eof`` stays as it is: data and a FIN that arrived before the reset
         # (or before the connection closed) are still read normally.
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if not self._reset:
             self._reset = True
             self._reset_reason = reason
