@@ -216,9 +216,9 @@ class ClosestPeersIter:
         self._repair = repair
         self._repaired = False
         # repair requests: peers to ask for their own neighbourhood, and
-        # handle -> (peer, deadline) for those asked and not yet answered
+        # handle -> deadline for those asked and not yet answered
         self._repair_queue: list[_Peer] = []
-        self._repair_inflight: dict[Any, tuple[_Peer, float]] = {}
+        self._repair_inflight: dict[Any, float] = {}
 
         t = self._target_int
         fresh: dict[bytes, _Peer] = {}
@@ -268,7 +268,7 @@ class ClosestPeersIter:
         for peer in self._inflight.values():
             if peer.state == WAITING and peer.deadline < deadline:
                 deadline = peer.deadline
-        for _, d in self._repair_inflight.values():
+        for d in self._repair_inflight.values():
             if d < deadline:
                 deadline = d
         return deadline
@@ -311,7 +311,7 @@ class ClosestPeersIter:
         deadline = now + self.request_timeout
         if self._repair_queue:
             for peer in self._repair_queue:
-                self._repair_inflight[peer.handle] = (peer, deadline)
+                self._repair_inflight[peer.handle] = deadline
                 self.stats.requests += 1
                 out.append(peer.handle)
             self._repair_queue = []
@@ -447,7 +447,7 @@ class ClosestPeersIter:
                     self._num_waiting -= 1
                     self.stats.failures += 1
         if self._repair_inflight:
-            late = [h for h, (_, d) in self._repair_inflight.items() if now >= d]
+            late = [h for h, d in self._repair_inflight.items() if now >= d]
             for h in late:   # a repair request that timed out is given up
                 del self._repair_inflight[h]
                 self.stats.failures += 1
