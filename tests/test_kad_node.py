@@ -282,6 +282,32 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
     assert stream2.events == ["reset"]
 
 
+def test_group_commit_store_changed_before_start_is_committed_by_start(tmp_path):
+    from kadfast.sqlite_store import SqliteStore
+
+    me = Ed25519KeyPair.generate()
+    store = SqliteStore(tmp_path / "s.db", me.peer_id, group_commit=True)
+    node = KadNode(me, store=store, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+    store.put(Record(b"/early", b"v", publisher=me.peer_id), 0.0)   # no loop yet: no commit scheduled
+    assert store.dirty
+
+    async def main():
+        await node.start()
+        try:
+            assert not store.dirty
+            with sqlite3.connect(tmp_path / "s.db") as other:
+                assert other.execute("SELECT count(*) FROM records").fetchone()[0] == 1
+            node.store.put(Record(b"/later", b"v", publisher=me.peer_id), node.clock())
+            assert store.dirty
+            await asyncio.sleep(0)   # the loop's next pass commits
+            assert not store.dirty
+        finally:
+            await node.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 20))
+    store.close()
+
+
 def test_put_value_echoes_and_stores_and_validates():
     v = NamespacedValidator()
 

@@ -311,6 +311,8 @@ class KadNode:
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
+        if self._group_commit:
+            self.store.commit()   # changes made before the loop ran (none scheduled their commit)
         await self.host.start()
         mode = self.config.mode
         if mode not in ("auto", "server", "client"):
