@@ -18,10 +18,10 @@ Durability
     last commit durable with one fsync. ``on_dirty``, when set, is called
     once per transaction, when its first change is made: :class:`KadNode`
     uses it to run the commit as soon as the event loop has handled the
-    requests at hand, and holds back the replies to those requests (PUT_VALUE
-    and anything else that changed the store) until that commit is done. So
-    an acknowledged PUT_VALUE is still on disk, and a burst of puts from many
-    peers costs one fsync instead of one each. The same connection reads its
+    requests at hand, and holds back the replies that could depend on the
+    pending changes (all but FIND_NODE's) until that commit is done. So an
+    acknowledged PUT_VALUE is on disk, and a burst of puts from many peers
+    costs one fsync instead of one each. The same connection reads its
     own uncommitted changes. :meth:`close` commits what is pending.
 
 Clocks

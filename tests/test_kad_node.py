@@ -263,6 +263,12 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
             return other.execute("SELECT count(*) FROM records").fetchone()[0]
 
     assert on_disk() == 0
+    # meanwhile a FIND_NODE on another stream neither waits nor is held
+    other = _FakeStream(asker)
+    node._serve(other)
+    other.sink(find)
+    assert len(other.events) == 1 and other.events[0][0] == "write"
+    assert len(node._commit_waiters) == 1
     node._run_group_commit()
     assert on_disk() == 2 and not store.dirty
     # in order, the close last

@@ -44,6 +44,7 @@ from .ratelimit import PeerRateLimiter, RateLimited
 from .validation import InvalidRecord, NamespacedValidator
 
 log = logging.getLogger("kadfast.kad")
+FIND_NODE = MessageType.FIND_NODE
 
 __all__ = [
     "Config",
@@ -276,7 +277,7 @@ class KadNode:
         self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
         # a store with group commit (SqliteStore(group_commit=True)): changes
         # are committed once the loop has handled the requests at hand, and
-        # the replies to requests that changed it wait for that commit
+        # replies that could depend on them (all but FIND_NODE's) wait for it
         self._group_commit = bool(getattr(self.store, "group_commit", False))
         self._commit_scheduled = False
         self._commit_waiters: list = []   # flush(ok) of streams whose replies wait
@@ -620,10 +621,14 @@ class KadNode:
                     held.append(None)
                 return
             for body in reader.feed(data):
-                reply = handle(peer, decode_message(body), remote_addr, True)
+                msg = decode_message(body)
+                reply = handle(peer, msg, remote_addr, True)
                 if reply is not None:
                     out = reply if reply.__class__ is bytes else frame(encode_message(reply))
-                    if held is None and not (group and store.dirty):
+                    # FIND_NODE neither reads nor changes the store: while
+                    # other requests' changes wait for the commit it is still
+                    # answered at once, unless this stream already waits
+                    if held is None and not (group and store.dirty and msg.type != FIND_NODE):
                         stream.write(out)
                     else:  # acknowledged only once the change is on disk
                         if held is None:
