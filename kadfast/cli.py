@@ -271,8 +271,9 @@ async def cmd_server(args, out: Out) -> int:
             if continue_status or now - last >= 1.0:
                 rate = (requests[0] - last_count) / max(now - last, 1e-9)
                 last, last_count = now, requests[0]
-                trimmer.observe(node.host.connection_count(), now)
-                status = (f"peers {len(node.table)} | connections {node.host.connection_count()} | "
+                conns = node.host.connection_count()
+                trimmer.observe(conns, now)
+                status = (f"peers {len(node.table)} | connections {conns} | "
                           f"records {len(node.store)} | requests/s {rate:.0f}")
                 if out.tty:
                     out.progress(status)

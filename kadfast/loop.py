@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import sys
 from typing import Awaitable, Callable, TypeVar
@@ -68,27 +69,27 @@ def tune_gc_for_server(young_threshold: int = 10_000) -> None:
     gc.set_threshold(young_threshold, t1, t2)
 
 
-_malloc_trim = None
+@functools.cache
+def _libc_malloc_trim():
+    """glibc's ``malloc_trim``, or None (not Linux, or not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def malloc_trim() -> bool:
     """Hand the C heap's free memory back to the OS (glibc's
     ``malloc_trim(0)``). True if it ran; False where there is no such call
     (not Linux, or not glibc)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        fn = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                fn = libc.malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-            except (OSError, AttributeError):
-                fn = False
-        _malloc_trim = fn
-    if _malloc_trim is False:
+    fn = _libc_malloc_trim()
+    if fn is None:
         return False
-    _malloc_trim(0)
+    fn(0)
     return True
 
 

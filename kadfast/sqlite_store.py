@@ -134,8 +134,6 @@ class SqliteStore(RecordStore):
         self.path = os.fspath(path)
         #: changes wait for :meth:`commit` (see the module docstring)
         self.group_commit = group_commit
-        #: called once per open transaction, at its first change (group commit)
-        self.on_dirty = None
         self.local_peer_id = local_peer_id
         self.config = config or StoreConfig()
         #: wall-clock instant minus the caller's clock (see the module docstring)

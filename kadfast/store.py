@@ -63,6 +63,21 @@ class StoreConfig:
 class RecordStore(abc.ABC):
     """What the node needs from a store."""
 
+    #: True for a store whose changes wait for :meth:`commit` (group commit,
+    #: see :class:`~kadfast.sqlite_store.SqliteStore`); a store that commits
+    #: as it goes (MemoryStore) keeps False and the defaults below
+    group_commit: bool = False
+    #: called once per batch of pending changes, at its first (group commit)
+    on_dirty = None
+
+    @property
+    def dirty(self) -> bool:
+        """True while changes wait for :meth:`commit`."""
+        return False
+
+    def commit(self) -> None:
+        """Make the pending changes durable (nothing to do by default)."""
+
     @abc.abstractmethod
     def get(self, key: bytes, now: float) -> Record | None: ...
 

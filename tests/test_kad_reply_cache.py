@@ -65,7 +65,7 @@ def test_framed_replies_equal_the_plain_path():
         KadPeer(peers[7], [Multiaddr("/ip4/10.9.9.9/tcp/1")])]), None)
     assert_same_as_plain(node, peers, peers[0])  # the asker is left out
     assert_same_as_plain(node, peers, random_pid())
-    assert len(node._peer_bodies) > 20
+    assert len(node._closer_cache) > 20
 
 
 def test_cached_encodings_follow_address_and_connection_changes():

@@ -68,8 +68,8 @@ PROTOCOL = "/ipfs/kad/1.0.0"
 #: PeerId -> Key entries kept before the memo starts over
 MAX_KEY_CACHE = 16384
 HOUR = 3600.0
-#: encoded Peer messages cached for replies (a routing table holds at most 256 * k)
-_PEER_BODY_CACHE_SIZE = 8192
+#: closerPeers fields cached for replies (a routing table holds at most 256 * k)
+_CLOSER_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -278,7 +278,7 @@ class KadNode:
         # a store with group commit (SqliteStore(group_commit=True)): changes
         # are committed once the loop has handled the requests at hand, and
         # replies that could depend on them (all but FIND_NODE's) wait for it
-        self._group_commit = bool(getattr(self.store, "group_commit", False))
+        self._group_commit = self.store.group_commit
         self._commit_scheduled = False
         self._commit_waiters: list = []   # flush(ok) of streams whose replies wait
         if self._group_commit:
@@ -299,7 +299,7 @@ class KadNode:
         self.dropped_events = 0
         #: routing key -> (address-book view, its version, connection type,
         #: host connection epoch, closerPeers field of the encoded Peer); see _closer_fields
-        self._peer_bodies: dict[Key, tuple] = {}
+        self._closer_cache: dict[Key, tuple] = {}
         #: routing-table keys of peers whose last request failed (unreachable,
         #: timed out): kept in the table, but left out of our answers until
         #: they are heard from again; see _mark_unreachable
@@ -502,7 +502,7 @@ class KadNode:
         (while no connection opened or closed, every peer's connection type
         holds); only what changed is looked up again, and re-encoded only
         when its addresses or connection type did change."""
-        cache = self._peer_bodies
+        cache = self._closer_cache
         epoch = self.host.conn_epoch
         k = self.config.k
         skip = None if exclude is None else self._key(exclude)
@@ -527,7 +527,7 @@ class KadNode:
         """Look up ``peer``'s addresses and connection type again; its cached
         closerPeers field (re-made only if they changed), or None without
         addresses."""
-        cache = self._peer_bodies
+        cache = self._closer_cache
         book = self.host.addrbook.book(peer, now)
         if book is None:
             if hit is not None:
@@ -538,7 +538,7 @@ class KadNode:
             field = hit[4]
         else:
             field = closer_field(encode_peer(peer, self.host.addrbook.addrs(peer, now), conn))
-            if hit is None and len(cache) >= _PEER_BODY_CACHE_SIZE:
+            if hit is None and len(cache) >= _CLOSER_CACHE_SIZE:
                 cache.clear()
         cache[key] = (book, book.version, conn, epoch, field)
         return field
