@@ -261,6 +261,39 @@ def test_simultaneous_dials_are_merged(run):
     run(main)
 
 
+def test_a_cancelled_dialer_does_not_cancel_the_merged_dial(run):
+    """Lookups cancel their outstanding requests: the first caller of a merged
+    dial giving up must neither cancel the others' dial nor hand them its
+    CancelledError (which would escape from their lookups as if *they* had
+    been cancelled)."""
+    async def main():
+        a, b = await pair()
+        try:
+            first = asyncio.ensure_future(a.dial(maddr(b)))
+            await asyncio.sleep(0)          # the first dial is under way
+            others = [asyncio.ensure_future(a.dial(b.peer_id)) for _ in range(3)]
+            await asyncio.sleep(0)          # ... and the others wait on it
+            assert b.peer_id in a._dialing and a.connection(b.peer_id) is None
+            first.cancel()
+            conns = await asyncio.gather(*others)
+            assert first.cancelled()
+            assert all(c is conns[0] for c in conns) and conns[0].is_open
+            assert a.connection(b.peer_id) is conns[0]
+            # a dial whose every caller gave up still ends, and its connection is kept
+            conns[0].close("test")
+            await asyncio.wait_for(conns[0].closed, 5)
+            assert a.connection(b.peer_id) is None
+            lone = asyncio.ensure_future(a.dial(maddr(b)))
+            await asyncio.sleep(0)
+            lone.cancel()
+            await asyncio.wait_for(asyncio.shield(a._dialing[b.peer_id]), 5)
+            assert a.connection(b.peer_id) is not None and b.peer_id not in a._dialing
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
 def test_inbound_stream_limit(run):
     async def main():
         a, b = await pair(config_b=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], max_inbound_streams=5))

@@ -143,7 +143,7 @@ class Host:
         self._pending: set[Connection] = set()
         #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
         self._ip_conns: dict[str, int] = {}
-        self._dialing: dict[PeerId, asyncio.Future] = {}
+        self._dialing: dict[PeerId, asyncio.Task] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
         self._identified: dict[PeerId, asyncio.Future] = {}
@@ -450,26 +450,28 @@ class Host:
         conn = self.connection(peer)
         if conn is not None:
             return conn
-        fut = self._dialing.get(peer)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        until = self._backoff.get(peer)
-        if until is not None and now < until[0] and not addrs:
-            raise DialBackoff(f"{peer} failed recently; next dial in {until[0] - now:.1f}s")
-        fut = self.loop.create_future()
-        self._dialing[peer] = fut
+        task = self._dialing.get(peer)
+        if task is None:
+            until = self._backoff.get(peer)
+            if until is not None and now < until[0] and not addrs:
+                raise DialBackoff(f"{peer} failed recently; next dial in {until[0] - now:.1f}s")
+            # the dial is a task of its own, shared by every caller that wants
+            # this peer meanwhile: one caller giving up (a lookup cancelling
+            # its requests) neither cancels the others' dial nor hands them
+            # its cancellation; a dial nobody waits for any more still ends
+            # within dial_timeout and its connection is kept
+            task = self._dialing[peer] = self._spawn(self._dial_shared(peer))
+            task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(task)
+
+    async def _dial_shared(self, peer: PeerId) -> Connection:
         try:
             conn = await self._dial_new(peer)
-        except BaseException as exc:
-            if isinstance(exc, DialError):
-                self._record_failure(peer)
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()
+        except DialError:
+            self._record_failure(peer)
             raise
         else:
             self._backoff.pop(peer, None)
-            fut.set_result(conn)
             return conn
         finally:
             self._dialing.pop(peer, None)
@@ -696,6 +698,13 @@ def _ip_group(ip: str) -> tuple[str | None, bool]:
             net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
             return str(net), addr.is_loopback
     return str(addr), addr.is_loopback
+
+
+def _retrieve_exception(task: asyncio.Task) -> None:
+    """Marks a shared task's failure as seen: its callers may all have
+    stopped waiting, and they get the failure from their own await."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _tcp_host_port(addr: Multiaddr) -> tuple[str, int]:
