@@ -267,7 +267,7 @@ def test_a_cancelled_dialer_does_not_cancel_the_merged_dial(run):
     CancelledError (which would escape from their lookups as if *they* had
     been cancelled)."""
     async def main():
-        a, b = await pair()
+        a, b = await pair(config_a=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], max_concurrent_dials=1))
         try:
             first = asyncio.ensure_future(a.dial(maddr(b)))
             await asyncio.sleep(0)          # the first dial is under way
@@ -279,15 +279,39 @@ def test_a_cancelled_dialer_does_not_cancel_the_merged_dial(run):
             assert first.cancelled()
             assert all(c is conns[0] for c in conns) and conns[0].is_open
             assert a.connection(b.peer_id) is conns[0]
-            # a dial whose every caller gave up still ends, and its connection is kept
+            # a dial under way whose every caller gave up still ends, and its
+            # connection is kept
             conns[0].close("test")
             await asyncio.wait_for(conns[0].closed, 5)
             assert a.connection(b.peer_id) is None
             lone = asyncio.ensure_future(a.dial(maddr(b)))
-            await asyncio.sleep(0)
+            while b.peer_id not in a._dialing or not a._dialing[b.peer_id].started:
+                await asyncio.sleep(0)
+            dial = a._dialing[b.peer_id]
             lone.cancel()
-            await asyncio.wait_for(asyncio.shield(a._dialing[b.peer_id]), 5)
+            await asyncio.wait_for(asyncio.shield(dial.task), 5)
             assert a.connection(b.peer_id) is not None and b.peer_id not in a._dialing
+            # ... but one still waiting for a dial slot is dropped
+            conn = a.connection(b.peer_id)
+            conn.close("test")
+            await asyncio.wait_for(conn.closed, 5)
+            await a._dial_sem.acquire()     # every dial slot taken
+            try:
+                waiting = [asyncio.ensure_future(a.dial(maddr(b))) for _ in range(2)]
+                await asyncio.sleep(0)
+                dial = a._dialing[b.peer_id]
+                assert dial.waiters == 2 and not dial.started
+                waiting[0].cancel()
+                await asyncio.sleep(0)
+                assert not dial.task.done()  # one caller still waits
+                waiting[1].cancel()
+                await asyncio.gather(*waiting, return_exceptions=True)
+                await asyncio.gather(dial.task, return_exceptions=True)
+                assert dial.task.cancelled() and b.peer_id not in a._dialing
+            finally:
+                a._dial_sem.release()
+            assert a.connection(b.peer_id) is None
+            assert (await a.dial(maddr(b))).is_open   # a later dial starts afresh
         finally:
             await a.close()
             await b.close()

@@ -143,7 +143,7 @@ class Host:
         self._pending: set[Connection] = set()
         #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
         self._ip_conns: dict[str, int] = {}
-        self._dialing: dict[PeerId, asyncio.Task] = {}
+        self._dialing: dict[PeerId, _Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
         self._identified: dict[PeerId, asyncio.Future] = {}
@@ -450,23 +450,34 @@ class Host:
         conn = self.connection(peer)
         if conn is not None:
             return conn
-        task = self._dialing.get(peer)
-        if task is None:
+        dial = self._dialing.get(peer)
+        if dial is None:
             until = self._backoff.get(peer)
             if until is not None and now < until[0] and not addrs:
                 raise DialBackoff(f"{peer} failed recently; next dial in {until[0] - now:.1f}s")
             # the dial is a task of its own, shared by every caller that wants
             # this peer meanwhile: one caller giving up (a lookup cancelling
             # its requests) neither cancels the others' dial nor hands them
-            # its cancellation; a dial nobody waits for any more still ends
-            # within dial_timeout and its connection is kept
-            task = self._dialing[peer] = self._spawn(self._dial_shared(peer))
-            task.add_done_callback(_retrieve_exception)
-        return await asyncio.shield(task)
-
-    async def _dial_shared(self, peer: PeerId) -> Connection:
+            # its cancellation
+            dial = self._dialing[peer] = _Dial()
+            dial.task = self._spawn(self._dial_shared(peer, dial))
+            dial.task.add_done_callback(_retrieve_exception)
+        dial.waiters += 1
         try:
-            conn = await self._dial_new(peer)
+            return await asyncio.shield(dial.task)
+        finally:
+            dial.waiters -= 1
+            # nobody waits any more: a dial still queued for a dial slot is
+            # dropped; one under way ends within dial_timeout, and its
+            # connection is kept
+            if not dial.waiters and not dial.started and not dial.task.done():
+                dial.task.cancel()
+                if self._dialing.get(peer) is dial:
+                    del self._dialing[peer]
+
+    async def _dial_shared(self, peer: PeerId, dial: "_Dial") -> Connection:
+        try:
+            conn = await self._dial_new(peer, dial)
         except DialError:
             self._record_failure(peer)
             raise
@@ -474,7 +485,8 @@ class Host:
             self._backoff.pop(peer, None)
             return conn
         finally:
-            self._dialing.pop(peer, None)
+            if self._dialing.get(peer) is dial:
+                del self._dialing[peer]
 
     def _record_failure(self, peer: PeerId) -> None:
         cfg = self.config
@@ -484,7 +496,7 @@ class Host:
         while len(self._backoff) > cfg.max_backoff_entries:
             self._backoff.popitem(last=False)
 
-    async def _dial_new(self, peer: PeerId) -> Connection:
+    async def _dial_new(self, peer: PeerId, dial: "_Dial | None" = None) -> Connection:
         if self.connection_count() >= self.config.max_connections:
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
         addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
@@ -492,6 +504,8 @@ class Host:
             raise DialNoAddresses(f"no TCP address known for {peer}")
         errors: list[DialError] = []
         async with self._dial_sem:
+            if dial is not None:
+                dial.started = True
             for addr in addrs:
                 try:
                     return await self._dial_addr(peer, addr)
@@ -698,6 +712,16 @@ def _ip_group(ip: str) -> tuple[str | None, bool]:
             net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
             return str(net), addr.is_loopback
     return str(addr), addr.is_loopback
+
+
+class _Dial:
+    """A dial to one peer shared by the callers that want it meanwhile."""
+    __slots__ = ("task", "waiters", "started")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task
+        self.waiters = 0       #: callers awaiting it
+        self.started = False   #: it holds a dial slot (connecting or handshaking)
 
 
 def _retrieve_exception(task: asyncio.Task) -> None:
