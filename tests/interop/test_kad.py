@@ -123,6 +123,7 @@ def test_find_node_from_a_full_routing_table(spawn_peer, impl):
     filled = peer.call("kad_fill", count=1000, seed=7, timeout=120)["routing_table"]
     assert filled >= 100, f"routing table of {filled} entries after meeting 1,000 peers"
     pid = PeerId.from_string(peer.peer_id)
+    before = set(peer.call("routing_table")["peers"])
 
     async def main():
         node = await start_node()
@@ -142,19 +143,32 @@ def test_find_node_from_a_full_routing_table(spawn_peer, impl):
             await node.stop()
 
     replies = run_loop(lambda: asyncio.wait_for(main(), 90))
-    table = peer.call("routing_table")["peers"]
-    assert len(table) >= filled, (len(table), filled)
+    after = set(peer.call("routing_table")["peers"])
+    assert len(after) >= filled, (len(after), filled)
+    # a peer may still change its table meanwhile (js pings the oldest entry of
+    # a full bucket and drops it when the made-up peer does not answer), so the
+    # reply is checked against the entries it held before and after the requests
+    stable = before & after
+    assert len(stable) >= filled * 0.9, (len(stable), filled)
     for key, msg in replies:
         assert msg.type == MessageType.FIND_NODE
         got = [str(p.peer_id) for p in msg.closer_peers]
         assert len(got) == 20 and len(set(got)) == 20, got
         assert all(p.addrs for p in msg.closer_peers), [(str(p.peer_id), p.addrs) for p in msg.closer_peers]
-        assert set(got) <= set(table), set(got) - set(table)
+        assert set(got) <= before | after, set(got) - (before | after)
         for p in msg.closer_peers:
             assert all(str(a).startswith("/ip4/127.") and str(a).endswith("/tcp/1") for a in p.addrs), p.addrs
-        # the 20 closest entries of the table, by kadfast's XOR metric
-        nearest = sorted(table, key=lambda t: xor_distance(PeerId.from_string(t).to_bytes(), key))[:20]
-        assert set(got) == set(nearest), f"{len(set(got) - set(nearest))} of the 20 are not among the closest"
+
+        def dist(t, key=key):
+            return xor_distance(PeerId.from_string(t).to_bytes(), key)
+        # the 20 closest entries of the table, by kadfast's XOR metric: no entry
+        # the table held throughout is left out for a farther one
+        farthest = max(dist(t) for t in got)
+        passed_over = sorted(t for t in stable - set(got) if dist(t) < farthest)
+        assert not passed_over, f"{len(passed_over)} closer entries left out: {passed_over}"
+        if before == after:
+            nearest = sorted(after, key=dist)[:20]
+            assert set(got) == set(nearest), f"{len(set(got) - set(nearest))} of the 20 are not among the closest"
 
 
 def test_kadfast_bootstrap_node_joins_js_and_rust(spawn_peer, interop_impls):
