@@ -4,7 +4,7 @@ server holding 100,000 records, its memory per record, and the same with the
 sqlite store.
 
     python bench/records_bench.py [--quick] [--json] [--records N] [--stores memory,sqlite,sqlite-each]
-                                  [--duration S] [--value-size B] [--peers N] [--runs R]
+                                  [--duration S] [--value-size B] [--peers N] [--runs R] [--lag-probe]
 
 The server is a kadfast ``KadNode`` in a child process of its own
 (``python bench/records_bench.py --serve --store SPEC``) driven through the
@@ -40,6 +40,12 @@ request; for each store of ``--stores`` in turn (a fresh server each):
 ``memory``, ``sqlite`` (group commit, as ``kadfast server`` runs it: one
 commit for the changes of the requests at hand, their replies sent after it)
 and ``sqlite-each`` (a commit, and an fsync, per change).
+
+``--lag-probe``: the server also times a 1 ms timer during the load and
+reports how late it fired (99th percentile, maximum): how long its event
+loop was held at a time (a commit's fsync, a batch of requests, a
+maintenance step). It costs the server some CPU, so the CPU figures of such
+a run are not the ones to compare.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ def prefill(node, store_spec: str, n: int, value_size: int) -> dict:
     return {"records": len(store), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
+def serve(loop_kind: str, store_spec: str, n_peers: int, lag_probe: bool = False) -> int:
     from kadfast.kad.node import Config, KadNode
     from kadfast.net import HostConfig
     from kadfast.sqlite_store import open_store
@@ -175,8 +181,28 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
 
         node.maintenance = timed_maintenance
 
+        # --lag-probe: how late a 1 ms timer fires, i.e. how long the loop was
+        # held (by a commit's fsync, a maintenance step, a burst of requests)
+        lags: list[float] = []
+
+        async def probe() -> None:
+            while True:
+                t = loop.time()
+                await asyncio.sleep(0.001)
+                lags.append(loop.time() - t - 0.001)
+
+        probe_task = loop.create_task(probe()) if lag_probe else None
+
+        def lag_stats() -> dict | None:
+            if not lag_probe or not lags:
+                return None
+            xs = sorted(lags)
+            return {"samples": len(xs), "p99_ms": round(xs[int(len(xs) * 0.99)] * 1e3, 2),
+                    "max_ms": round(xs[-1] * 1e3, 2)}
+
         def maint_reset(req) -> dict:
             maint.update(calls=0, seconds=0.0, max=0.0)
+            lags.clear()
             return {}
 
         start_control(loop, emit, done, {
@@ -188,6 +214,7 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
                 "routing_table": len(node.table),
                 "connections": node.host.connection_count(),
                 "maintenance": dict(maint),
+                "loop_lag": lag_stats(),
                 "rss_kib": proc_rss_kib(),
                 "loop_errors": dict(loop_errors.most_common(10)),
                 "log": counter.summary(),
@@ -198,6 +225,8 @@ def serve(loop_kind: str, store_spec: str, n_peers: int) -> int:
         try:
             await done.wait()
         finally:
+            if probe_task is not None:
+                probe_task.cancel()
             await node.stop()
             close = getattr(node.store, "close", None)
             if close:
@@ -271,7 +300,7 @@ def run_store(harness, label: str, spec: str, opts) -> dict:
     from kadfast.loop import run as run_loop
 
     peer = kadfast_server_peer(harness, __file__, label, "--loop", opts.loop, "--store", spec,
-                               "--peers", str(opts.peers))
+                               "--peers", str(opts.peers), *(["--lag-probe"] if opts.lag_probe else []))
     res: dict[str, Any] = {"store": spec}
     try:
         peer.start(timeout=120)
@@ -318,6 +347,7 @@ def run_store(harness, label: str, spec: str, opts) -> dict:
             "maintenance_steps_during_load": m["calls"],
             "maintenance_ms_per_step": round(m["seconds"] / m["calls"] * 1e3, 2) if m["calls"] else None,
             "maintenance_max_ms": round(m["max"] * 1e3, 2),
+            "loop_lag": st["loop_lag"],
             "loop_errors": st["loop_errors"],
             "log": st["log"],
         }
@@ -391,6 +421,10 @@ def print_table(report: dict) -> None:
         if st:
             print(f"  after the load: {st['records']} records, RSS {st['rss_kib'] / 1024:.1f} MiB; maintenance "
                   f"{st['maintenance_ms_per_step']} ms/step (max {st['maintenance_max_ms']} ms) during the load")
+            if st.get("loop_lag"):
+                lag = st["loop_lag"]
+                print(f"  server loop held (a 1 ms timer's lateness) during the load: p99 {lag['p99_ms']} ms, "
+                      f"max {lag['max_ms']} ms ({lag['samples']} samples)")
             if st.get("loop_errors"):
                 print(f"  server loop errors: {st['loop_errors']}")
             for item in st.get("log", []):
@@ -411,6 +445,8 @@ def parse_args(argv=None):
     ap.add_argument("--cases", default=None, help="comma list, e.g. get/32,put/1 (default get/1,get/32,put/1,put/32)")
     ap.add_argument("--peers", type=int, default=1000, help="random peers in the server's routing table")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop")
+    ap.add_argument("--lag-probe", action="store_true", help="the server reports how late a 1 ms timer fires "
+                    "during the load (p99, max): how long its loop was held; costs it some CPU")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", default="memory", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -439,7 +475,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     if opts.serve:
-        return serve(opts.loop, opts.store, opts.peers)
+        return serve(opts.loop, opts.store, opts.peers, opts.lag_probe)
     report = run_bench(opts)
     if opts.json:
         print(json.dumps(report, indent=1))
