@@ -406,6 +406,10 @@ class SqliteStore(RecordStore):
 
     # -- expiry ----------------------------------------------------------
     def sweep(self, now: float) -> tuple[int, int]:
+        keys, providers = self.sweep_keys(now)
+        return len(keys), providers
+
+    def sweep_keys(self, now: float) -> tuple[list[bytes], int]:
         # candidates by wall-clock instant (indexed), then the exact test on the converted instant
         bound = now + self.clock_offset + _MARGIN
         with self._db(write=True) as db:
@@ -421,7 +425,7 @@ class SqliteStore(RecordStore):
             ]
             db.executemany("DELETE FROM records WHERE key = ?", [(k,) for k in recs])
             db.executemany("DELETE FROM providers WHERE key = ? AND provider = ?", provs)
-        return len(recs), len(provs)
+        return recs, len(provs)
 
 
 def open_store(spec: str, local_peer_id: PeerId, config: StoreConfig | None = None, *,

@@ -109,6 +109,16 @@ class RecordStore(abc.ABC):
     def sweep(self, now: float) -> tuple[int, int]:
         """Drop expired records and provider records; returns how many of each."""
 
+    def sweep_keys(self, now: float) -> tuple[list[bytes], int]:
+        """As :meth:`sweep`, but returns the keys of the records dropped (the
+        node emits RecordExpired for each) and how many provider records were.
+        This default lists every record; the stores here do without
+        (MemoryStore scans its dict in place, SqliteStore asks its expiry
+        index)."""
+        keys = [r.key for r in self.records() if r.is_expired(now)]
+        _, providers = self.sweep(now)
+        return keys, providers
+
     @abc.abstractmethod
     def __len__(self) -> int:
         """Number of records held."""
@@ -225,6 +235,10 @@ class MemoryStore(RecordStore):
 
     # -- expiry ----------------------------------------------------------
     def sweep(self, now: float) -> tuple[int, int]:
+        keys, providers = self.sweep_keys(now)
+        return len(keys), providers
+
+    def sweep_keys(self, now: float) -> tuple[list[bytes], int]:
         expired = [k for k, r in self._records.items() if r.is_expired(now)]
         for k in expired:
             del self._records[k]
@@ -235,4 +249,4 @@ class MemoryStore(RecordStore):
             if len(live) != len(providers):
                 removed_providers += len(providers) - len(live)
                 self._set_providers(key, live)
-        return len(expired), removed_providers
+        return expired, removed_providers

@@ -81,6 +81,40 @@ def test_record_expiry_and_sweep(make_store):
     assert [r.key for r in s.records()] == [b"c"]
 
 
+def test_sweep_keys_names_the_records_it_dropped_without_listing_the_store(make_store):
+    a = peers(1)[0]
+    s = make_store(a)
+    for i in range(50):
+        s.put(Record(b"/k%02d" % i, b"v", expires=10.0 if i % 5 == 0 else 100.0), 0.0)
+    s.put(Record(b"/forever", b"v"), 0.0)
+    s.add_provider(ProviderRecord(b"/p", a, (), expires=10.0), 0.0)
+
+    def no_walk():
+        raise AssertionError("sweep_keys listed every record")
+
+    # the node sweeps every minute: listing 100,000 records from sqlite held its loop 0.3 s
+    s.records = no_walk
+    keys, providers = s.sweep_keys(10.0)
+    assert sorted(keys) == [b"/k%02d" % i for i in range(0, 50, 5)] and providers == 1
+    assert s.sweep_keys(10.0) == ([], 0)
+    assert len(s) == 41 and s.get(b"/k00", 10.0) is None and s.get(b"/k01", 10.0) is not None
+
+
+def test_sweep_keys_default_for_other_stores():
+    """A RecordStore that only has sweep(): the default sweep_keys finds the
+    expired keys by walking its records, then sweeps."""
+    class Plain(MemoryStore):
+        sweep_keys = RecordStore.sweep_keys
+
+        def sweep(self, now):
+            return MemoryStore.sweep_keys(self, now)[0].__len__(), 0
+
+    s = Plain(peers(1)[0])
+    s.put(Record(b"old", b"v", expires=1.0), 0.0)
+    s.put(Record(b"new", b"v", expires=9.0), 0.0)
+    assert s.sweep_keys(5.0) == ([b"old"], 0) and [r.key for r in s.records()] == [b"new"]
+
+
 def test_records_keep_insertion_order_across_overwrite(make_store):
     s = make_store(peers(1)[0])
     for k in (b"x", b"y", b"z"):

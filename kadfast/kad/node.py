@@ -1000,10 +1000,10 @@ class KadNode:
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if self._last_sweep is None or now - self._last_sweep >= cfg.sweep_interval:
-            # a full scan of the store: once per sweep_interval, not every step
+            # once per sweep_interval, not every step (a MemoryStore walks its
+            # records; SqliteStore asks its expiry index)
             self._last_sweep = now
-            expired_keys = [r.key for r in self.store.records() if r.is_expired(now)]
-            self.store.sweep(now)
+            expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
                 self._emit(RecordExpired(k))
