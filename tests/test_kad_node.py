@@ -28,7 +28,7 @@ from kadfast.kad.pb import KadMessage, KadPeer, KadRecord, MessageType
 from kadfast.kad.validation import AcceptAllValidator, InvalidRecord, NamespacedValidator, Validator
 from kadfast.loop import run as run_loop
 from kadfast.net import HostConfig
-from kadfast.store import Record
+from kadfast.store import Record, StoreConfig
 
 
 class FakeClock:
@@ -574,6 +574,51 @@ def test_republish_and_replication_with_a_fake_clock():
             await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
 
     run_loop(lambda: asyncio.wait_for(main(), 60))
+
+
+def test_a_replication_round_works_through_the_store_a_few_records_at_a_time():
+    """Hourly replication puts every record held to its k closest peers; with
+    a big store that is one lookup per record, so a round runs at most
+    max_concurrent_replications of them at once, skips records gone since it
+    began, and a round still running when the next is due is not doubled."""
+    clock = FakeClock(0.0)
+    me = Ed25519KeyPair.generate()
+    node = offline_node(keypair=me, clock=clock,
+                        config=Config(max_concurrent_replications=3, store=StoreConfig(max_records=100)))
+    for i in range(40):
+        node.store.put(Record(b"/r/%02d" % i, b"v", publisher=me.peer_id, expires=1e9), 0.0)
+    running, most, seen = 0, 0, []
+    gate = asyncio.Event()
+
+    async def fake_replicate(rec):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        seen.append(rec.key)
+        if rec.key == b"/r/05":
+            node.store.remove(b"/r/39")          # gone before its turn: skipped
+        await gate.wait()
+        running -= 1
+        return 20
+
+    node._replicate = fake_replicate
+
+    async def main():
+        await node.maintenance(clock())           # starts the timers
+        clock.t += node.config.replication_interval
+        await node.maintenance(clock())           # a round starts
+        round_ = node._replication_round
+        for _ in range(20):                       # a few loop passes: the round's workers start
+            await asyncio.sleep(0)
+        assert running == 3 and len(seen) == 3
+        clock.t += node.config.replication_interval
+        await node.maintenance(clock())           # due again while it runs: not doubled
+        assert node._replication_round is round_
+        gate.set()
+        assert await asyncio.wait_for(round_, 10) == 39
+        assert most == 3 and sorted(seen) == [b"/r/%02d" % i for i in range(39)]
+
+    run_loop(lambda: main())
 
 
 async def until_true(predicate, timeout=10.0):

@@ -83,6 +83,9 @@ class Config:
     request_timeout: float = 10.0
     record_ttl: float = 48 * HOUR
     replication_interval: float = 1 * HOUR
+    #: records replicated at once in a replication round (each is a lookup
+    #: and k PUT_VALUEs); the round works through the store this many at a time
+    max_concurrent_replications: int = 16
     republish_interval: float = 22 * HOUR
     provider_ttl: float = 48 * HOUR
     provider_republish_interval: float = 12 * HOUR
@@ -292,6 +295,7 @@ class KadNode:
         self._started = False
         self._last_bootstrap = None
         self._last_replication = None
+        self._replication_round: asyncio.Task | None = None
         self._last_provider_republish = None
         self._last_sweep = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
@@ -886,6 +890,29 @@ class KadNode:
             raise QuorumFailed(record.key, stored, need)
         return stored
 
+    async def _replicate_all(self, keys: list[bytes]) -> int:
+        """A replication round: each record still held is put to the k
+        closest peers found for it, ``max_concurrent_replications`` records
+        at a time (not one task per record: a store of 100,000 would start
+        100,000 lookups at once). Returns how many records were replicated."""
+        pending = iter(keys)
+        done = 0
+
+        async def worker() -> None:
+            nonlocal done
+            for key in pending:
+                rec = self.store.get(key, self.clock())
+                if rec is None:  # expired or removed since the round began
+                    continue
+                try:
+                    await self._replicate(rec)
+                    done += 1
+                except (KadError, StoreError) as exc:
+                    log.debug("replicating %r: %s", key, exc)
+
+        await asyncio.gather(*[worker() for _ in range(max(1, min(len(keys), self.config.max_concurrent_replications)))])
+        return done
+
     async def _replicate(self, record: Record) -> int:
         try:
             peers = await self.get_closest_peers(record.key)
@@ -1014,12 +1041,17 @@ class KadNode:
             self._last_replication = now
         elif now - self._last_replication >= cfg.replication_interval:
             self._last_replication = now
-            for rec in self.store.records():
-                if rec.publisher == self.peer_id and now - self._published.get(rec.key, now) >= cfg.republish_interval:
-                    self._published[rec.key] = now
-                    rec.expires = now + cfg.record_ttl
-                    self.store.put(rec, now)  # stores may hand out copies
-                self._spawn(self._quietly(self._replicate(rec)))
+            if self._replication_round is not None and not self._replication_round.done():
+                log.info("the previous replication round is still running; this one is skipped")
+            else:
+                keys = []
+                for rec in self.store.records():
+                    if rec.publisher == self.peer_id and now - self._published.get(rec.key, now) >= cfg.republish_interval:
+                        self._published[rec.key] = now
+                        rec.expires = now + cfg.record_ttl
+                        self.store.put(rec, now)  # stores may hand out copies
+                    keys.append(rec.key)
+                self._replication_round = self._spawn(self._replicate_all(keys))
         if self._last_provider_republish is None:
             self._last_provider_republish = now
         elif now - self._last_provider_republish >= cfg.provider_republish_interval:
