@@ -28,7 +28,7 @@ from kadfast.kad.pb import KadMessage, KadPeer, KadRecord, MessageType
 from kadfast.kad.validation import AcceptAllValidator, InvalidRecord, NamespacedValidator, Validator
 from kadfast.loop import run as run_loop
 from kadfast.net import HostConfig
-from kadfast.store import Record, StoreConfig
+from kadfast.store import ProviderRecord, Record, StoreConfig
 
 
 class FakeClock:
@@ -602,6 +602,13 @@ def test_a_replication_round_works_through_the_store_a_few_records_at_a_time():
         return 20
 
     node._replicate = fake_replicate
+    announced = []
+
+    async def fake_announce(key):
+        announced.append(key)
+        return 20
+
+    node._announce_provider = fake_announce
 
     async def main():
         await node.maintenance(clock())           # starts the timers
@@ -617,6 +624,13 @@ def test_a_replication_round_works_through_the_store_a_few_records_at_a_time():
         gate.set()
         assert await asyncio.wait_for(round_, 10) == 39
         assert most == 3 and sorted(seen) == [b"/r/%02d" % i for i in range(39)]
+        # provided keys are republished the same way
+        for i in range(5):
+            node.store.add_provider(ProviderRecord(b"/p/%d" % i, me.peer_id, (), expires=1e9), clock())
+        clock.t += node.config.provider_republish_interval
+        await node.maintenance(clock())
+        assert await asyncio.wait_for(node._provider_round, 10) == 5
+        assert sorted(announced) == [b"/p/%d" % i for i in range(5)]
 
     run_loop(lambda: main())
 

@@ -83,8 +83,9 @@ class Config:
     request_timeout: float = 10.0
     record_ttl: float = 48 * HOUR
     replication_interval: float = 1 * HOUR
-    #: records replicated at once in a replication round (each is a lookup
-    #: and k PUT_VALUEs); the round works through the store this many at a time
+    #: records replicated (and provided keys republished) at once in a round:
+    #: each is a lookup and k requests; a round works through its keys this
+    #: many at a time
     max_concurrent_replications: int = 16
     republish_interval: float = 22 * HOUR
     provider_ttl: float = 48 * HOUR
@@ -296,6 +297,7 @@ class KadNode:
         self._last_bootstrap = None
         self._last_replication = None
         self._replication_round: asyncio.Task | None = None
+        self._provider_round: asyncio.Task | None = None
         self._last_provider_republish = None
         self._last_sweep = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
@@ -890,28 +892,31 @@ class KadNode:
             raise QuorumFailed(record.key, stored, need)
         return stored
 
-    async def _replicate_all(self, keys: list[bytes]) -> int:
-        """A replication round: each record still held is put to the k
-        closest peers found for it, ``max_concurrent_replications`` records
-        at a time (not one task per record: a store of 100,000 would start
-        100,000 lookups at once). Returns how many records were replicated."""
+    async def _a_few_at_a_time(self, keys: list[bytes], work) -> int:
+        """A replication or provider republication round: ``work(key)`` for
+        each key, ``max_concurrent_replications`` at a time (not one task per
+        key: a store of 100,000 records would start 100,000 lookups at once).
+        Returns how many keys were worked on without an error."""
         pending = iter(keys)
         done = 0
 
         async def worker() -> None:
             nonlocal done
             for key in pending:
-                rec = self.store.get(key, self.clock())
-                if rec is None:  # expired or removed since the round began
-                    continue
                 try:
-                    await self._replicate(rec)
-                    done += 1
+                    if await work(key) is not None:
+                        done += 1
                 except (KadError, StoreError) as exc:
-                    log.debug("replicating %r: %s", key, exc)
+                    log.debug("%s %r: %s", getattr(work, "__name__", work), key, exc)
 
         await asyncio.gather(*[worker() for _ in range(max(1, min(len(keys), self.config.max_concurrent_replications)))])
         return done
+
+    async def _replicate_held(self, key: bytes) -> int | None:
+        """Replicate the record held for ``key``; None if it is gone (expired
+        or removed since the round began)."""
+        rec = self.store.get(key, self.clock())
+        return None if rec is None else await self._replicate(rec)
 
     async def _replicate(self, record: Record) -> int:
         try:
@@ -1051,15 +1056,20 @@ class KadNode:
                         rec.expires = now + cfg.record_ttl
                         self.store.put(rec, now)  # stores may hand out copies
                     keys.append(rec.key)
-                self._replication_round = self._spawn(self._replicate_all(keys))
+                self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
         if self._last_provider_republish is None:
             self._last_provider_republish = now
         elif now - self._last_provider_republish >= cfg.provider_republish_interval:
             self._last_provider_republish = now
-            for rec in self.store.provided():
-                rec.expires = now + cfg.provider_ttl
-                self.store.add_provider(rec, now)
-                self._spawn(self._quietly(self._announce_provider(rec.key)))
+            if self._provider_round is not None and not self._provider_round.done():
+                log.info("the previous provider republication round is still running; this one is skipped")
+            else:
+                keys = []
+                for rec in self.store.provided():
+                    rec.expires = now + cfg.provider_ttl
+                    self.store.add_provider(rec, now)
+                    keys.append(rec.key)
+                self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
 
     async def _quietly(self, coro) -> None:
         try:
