@@ -324,6 +324,16 @@ class SqliteStore(RecordStore):
             rows = db.execute("SELECT key, value, publisher, expires FROM records ORDER BY rowid").fetchall()
         return iter([self._record(*r) for r in rows])
 
+    def record_keys(self) -> list[bytes]:
+        with self._db() as db:
+            return [k for (k,) in db.execute("SELECT key FROM records ORDER BY rowid")]
+
+    def published_by(self, publisher: PeerId) -> list[Record]:
+        with self._db() as db:
+            rows = db.execute("SELECT key, value, publisher, expires FROM records WHERE publisher = ? ORDER BY rowid",
+                              (publisher.to_bytes(),)).fetchall()
+        return [self._record(*r) for r in rows]
+
     def __len__(self) -> int:
         with self._db() as db:
             return db.execute("SELECT count(*) FROM records").fetchone()[0]

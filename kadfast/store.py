@@ -91,6 +91,15 @@ class RecordStore(abc.ABC):
     @abc.abstractmethod
     def records(self) -> Iterator[Record]: ...
 
+    def record_keys(self) -> list[bytes]:
+        """The keys of the records held (a replication round's work list)."""
+        return [r.key for r in self.records()]
+
+    def published_by(self, publisher: PeerId) -> list[Record]:
+        """The records held whose publisher is ``publisher`` (the node's own,
+        which it republishes)."""
+        return [r for r in self.records() if r.publisher == publisher]
+
     @abc.abstractmethod
     def add_provider(self, record: ProviderRecord, now: float) -> bool:
         """Add or refresh a provider; False when the key is full of closer providers."""
@@ -158,6 +167,9 @@ class MemoryStore(RecordStore):
 
     def records(self) -> Iterator[Record]:
         return iter(list(self._records.values()))
+
+    def record_keys(self) -> list[bytes]:
+        return list(self._records)
 
     def __len__(self) -> int:
         return len(self._records)

@@ -100,6 +100,19 @@ def test_sweep_keys_names_the_records_it_dropped_without_listing_the_store(make_
     assert len(s) == 41 and s.get(b"/k00", 10.0) is None and s.get(b"/k01", 10.0) is not None
 
 
+def test_record_keys_and_published_by(make_store):
+    a, b = peers(2)
+    s = make_store(a)
+    for i in range(6):
+        s.put(Record(b"/k%d" % i, b"v", publisher=a if i % 2 else b), 0.0)
+    s.put(Record(b"/anon", b"v"), 0.0)
+    assert s.record_keys() == [b"/k%d" % i for i in range(6)] + [b"/anon"]
+    mine = s.published_by(a)
+    assert [r.key for r in mine] == [b"/k1", b"/k3", b"/k5"] and all(r.publisher == a for r in mine)
+    assert [r.key for r in s.published_by(b)] == [b"/k0", b"/k2", b"/k4"]
+    assert s.published_by(peers(1)[0]) == []
+
+
 def test_sweep_keys_default_for_other_stores():
     """A RecordStore that only has sweep(): the default sweep_keys finds the
     expired keys by walking its records, then sweeps."""

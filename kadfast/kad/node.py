@@ -1049,13 +1049,12 @@ class KadNode:
             if self._replication_round is not None and not self._replication_round.done():
                 log.info("the previous replication round is still running; this one is skipped")
             else:
-                keys = []
-                for rec in self.store.records():
-                    if rec.publisher == self.peer_id and now - self._published.get(rec.key, now) >= cfg.republish_interval:
+                for rec in self.store.published_by(self.peer_id):
+                    if now - self._published.get(rec.key, now) >= cfg.republish_interval:
                         self._published[rec.key] = now
                         rec.expires = now + cfg.record_ttl
                         self.store.put(rec, now)  # stores may hand out copies
-                    keys.append(rec.key)
+                keys = self.store.record_keys()
                 self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
         if self._last_provider_republish is None:
             self._last_provider_republish = now
