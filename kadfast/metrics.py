@@ -11,7 +11,8 @@ text exposition format 0.0.4, and a minimal asyncio HTTP server for it.
     server = await serve_metrics(m, "127.0.0.1", 9464)   # GET /metrics
 
 Counters and histograms are declared on first use (``counter``/``histogram``
-declare them ahead with their help text). Gauges are callbacks read at scrape
+declare them ahead with their help text; ``counter(..., fn=...)`` reads a
+count kept elsewhere at scrape time). Gauges are callbacks read at scrape
 time; a callback returns a number, or an iterable of ``(labels, value)`` pairs
 for a labelled gauge. A callback that raises is left out of that scrape (and
 logged) rather than failing the whole scrape.
@@ -150,10 +151,16 @@ class Metrics:
         return fam
 
     # -- counters --------------------------------------------------------
-    def counter(self, name: str, help: str = "") -> None:
-        """Declare a counter (optional: :meth:`inc` declares on first use)."""
+    def counter(self, name: str, help: str = "", fn: Callable[[], object] | None = None) -> None:
+        """Declare a counter (optional: :meth:`inc` declares on first use).
+        With ``fn`` its values are read at scrape time, as a gauge's are (a
+        count kept elsewhere, e.g. ``KadNode.request_counts``)."""
+        if fn is not None and not callable(fn):
+            raise TypeError("counter callback must be callable")
         with self._lock:
-            self._family(name, "counter", help)
+            fam = self._family(name, "counter", help)
+            if fn is not None:
+                fam.fn = fn
 
     def inc(self, name: str, labels: Mapping[str, object] | None = None, value: float = 1) -> None:
         """Add ``value`` (>= 0) to the counter ``name`` with ``labels``."""
@@ -241,6 +248,12 @@ class Metrics:
                     log.exception("metrics: gauge %s failed; left out of this scrape", name)
                     continue
             elif type_ == "counter":
+                if fn is not None:
+                    try:
+                        lines = self._gauge_lines(name, fn)
+                    except Exception:
+                        log.exception("metrics: counter %s failed; left out of this scrape", name)
+                        continue
                 for key, v in samples.items():
                     lines.append(f"{name}{_labels_text(key)} {format_value(v)}")
             else:

@@ -226,6 +226,37 @@ class _FakeStream:
         self.events.append("reset")
 
 
+def test_requests_are_counted_and_request_events_are_opt_out():
+    from kadfast.kad.node import InboundRequest, RecordStored
+    from kadfast.kad.pb import encode_message, frame
+
+    node = offline_node()
+    q_all = node.subscribe()
+    q_quiet = node.subscribe(inbound_requests=False)
+    stream = _FakeStream(peer_ids(1)[0])
+    node._serve(stream)
+    find = frame(encode_message(KadMessage(MessageType.FIND_NODE, key=b"x" * 32)))
+    rec = KadRecord(b"/k", b"v")
+    put = frame(encode_message(KadMessage(MessageType.PUT_VALUE, key=rec.key, record=rec)))
+    stream.sink(find + find + put)
+    assert node.request_counts == {MessageType.FIND_NODE: 2, MessageType.PUT_VALUE: 1}
+
+    def drain(q):
+        out = []
+        while not q.empty():
+            out.append(q.get_nowait())
+        return out
+
+    got_all, got_quiet = drain(q_all), drain(q_quiet)
+    assert [e.type for e in got_all if isinstance(e, InboundRequest)] == [
+        MessageType.FIND_NODE, MessageType.FIND_NODE, MessageType.PUT_VALUE]
+    assert not any(isinstance(e, InboundRequest) for e in got_quiet)
+    assert any(isinstance(e, RecordStored) for e in got_quiet)   # other events still come
+    node.unsubscribe(q_all)
+    stream.sink(find)
+    assert q_all.empty() and node.request_counts[MessageType.FIND_NODE] == 3
+
+
 def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
     from kadfast.kad.pb import MessageReader, decode_message, encode_message, frame
     from kadfast.sqlite_store import SqliteStore

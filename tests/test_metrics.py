@@ -217,3 +217,16 @@ def test_http_errors_and_oversized_request(run):
             await srv.wait_closed()
 
     run(main)
+
+
+def test_a_counter_read_at_scrape_time():
+    counts = {"FIND_NODE": 3}
+    m = Metrics()
+    m.counter("kad_requests_total", "requests by type", lambda: [({"type": t}, n) for t, n in counts.items()])
+    assert 'kad_requests_total{type="FIND_NODE"} 3' in m.render()
+    counts["PUT_VALUE"] = 1
+    text = m.render()
+    assert "# TYPE kad_requests_total counter" in text
+    assert 'kad_requests_total{type="PUT_VALUE"} 1' in text and 'kad_requests_total{type="FIND_NODE"} 3' in text
+    with pytest.raises(TypeError):
+        m.counter("other_total", "x", fn=42)

@@ -291,6 +291,11 @@ class KadNode:
         self.clock = clock
         self.wall_clock = wall_clock
         self._subscribers: list[asyncio.Queue] = []
+        # the subscribers that want an InboundRequest per request served
+        self._request_subscribers: list[asyncio.Queue] = []
+        #: inbound kad requests served since start, by message type (what
+        #: `kadfast server` reports; an event per request costs far more)
+        self.request_counts: dict[MessageType | int, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
         self._started = False
@@ -362,22 +367,33 @@ class KadNode:
         return task
 
     # -- events --------------------------------------------------------------
-    def subscribe(self) -> asyncio.Queue:
+    def subscribe(self, inbound_requests: bool = True) -> asyncio.Queue:
+        """A bounded queue of this node's events. ``inbound_requests=False``
+        leaves out the InboundRequest event of every request served: a
+        subscriber that wakes per request costs a busy server a good part of
+        its CPU (counts by type are in :attr:`request_counts`)."""
         q: asyncio.Queue = asyncio.Queue(self.config.event_queue_size)
         self._subscribers.append(q)
+        if inbound_requests:
+            self._request_subscribers.append(q)
         return q
 
-    async def events(self) -> AsyncIterator[Any]:
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        for subs in (self._subscribers, self._request_subscribers):
+            if q in subs:
+                subs.remove(q)
+
+    async def events(self, inbound_requests: bool = True) -> AsyncIterator[Any]:
         """An async iterator over this node's events (from the moment it is called)."""
-        q = self.subscribe()
+        q = self.subscribe(inbound_requests)
         try:
             while True:
                 yield await q.get()
         finally:
-            self._subscribers.remove(q)
+            self.unsubscribe(q)
 
-    def _emit(self, event) -> None:
-        for q in self._subscribers:
+    def _emit(self, event, subscribers: list | None = None) -> None:
+        for q in self._subscribers if subscribers is None else subscribers:
             try:
                 q.put_nowait(event)
             except asyncio.QueueFull:
@@ -652,8 +668,10 @@ class KadNode:
         KadMessage still."""
         now = self.clock()
         t = msg.type
-        if self._subscribers:
-            self._emit(InboundRequest(peer, t))
+        counts = self.request_counts
+        counts[t] = counts.get(t, 0) + 1
+        if self._request_subscribers:
+            self._emit(InboundRequest(peer, t), self._request_subscribers)
         if t == MessageType.FIND_NODE:
             if framed:
                 fields = self._closer_fields(Key(msg.key), peer, now)
