@@ -107,6 +107,20 @@ def record_key(i: int) -> bytes:
 # --------------------------------------------------------------------------
 
 
+def sqlite_prefill(store, n: int, value_size: int, publishers: list, expires: float) -> None:
+    """Records ``record_key(0..n-1)`` with random values into a SqliteStore
+    in one transaction (its ``put`` would commit, and fsync, per record)."""
+    db = store._conn
+    wall = store._to_disk(expires)
+    pub_bytes = [p.to_bytes() for p in publishers]
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(
+        "INSERT INTO records (key, value, publisher, expires) VALUES (?, ?, ?, ?)",
+        ((record_key(i), os.urandom(value_size), pub_bytes[i % len(pub_bytes)], wall) for i in range(n)),
+    )
+    db.execute("COMMIT")
+
+
 def prefill(node, store_spec: str, n: int, value_size: int) -> dict:
     from kadfast.store import Record
 
@@ -120,16 +134,7 @@ def prefill(node, store_spec: str, n: int, value_size: int) -> dict:
             put(Record(record_key(i), os.urandom(value_size), publisher=pubs[i % N_PUBLISHERS],
                        expires=now + RECORD_TTL), now)
     else:
-        # one transaction: SqliteStore.put commits (WAL, synchronous=FULL) per record
-        db = store._conn
-        wall = store._to_disk(now + RECORD_TTL)
-        pub_bytes = [p.to_bytes() for p in pubs]
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(
-            "INSERT INTO records (key, value, publisher, expires) VALUES (?, ?, ?, ?)",
-            ((record_key(i), os.urandom(value_size), pub_bytes[i % N_PUBLISHERS], wall) for i in range(n)),
-        )
-        db.execute("COMMIT")
+        sqlite_prefill(store, n, value_size, pubs, now + RECORD_TTL)
     return {"records": len(store), "seconds": round(time.perf_counter() - t0, 2)}
 
 

@@ -27,16 +27,13 @@ import sys
 import tempfile
 import time
 
+from records_bench import RECORD_TTL as TTL, record_key as key, sqlite_prefill  # the same records
+
 from kadfast import Ed25519KeyPair
 from kadfast.sqlite_store import SqliteStore
 from kadfast.store import Record, StoreConfig
 
 VALUE_SIZE = 128
-TTL = 48 * 3600.0
-
-
-def key(i: int) -> bytes:
-    return b"/bench/%010d" % i
 
 
 def one_run(records: int, puts: int, batch: int, seed: int) -> dict:
@@ -47,12 +44,7 @@ def one_run(records: int, puts: int, batch: int, seed: int) -> dict:
                             group_commit=True)
         try:
             now = time.monotonic()
-            db = store._conn  # the prefill in one transaction; put() per record would take minutes
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO records (key, value, publisher, expires) VALUES (?, ?, ?, ?)",
-                           ((key(i), os.urandom(VALUE_SIZE), peer.to_bytes(), store._to_disk(now + TTL))
-                            for i in range(records)))
-            db.execute("COMMIT")
+            sqlite_prefill(store, records, VALUE_SIZE, [peer], now + TTL)
             commits = []
             t0 = time.perf_counter()
             for _ in range(puts // batch):

@@ -27,7 +27,6 @@ from . import __version__
 from .client import BootstrapError, Client, NoPeersInNamespace
 from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
 from .kad.node import Config, KadNode, NoKnownPeers, NotFound, QuorumFailed
-from .kad.pb import MessageType
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .loop import LOOP_KINDS, MemoryTrimmer, run as run_loop, tune_gc_for_server
 from .net import HostConfig
@@ -296,8 +295,8 @@ async def start_metrics(node: KadNode, port: int):
     m.gauge("kadfast_store_records", "records held", lambda: len(node.store))
     m.gauge("kadfast_inbound_requests", "inbound kad requests since start",
             lambda: sum(node.request_counts.values()))
-    m.counter("kadfast_requests_total", "inbound kad requests by type", lambda: [
-        ({"type": t.name if isinstance(t, MessageType) else str(t)}, n) for t, n in list(node.request_counts.items())])
+    m.counter("kadfast_requests_total", "inbound kad requests by type",
+              lambda: [({"type": t.name}, n) for t, n in list(node.request_counts.items())])
 
     async def count():
         q = node.subscribe(inbound_requests=False)

@@ -241,6 +241,14 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
     return None
 
 
+def _still_running(round_: asyncio.Task | None, what: str) -> bool:
+    """Whether the previous round of ``what`` still runs (the new one is then skipped)."""
+    if round_ is None or round_.done():
+        return False
+    log.info("the previous %s round is still running; this one is skipped", what)
+    return True
+
+
 def _log_serve_end(fut: asyncio.Future) -> None:
     """How an inline kad stream ended: logged (and the future's exception
     retrieved) when bad input or a reset ended it."""
@@ -293,9 +301,10 @@ class KadNode:
         self._subscribers: list[asyncio.Queue] = []
         # the subscribers that want an InboundRequest per request served
         self._request_subscribers: list[asyncio.Queue] = []
-        #: inbound kad requests served since start, by message type (what
-        #: `kadfast server` reports; an event per request costs far more)
-        self.request_counts: dict[MessageType | int, int] = {}
+        #: inbound kad requests served since start, by message type (at most
+        #: six keys: the codec refuses other types); what `kadfast server`
+        #: reports; an event per request costs far more
+        self.request_counts: dict[MessageType, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
         self._started = False
@@ -1064,9 +1073,7 @@ class KadNode:
             self._last_replication = now
         elif now - self._last_replication >= cfg.replication_interval:
             self._last_replication = now
-            if self._replication_round is not None and not self._replication_round.done():
-                log.info("the previous replication round is still running; this one is skipped")
-            else:
+            if not _still_running(self._replication_round, "replication"):
                 for rec in self.store.published_by(self.peer_id):
                     if now - self._published.get(rec.key, now) >= cfg.republish_interval:
                         self._published[rec.key] = now
@@ -1078,9 +1085,7 @@ class KadNode:
             self._last_provider_republish = now
         elif now - self._last_provider_republish >= cfg.provider_republish_interval:
             self._last_provider_republish = now
-            if self._provider_round is not None and not self._provider_round.done():
-                log.info("the previous provider republication round is still running; this one is skipped")
-            else:
+            if not _still_running(self._provider_round, "provider republication"):
                 keys = []
                 for rec in self.store.provided():
                     rec.expires = now + cfg.provider_ttl

@@ -374,9 +374,7 @@ class Connection(asyncio.Protocol):
             self.session.consumed(sid, len(data))
             return
         s._negotiator = None
-        if s._deadline is not None:
-            s._deadline.cancel()
-            s._deadline = None
+        s._cancel_deadline()
         s.protocol = ms.selected
         rest = ms.unused
         # negotiation bytes are consumed now; the rest when the application reads it

@@ -127,12 +127,15 @@ class Stream:
                 fut.set_exception(exc)
             self.reset()
 
-    def _on_reset(self, reason: str) -> None:
-        # ``_eof`` stays as it is: data and a FIN that arrived before the reset
-        # (or before the connection closed) are still read normally.
+    def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _on_reset(self, reason: str) -> None:
+        # ``_eof`` stays as it is: data and a FIN that arrived before the reset
+        # (or before the connection closed) are still read normally.
+        self._cancel_deadline()
         if not self._reset:
             self._reset = True
             self._reset_reason = reason
