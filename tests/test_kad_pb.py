@@ -645,3 +645,12 @@ def test_fast_reply_from_cached_closer_fields_is_byte_identical():
         assert a == b
     big = closer_field(b"\x0a" + bytes(70000))  # past the prefix table: the slow path keeps fields whole
     assert encode_find_node_reply(b"", [big], closer_fields=True) == encode_find_node_reply(b"", [b"\x0a" + bytes(70000)])
+
+
+def test_pb_varint_matches_the_general_varint_at_every_length_boundary():
+    from kadfast.kad.pb import _varint
+    from kadfast.varint import encode_uvarint
+
+    for n in [0, 1, 127, 128, 129, 1100, 16383, 16384, 16385, 2**21 - 1, 2**21, 2**63 - 1]:
+        assert _varint(n) == encode_uvarint(n), n
+    assert _varint(2**64 - 1) == b"\xff" * 9 + b"\x01"  # protobuf's uint64 range, beyond the multiformats varint

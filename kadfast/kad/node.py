@@ -497,11 +497,17 @@ class KadNode:
     def _answer_candidates(self, target: Key):
         """Table entries closest to ``target``, enough of them for k answers
         after the requester and unreachable entries are skipped."""
-        k = self.config.k
         u = self._unreachable
         if not u:
-            return self.table.closest(target, k + 1)
-        return [e for e in self.table.closest(target, k + 1 + min(len(u), 4 * k)) if e.key not in u]
+            return self.table.closest(target, self._answer_limit())
+        return [e for e in self.table.closest(target, self._answer_limit()) if e.key not in u]
+
+    def _answer_limit(self) -> int:
+        """How many of the closest table entries an answer looks at: k and
+        one for the requester, and enough for the unreachable ones."""
+        k = self.config.k
+        u = self._unreachable
+        return k + 1 + min(len(u), 4 * k) if u else k + 1
 
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
@@ -532,27 +538,14 @@ class KadNode:
         holds and until its first expiry) and the host's connection epoch
         (while no connection opened or closed, every peer's connection type
         holds); only what changed is looked up again, and re-encoded only
-        when its addresses or connection type did change."""
-        cache = self._closer_cache
+        when its addresses or connection type did change. The walk over the
+        closest entries and the cache checks run compiled
+        (``RoutingTable.closest_cached``)."""
         epoch = self.host.conn_epoch
-        k = self.config.k
-        skip = None if exclude is None else self._key(exclude)
-        out: list[bytes] = []
-        for e in self._answer_candidates(target):
-            key = e.key
-            if key == skip:
-                continue
-            hit = cache.get(key)
-            if hit is not None and hit[3] == epoch and hit[0].version == hit[1] and now < hit[0].min_expires:
-                out.append(hit[4])
-            else:
-                field = self._peer_field(key, e.value, now, epoch, hit)
-                if field is None:  # peers without addresses are left out
-                    continue
-                out.append(field)
-            if len(out) >= k:
-                break
-        return out
+        return self.table.closest_cached(
+            target, self._answer_limit(), self.config.k, self._closer_cache,
+            None if exclude is None else self._key(exclude), self._unreachable, epoch, now,
+            lambda key, peer, hit: self._peer_field(key, peer, now, epoch, hit))
 
     def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
         """Look up ``peer``'s addresses and connection type again; its cached

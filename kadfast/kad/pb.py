@@ -154,6 +154,8 @@ def _varint(value: int) -> bytes:
     """Protobuf varint of a value in [0, 2**64)."""
     if value < 0x80:
         return _BYTE[value]
+    if value < 0x4000:  # two bytes: every reply's frame length
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -278,8 +280,7 @@ def encode_find_node_reply(
     :func:`encode_message` of the equivalent :class:`KadMessage` (with
     ``cluster_level_raw`` 0). ``key`` b"" leaves the key out (rust and go
     send none in a FIND_NODE reply; go echoes it for GET_PROVIDERS).
-    ``framed`` puts the length prefix in front, as :func:`frame` does, in
-    the same single copy. With ``closer_fields`` the closer peers come as
+    ``framed`` puts the length prefix in front, as :func:`frame` does. With ``closer_fields`` the closer peers come as
     whole fields (:func:`closer_field`, e.g. cached), joined as they are."""
     parts = [_type_field(msg_type)]
     if key:
@@ -315,10 +316,11 @@ def encode_find_node_reply(
                 append(_len_field(b"\x42", body))
         for body in provider_peer_bodies:
             append(_len_field(b"\x4a", body))
-    if framed:
-        n = sum(map(len, parts))
-        parts.insert(0, _BYTE[n] if n < 0x80 else _varint(n))
-    return b"".join(parts)
+    body = b"".join(parts)
+    if framed:  # one more copy of the body is cheaper than summing the parts' lengths
+        n = len(body)
+        return (_BYTE[n] if n < 0x80 else _varint(n)) + body
+    return body
 
 
 def frame(body: bytes) -> bytes:
