@@ -3,6 +3,7 @@
 
     python bench/findnode_bench.py [--quick] [--json] [--runs 5] [--loop uvloop|asyncio|both]
                                    [--impls kadfast,rust,go,js,py|all] [--peers N] [--duration S]
+                                   [--pin none|same|apart] [--client-wait auto|poll|sleep]
                                    [--profile cprofile|pyinstrument]
 
 The servers (``--impls``, comma list; default ``kadfast``; ``all`` = every
@@ -58,6 +59,10 @@ interleaved) and reports the medians. With other implementations in the
 run, the report also gives, per case, how many times the server CPU per
 request of kadfast on uvloop each of them spends. The target: at most 50 us
 of kadfast server CPU per FIND_NODE on a reused stream (median of 5 runs).
+
+``--client-wait poll`` (the default unless ``--pin same``) has the load
+generator poll its sockets instead of sleeping until a reply comes; see
+``busy_polling``. Its own CPU per request is then 1/rate.
 
 ``--profile cprofile|pyinstrument`` runs the kadfast server(s) under that
 profiler and prints its report (written by the server when it stops) after
@@ -295,6 +300,39 @@ async def case_new(host, pid, frames, inflight: int, warmup: float, duration: fl
     return win.stop()
 
 
+@contextlib.contextmanager
+def busy_polling(on: bool):
+    """With ``on``, keep this process's event loop from ever sleeping: a
+    callback that schedules itself again makes every loop pass poll the
+    sockets with a zero timeout, so the load generator spins on its core
+    instead of waiting in ``epoll_wait``.
+
+    Why: on loopback the server's ``send`` runs the receiving side's TCP
+    input and wakes the receiving process. A load generator asleep on the
+    other core then costs the server's send a cross-core wake-up (an
+    inter-processor interrupt, a costly exit to the hypervisor on a virtual
+    machine) that a server answering peers over a network never pays; and
+    the slower round trip lets the server's core fall idle between
+    requests. A polling load generator is awake when the reply comes, as
+    latency benchmarks' busy-poll modes are. It needs a core of its own:
+    not with ``--pin same``."""
+    if not on:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handle = None
+
+    def spin() -> None:
+        nonlocal handle
+        handle = loop.call_soon(spin)
+
+    spin()
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
 async def bench_server(server_pid: int, maddr: str, peer_id: str, opts) -> list[dict]:
     """All cases, ``opts.runs`` times (interleaved); one dict per run and case."""
     frames = request_frames(REQUEST_POOL)
@@ -303,7 +341,8 @@ async def bench_server(server_pid: int, maddr: str, peer_id: str, opts) -> list[
             fn = case_reused if kind == "reused" else case_new
             return fn(host, pid, frames, inflight, opts.warmup, opts.duration, win)
 
-        return await run_cases(server_pid, opts, run_case, 60)
+        with busy_polling(opts.client_wait == "poll"):
+            return await run_cases(server_pid, opts, run_case, 60)
 
 
 @contextlib.contextmanager
@@ -535,6 +574,9 @@ def run_bench(opts) -> dict:
                     "apart": "load generator on CPU 0, server on CPU 1"}[opts.pin],
             "client": "raw kadfast client on uvloop in this process, the same for every server: "
                       "pre-encoded FIND_NODE frames, replies counted by MessageReader framing, not decoded",
+            "client_wait": {"poll": "the load generator polls its sockets without sleeping (it spins on its "
+                                    "core; its CPU per request is then 1/rate)",
+                            "sleep": "the load generator sleeps in epoll_wait until a reply comes"}[opts.client_wait],
             "server_cpu": "utime+stime of the server's process (/proc/<pid>/stat, all its threads) per request",
             "cpu_vs_kadfast_uvloop": "a server's CPU per request divided by kadfast/uvloop's in the same case: "
                                      "how many times less CPU kadfast on uvloop spends",
@@ -585,6 +627,7 @@ def print_table(report: dict) -> None:
     )
     print(f"load generator: {cfg['client']}")
     print(f"CPU affinity: {cfg['pin']}")
+    print(f"load generator waits: {cfg['client_wait']}")
     for label, res in servers.items():
         srv = res.get("server", {})
         if "error" in res:
@@ -629,6 +672,10 @@ def parse_args(argv=None):
                     help="CPU affinity: none (the OS schedules server and load generator), same (both on CPU 0: "
                          "no cross-core wake-ups), apart (load generator on CPU 0, server on CPU 1); a server "
                          "inherits it from this process when it starts, with every thread it makes")
+    ap.add_argument("--client-wait", choices=["auto", "poll", "sleep"], default="auto",
+                    help="how the load generator waits for replies: poll (spin without sleeping, so that the "
+                         "server's reply does not have to wake it on another core), sleep (epoll_wait), or "
+                         "auto: poll unless --pin same, where it would take the server's core")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profiler", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
@@ -642,6 +689,10 @@ def parse_args(argv=None):
     if bad or not names:
         ap.error(f"bad --impls {opts.impls!r}: choose from {', '.join(ALL_IMPLS)} or all")
     opts.impls = [n for n in ALL_IMPLS if n in names]
+    if opts.client_wait == "auto":
+        opts.client_wait = "sleep" if opts.pin == "same" else "poll"
+    elif opts.client_wait == "poll" and opts.pin == "same":
+        ap.error("--client-wait poll needs a core of its own: not with --pin same")
     if opts.duration is None:
         opts.duration = 1.0 if opts.quick else 3.0
     opts.warmup = 0.3 if opts.quick else 0.5
