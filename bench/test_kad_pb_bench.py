@@ -3,6 +3,7 @@
     python -m pytest bench/test_kad_pb_bench.py --benchmark-only
 
 A FIND_NODE answer costs: MessageReader.feed + decode_message of the request,
+the walk over the routing table with cached Peer encodings,
 then encode_find_node_reply of 20 cached Peer encodings + frame.
 """
 
@@ -66,3 +67,31 @@ def test_decode_find_node_reply_20_peers(benchmark):
     """decode_message of that reply (a client's side of a lookup step)."""
     msg = benchmark(decode_message, REPLY)
     assert len(msg.closer_peers) == K and all(len(p.addrs) == 2 for p in msg.closer_peers)
+
+
+def test_answer_find_node_from_a_1000_peer_table(benchmark):
+    """A KadNode's whole answer to a FIND_NODE request (the framed reply
+    bytes the server writes): the 20 closest of a table filled from 1,000
+    random peers, walked with their cached closerPeers fields by the
+    compiled ``RoutingTable.closest_cached``, and the reply joined."""
+    import os
+
+    from _common import fill_table, random_peer_id
+
+    from kadfast.kad.node import KadNode
+
+    node = KadNode()
+    fill_table(node, 1000)
+    asker = random_peer_id()
+    requests = [KadMessage(MessageType.FIND_NODE, key=os.urandom(32)) for _ in range(256)]
+    handle = node._handle_request
+    state = [0]
+
+    def run():
+        i = state[0] = (state[0] + 1) & 255
+        return handle(asker, requests[i], None, True)
+
+    reply = benchmark(run)
+    body = reply[2:]  # a 20-peer reply is over 127 and under 16,384 bytes: a two-byte length
+    assert frame(body) == reply
+    assert len(decode_message(body).closer_peers) == K
