@@ -498,9 +498,8 @@ class KadNode:
         """Table entries closest to ``target``, enough of them for k answers
         after the requester and unreachable entries are skipped."""
         u = self._unreachable
-        if not u:
-            return self.table.closest(target, self._answer_limit())
-        return [e for e in self.table.closest(target, self._answer_limit()) if e.key not in u]
+        cands = self.table.closest(target, self._answer_limit())
+        return [e for e in cands if e.key not in u] if u else cands
 
     def _answer_limit(self) -> int:
         """How many of the closest table entries an answer looks at: k and

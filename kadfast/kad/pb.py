@@ -280,8 +280,9 @@ def encode_find_node_reply(
     :func:`encode_message` of the equivalent :class:`KadMessage` (with
     ``cluster_level_raw`` 0). ``key`` b"" leaves the key out (rust and go
     send none in a FIND_NODE reply; go echoes it for GET_PROVIDERS).
-    ``framed`` puts the length prefix in front, as :func:`frame` does. With ``closer_fields`` the closer peers come as
-    whole fields (:func:`closer_field`, e.g. cached), joined as they are."""
+    ``framed`` puts the length prefix in front, as :func:`frame` does.
+    With ``closer_fields`` the closer peers come as whole fields
+    (:func:`closer_field`, e.g. cached), joined as they are."""
     parts = [_type_field(msg_type)]
     if key:
         parts.append(_len_field(b"\x12", key))
