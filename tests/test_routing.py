@@ -259,3 +259,30 @@ def test_closest_cached_matches_twin_and_the_spelled_out_rule(digests, local, ta
         assert calls == want_calls
         results.append((got, calls))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("rt,x", IMPLS)
+def test_closest_cached_survives_refresh_emptying_the_cache(rt, x):
+    # the node's refresh may clear the whole cache (it is bounded) while the
+    # walk holds the entry it just looked up
+    local = x.Key.from_digest(bytes(32))
+    table = rt.RoutingTable(local, k=20)
+    keys = [x.Key.from_digest(bytes([i + 1]) * 32) for i in range(30)]
+    for i, key in enumerate(keys):
+        table.update(key, i, 0.0)
+    target = x.Key.from_digest(b"\x55" * 32)
+    order = [e.value for e in table.closest(target, 25)]
+    cache = {key: (_Book(1, 50.0), 1, 0, 3, f"cached{i}") for i, key in enumerate(keys)}
+    del cache[keys[order[2]]]  # the third closest misses
+    calls = []
+
+    def refresh(key, value, hit):
+        calls.append(value)
+        cache.clear()
+        cache[key] = (_Book(2, 50.0), 2, 0, 3, f"fresh{value}")
+        return f"fresh{value}"
+
+    got = table.closest_cached(target, 25, 20, cache, None, None, 3, 10.0, refresh)
+    assert got[:2] == [f"cached{v}" for v in order[:2]]
+    assert got[2:] == [f"fresh{v}" for v in order[2:20]]
+    assert calls == order[2:20]
