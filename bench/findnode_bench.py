@@ -529,10 +529,21 @@ def comparison(results: dict, cases: list[str]) -> dict:
 
 
 def run_bench(opts) -> dict:
-    if opts.pin != "none":
-        if (os.cpu_count() or 1) < 2 and opts.pin == "apart":
-            raise SystemExit("--pin apart needs two CPUs")
-        os.sched_setaffinity(0, {0})
+    """Every server and case; this process's CPU affinity is what it was
+    before when it returns (it runs inside pytest too)."""
+    if opts.pin == "none" or not hasattr(os, "sched_setaffinity"):
+        return _run_bench(opts)
+    if (os.cpu_count() or 1) < 2 and opts.pin == "apart":
+        raise SystemExit("--pin apart needs two CPUs")
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        return _run_bench(opts)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run_bench(opts) -> dict:
     harness = load_harness()
     install_log_counter()
     loops = ["uvloop", "asyncio"] if opts.loop == "both" else [opts.loop]

@@ -6,6 +6,8 @@ implementations' servers: ``python bench/findnode_bench.py --impls all``).
     python -m pytest bench/test_findnode_bench.py --benchmark-only -s
 """
 
+import os
+
 import pytest
 
 
@@ -15,7 +17,9 @@ def test_findnode_bench_quick(benchmark, wait):
 
     opts = findnode_bench.parse_args(["--impls", "kadfast", "--loop", "uvloop", "--cases", "reused/1,reused/32",
                                       "--duration", "0.5", "--pin", "apart", "--client-wait", wait])
+    before = os.sched_getaffinity(0)
     report = benchmark.pedantic(findnode_bench.run_bench, args=(opts,), rounds=1, iterations=1)
+    assert os.sched_getaffinity(0) == before  # the pinning ends with the run
     assert report["config"]["client_wait"].startswith("the load generator " + ("polls" if wait == "poll" else "sleeps"))
     res = report["servers"]["kadfast/uvloop"]
     assert "error" not in res, res
