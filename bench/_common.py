@@ -35,6 +35,13 @@ KAD_PROTOCOL = "/ipfs/kad/1.0.0"
 # --------------------------------------------------------------------------
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    s = sorted(values)
+    i = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
+    return s[i]
+
+
 def proc_cpu(pid: int | None = None) -> float | None:
     """utime + stime of a process in seconds (10 ms resolution), or None."""
     try:

@@ -84,6 +84,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from _common import percentile  # this directory is on sys.path (run as python bench/sim.py)
 
 from kadfast import Key, RoutingTable
 from kadfast._routing import PENDING
@@ -99,13 +100,6 @@ QUERY_TIMEOUT = 60.0
 RECORD_TTL = 48 * 3600.0
 
 TARGETS = {"median_hops_max": 4, "p95_hops_max": 6, "success_no_churn": 1.0, "success_churn_min": 0.99}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    s = sorted(values)
-    i = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
-    return s[i]
 
 
 @dataclass

@@ -241,22 +241,16 @@ class Metrics:
         out: list[str] = []
         for name, type_, help_, fn, buckets, samples in snapshot:
             lines: list[str] = []
-            if type_ == "gauge":
+            if fn is not None:  # a gauge, or a counter read at scrape time
                 try:
                     lines = self._gauge_lines(name, fn)
                 except Exception:
-                    log.exception("metrics: gauge %s failed; left out of this scrape", name)
+                    log.exception("metrics: %s %s failed; left out of this scrape", type_, name)
                     continue
-            elif type_ == "counter":
-                if fn is not None:
-                    try:
-                        lines = self._gauge_lines(name, fn)
-                    except Exception:
-                        log.exception("metrics: counter %s failed; left out of this scrape", name)
-                        continue
+            if type_ == "counter":
                 for key, v in samples.items():
                     lines.append(f"{name}{_labels_text(key)} {format_value(v)}")
-            else:
+            elif type_ == "histogram":
                 for key, (counts, total, count) in samples.items():
                     cumulative = 0
                     for upper, c in zip(buckets, counts):

@@ -496,7 +496,7 @@ class Host:
         while len(self._backoff) > cfg.max_backoff_entries:
             self._backoff.popitem(last=False)
 
-    async def _dial_new(self, peer: PeerId, dial: "_Dial | None" = None) -> Connection:
+    async def _dial_new(self, peer: PeerId, dial: "_Dial") -> Connection:
         if self.connection_count() >= self.config.max_connections:
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
         addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
@@ -504,8 +504,7 @@ class Host:
             raise DialNoAddresses(f"no TCP address known for {peer}")
         errors: list[DialError] = []
         async with self._dial_sem:
-            if dial is not None:
-                dial.started = True
+            dial.started = True
             for addr in addrs:
                 try:
                     return await self._dial_addr(peer, addr)
