@@ -3,6 +3,8 @@ import numpy.typing as npt
 
 DIGEST_SIZE: int
 NUM_BUCKETS: int
+#: which SHA-256 hashes key preimages: "cpython" (the interpreter's own) or "hashlib"
+KEY_SHA256: str
 
 class Key:
     preimage: bytes | None

@@ -31,6 +31,17 @@ def test_key_hashes_preimage_once(pre):
     assert _xor_py.Key(pre).digest == k.digest
 
 
+def test_compiled_keys_hash_with_the_interpreters_own_sha256():
+    """CPython builds carry their own SHA-256 (cheaper than OpenSSL's
+    per-call digest context on a server's request path); the compiled keys
+    use it, and fall back to hashlib only where it is missing."""
+    import importlib.util
+
+    has_builtin = any(importlib.util.find_spec(m) is not None for m in ("_sha2", "_sha256"))
+    assert _xor.KEY_SHA256 == ("cpython" if has_builtin else "hashlib")
+    assert has_builtin  # the interpreters this project supports have it
+
+
 @given(digests, digests)
 def test_distance_and_bucket_match_twin(a, b):
     ca, pa = both(a)

@@ -161,12 +161,12 @@ class Connection(asyncio.Protocol):
             self._ms = MultistreamListener([NOISE_PROTOCOL])
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
         # what the handlers write while this runs leaves in the one flush
         # below, not in a call_soon flush (an extra loop pass per read)
         self._receiving = True
         try:
-            self._on_data(data)
+            self._on_data(data, now)
         except KadfastError as exc:
             self.error = exc
             self._fail(f"{type(exc).__name__}: {exc}")
@@ -195,12 +195,12 @@ class Connection(asyncio.Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_data(self, data: bytes, now: float) -> None:
         state = self._state
         if state == _OPEN:
             plain = self._crypto.decrypt(data)
             if plain:
-                self._dispatch(self.session.receive_data(plain, time.monotonic()))
+                self._dispatch(self.session.receive_data(plain, now))
             return
         if state == _SEC:
             ms = self._ms
@@ -220,7 +220,7 @@ class Connection(asyncio.Protocol):
             )
             self._raw_write(self._noise.data_to_send())
             if rest:
-                self._on_data(rest)
+                self._on_data(rest, now)
             return
         if state == _NOISE:
             hs = self._noise
@@ -240,7 +240,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._ms = MultistreamListener([YAMUX_PROTOCOL])
             if rest:
-                self._on_data(rest)
+                self._on_data(rest, now)
             return
         if state == _MUX:
             plain = self._crypto.decrypt(data)
@@ -268,7 +268,7 @@ class Connection(asyncio.Protocol):
                 self.ready.set_result(self)
             self.host._on_connection_open(self)
             if rest:
-                self._dispatch(self.session.receive_data(rest, time.monotonic()))
+                self._dispatch(self.session.receive_data(rest, now))
             return
         # closed: ignore
 
