@@ -3,9 +3,15 @@
 Switches (environment variables):
   KADFAST_ANNOTATE=1  write Cython's annotated HTML next to each .pyx
   KADFAST_DEBUG=1     bounds/wraparound checks on, line tracing on, -O0 -g
+  KADFAST_NO_OPENSSL=1  leave out kadfast._aead (the Noise transport's
+                      ChaCha20-Poly1305 on OpenSSL's EVP interface); it is
+                      left out anyway where OpenSSL's headers and libcrypto
+                      are not found, and the transport then uses cryptography's
 """
 
 import os
+import sys
+import tempfile
 
 import numpy
 from Cython.Build import cythonize
@@ -33,6 +39,52 @@ extensions = [
     )
     for name in ("_xor", "_routing")
 ]
+
+
+def _openssl_builds() -> bool:
+    """Whether a program using OpenSSL's EVP ChaCha20-Poly1305 compiles and
+    links here (headers and libcrypto present)."""
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CompileError, LinkError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    cc = new_compiler()
+    customize_compiler(cc)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(
+                "#include <openssl/evp.h>\n"
+                "int main(void) { EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();"
+                " int ok = EVP_CipherInit_ex(c, EVP_chacha20_poly1305(), 0, 0, 0, 1);"
+                " EVP_CIPHER_CTX_free(c); return ok == 1 ? 0 : 1; }\n"
+            )
+        try:
+            objs = cc.compile([src], output_dir=tmp)
+            cc.link_executable(objs, os.path.join(tmp, "probe"), libraries=["crypto"])
+        except (CompileError, LinkError):
+            return False
+    return True
+
+
+if os.environ.get("KADFAST_NO_OPENSSL") == "1":
+    print("kadfast: KADFAST_NO_OPENSSL=1: kadfast._aead left out", file=sys.stderr)
+elif _openssl_builds():
+    extensions.append(
+        Extension(
+            "kadfast._aead",
+            ["kadfast/_aead.pyx"],
+            define_macros=macros,
+            extra_compile_args=compile_args,
+            libraries=["crypto"],
+        )
+    )
+else:
+    print(
+        "kadfast: OpenSSL headers or libcrypto not found: kadfast._aead left out,"
+        " the Noise transport uses cryptography's ChaCha20Poly1305",
+        file=sys.stderr,
+    )
 
 setup(
     ext_modules=cythonize(

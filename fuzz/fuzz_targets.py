@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as CryptographyAEAD
 
 from kadfast import _routing, _routing_py, _xor, _xor_py
 from kadfast.errors import (
@@ -338,8 +339,8 @@ def _transport_stream(data: bytes):
     return b"".join(parts), (b"".join(plain) if clean else None)
 
 
-def _transport_run(chunks):
-    t = NoiseTransport(_K2, _K1)
+def _transport_run(chunks, aead=None):
+    t = NoiseTransport(_K2, _K1, aead=aead)
     return b"".join(t.decrypt(c) for c in chunks)
 
 
@@ -350,10 +351,12 @@ def _transport_run(chunks):
     b"\x00\x04\x00\x20abcd",
 ])
 def noise_transport(data: bytes) -> str:
-    """NoiseTransport.decrypt on streams of valid, corrupted and raw frames."""
+    """NoiseTransport.decrypt on streams of valid, corrupted and raw frames,
+    on kadfast._aead and on its oracle, cryptography's ChaCha20Poly1305."""
     stream, expected = _transport_stream(data)
     p = split_point(data) % (len(stream) + 1)
     w = outcome(lambda: _transport_run([stream]), NoiseError)
+    same("kadfast._aead vs cryptography", w, outcome(lambda: _transport_run([stream], CryptographyAEAD), NoiseError))
     s = outcome(lambda: _transport_run([stream[:p], stream[p:]]), NoiseError)
     same("whole vs split", w, s)
     if expected is not None:

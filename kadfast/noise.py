@@ -33,6 +33,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .errors import CryptoKeyError, NoiseError, ProtobufError
+
+try:  # one OpenSSL context per key (see kadfast/_aead.pyx); built where OpenSSL's headers are
+    from ._aead import ChaCha20Poly1305 as _TransportAEAD
+
+    #: the ChaCha20-Poly1305 of the transport's messages: "openssl-evp" (a
+    #: cipher context kept per key, kadfast._aead) or "cryptography"
+    TRANSPORT_AEAD = "openssl-evp"
+except ImportError:  # pragma: no cover - a build without OpenSSL's headers
+    _TransportAEAD = ChaCha20Poly1305
+    TRANSPORT_AEAD = "cryptography"
 from .keys import Ed25519KeyPair, PublicKey
 from .peerid import PeerId
 from .protobuf import WT_LEN, field_bytes, iter_fields
@@ -47,6 +57,7 @@ __all__ = [
     "NoiseStaticKey",
     "NoiseHandshake",
     "NoiseTransport",
+    "TRANSPORT_AEAD",
 ]
 
 #: The one Noise protocol libp2p's ``/noise`` speaks.
@@ -498,13 +509,18 @@ class NoiseTransport:
     64-bit counter used as the nonce (4 zero bytes, then the counter
     little-endian), empty associated data. After a decryption failure the
     transport refuses further input.
+
+    ``aead`` is the ChaCha20-Poly1305 class: by default kadfast._aead's
+    (:data:`TRANSPORT_AEAD`); the tests pass ``cryptography``'s as the oracle.
     """
 
     __slots__ = ("_enc", "_dec", "_send_n", "_recv_n", "_buf", "_failed")
 
-    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
-        self._enc = ChaCha20Poly1305(send_key)
-        self._dec = ChaCha20Poly1305(recv_key)
+    def __init__(self, send_key: bytes, recv_key: bytes, aead=None) -> None:
+        if aead is None:
+            aead = _TransportAEAD
+        self._enc = aead(send_key)
+        self._dec = aead(recv_key)
         self._send_n = 0
         self._recv_n = 0
         self._buf = bytearray()  # a partial frame, never more than one

@@ -16,6 +16,10 @@ def _is_extension(module) -> bool:
 def test_hot_modules_are_compiled():
     assert _is_extension(_xor), _xor.__file__
     assert _is_extension(_routing), _routing.__file__
+    # optional in setup.py (OpenSSL's headers), built on every machine of ours
+    from kadfast import _aead
+
+    assert _is_extension(_aead), _aead.__file__
 
 
 def test_public_names_are_the_compiled_ones():
