@@ -3,10 +3,11 @@
 Switches (environment variables):
   KADFAST_ANNOTATE=1  write Cython's annotated HTML next to each .pyx
   KADFAST_DEBUG=1     bounds/wraparound checks on, line tracing on, -O0 -g
-  KADFAST_NO_OPENSSL=1  leave out kadfast._aead (the Noise transport's
-                      ChaCha20-Poly1305 on OpenSSL's EVP interface); it is
+  KADFAST_NO_OPENSSL=1  leave out kadfast._noise (the compiled Noise
+                      transport, on OpenSSL's EVP interface); it is
                       left out anyway where OpenSSL's headers and libcrypto
-                      are not found, and the transport then uses cryptography's
+                      are not found, and kadfast.noise then uses its
+                      plain-Python transport on cryptography
 """
 
 import os
@@ -68,12 +69,12 @@ def _openssl_builds() -> bool:
 
 
 if os.environ.get("KADFAST_NO_OPENSSL") == "1":
-    print("kadfast: KADFAST_NO_OPENSSL=1: kadfast._aead left out", file=sys.stderr)
+    print("kadfast: KADFAST_NO_OPENSSL=1: kadfast._noise left out", file=sys.stderr)
 elif _openssl_builds():
     extensions.append(
         Extension(
-            "kadfast._aead",
-            ["kadfast/_aead.pyx"],
+            "kadfast._noise",
+            ["kadfast/_noise.pyx"],
             define_macros=macros,
             extra_compile_args=compile_args,
             libraries=["crypto"],
@@ -81,8 +82,8 @@ elif _openssl_builds():
     )
 else:
     print(
-        "kadfast: OpenSSL headers or libcrypto not found: kadfast._aead left out,"
-        " the Noise transport uses cryptography's ChaCha20Poly1305",
+        "kadfast: OpenSSL headers or libcrypto not found: kadfast._noise left out,"
+        " the Noise transport is the plain-Python one on cryptography",
         file=sys.stderr,
     )
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as CryptographyAEAD
 
 from kadfast import _routing, _routing_py, _xor, _xor_py
 from kadfast.errors import (
@@ -50,6 +49,7 @@ from kadfast.kad import pb
 from kadfast.keys import Ed25519KeyPair, PublicKey, load_keypair
 from kadfast.multiaddr import Multiaddr, decode_many
 from kadfast.multistream import MultistreamDialer, MultistreamListener, encode_message
+from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
 from kadfast.peerid import PeerId
 from kadfast.ping import PING_SIZE, PingInitiator, PingResponder
@@ -308,6 +308,7 @@ def _transport_stream(data: bytes):
     """Ciphertext built from ops in ``data``; returns (stream, expected
     plaintext or None when a frame was corrupted or raw bytes were mixed in)."""
     sender = NoiseTransport(_K1, _K2)
+    compiled = CompiledTransport(_K1, _K2)  # must write the same bytes
     parts, plain, clean = [], [], True
     i = 0
     while i + 1 < len(data):
@@ -321,14 +322,17 @@ def _transport_stream(data: bytes):
             clean = clean and not body
         elif kind == 1:  # a valid frame
             ct = sender.encrypt(body)
+            same("compiled encrypt", ct, compiled.encrypt(body))
             parts.append(ct)
             plain.append(body)
         elif kind == 2:  # a large plaintext: several frames
             big = (body or b"\x00") * (1 + (op >> 2) * 300)
             parts.append(sender.encrypt(big))
+            same("compiled encrypt", parts[-1], compiled.encrypt(big))
             plain.append(big)
         else:  # a valid frame with one byte flipped
             ct = bytearray(sender.encrypt(body or b"x"))
+            compiled.encrypt(body or b"x")
             pos = (op >> 2) % len(ct)
             ct[pos] ^= 1 << (n & 7)
             parts.append(bytes(ct))
@@ -339,8 +343,8 @@ def _transport_stream(data: bytes):
     return b"".join(parts), (b"".join(plain) if clean else None)
 
 
-def _transport_run(chunks, aead=None):
-    t = NoiseTransport(_K2, _K1, aead=aead)
+def _transport_run(chunks, cls=NoiseTransport):
+    t = cls(_K2, _K1)
     return b"".join(t.decrypt(c) for c in chunks)
 
 
@@ -351,14 +355,16 @@ def _transport_run(chunks, aead=None):
     b"\x00\x04\x00\x20abcd",
 ])
 def noise_transport(data: bytes) -> str:
-    """NoiseTransport.decrypt on streams of valid, corrupted and raw frames,
-    on kadfast._aead and on its oracle, cryptography's ChaCha20Poly1305."""
+    """NoiseTransport.decrypt on streams of valid, corrupted and raw frames:
+    the plain-Python transport and the compiled one (kadfast._noise) agree."""
     stream, expected = _transport_stream(data)
     p = split_point(data) % (len(stream) + 1)
     w = outcome(lambda: _transport_run([stream]), NoiseError)
-    same("kadfast._aead vs cryptography", w, outcome(lambda: _transport_run([stream], CryptographyAEAD), NoiseError))
     s = outcome(lambda: _transport_run([stream[:p], stream[p:]]), NoiseError)
     same("whole vs split", w, s)
+    same("compiled vs twin", w, outcome(lambda: _transport_run([stream], CompiledTransport), NoiseError))
+    same("compiled vs twin, split", s,
+         outcome(lambda: _transport_run([stream[:p], stream[p:]], CompiledTransport), NoiseError))
     if expected is not None:
         same("decrypted plaintext", w, ("ok", expected))
     return label(w)

@@ -34,15 +34,15 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .errors import CryptoKeyError, NoiseError, ProtobufError
 
-try:  # one OpenSSL context per key (see kadfast/_aead.pyx); built where OpenSSL's headers are
-    from ._aead import ChaCha20Poly1305 as _TransportAEAD
+try:  # the compiled transport (kadfast/_noise.pyx); built where OpenSSL's headers are
+    from ._noise import NoiseTransport as _CompiledTransport
 
-    #: the ChaCha20-Poly1305 of the transport's messages: "openssl-evp" (a
-    #: cipher context kept per key, kadfast._aead) or "cryptography"
-    TRANSPORT_AEAD = "openssl-evp"
+    #: the transport a handshake hands out: "compiled" (kadfast._noise, on
+    #: OpenSSL's EVP interface) or "python" (:class:`NoiseTransport`, its twin)
+    TRANSPORT_IMPL = "compiled"
 except ImportError:  # pragma: no cover - a build without OpenSSL's headers
-    _TransportAEAD = ChaCha20Poly1305
-    TRANSPORT_AEAD = "cryptography"
+    _CompiledTransport = None
+    TRANSPORT_IMPL = "python"
 from .keys import Ed25519KeyPair, PublicKey
 from .peerid import PeerId
 from .protobuf import WT_LEN, field_bytes, iter_fields
@@ -57,7 +57,7 @@ __all__ = [
     "NoiseStaticKey",
     "NoiseHandshake",
     "NoiseTransport",
-    "TRANSPORT_AEAD",
+    "TRANSPORT_IMPL",
 ]
 
 #: The one Noise protocol libp2p's ``/noise`` speaks.
@@ -485,14 +485,16 @@ class NoiseHandshake:
 
     def _finish(self) -> None:
         k1, k2 = self._hs.split()
+        make = NoiseTransport if _CompiledTransport is None else _CompiledTransport
         if self._hs.initiator:
-            self._transport = NoiseTransport(k1, k2)
+            self._transport = make(k1, k2)
         else:
-            self._transport = NoiseTransport(k2, k1)
+            self._transport = make(k2, k1)
         self._state = _HS_COMPLETE
 
     def transport(self) -> "NoiseTransport":
-        """The transport cipher pair (the same object on every call)."""
+        """The transport cipher pair (the same object on every call): the
+        compiled one where it is built (:data:`TRANSPORT_IMPL`)."""
         if self._transport is None:
             raise NoiseError("Noise handshake is not complete", remote=False)
         return self._transport
@@ -510,17 +512,16 @@ class NoiseTransport:
     little-endian), empty associated data. After a decryption failure the
     transport refuses further input.
 
-    ``aead`` is the ChaCha20-Poly1305 class: by default kadfast._aead's
-    (:data:`TRANSPORT_AEAD`); the tests pass ``cryptography``'s as the oracle.
+    This is the plain-Python twin of the compiled transport in
+    ``kadfast._noise`` that handshakes hand out (:data:`TRANSPORT_IMPL`),
+    and its test oracle.
     """
 
     __slots__ = ("_enc", "_dec", "_send_n", "_recv_n", "_buf", "_failed")
 
-    def __init__(self, send_key: bytes, recv_key: bytes, aead=None) -> None:
-        if aead is None:
-            aead = _TransportAEAD
-        self._enc = aead(send_key)
-        self._dec = aead(recv_key)
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._enc = ChaCha20Poly1305(send_key)
+        self._dec = ChaCha20Poly1305(recv_key)
         self._send_n = 0
         self._recv_n = 0
         self._buf = bytearray()  # a partial frame, never more than one

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kadfast import Ed25519KeyPair
+from kadfast import Ed25519KeyPair, noise
+from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.errors import NoiseError, ProtocolError
 from kadfast.noise import (
     MAX_FRAME_LEN,
@@ -351,17 +352,23 @@ def keys():
     return os.urandom(32), os.urandom(32)
 
 
-def pair(keys):
+#: the plain-Python transport (the oracle) and the compiled one that
+#: handshakes hand out; every transport test runs on both
+IMPLS = [pytest.param(NoiseTransport, id="python"), pytest.param(CompiledTransport, id="compiled")]
+
+
+def pair(keys, cls):
     k1, k2 = keys
-    return NoiseTransport(k1, k2), NoiseTransport(k2, k1)
+    return cls(k1, k2), cls(k2, k1)
 
 
+@pytest.mark.parametrize("cls", IMPLS)
 @given(
     st.lists(st.binary(max_size=3000), min_size=1, max_size=8),
     st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=20),
 )
-def test_transport_random_splits(keys, messages, cuts):
-    a, b = pair(keys)
+def test_transport_random_splits(cls, keys, messages, cuts):
+    a, b = pair(keys, cls)
     wire = b"".join(a.encrypt(m) for m in messages)
     got = []
     pos = 0
@@ -375,8 +382,9 @@ def test_transport_random_splits(keys, messages, cuts):
     assert b.decrypt(b"") == b""
 
 
-def test_transport_large_message_spans_frames(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_large_message_spans_frames(cls, keys):
+    a, b = pair(keys, cls)
     data = os.urandom(3 * MAX_PLAINTEXT_LEN + 1234)
     wire = a.encrypt(data)
     # four frames, each at most 65535 bytes
@@ -389,7 +397,7 @@ def test_transport_large_message_spans_frames(keys):
     assert sizes == [MAX_FRAME_LEN] * 3 + [1234 + 16]
     assert b.decrypt(wire) == data
     # in random-sized pieces too
-    a2, b2 = pair(keys)
+    a2, b2 = pair(keys, cls)
     wire = a2.encrypt(memoryview(data))
     rng = random.Random(5)
     out, pos = [], 0
@@ -400,8 +408,9 @@ def test_transport_large_message_spans_frames(keys):
     assert b"".join(out) == data
 
 
-def test_transport_empty_and_exact_frame(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_empty_and_exact_frame(cls, keys):
+    a, b = pair(keys, cls)
     assert a.encrypt(b"") == b""
     exact = b"z" * MAX_PLAINTEXT_LEN
     wire = a.encrypt(exact)
@@ -409,8 +418,9 @@ def test_transport_empty_and_exact_frame(keys):
     assert b.decrypt(wire) == exact
 
 
-def test_transport_tampered_frame(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_tampered_frame(cls, keys):
+    a, b = pair(keys, cls)
     wire = bytearray(a.encrypt(b"hello world"))
     wire[5] ^= 1
     with pytest.raises(NoiseError, match="authenticate"):
@@ -419,36 +429,40 @@ def test_transport_tampered_frame(keys):
         b.decrypt(b"")
 
 
-def test_transport_replayed_or_reordered_frame(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_replayed_or_reordered_frame(cls, keys):
+    a, b = pair(keys, cls)
     f1, f2 = a.encrypt(b"one"), a.encrypt(b"two")
     with pytest.raises(NoiseError):
         b.decrypt(f2 + f1)
-    a, b = pair(keys)
+    a, b = pair(keys, cls)
     f1 = a.encrypt(b"one")
     assert b.decrypt(f1) == b"one"
     with pytest.raises(NoiseError):
         b.decrypt(f1)
 
 
-def test_transport_frame_shorter_than_tag(keys):
-    _, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_frame_shorter_than_tag(cls, keys):
+    _, b = pair(keys, cls)
     with pytest.raises(NoiseError, match="tag"):
         b.decrypt(b"\x00\x05abcde")
-    _, b = pair(keys)
+    _, b = pair(keys, cls)
     with pytest.raises(NoiseError):
         b.decrypt(b"\x00\x00")
 
 
-def test_transport_good_frames_before_a_bad_one_still_fail_the_call(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_good_frames_before_a_bad_one_still_fail_the_call(cls, keys):
+    a, b = pair(keys, cls)
     wire = a.encrypt(b"good") + b"\x00\x20" + b"\x00" * 32
     with pytest.raises(NoiseError):
         b.decrypt(wire)
 
 
-def test_transport_nonce_exhaustion(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_nonce_exhaustion(cls, keys):
+    a, b = pair(keys, cls)
     a._send_n = _NONCE_LIMIT
     with pytest.raises(NoiseError, match="nonce") as e:
         a.encrypt(b"x")
@@ -458,8 +472,9 @@ def test_transport_nonce_exhaustion(keys):
         b.decrypt(b"\x00\x11" + b"\x00" * 17)
 
 
-def test_partial_buffer_bounded(keys):
-    a, b = pair(keys)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_partial_buffer_bounded(cls, keys):
+    a, b = pair(keys, cls)
     wire = a.encrypt(b"q" * MAX_PLAINTEXT_LEN)
     for i in range(0, len(wire) - 1, 1000):
         assert b.decrypt(wire[i : min(i + 1000, len(wire) - 1)]) == b""
@@ -488,17 +503,24 @@ def test_fuzz_handshake_random_bytes(data, bytewise, initiator):
     _feed_fuzz(obj, data, bytewise)
 
 
-@given(st.binary(max_size=400), st.booleans())
-def test_fuzz_transport_random_bytes(keys, data, bytewise):
-    _, b = pair(keys)
+def _decrypt_outcome(b, data, bytewise):
+    out = []
     try:
         if bytewise:
             for i in range(len(data)):
-                b.decrypt(data[i : i + 1])
+                out.append(b.decrypt(data[i : i + 1]))
         else:
-            b.decrypt(data)
-    except NoiseError:
-        pass
+            out.append(b.decrypt(data))
+    except NoiseError as exc:
+        return "error", str(exc), exc.remote, b._recv_n, b"".join(out)
+    return "ok", b"".join(out), bytes(b._buf)
+
+
+@given(st.binary(max_size=400), st.booleans())
+def test_fuzz_transport_random_bytes(keys, data, bytewise):
+    """Random bytes: the same outcome, error and state from both transports."""
+    (_, py), (_, c) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
+    assert _decrypt_outcome(py, data, bytewise) == _decrypt_outcome(c, data, bytewise)
 
 
 def _mutate(rng, wire):
@@ -541,3 +563,80 @@ def test_fuzz_mutated_handshake_messages():
 
 def test_errors_are_protocol_errors():
     assert issubclass(NoiseError, ProtocolError)
+
+
+# -- the compiled transport against its twin
+
+
+def test_handshakes_hand_out_the_compiled_transport():
+    assert noise.TRANSPORT_IMPL == "compiled"
+    init = NoiseHandshake(ALICE, initiator=True)
+    resp = NoiseHandshake(BOB, initiator=False)
+    for _ in range(3):
+        resp.receive_data(init.data_to_send())
+        init.receive_data(resp.data_to_send())
+    assert init.complete and resp.complete
+    assert type(init.transport()) is CompiledTransport
+    assert resp.transport().decrypt(init.transport().encrypt(b"hi")) == b"hi"
+
+
+@given(
+    st.lists(st.binary(max_size=3000), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=20),
+)
+def test_compiled_transport_writes_and_reads_the_twins_bytes(keys, messages, cuts):
+    (pa, pb), (ca, cb) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
+    wire = b""
+    for m in messages:
+        framed = ca.encrypt(m)
+        assert framed == pa.encrypt(m)
+        assert pb.decrypt(framed) == m  # the twin reads the compiled one's frames
+        wire += framed
+    got, pos, i = [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        piece = wire[pos : pos + step]
+        got.append(cb.decrypt(bytearray(piece) if i % 3 == 1 else memoryview(piece) if i % 3 == 2 else piece))
+        pos += step
+        i += 1
+    assert b"".join(got) == b"".join(messages)
+    assert cb._recv_n == sum(1 for m in messages if m)
+
+
+@given(st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=6), st.data())
+def test_compiled_transport_fails_like_the_twin(keys, messages, data):
+    """One flipped bit, a short frame or a cut anywhere: the same result,
+    error message and state from both."""
+    (pa, _), (ca, _) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
+    wire = bytearray(b"".join(pa.encrypt(m) for m in messages))
+    i = data.draw(st.integers(0, len(wire) - 1))
+    kind = data.draw(st.sampled_from(["flip", "short", "cut"]))
+    if kind == "flip":
+        wire[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "short":
+        wire[i:i] = b"\x00" + bytes([data.draw(st.integers(0, 15))]) + b"\x00" * 15
+    else:
+        del wire[i:]
+    (_, pb), (_, cb) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
+    bytewise = data.draw(st.booleans())
+    assert _decrypt_outcome(pb, bytes(wire), bytewise) == _decrypt_outcome(cb, bytes(wire), bytewise)
+
+
+def test_compiled_transport_nonce_limit_over_several_frames(keys):
+    a, b = pair(keys, CompiledTransport)
+    big = b"x" * (2 * MAX_PLAINTEXT_LEN + 1)  # three frames
+    a._send_n = _NONCE_LIMIT - 2
+    with pytest.raises(NoiseError, match="nonce") as e:
+        a.encrypt(big)
+    assert e.value.remote is False and a._send_n == _NONCE_LIMIT - 2  # nothing used up
+    a._send_n = _NONCE_LIMIT - 3
+    assert len(a.encrypt(big)) == len(big) + 3 * 18
+    assert a._send_n == _NONCE_LIMIT
+
+
+def test_compiled_transport_refuses_bad_keys():
+    for k in (b"\x00" * 31, b"\x00" * 33, bytearray(32), "k" * 32):
+        with pytest.raises(ValueError):
+            CompiledTransport(k, b"\x00" * 32)
+        with pytest.raises(ValueError):
+            CompiledTransport(b"\x00" * 32, k)
