@@ -16,9 +16,10 @@ no inner length prefix; ``identity_sig`` is the identity key's signature of
 carry the application bytes as they are (no padding, no inner length).
 
 :class:`NoiseHandshake` takes handshake bytes in and hands bytes out; once
-``complete``, :meth:`NoiseHandshake.transport` gives the
-:class:`NoiseTransport` that encrypts and decrypts the rest of the connection.
-Neither touches a socket.
+``complete``, :meth:`NoiseHandshake.transport` gives the transport that
+encrypts and decrypts the rest of the connection: the compiled one of
+``kadfast._noise`` where it is built, else :class:`NoiseTransport`, its
+plain-Python twin. Neither touches a socket.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .errors import CryptoKeyError, NoiseError, ProtobufError
+from .keys import Ed25519KeyPair, PublicKey
+from .peerid import PeerId
+from .protobuf import WT_LEN, field_bytes, iter_fields
 
 try:  # the compiled transport (kadfast/_noise.pyx); built where OpenSSL's headers are
     from ._noise import NoiseTransport as _CompiledTransport
@@ -43,9 +47,6 @@ try:  # the compiled transport (kadfast/_noise.pyx); built where OpenSSL's heade
 except ImportError:  # pragma: no cover - a build without OpenSSL's headers
     _CompiledTransport = None
     TRANSPORT_IMPL = "python"
-from .keys import Ed25519KeyPair, PublicKey
-from .peerid import PeerId
-from .protobuf import WT_LEN, field_bytes, iter_fields
 
 __all__ = [
     "PROTOCOL_NAME",
