@@ -7,15 +7,21 @@ start=$(date +%s)
 phase_names=(); phase_secs=()
 phase() { phase_names+=("$1"); phase_secs+=("$2"); }
 
-# py-libp2p's pinned fastecdsa builds from source and needs GMP's headers.
+# Headers the build needs: GMP's (py-libp2p's pinned fastecdsa builds from
+# source) and OpenSSL's (kadfast._noise, the compiled Noise transport, which
+# the tests require).
 t=$(date +%s)
-if ! [ -e /usr/include/gmp.h ] && ! [ -e /usr/include/x86_64-linux-gnu/gmp.h ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq libgmp-dev >/dev/null
-  else
-    echo "libgmp-dev is missing (needed by the py-libp2p interop peer); install it" >&2
+need_pkg() {  # need_pkg HEADER PACKAGE WHY
+  if ! [ -e "/usr/include/$1" ] && ! [ -e "/usr/include/x86_64-linux-gnu/$1" ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq "$2" >/dev/null
+    else
+      echo "$2 is missing (needed by $3); install it" >&2
+    fi
   fi
-fi
+}
+need_pkg gmp.h libgmp-dev "the py-libp2p interop peer"
+need_pkg openssl/evp.h libssl-dev "kadfast._noise, the compiled Noise transport"
 phase "system packages" $(( $(date +%s) - t ))
 
 t=$(date +%s)
