@@ -1,16 +1,18 @@
 """pytest-benchmark: the Noise and multistream cores without sockets.
 
     python -m pytest bench/test_noise_bench.py --benchmark-only
+
+The compiled transport against its plain-Python twin is the
+``noise_exchange`` workload of bench/workloads.py (bench/run.py,
+bench/test_hot_paths.py).
 """
 
 import os
 
-import pytest
-
 from kadfast import Ed25519KeyPair
 from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.multistream import MultistreamDialer, MultistreamListener
-from kadfast.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
+from kadfast.noise import NoiseHandshake, NoiseStaticKey
 
 ALICE = Ed25519KeyPair.from_seed(b"a" * 32)
 BOB = Ed25519KeyPair.from_seed(b"b" * 32)
@@ -32,29 +34,6 @@ def test_transport_roundtrip_200(benchmark):
 
     benchmark.group = "noise-transport"
     assert benchmark(run) == msg
-
-
-@pytest.mark.parametrize("impl", ["python", "compiled"])
-def test_transport_find_node_exchange(benchmark, impl):
-    """One FIND_NODE exchange's transport work on a server: decrypt a 70-byte
-    request frame, encrypt a 1,100-byte reply. ``python``: the plain-Python
-    transport on cryptography's ChaCha20Poly1305 (a new OpenSSL context per
-    call; the baseline); ``compiled``: kadfast._noise (one context kept per
-    direction). Compare the two medians."""
-    k1, k2 = os.urandom(32), os.urandom(32)
-    cls = NoiseTransport if impl == "python" else CompiledTransport
-    client, server = NoiseTransport(k1, k2), cls(k2, k1)
-    request, reply = os.urandom(70), os.urandom(1100)
-    assert client.decrypt(server.encrypt(reply)) == reply
-    frames = [client.encrypt(request) for _ in range(200_000)]  # one per round, in nonce order
-    it = iter(frames)
-
-    def run():
-        assert server.decrypt(next(it)) == request
-        return server.encrypt(reply)
-
-    benchmark.group = "noise-find-node-exchange"
-    benchmark.pedantic(run, rounds=20_000, iterations=5)
 
 
 def test_transport_decrypt_batch_10x200(benchmark):

@@ -12,9 +12,12 @@ import random
 
 import numpy as np
 
-from kadfast import _routing, _routing_py, _xor, _xor_py
+from kadfast import _noise, _routing, _routing_py, _xor, _xor_py
+from kadfast import noise as _noise_py
 
 IMPLS = {"compiled": (_xor, _routing), "python": (_xor_py, _routing_py)}
+#: the Noise transport: compiled (kadfast._noise) and its plain-Python twin on cryptography
+TRANSPORTS = {"compiled": _noise.NoiseTransport, "python": _noise_py.NoiseTransport}
 
 TABLE_PEERS = 5_000   # peers offered to the routing table
 FLAT_KEYS = 100_000   # digests in the flat scan
@@ -85,9 +88,27 @@ def table_update(impl: str):
     return run, len(keys)
 
 
+def noise_exchange(impl: str):
+    """One FIND_NODE exchange over the Noise transport, both sides: a 70-byte
+    request encrypted and decrypted, then a 1,100-byte reply (20 peers)."""
+    cls = TRANSPORTS[impl]
+    k1, k2 = _digests(2, 8)
+    client, server = cls(k1, k2), cls(k2, k1)
+    rnd = random.Random(9)
+    request, reply = rnd.randbytes(70), rnd.randbytes(1100)
+
+    def run():
+        for _ in range(32):
+            server.decrypt(client.encrypt(request))
+            client.decrypt(server.encrypt(reply))
+
+    return run, 32
+
+
 WORKLOADS = {
     "xor_distance": xor_distance,
     "closest_table": closest_table,
     "closest_flat": closest_flat,
     "table_update": table_update,
+    "noise_exchange": noise_exchange,
 }

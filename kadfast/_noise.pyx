@@ -104,12 +104,10 @@ cdef class NoiseTransport:
 
     cdef int _seal(self, const unsigned char* src, Py_ssize_t size, unsigned char* dst) except -1:
         """One frame of ``size`` (<= MAX_PLAIN) plaintext bytes into dst
-        (size + 18 bytes)."""
+        (size + 18 bytes); encrypt() checked that the nonce is usable."""
         cdef unsigned char iv[12]
         cdef int outl = 0
         cdef bint ok
-        if self._send_n >= NONCE_LIMIT:
-            raise NoiseError("send nonce exhausted", remote=False)
         _nonce(iv, self._send_n)
         dst[0] = <unsigned char>((size + TAG_LEN) >> 8)
         dst[1] = <unsigned char>(size + TAG_LEN)

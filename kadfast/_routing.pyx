@@ -315,7 +315,7 @@ cdef class RoutingTable:
                        Key skip, object unreachable, object epoch, double now, object refresh):
         """Up to ``k`` cached values for the ``limit`` entries closest to
         ``target``, closest first: the FIND_NODE server's closerPeers fields
-        in one pass, with no list of entries made.
+        in one compiled pass over ``closest(target, limit)``.
 
         Entries whose key is ``skip`` or is in ``unreachable`` (a set, or
         None) are passed over. For each other entry, ``cache[entry.key]`` is

@@ -486,11 +486,10 @@ class NoiseHandshake:
 
     def _finish(self) -> None:
         k1, k2 = self._hs.split()
-        make = NoiseTransport if _CompiledTransport is None else _CompiledTransport
         if self._hs.initiator:
-            self._transport = make(k1, k2)
+            self._transport = _HandshakeTransport(k1, k2)
         else:
-            self._transport = make(k2, k1)
+            self._transport = _HandshakeTransport(k2, k1)
         self._state = _HS_COMPLETE
 
     def transport(self) -> "NoiseTransport":
@@ -602,3 +601,7 @@ class NoiseTransport:
         if not out:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
+
+
+#: what a completed handshake hands out (see :data:`TRANSPORT_IMPL`)
+_HandshakeTransport = NoiseTransport if _CompiledTransport is None else _CompiledTransport
