@@ -138,11 +138,11 @@ def test_find_node_from_a_full_routing_table(spawn_peer, impl):
                 stream.close()
                 assert body is not None, "the peer closed the stream without a reply"
                 replies.append((key, decode_message(body)))
-            return replies
+            return str(node.peer_id), replies
         finally:
             await node.stop()
 
-    replies = run_loop(lambda: asyncio.wait_for(main(), 90))
+    requester, replies = run_loop(lambda: asyncio.wait_for(main(), 90))
     after = set(peer.call("routing_table")["peers"])
     assert len(after) >= filled, (len(after), filled)
     # a peer may still change its table meanwhile (js pings the oldest entry of
@@ -153,14 +153,22 @@ def test_find_node_from_a_full_routing_table(spawn_peer, impl):
     for key, msg in replies:
         assert msg.type == MessageType.FIND_NODE
         got = [str(p.peer_id) for p in msg.closer_peers]
-        assert len(got) == 20 and len(set(got)) == 20, got
+        assert requester not in got, "the reply names the requester itself"
+
+        def dist(t, key=key):
+            return xor_distance(PeerId.from_string(t).to_bytes(), key)
+        # the peer may have put kadfast (the requester) into its table. A peer
+        # that leaves the requester out before it takes the 20 closest answers
+        # with 20; py-libp2p takes the 20 closest and then leaves the requester
+        # out, so when the requester is among them its reply has 19
+        expected = {20}
+        if requester in after and requester in sorted(after, key=dist)[:20]:
+            expected = {19, 20}
+        assert len(got) in expected and len(set(got)) == len(got), got
         assert all(p.addrs for p in msg.closer_peers), [(str(p.peer_id), p.addrs) for p in msg.closer_peers]
         assert set(got) <= before | after, set(got) - (before | after)
         for p in msg.closer_peers:
             assert all(str(a).startswith("/ip4/127.") and str(a).endswith("/tcp/1") for a in p.addrs), p.addrs
-
-        def dist(t, key=key):
-            return xor_distance(PeerId.from_string(t).to_bytes(), key)
         # the 20 closest entries of the table, by kadfast's XOR metric: no entry
         # the table held throughout is left out for a farther one
         farthest = max(dist(t) for t in got)
