@@ -180,45 +180,59 @@ cdef class NoiseTransport:
         frame, and refuses all input after one."""
         cdef Py_buffer view
         cdef Py_ssize_t end, pos, size, total, frames, i
+        cdef Py_ssize_t first = -1  # body size of the buffered frame, once complete
         cdef const unsigned char* src
+        cdef const unsigned char* b
         cdef unsigned char* dst
         cdef bint short_frame = False
         cdef bytearray buf = self._buf
         cdef Py_ssize_t blen = PyByteArray_GET_SIZE(buf)
-        cdef const unsigned char* b
         if self._failed:
             raise NoiseError("Noise transport already failed", remote=False)
-        if blen:
-            # finish the buffered frame first; copy only once it is complete
-            buf += data
-            blen = PyByteArray_GET_SIZE(buf)
-            b = <const unsigned char*>PyByteArray_AS_STRING(buf)
-            if blen < 2 or blen < 2 + (b[0] << 8 | b[1]):
-                return b""
-            data = bytes(buf)
-            del buf[:]
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             src = <const unsigned char*>view.buf
             end = view.len
-            # the complete frames at the front, and their plaintext's size
             pos = 0
-            total = 0
+            if blen:
+                # a frame began in an earlier read: move only the bytes it
+                # still lacks into the buffer, and open it from there
+                b = <const unsigned char*>PyByteArray_AS_STRING(buf)
+                if blen >= 2:
+                    first = b[0] << 8 | b[1]
+                elif end:
+                    first = b[0] << 8 | src[0]
+                if first < 0 or end < 2 + first - blen:
+                    buf += (<const char*>src)[:end]
+                    return b""
+                pos = 2 + first - blen
+                buf += (<const char*>src)[:pos]
+            # the complete frames that follow, and their plaintext's size
+            total = first - TAG_LEN if first >= TAG_LEN else 0
             frames = 0
-            while end - pos >= 2:
-                size = src[pos] << 8 | src[pos + 1]
-                if pos + 2 + size > end:
-                    break
-                if size < TAG_LEN:
-                    short_frame = True
-                    break
-                total += size - TAG_LEN
-                frames += 1
-                pos += 2 + size
+            if first < 0 or first >= TAG_LEN:
+                i = pos
+                while end - i >= 2:
+                    size = src[i] << 8 | src[i + 1]
+                    if i + 2 + size > end:
+                        break
+                    if size < TAG_LEN:
+                        short_frame = True
+                        break
+                    total += size - TAG_LEN
+                    frames += 1
+                    i += 2 + size
             out = PyBytes_FromStringAndSize(NULL, total) if total else b""
             dst = <unsigned char*>PyBytes_AS_STRING(out)
-            pos = 0
             try:
+                if first >= 0:
+                    try:
+                        if first < TAG_LEN:
+                            raise NoiseError(f"Noise frame of {first} bytes is shorter than its tag")
+                        self._open(<const unsigned char*>PyByteArray_AS_STRING(buf) + 2, first, dst)
+                        dst += first - TAG_LEN
+                    finally:
+                        del buf[:]
                 for i in range(frames):
                     size = src[pos] << 8 | src[pos + 1]
                     self._open(src + pos + 2, size, dst)

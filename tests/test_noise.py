@@ -622,8 +622,9 @@ def test_compiled_transport_fails_like_the_twin(keys, messages, data):
     assert _decrypt_outcome(pb, bytes(wire), bytewise) == _decrypt_outcome(cb, bytes(wire), bytewise)
 
 
-def test_compiled_transport_nonce_limit_over_several_frames(keys):
-    a, b = pair(keys, CompiledTransport)
+@pytest.mark.parametrize("cls", IMPLS)
+def test_transport_nonce_limit_over_several_frames(cls, keys):
+    a, b = pair(keys, cls)
     big = b"x" * (2 * MAX_PLAINTEXT_LEN + 1)  # three frames
     a._send_n = _NONCE_LIMIT - 2
     with pytest.raises(NoiseError, match="nonce") as e:
