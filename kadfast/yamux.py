@@ -366,6 +366,13 @@ class YamuxSession:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
+    def has_stream(self, stream_id: int) -> bool:
+        """Whether the stream is still open in the session (not reset and not
+        closed both ways). Events are handed out a whole read at a time, so a
+        stream the application still holds may already be gone: a RST later
+        in the same read removed it."""
+        return stream_id in self._streams
+
     def buffered(self, stream_id: int) -> int:
         """Bytes queued by :meth:`send` and not yet sent; 0 for an unknown stream."""
         st = self._streams.get(stream_id)

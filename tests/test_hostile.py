@@ -42,9 +42,7 @@ from kadfast.kad.pb import (
 from kadfast.kad.ratelimit import PeerRateLimiter
 from kadfast.kad.validation import InvalidRecord, Validator
 from kadfast.loop import new_event_loop, uvloop_available
-from kadfast.multistream import MultistreamDialer
 from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
-from kadfast.net.connection import NOISE_PROTOCOL, YAMUX_PROTOCOL
 from kadfast.net.host import _ip_group
 from kadfast.noise import STATIC_KEY_SIGNATURE_PREFIX, NoiseHandshake, NoiseStaticKey
 from kadfast.peerid import PeerId
@@ -52,6 +50,8 @@ from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 from kadfast.protobuf import field_bytes
 from kadfast.store import Record
 from kadfast import yamux as y
+
+from _rawclient import RawClient, read_to_eof, tcp_port
 
 KAD = "/ipfs/kad/1.0.0"
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
@@ -93,10 +93,6 @@ async def start_node(config: Config | None = None, clock=None, **host_kw) -> Kad
 
 def maddr(h: Host) -> Multiaddr:
     return h.listen_addrs[0].with_peer_id(h.peer_id)
-
-
-def tcp_port(h: Host) -> int:
-    return int(h.listen_addrs[0].value_for("tcp"))
 
 
 def random_peer() -> PeerId:
@@ -153,105 +149,6 @@ async def until_true(predicate, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
-
-
-async def read_to_eof(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
-    """Everything the server sends until it closes (EOF or reset)."""
-    out = bytearray()
-
-    async def go():
-        while True:
-            try:
-                data = await reader.read(65536)
-            except ConnectionError:
-                return
-            if not data:
-                return
-            out.extend(data)
-
-    await asyncio.wait_for(go(), timeout)
-    return bytes(out)
-
-
-class RawClient:
-    """A libp2p dialer driven by hand: a raw socket plus the sans-IO cores."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.crypto = None
-        self.session: y.YamuxSession | None = None
-
-    @classmethod
-    async def connect(cls, host: Host, local_ip: str | None = None) -> "RawClient":
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", tcp_port(host), local_addr=(local_ip, 0) if local_ip else None
-        )
-        return cls(reader, writer)
-
-    def close(self) -> None:
-        self.writer.transport.abort()
-
-    async def recv(self, timeout: float = 5.0) -> bytes:
-        data = await asyncio.wait_for(self.reader.read(65536), timeout)
-        if not data:
-            raise ConnectionError("closed by the server")
-        return data
-
-    async def select_noise(self) -> bytes:
-        ms = MultistreamDialer([NOISE_PROTOCOL])
-        self.writer.write(ms.data_to_send())
-        while not ms.done:
-            ms.receive_data(await self.recv())
-        return ms.unused
-
-    async def noise(self, rest: bytes = b"", keypair=None, static_key=None) -> bytes:
-        hs = NoiseHandshake(keypair or Ed25519KeyPair.generate(), initiator=True, static_key=static_key)
-        self.writer.write(hs.data_to_send())
-        if rest:
-            hs.receive_data(rest)
-        while not hs.complete:
-            hs.receive_data(await self.recv())
-        self.writer.write(hs.data_to_send())  # message 3
-        self.crypto = hs.transport()
-        return hs.unused
-
-    async def upgrade(self) -> list:
-        """The whole upgrade; returns the first Yamux events."""
-        rest = await self.noise(await self.select_noise())
-        ms = MultistreamDialer([YAMUX_PROTOCOL])
-        self.writer.write(self.crypto.encrypt(ms.data_to_send()))
-        plain = self.crypto.decrypt(rest) if rest else b""
-        if plain:
-            ms.receive_data(plain)
-        while not ms.done:
-            ms.receive_data(self.crypto.decrypt(await self.recv()))
-        self.session = y.YamuxSession(True)
-        return self.session.receive_data(ms.unused) if ms.unused else []
-
-    def send_plain(self, data: bytes) -> None:
-        self.writer.write(self.crypto.encrypt(data))
-
-    def flush(self) -> None:
-        out = self.session.data_to_send()
-        if out:
-            self.send_plain(out)
-
-    async def events_until(self, predicate, timeout: float = 5.0) -> list:
-        """Yamux events from the server until ``predicate(events)`` holds."""
-        events: list = []
-
-        async def go():
-            while not predicate(events):
-                events.extend(self.session.receive_data(self.crypto.decrypt(await self.recv())))
-
-        await asyncio.wait_for(go(), timeout)
-        return events
-
-    async def events_to_eof(self, timeout: float = 5.0) -> list:
-        """Yamux events from everything the server sends until it closes."""
-        data = await read_to_eof(self.reader, timeout)
-        return self.session.receive_data(self.crypto.decrypt(data)) if data else []
 
 
 # -- kad messages with bad varints ---------------------------------------------------
@@ -757,7 +654,6 @@ def test_put_and_add_provider_rate_limits(run):
 def test_inbound_stream_that_never_negotiates_is_reset():
     async def main():
         from kadfast.net import Host, HostConfig
-        from kadfast import yamux as y
         server = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], negotiation_timeout=0.3))
         client = Host()
         await server.start()

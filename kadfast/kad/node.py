@@ -10,6 +10,7 @@ periodic task in production and by a fake clock in tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -249,16 +250,17 @@ def _still_running(round_: asyncio.Task | None, what: str) -> bool:
     return True
 
 
-def _log_serve_end(fut: asyncio.Future) -> None:
-    """How an inline kad stream ended: logged (and the future's exception
-    retrieved) when bad input or a reset ended it."""
+def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
+    """How an inline kad stream from ``peer`` ended: logged (and the future's
+    exception retrieved) when bad input or a reset ended it. A reset is the
+    peer's right (a cancelled request) and logged at DEBUG only."""
     if fut.cancelled():
         return
     exc = fut.exception()
     if isinstance(exc, StreamReset):
-        log.debug("kad stream reset: %s", exc)
+        log.debug("kad stream from %s reset: %s", peer, exc)
     elif exc is not None:  # the stream was reset because of it
-        log.info("kad stream: bad input: %s: %s", type(exc).__name__, exc)
+        log.info("kad stream from %s: bad input: %s: %s", peer, type(exc).__name__, exc)
 
 
 class KadNode:
@@ -660,7 +662,7 @@ class KadNode:
                             self._commit_soon()
                         held.append(out)
 
-        stream.consume_with(on_data).add_done_callback(_log_serve_end)
+        stream.consume_with(on_data).add_done_callback(functools.partial(_log_serve_end, peer))
 
     def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
         """Answer one request; raises on a request that must reset the stream.

@@ -352,33 +352,38 @@ class Connection(asyncio.Protocol):
     def _negotiate_data(self, s: Stream, data: bytes) -> None:
         ms = s._negotiator
         sid = s.stream_id
+        # The peer may have reset the stream later in the same read (a
+        # cancelled request): the session then no longer has it, and what
+        # negotiation would answer is dropped; the data before the reset is
+        # still handled, and the reset event that follows ends the stream.
+        session = self.session
         try:
             ms.receive_data(data)
         except MultistreamError as exc:
             out = ms.data_to_send()
-            if out:
-                self.session.send(sid, out)
+            if out and session.has_stream(sid):
+                session.send(sid, out)
             log.debug("%r: stream %d negotiation failed: %s", self, sid, exc)
             if s._negotiated is not None and not s._negotiated.done():
                 s._negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
             self.streams.pop(sid, None)
             if s.inbound:
                 self._forget_inbound(s)
-            self.session.reset_stream(sid)
+            session.reset_stream(sid)
             s._on_reset(f"protocol negotiation failed: {exc}")
             return
         out = ms.data_to_send()
-        if out:
-            self.session.send(sid, out)
+        if out and session.has_stream(sid):
+            session.send(sid, out)
         if not ms.done:
-            self.session.consumed(sid, len(data))
+            session.consumed(sid, len(data))
             return
         s._negotiator = None
         s._cancel_deadline()
         s.protocol = ms.selected
         rest = ms.unused
         # negotiation bytes are consumed now; the rest when the application reads it
-        self.session.consumed(sid, len(data) - len(rest))
+        session.consumed(sid, len(data) - len(rest))
         if rest:
             s._buf += rest
         if s.inbound:
@@ -415,8 +420,26 @@ class Connection(asyncio.Protocol):
             self._schedule_flush()
 
     def _send(self, stream_id: int, data: bytes) -> None:
-        self.session.send(stream_id, data)
+        session = self.session
+        if not session.has_stream(stream_id):
+            # reset by the peer in the read being dispatched (its StreamReset
+            # event comes after the data that is being answered): only this
+            # stream ends, never the connection
+            s = self.streams.get(stream_id)
+            if s is not None:
+                self._gone(s)
+            raise StreamReset("reset by peer")
+        session.send(stream_id, data)
         self._schedule_flush()
+
+    def _gone(self, s: Stream) -> None:
+        """The session no longer has ``s`` (the peer reset it, or both sides
+        closed it, in events not yet dispatched): forget it now."""
+        if self.streams.get(s.stream_id) is s:
+            del self.streams[s.stream_id]
+            if s.inbound:
+                self._forget_inbound(s)
+        s._on_reset("reset by peer")
 
     def _buffered(self, stream_id: int) -> int:
         if self.session is None or stream_id not in self.streams:
