@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__
 from .client import BootstrapError, Client, NoPeersInNamespace
 from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
-from .kad.node import Config, KadNode, NoKnownPeers, NotFound, QuorumFailed
+from .kad.node import Config, KadNode, NoKnownPeers, NotFound, QuorumFailed, ValueTooLarge
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .loop import LOOP_KINDS, MemoryTrimmer, run as run_loop, tune_gc_for_server
 from .net import HostConfig
@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bootstrap node address ending in /p2p/<id> (repeatable)")
     net.add_argument("--key", dest="key_file", metavar="FILE", help="identity key file (created if missing)")
     net.add_argument("--listen", action="append", default=[], metavar="MADDR",
-                     help="listen address (repeatable; default /ip4/0.0.0.0/tcp/0)")
+                     help="listen address (repeatable). server: default /ip4/0.0.0.0/tcp/4001; "
+                          "listen: default /ip4/0.0.0.0/tcp/0; the one-shot commands (get, put, provide, "
+                          "providers, closest, find-peer, dial) listen nowhere unless given one, and "
+                          "never serve the kad protocol")
     net.add_argument("--external-addr", action="append", default=[], metavar="MADDR", help="address to announce")
     net.add_argument("--kad-protocol", default="/ipfs/kad/1.0.0", help="Kademlia protocol name (private DHTs change it)")
     net.add_argument("--timeout", type=float, default=60.0, help="overall timeout of the operation in seconds")
@@ -118,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
     lim.add_argument("--max-inbound-streams", type=int, default=256, help="inbound streams per connection")
     lim.add_argument("--max-records", type=int, default=1024, help="records (and provider keys) stored")
-    lim.add_argument("--max-value-bytes", type=int, default=65 * 1024, help="largest record value")
+    lim.add_argument("--max-value-bytes", type=int, default=12 * 1024,
+                     help="largest record value stored (default 12 KiB: what fits in a 16 KiB GET_VALUE answer)")
     lim.add_argument("--max-message-size", type=int, default=16 * 1024, help="largest kad message")
     lim.add_argument("--max-puts-per-second", type=float, default=20.0, help="PUT_VALUE per peer per second (0 = off)")
     lim.add_argument("--max-provider-adds-per-second", type=float, default=20.0,
@@ -195,18 +199,27 @@ def raise_nofile_limit() -> tuple[int, int]:
 
 
 # -- commands -----------------------------------------------------------------------
-def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL) -> Client:
+def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL, serve=False) -> Client:
+    """The node of a command. ``serve`` (``listen``): it listens (on
+    ``/ip4/0.0.0.0/tcp/0`` unless ``--listen`` says where) and serves the kad
+    protocol. Otherwise (the one-shot commands) it is a DHT client: kad is
+    not announced, so that a short-lived command never enters other peers'
+    routing tables, and it listens only where ``--listen`` asks."""
     if not args.bootstrap:
         raise UsageError("--bootstrap MADDR is required (the address printed by `kadfast server`)")
+    if serve:
+        listen, mode = args.listen or ["/ip4/0.0.0.0/tcp/0"], "auto"
+    else:
+        listen, mode = args.listen, "client"
     return Client(
         args.bootstrap,
         namespace,
         key_file=args.key_file,
-        listen=args.listen or ["/ip4/0.0.0.0/tcp/0"],
+        listen=listen,
         external_addrs=args.external_addr,
         announce=announce,
         protocol=protocol,
-        kad_config=Config(protocol=args.kad_protocol),
+        kad_config=Config(protocol=args.kad_protocol, mode=mode),
     )
 
 
@@ -224,6 +237,7 @@ async def cmd_server(args, out: Out) -> int:
     node = KadNode(
         keypair,
         Config(mode="server", protocol=args.kad_protocol, store=store_config, max_message_size=args.max_message_size,
+               max_value_size=args.max_value_bytes,
                max_puts_per_peer_per_second=args.max_puts_per_second,
                max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second),
         host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
@@ -309,7 +323,7 @@ async def start_metrics(node: KadNode, port: int):
 
 
 async def cmd_listen(args, out: Out) -> int:
-    client = make_client(args, args.namespace, announce=True, protocol=args.protocol)
+    client = make_client(args, args.namespace, announce=True, protocol=args.protocol, serve=True)
 
     async def handler(peer, request):
         out.emit("request", f"request from {peer}: {json.dumps(request)}", peer=str(peer), request=request)
@@ -382,6 +396,9 @@ async def cmd_dht(args, out: Out) -> int:
                 text = v.hex() if args.hex else v.decode(errors="replace")
                 out.emit("value", text, key=args.key, value=text)
         elif c == "provide":
+            if not node.host.announce_addrs():
+                log.warning("this node listens nowhere (no --listen): its provider record carries no address, "
+                            "and peers drop provider records without one")
             sent = await node.provide(parse_key(args.key, args.hex))
             out.emit("provided", f"provider record sent to {sent} peers", key=args.key, peers=sent)
         elif c == "providers":
@@ -458,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except UsageError as exc:
         return fail(out, EXIT_USAGE, str(exc))
-    except (MultiaddrError, PeerIdError, KeyFileError) as exc:
+    except (MultiaddrError, PeerIdError, KeyFileError, ValueTooLarge) as exc:
         return fail(out, EXIT_USAGE, str(exc))
     except BootstrapError as exc:
         return fail(out, EXIT_BOOTSTRAP, str(exc))

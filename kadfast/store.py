@@ -48,12 +48,15 @@ class ProviderRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """Limits, defaulting to rust-libp2p's ``MemoryStoreConfig``."""
+    """Limits, defaulting to rust-libp2p's ``MemoryStoreConfig`` but for the
+    value limit."""
 
     #: records held (and, separately, keys with provider records)
     max_records: int = 1024
-    #: largest record value in bytes
-    max_value_bytes: int = 65 * 1024
+    #: largest record value in bytes: what a GET_VALUE answer can carry
+    #: (``kad.pb.MAX_VALUE_SIZE``, 12 KiB; rust's store allows 65 KiB, but its
+    #: 16 KiB message limit stops a larger value on the wire)
+    max_value_bytes: int = 12 * 1024
     #: providers kept per key (k)
     max_providers_per_key: int = 20
     #: provider records of which this node is the provider

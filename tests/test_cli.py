@@ -107,6 +107,30 @@ def test_dht_commands(procs, server):
     assert cp.returncode == 5 and "quorum" in cp.stderr
 
 
+def test_one_shot_commands_are_dht_clients(procs, server, tmp_path):
+    """get/put/provide/... listen nowhere and do not announce kad unless told
+    to: after they exit, no peer hands them out (a server that kept them
+    would send every later lookup to dead peers)."""
+    key = str(tmp_path / "one-shot.key")
+    pid = events(kadfast("id", "--key", key, "--json"), "identity")[0]["peer_id"]
+    listener = procs("listen", "--bootstrap", server, "--namespace", "x", "--listen", LOOP, "--json")
+    lid = listener.wait_event("announced")["peer_id"]
+    for cmd in (("put", "/demo/c", "v"), ("get", "/demo/c"), ("provide", "c"), ("closest", lid)):
+        cp = kadfast(cmd[0], "--bootstrap", server, "--key", key, *cmd[1:])
+        assert cp.returncode == 0, (cmd, cp.stderr)
+    # a provider record without addresses is not handed out (go and js drop
+    # such entries too): `provide` needs --listen to be reachable
+    cp = kadfast("providers", "--bootstrap", server, "--key", key, "c")
+    assert cp.returncode == 4 and "no providers" in cp.stdout + cp.stderr
+    # a fresh client asks the server and the listener for the peers nearest that id
+    cp = kadfast("closest", "--bootstrap", server, pid, "--json")
+    assert cp.returncode == 0, cp.stderr
+    found = [e["peer"] for e in events(cp, "peer")]
+    assert lid in found and pid not in found
+    cp = kadfast("find-peer", "--bootstrap", server, pid)
+    assert cp.returncode == 4, cp.stdout + cp.stderr
+
+
 def test_bad_arguments_and_unreachable_bootstrap():
     cp = kadfast("dial", "--namespace", "x")
     assert cp.returncode == 2 and "--bootstrap" in cp.stderr

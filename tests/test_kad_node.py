@@ -95,6 +95,113 @@ def test_find_node_returns_the_k_closest():
     assert got == expected
 
 
+def test_find_node_serves_a_known_target_first_even_when_not_in_the_table():
+    """ipfs/specs kad-dht: a server MUST answer FIND_NODE with the target's
+    own entry when it knows its addresses, even if the target is a DHT
+    client (so not in the routing table); it comes first. A peer is never
+    told about itself, and an unknown target adds nothing."""
+    from kadfast.kad.pb import MessageReader, decode_message
+
+    node = offline_node(config=Config(k=5))
+    others = peer_ids(10)
+    for i, p in enumerate(others):
+        node.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
+    client, asker, unknown = peer_ids(3)
+    # a client-mode peer: its identify addresses are in the address book only
+    node.host.addrbook.add(client, [Multiaddr("/ip4/10.9.9.9/tcp/4001")], node.clock(), source="identify")
+    assert client not in node.routing_table_peers()
+
+    def ask(who, key, framed):
+        reply = node._handle_request(who, KadMessage(MessageType.FIND_NODE, key=key), None, framed)
+        if framed:
+            (body,) = MessageReader(1 << 20).feed(reply)
+            reply = decode_message(body)
+        return reply.closer_peers
+
+    for framed in (False, True):
+        got = ask(asker, client.to_bytes(), framed)
+        assert got[0].peer_id == client and got[0].addrs == [Multiaddr("/ip4/10.9.9.9/tcp/4001")]
+        assert len(got) == 6 and client not in [p.peer_id for p in got[1:]]  # the target, then k closest
+        assert [p.peer_id for p in ask(client, client.to_bytes(), framed)] == [p.peer_id for p in got[1:]]
+        assert len(ask(asker, unknown.to_bytes(), framed)) == 5
+        # a table entry is the closest to its own key: first once, not twice
+        in_table = others[3]
+        ids = [p.peer_id for p in ask(asker, in_table.to_bytes(), framed)]
+        assert ids[0] == in_table and ids.count(in_table) == 1 and len(ids) == 5
+    # addresses that expired are not known any more
+    node.clock.t += 365 * 24 * 3600
+    assert client not in [p.peer_id for p in ask(asker, client.to_bytes(), False)]
+
+
+def test_find_peer_finds_a_client_mode_peer_through_a_server():
+    """A DHT client connected to a server is found with find_peer by a
+    third node that knows only the server (Kubo's findpeer of a NAT'd node)."""
+    async def main():
+        loop = ["/ip4/127.0.0.1/tcp/0"]
+        server = KadNode(config=Config(mode="server"), host_config=HostConfig(listen_addrs=loop))
+        client = KadNode(config=Config(mode="client"), host_config=HostConfig(listen_addrs=loop))
+        asker = KadNode(config=Config(mode="client"))
+        for n in (server, client, asker):
+            await n.start()
+        try:
+            server_addr = server.listen_addrs[0]
+            client.add_address(server.peer_id, server_addr)
+            await client.bootstrap()
+            await asyncio.wait_for(client.host.identify(server.peer_id), 5)
+            async def identified():
+                while not server.host.addrbook.addrs(client.peer_id, server.clock()):
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(identified(), 5)
+            assert client.peer_id not in server.routing_table_peers()
+            asker.add_address(server.peer_id, server_addr)
+            addrs = await asker.find_peer(client.peer_id)
+            assert client.listen_addrs[0] in addrs
+        finally:
+            for n in (asker, client, server):
+                await n.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 30))
+
+
+def test_record_size_limits_end_to_end():
+    """The largest value (and key) that a put sends round-trips; one byte
+    more is refused before anything is sent, saying why and what the limit
+    is; a server refuses such a PUT_VALUE from a peer (stream reset)."""
+    from kadfast.kad.node import ValueTooLarge
+    from kadfast.kad.pb import MAX_KEY_SIZE, MAX_VALUE_SIZE
+
+    async def main():
+        loop = ["/ip4/127.0.0.1/tcp/0"]
+        server = KadNode(config=Config(mode="server"), host_config=HostConfig(listen_addrs=loop))
+        client = KadNode(config=Config(mode="client"))
+        for n in (server, client):
+            await n.start()
+        try:
+            client.add_address(server.peer_id, server.listen_addrs[0])
+            key = b"/big/" + b"k" * (MAX_KEY_SIZE - 5)
+            value = os.urandom(MAX_VALUE_SIZE)
+            assert await client.put_record((key, value)) == 1
+            client.remove_record(key)
+            res = await client.get_record(key)
+            assert res.best.value == value and res.records[0].peer == server.peer_id
+            puts = server.request_counts.get(MessageType.PUT_VALUE, 0)
+            with pytest.raises(ValueTooLarge, match=f"{MAX_VALUE_SIZE + 1} bytes is above the limit of {MAX_VALUE_SIZE}"):
+                await client.put_record((b"/big/v", value + b"x"))
+            with pytest.raises(ValueTooLarge, match=f"limit of {MAX_KEY_SIZE} bytes"):
+                await client.put_record((key + b"k", b"v"))
+            assert server.request_counts.get(MessageType.PUT_VALUE, 0) == puts  # nothing was sent
+            # a peer that sends one anyway (its own limits) has the stream reset
+            over = KadRecord(b"/big/v", value + b"x")
+            with pytest.raises(KadError):
+                await client._rpc(server.peer_id, KadMessage(MessageType.PUT_VALUE, key=over.key, record=over))
+            assert server.store.get(b"/big/v", server.clock()) is None
+        finally:
+            for n in (client, server):
+                await n.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 30))
+
+
 def _closed_port() -> int:
     import socket
 

@@ -154,8 +154,14 @@ def test_record_limits(make_store):
 
 
 def test_default_limits_match_rust_libp2p():
+    """rust's MemoryStoreConfig, but for the value limit: what fits in a
+    16 KiB GET_VALUE answer (rust's store allows 65 KiB that its own message
+    limit then cannot carry)."""
+    from kadfast.kad.pb import MAX_VALUE_SIZE
+
     cfg = StoreConfig()
-    assert (cfg.max_records, cfg.max_value_bytes, cfg.max_providers_per_key, cfg.max_provided_keys) == (1024, 65 * 1024, 20, 1024)
+    assert (cfg.max_records, cfg.max_value_bytes, cfg.max_providers_per_key, cfg.max_provided_keys) == (1024, MAX_VALUE_SIZE, 20, 1024)
+    assert MAX_VALUE_SIZE == 12 * 1024
 
 
 def test_providers_accumulate_distinct_and_refresh(make_store):

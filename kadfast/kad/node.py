@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import _routing
 from .._xor import Key
-from ..errors import KadfastError, StoreError
+from ..errors import KadfastError, PeerIdError, StoreError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
@@ -30,7 +30,9 @@ from .pb import (
     KadMessage,
     KadPeer,
     KadRecord,
+    MAX_KEY_SIZE,
     MAX_MESSAGE_SIZE,
+    MAX_VALUE_SIZE,
     MessageReader,
     MessageType,
     decode_message,
@@ -97,6 +99,11 @@ class Config:
     #: "auto": server when listening or given external addresses; else client
     mode: str = "auto"
     max_message_size: int = MAX_MESSAGE_SIZE
+    #: largest record value and key that put_record sends and a PUT_VALUE
+    #: may carry: the GET_VALUE answer must fit in a 16 KiB message (see
+    #: ``kad.pb.MAX_VALUE_SIZE``); a larger one is refused before sending
+    max_value_size: int = MAX_VALUE_SIZE
+    max_key_size: int = MAX_KEY_SIZE
     store: StoreConfig = field(default_factory=StoreConfig)
     #: closest-peers lookups (get_closest_peers, and so put_record, provide
     #: and bootstrap) that met failed peers among their k closest ask the k
@@ -168,6 +175,11 @@ class QuorumFailed(KadError):
 
 class NotFound(KadError):
     """No record (or peer) was found."""
+
+
+class ValueTooLarge(KadError):
+    """A record whose key or value is above the limits that let it reach
+    peers and be read back (``Config.max_value_size``, ``max_key_size``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +293,7 @@ class KadNode:
         self.host = Host(keypair, host_config or HostConfig())
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
+        self._own_id_bytes = self.peer_id.to_bytes()
         self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
         # a full address book never evicts the addresses of routing-table
         # peers (floods of lookup-learned addresses must not push them out)
@@ -532,6 +545,29 @@ class KadNode:
                 break
         return out
 
+    def _find_node_target(self, key: bytes, requester: PeerId, now: float) -> KadPeer | None:
+        """The entry a FIND_NODE answer puts first: the target peer itself
+        when the key is a PeerId whose addresses we know (connected, or not
+        expired in the address book), even if it is a DHT client and not in
+        the routing table, as the spec requires of a server; ourselves when
+        the key is our own id. None when it is in the routing table (the
+        answer's closest entries start with it, or withhold it as
+        unreachable), for the requester's own id (a peer is never told about
+        itself), and when the key is not a PeerId or nothing is known."""
+        if key == self._own_id_bytes:
+            return KadPeer(self.peer_id, self.host.announce_addrs(), 1)
+        try:
+            target = PeerId(key)
+        except PeerIdError:
+            return None
+        if target == requester:
+            return None
+        if self._key(target) in self.table:
+            # the closest entry of the answer already, or withheld as
+            # unreachable (a request to it failed: its addresses are stale)
+            return None
+        return self._kad_peer(target, now)
+
     def _closer_fields(self, target: Key, exclude: PeerId | None, now: float) -> list[bytes]:
         """The closerPeers fields (:func:`closer_field` of :func:`encode_peer`)
         of :meth:`_closest_kad_peers`, byte for byte. Each is cached per routing-table key with what it was
@@ -676,14 +712,15 @@ class KadNode:
         if self._request_subscribers:
             self._emit(InboundRequest(peer, t), self._request_subscribers)
         if t == MessageType.FIND_NODE:
+            target = self._find_node_target(msg.key, peer, now)
             if framed:
                 fields = self._closer_fields(Key(msg.key), peer, now)
-                if msg.key == self.peer_id.to_bytes():
-                    fields.insert(0, closer_field(encode_peer(self.peer_id, self.host.announce_addrs(), 1)))
+                if target is not None:
+                    fields.insert(0, closer_field(encode_peer(target.peer_id, target.addrs, target.connection)))
                 return encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
-            if msg.key == self.peer_id.to_bytes():
-                closer.insert(0, KadPeer(self.peer_id, self.host.announce_addrs(), 1))
+            if target is not None:
+                closer.insert(0, target)
             return KadMessage(MessageType.FIND_NODE, key=msg.key, closer_peers=closer)
         if t == MessageType.GET_VALUE:
             rec = self.store.get(msg.key, now)
@@ -701,6 +738,7 @@ class KadNode:
             rec = msg.record
             if rec is None or rec.key != msg.key:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
+            self._check_size(rec.key, rec.value)  # as are records too large to be read back
             self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
             self.store.put(Record(rec.key, rec.value, publisher=rec.publisher or peer, expires=now + ttl), now)
@@ -901,6 +939,7 @@ class KadNode:
         if isinstance(record, tuple):
             record = Record(record[0], record[1])
         need = Quorum.count(quorum, self.config.k)
+        self._check_size(record.key, record.value)
         self.validator.validate(record.key, record.value)
         now = self.clock()
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
@@ -912,6 +951,16 @@ class KadNode:
         if stored < need:
             raise QuorumFailed(record.key, stored, need)
         return stored
+
+    def _check_size(self, key: bytes, value: bytes) -> None:
+        cfg = self.config
+        if len(value) > cfg.max_value_size:
+            raise ValueTooLarge(
+                f"record value of {len(value)} bytes is above the limit of {cfg.max_value_size} bytes: "
+                f"a GET_VALUE answer carrying it must fit in a {cfg.max_message_size}-byte kad message "
+                f"(rust-libp2p's limit)")
+        if len(key) > cfg.max_key_size:
+            raise ValueTooLarge(f"record key of {len(key)} bytes is above the limit of {cfg.max_key_size} bytes")
 
     async def _a_few_at_a_time(self, keys: list[bytes], work) -> int:
         """A replication or provider republication round: ``work(key)`` for

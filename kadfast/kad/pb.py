@@ -69,17 +69,28 @@ __all__ = [
     "encode_find_node_reply",
     "closer_field",
     "frame",
+    "MAX_KEY_SIZE",
+    "MAX_VALUE_SIZE",
     "MessageReader",
 ]
 
 PROTOCOL_ID = "/ipfs/kad/1.0.0"
 
 #: Largest message body we accept: rust-libp2p's default maximum packet size
-#: (``protocol::DEFAULT_MAX_PACKET_SIZE``, 16 KiB). go-libp2p-kad-dht accepts
-#: up to 4 MiB (its msgio reader limit), js-libp2p 4 MiB as well. A reply of
-#: 20 peers with a few addresses each is 1-3 KiB; a record value may be up to
-#: rust's 65 KiB store limit, which a larger ``max_size`` admits.
+#: (``protocol::DEFAULT_MAX_PACKET_SIZE``, 16 KiB), which rust applies to what
+#: it sends and receives. go-libp2p-kad-dht accepts up to 4 MiB (its msgio
+#: reader limit), js-libp2p 4 MiB as well. A reply of 20 peers with a few
+#: addresses each is 1-3 KiB.
 MAX_MESSAGE_SIZE = 16 * 1024
+
+#: Largest record value and key that a put sends, and that the store takes
+#: by default: a GET_VALUE answer carries the record (its key twice) and up to
+#: 20 closer peers, and must fit in a 16 KiB message for rust-libp2p to send
+#: it and for kadfast and rust to read it. 12 KiB + 2 x 512 bytes leaves about
+#: 3 KiB for the closer peers. (A larger value "stores" on go and js servers
+#: and then cannot be read back through rust or kadfast.)
+MAX_VALUE_SIZE = 12 * 1024
+MAX_KEY_SIZE = 512
 
 #: A protobuf varint is at most 10 bytes (64 bits of value).
 _MAX_VARINT_BYTES = 10
