@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 
@@ -123,7 +123,9 @@ SpawnPeer = Callable[..., Peer]
 
 @pytest.fixture
 def spawn_peer(request: pytest.FixtureRequest, interop_builds: Builds) -> SpawnPeer:
-    """Factory: ``spawn_peer(impl, seed=None, listen=None) -> Peer`` (started).
+    """Factory: ``spawn_peer(impl, seed=None, listen=None, client=False,
+    args=()) -> Peer`` (started). ``client=True`` adds ``--client`` (Kademlia
+    in client mode, see peers/PROTOCOL.md); ``args`` are further options.
 
     Every peer started through it is stopped at teardown. If the test failed,
     each peer's stderr tail is attached to the report.
@@ -131,11 +133,20 @@ def spawn_peer(request: pytest.FixtureRequest, interop_builds: Builds) -> SpawnP
     peers: list[Peer] = []
     counts: dict[str, int] = {}
 
-    def spawn(impl: str, seed: int | None = None, listen: str | None = None) -> Peer:
+    def spawn(
+        impl: str,
+        seed: int | None = None,
+        listen: str | None = None,
+        client: bool = False,
+        args: Sequence[str] = (),
+    ) -> Peer:
         build = interop_builds.get(impl)
         counts[impl] = counts.get(impl, 0) + 1
         name = impl if counts[impl] == 1 else f"{impl}#{counts[impl]}"
-        peer = Peer(impl, build.argv, cwd=build.cwd, seed=seed, listen=listen, name=name)
+        if client:
+            name += "(client)"
+        extra = (["--client"] if client else []) + list(args)
+        peer = Peer(impl, build.argv, cwd=build.cwd, seed=seed, listen=listen, args=extra, name=name)
         peers.append(peer)
         try:
             peer.start()

@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 __all__ = [
     "IMPLS",
@@ -542,6 +542,7 @@ class Peer:
         cwd: Path | None = None,
         listen: str | None = None,
         seed: int | None = None,
+        args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         name: str | None = None,
     ):
@@ -553,6 +554,7 @@ class Peer:
             self.argv += ["--listen", listen]
         if seed is not None:
             self.argv += ["--seed", str(seed)]
+        self.argv += list(args)  # further options, e.g. ``--client``
         self.cwd = cwd
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")

@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -44,6 +46,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/multiformats/go-multihash"
 	msmux "github.com/multiformats/go-multistream"
+	"google.golang.org/protobuf/proto"
 )
 
 const (
@@ -154,6 +157,7 @@ func main() {
 	flags := flag.NewFlagSet("kadfast-interop-go", flag.ContinueOnError)
 	flags.SetOutput(os.Stderr)
 	listen := flags.String("listen", "/ip4/127.0.0.1/tcp/0", "listen multiaddr")
+	client := flags.Bool("client", false, "run Kademlia in client mode (do not serve "+string(kadProtocol)+")")
 	seed := flags.Int64("seed", -1, "deterministic identity seed (0..2^31)")
 	if err := flags.Parse(os.Args[1:]); err != nil {
 		fatal(fmt.Errorf("arguments: %w", err))
@@ -209,8 +213,12 @@ func main() {
 	}
 	valueDS := dssync.MutexWrap(ds.NewMapDatastore())
 	passAll := func(addrs []ma.Multiaddr) []ma.Multiaddr { return addrs }
+	mode := dht.ModeServer
+	if *client {
+		mode = dht.ModeClient
+	}
 	kad, err := dht.New(h,
-		dht.Mode(dht.ModeServer),
+		dht.Mode(mode),
 		dht.Validator(validator),
 		dht.ValueDatastore(valueDS),
 		dht.AddressFilter(passAll),
@@ -387,6 +395,8 @@ func (n *node) handle(ctx context.Context, req *request) (any, error) {
 		return map[string]any{"peers": idStrings(n.kad.RoutingTable().ListPeers())}, nil
 	case "connected":
 		return map[string]any{"peers": idStrings(n.h.Network().Peers())}, nil
+	case "cancel_requests":
+		return n.cmdCancelRequests(ctx, req)
 	default:
 		return nil, fmt.Errorf("unsupported: %s", req.Cmd)
 	}
@@ -701,6 +711,7 @@ func (n *node) cmdProviders(ctx context.Context, req *request) (any, error) {
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	found := []string{}
+	addrs := map[string][]string{}
 	seen := map[peer.ID]bool{}
 	for ai := range n.kad.FindProvidersAsync(qctx, c, count) {
 		if seen[ai.ID] {
@@ -708,11 +719,12 @@ func (n *node) cmdProviders(ctx context.Context, req *request) (any, error) {
 		}
 		seen[ai.ID] = true
 		found = append(found, ai.ID.String())
+		addrs[ai.ID.String()] = addrStrings(ai.Addrs)
 		if len(found) >= count {
 			break
 		}
 	}
-	return map[string]any{"providers": found}, nil
+	return map[string]any{"providers": found, "addrs": addrs}, nil
 }
 
 func (n *node) cmdFindPeer(ctx context.Context, req *request) (any, error) {
@@ -924,4 +936,156 @@ func (n *node) serveJSON(s network.Stream) {
 		return
 	}
 	_ = s.Close()
+}
+
+// ---------------------------------------------------------------- cancel_requests
+
+// cancelSettle is how long, after each reset and the ping behind it, we wait
+// for the connection's close notification; cancelProbeTimeout bounds one
+// ping. Both are bounded by the command's own timeout.
+const (
+	cancelSettle       = 20 * time.Millisecond
+	cancelProbeTimeout = 5 * time.Second
+)
+
+// cmdCancelRequests does what go-libp2p-kad-dht does with a request it no
+// longer wants, `count` times: open a kad stream with host.NewStream (lazy
+// multistream: the protocol proposal leaves together with the first write),
+// write one framed FIND_NODE, and reset the stream at once, without reading.
+// After each reset a ping on a fresh stream of the same connection makes sure
+// the peer has read the reset (bytes of one connection arrive in order), then
+// we wait briefly for the connection's close notification. `kept` counts the
+// iterations after which that connection was still open; `conns` is the
+// number of connections to the peer at the end.
+func (n *node) cmdCancelRequests(ctx context.Context, req *request) (any, error) {
+	p, err := parsePeer(req.PeerID)
+	if err != nil {
+		return nil, err
+	}
+	count := 40
+	if req.Count != nil {
+		count = *req.Count
+	}
+	c, err := n.ensureConn(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.waitIdentify(ctx, c); err != nil {
+		return nil, fmt.Errorf("waiting for identify: %w", err)
+	}
+	if !n.supportsKad(p) {
+		// host.NewStream negotiates lazily only for a protocol the peer announced
+		return nil, fmt.Errorf("%s does not announce %s", p, kadProtocol)
+	}
+	closed := make(chan string, 4*count+16) // IDs of closed connections to p
+	notifee := &network.NotifyBundle{DisconnectedF: func(_ network.Network, c network.Conn) {
+		if c.RemotePeer() == p {
+			select {
+			case closed <- c.ID():
+			default:
+			}
+		}
+	}}
+	n.h.Network().Notify(notifee)
+	defer n.h.Network().StopNotify(notifee)
+	gone := map[string]bool{}
+	drain := func(wait time.Duration) {
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		for {
+			select {
+			case id := <-closed:
+				gone[id] = true
+			case <-timer.C:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+	kept := 0
+	lastErr := ""
+	for i := 0; i < count; i++ {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("after %d of %d: %w", i, count, ctx.Err())
+		}
+		s, err := n.h.NewStream(ctx, p, kadProtocol)
+		if err != nil {
+			lastErr = fmt.Sprintf("iteration %d: new stream: %v", i, err)
+			drain(cancelSettle)
+			continue
+		}
+		conn := s.Conn()
+		// the key: a random Ed25519 PeerId, as go's own lookups ask for
+		key := append([]byte{0x00, 0x24, 0x08, 0x01, 0x12, 0x20}, make([]byte, 32)...)
+		_, _ = rand.Read(key[6:])
+		body, err := proto.Marshal(dhtpb.NewMessage(dhtpb.Message_FIND_NODE, key, 0))
+		if err != nil {
+			s.Reset()
+			return nil, err
+		}
+		framed := binary.AppendUvarint(make([]byte, 0, len(body)+binary.MaxVarintLen64), uint64(len(body)))
+		framed = append(framed, body...)
+		_, werr := s.Write(framed)
+		s.Reset()
+		if werr != nil {
+			lastErr = fmt.Sprintf("iteration %d: write: %v", i, werr)
+		} else if perr := n.pingOn(ctx, conn); perr != nil {
+			lastErr = fmt.Sprintf("iteration %d: ping after the reset: %v", i, perr)
+		}
+		drain(cancelSettle)
+		if werr != nil || gone[conn.ID()] || conn.IsClosed() || !n.hasConn(p, conn.ID()) {
+			continue
+		}
+		kept++
+	}
+	drain(cancelSettle)
+	out := map[string]any{"kept": kept, "conns": len(n.h.Network().ConnsToPeer(p))}
+	if lastErr != "" {
+		out["last_error"] = lastErr
+	}
+	return out, nil
+}
+
+func (n *node) hasConn(p peer.ID, id string) bool {
+	for _, c := range n.h.Network().ConnsToPeer(p) {
+		if c.ID() == id && !c.IsClosed() {
+			return true
+		}
+	}
+	return false
+}
+
+// pingOn does one /ipfs/ping/1.0.0 round trip on a new stream of conn.
+func (n *node) pingOn(ctx context.Context, conn network.Conn) error {
+	pctx, cancel := context.WithTimeout(ctx, cancelProbeTimeout)
+	defer cancel()
+	s, err := conn.NewStream(pctx)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if dl, ok := pctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	if err := msmux.SelectProtoOrFail(ping.ID, s); err != nil {
+		s.Reset()
+		return fmt.Errorf("negotiating %s: %w", ping.ID, err)
+	}
+	payload := make([]byte, ping.PingSize)
+	_, _ = rand.Read(payload)
+	if _, err := s.Write(payload); err != nil {
+		s.Reset()
+		return err
+	}
+	echo := make([]byte, ping.PingSize)
+	if _, err := io.ReadFull(s, echo); err != nil {
+		s.Reset()
+		return err
+	}
+	if string(echo) != string(payload) {
+		s.Reset()
+		return errors.New("ping echo differs")
+	}
+	return nil
 }

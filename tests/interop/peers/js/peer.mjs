@@ -3,7 +3,7 @@
 // Speaks the JSON-lines control protocol of ../PROTOCOL.md: requests on stdin,
 // replies and the "ready" event on stdout, logs on stderr only.
 //
-// Usage: node peer.mjs [--listen MULTIADDR] [--seed N]
+// Usage: node peer.mjs [--listen MULTIADDR] [--seed N] [--client]
 
 // Node 20 lacks Promise.withResolvers, which libp2p 3.x uses. Install it
 // before any libp2p module is loaded (hence the dynamic imports below).
@@ -43,7 +43,7 @@ function log (...args) {
 }
 
 function parseArgs (argv) {
-  const opts = { listen: '/ip4/127.0.0.1/tcp/0', seed: undefined }
+  const opts = { listen: '/ip4/127.0.0.1/tcp/0', seed: undefined, client: false }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
     const next = () => {
@@ -54,6 +54,7 @@ function parseArgs (argv) {
     else if (arg.startsWith('--listen=')) opts.listen = arg.slice('--listen='.length)
     else if (arg === '--seed') opts.seed = next()
     else if (arg.startsWith('--seed=')) opts.seed = arg.slice('--seed='.length)
+    else if (arg === '--client') opts.client = true
     else throw new Error(`unknown argument: ${arg}`)
   }
   if (opts.seed !== undefined) {
@@ -214,7 +215,8 @@ async function main () {
       ping: lib.ping(),
       dht: lib.kadDHT({
         protocol: '/ipfs/kad/1.0.0',
-        clientMode: false,
+        // --client: kad-dht does not serve the protocol (nor lists it in identify)
+        clientMode: opts.client,
         // keep loopback / private addresses (the default mapper drops them)
         peerInfoMapper: (peerInfo) => peerInfo,
         validators: {
@@ -429,6 +431,7 @@ async function main () {
       const cid = await providerCid(requireString(req, 'key'))
       const count = req.count == null ? 1 : Number(req.count)
       const found = []
+      const addrs = {}
       if (isolated()) {
         const local = await dht.providers.getProviders(cid, { signal })
         return { providers: local.slice(0, Math.max(count, 0)).map(p => p.toString()) }
@@ -441,6 +444,12 @@ async function main () {
           for (const p of event.providers) {
             const id = p.id.toString()
             if (!found.includes(id)) found.push(id)
+            const known = addrs[id] ?? []
+            for (const a of p.multiaddrs ?? []) {
+              const text = stripP2p(a)
+              if (!known.includes(text)) known.push(text)
+            }
+            addrs[id] = known
           }
           if (found.length >= count) break
         }
@@ -449,7 +458,7 @@ async function main () {
       } finally {
         controller.abort()
       }
-      return { providers: found }
+      return { providers: found, addrs }
     },
 
     async find_peer (req, signal) {

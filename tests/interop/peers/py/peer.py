@@ -3,8 +3,8 @@
 
 Speaks the JSON-lines control protocol of ../PROTOCOL.md: requests on stdin,
 replies and events on stdout, logs on stderr.  Transport stack: TCP, Noise,
-Yamux; protocols served: Kademlia (server mode), identify, ping and
-``/kadfast/json/1.0.0``.
+Yamux; protocols served: Kademlia (server mode; ``--client`` for client
+mode, which does not serve it), identify, ping and ``/kadfast/json/1.0.0``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="kadfast interop peer (py-libp2p)")
     p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--client", action="store_true", help="Kademlia in client mode")
     return p.parse_args(argv)
 
 
@@ -159,7 +160,9 @@ async def amain(args: argparse.Namespace) -> None:
     local_id = host.get_id()
     peerstore = host.get_peerstore()
 
-    dht = KadDHT(host, DHTMode.SERVER)
+    # client mode: KadDHT registers no /ipfs/kad/1.0.0 handler, so identify
+    # does not list it
+    dht = KadDHT(host, DHTMode.CLIENT if args.client else DHTMode.SERVER)
     dht.register_validator(RECORD_NAMESPACE, AnyValueValidator())
 
     # ---- helpers ------------------------------------------------------------
@@ -383,8 +386,16 @@ async def amain(args: argparse.Namespace) -> None:
         mh = provider_key(key)
         store = dht.provider_store
         found: dict[ID, None] = {}
-        for info in store.get_providers(mh):
+        addrs: dict[ID, dict[str, None]] = {}
+
+        def note(info: Any) -> None:
             found[info.peer_id] = None
+            known = addrs.setdefault(info.peer_id, {})
+            for a in info.addrs or []:
+                known[strip_p2p(a)] = None
+
+        for info in store.get_providers(mh):
+            note(info)
         if len(found) < count:
             # Iterative GET_PROVIDERS lookup (py-libp2p's find_providers stops
             # at the local store as soon as it holds any provider).
@@ -408,7 +419,7 @@ async def amain(args: argparse.Namespace) -> None:
                             if info.addrs:
                                 peerstore.add_addrs(info.peer_id, info.addrs, ADDR_TTL)
                                 store.add_provider(mh, info)
-                            found[info.peer_id] = None
+                            note(info)
                         closer_all.extend(closer)
 
                 async with trio.open_nursery() as nursery:
@@ -418,7 +429,11 @@ async def amain(args: argparse.Namespace) -> None:
                     if pid != local_id and pid not in queried and pid not in candidates:
                         candidates.append(pid)
                 candidates = sort_peer_ids_by_distance(mh, candidates)
-        return {"providers": [str(p) for p in list(found)[:count]]}
+        chosen = list(found)[:count]
+        return {
+            "providers": [str(p) for p in chosen],
+            "addrs": {str(p): list(addrs.get(p, {})) for p in chosen},
+        }
 
     async def cmd_find_peer(req: dict[str, Any]) -> dict[str, Any]:
         target = parse_peer_id(req.get("peer_id"))

@@ -44,7 +44,9 @@ enum QueryKind {
     Get,
     Provide,
     Providers { count: usize, found: Vec<PeerId> },
-    FindPeer { target: PeerId },
+    /// `dialed`: addresses at which we connected to the target while the
+    /// query ran (see `on_event`).
+    FindPeer { target: PeerId, dialed: Vec<Multiaddr> },
     Closest,
     /// `ref_announce`: the reference listener's `put_record` (Quorum::One).
     RefAnnounce,
@@ -357,7 +359,15 @@ impl Peer {
             "find_peer" => {
                 let target = arg_peer(req, "peer_id")?;
                 let qid = self.swarm.behaviour_mut().kad.get_closest_peers(target);
-                self.add_query(qid, id, deadline, QueryKind::FindPeer { target });
+                self.add_query(
+                    qid,
+                    id,
+                    deadline,
+                    QueryKind::FindPeer {
+                        target,
+                        dialed: Vec::new(),
+                    },
+                );
             }
             "closest" => {
                 let qid = if req.contains_key("peer_id") {
@@ -547,6 +557,19 @@ impl Peer {
                     "connected {peer_id} via {}",
                     endpoint.get_remote_address()
                 ));
+                // a find_peer query that dialed its target: the address came
+                // from a FIND_NODE answer (the target may be a DHT client,
+                // which fails the query's request and so is not in its result)
+                if endpoint.is_dialer() {
+                    for q in self.queries.values_mut() {
+                        if let QueryKind::FindPeer { target, dialed } = &mut q.kind {
+                            let addr = endpoint.get_remote_address();
+                            if *target == peer_id && !dialed.contains(addr) {
+                                dialed.push(addr.clone());
+                            }
+                        }
+                    }
+                }
                 let now = Instant::now();
                 for d in self.dials.iter_mut() {
                     if d.connected_at.is_none()
@@ -810,17 +833,27 @@ impl Peer {
                     None
                 }
             }
-            (QueryKind::FindPeer { target }, QueryResult::GetClosestPeers(r)) => {
+            (QueryKind::FindPeer { target, dialed }, QueryResult::GetClosestPeers(r)) => {
                 let target = *target;
                 let peers = match r {
                     Ok(ok) => ok.peers,
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
                 };
-                match peers.into_iter().find(|p| p.peer_id == target) {
-                    Some(info) => {
-                        let mut addrs = info.addrs;
+                let found = match peers.into_iter().find(|p| p.peer_id == target) {
+                    Some(info) => Some(info.addrs),
+                    // as go-libp2p-kad-dht's FindPeer: a target the query
+                    // dialed counts as found (a DHT client does not answer
+                    // FIND_NODE, so it is not among the query's peers)
+                    None if !dialed.is_empty() => Some(Vec::new()),
+                    None => None,
+                };
+                match found {
+                    Some(mut addrs) => {
                         if addrs.is_empty() {
                             addrs = self.routing_addrs(&target);
+                        }
+                        if addrs.is_empty() {
+                            addrs = dialed.clone();
                         }
                         let mut texts: Vec<String> = Vec::new();
                         for a in &addrs {
@@ -876,12 +909,15 @@ fn ids(peers: &[PeerId]) -> Vec<String> {
 struct Args {
     listen: Multiaddr,
     seed: Option<u64>,
+    /// `--client`: Kademlia in client mode (no inbound kad streams).
+    client: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
         seed: None,
+        client: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -900,13 +936,14 @@ fn parse_args() -> Result<Args, String> {
                 args.listen = value()?.parse().map_err(|e| format!("bad --listen: {e}"))?
             }
             "--seed" => args.seed = Some(value()?.parse().map_err(|e| format!("bad --seed: {e}"))?),
+            "--client" if inline.is_none() => args.client = true,
             _ => return Err(format!("unknown argument: {a}")),
         }
     }
     Ok(args)
 }
 
-fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, String> {
+fn build_swarm(keypair: Keypair, mode: Mode) -> Result<Swarm<Behaviour>, String> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -920,7 +957,8 @@ fn build_swarm(keypair: Keypair) -> Result<Swarm<Behaviour>, String> {
             let mut kcfg = kad::Config::new(kad::PROTOCOL_NAME);
             kcfg.set_query_timeout(Duration::from_secs(60));
             let mut kad = kad::Behaviour::with_config(local, MemoryStore::new(local), kcfg);
-            kad.set_mode(Some(Mode::Server));
+            // explicit: rust-libp2p would pick the mode from confirmed external addresses
+            kad.set_mode(Some(mode));
             let identify = identify::Behaviour::new(
                 identify::Config::new("/ipfs/0.1.0".into(), key.public())
                     .with_agent_version(AGENT.into()),
@@ -956,7 +994,8 @@ async fn main() {
         None => Keypair::generate_ed25519(),
     };
     let local = keypair.public().to_peer_id();
-    let mut swarm = build_swarm(keypair).unwrap_or_else(|e| fatal(e));
+    let mode = if args.client { Mode::Client } else { Mode::Server };
+    let mut swarm = build_swarm(keypair, mode).unwrap_or_else(|e| fatal(e));
     swarm
         .listen_on(args.listen.clone())
         .unwrap_or_else(|e| fatal(format!("listen: {e}")));
