@@ -700,8 +700,7 @@ class KadNode:
             if rec is None or rec.key != msg.key:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
             self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
-            held = self.store.get(rec.key, now)
-            if held is not None and held.value != rec.value and self._held_wins(rec.key, rec.value, held.value):
+            if self._held_wins(rec.key, rec.value, now):
                 # as go: the held record is kept, and the put fails (resets the stream)
                 raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
@@ -740,16 +739,23 @@ class KadNode:
             return KadMessage(MessageType.PING)
         raise KadError(f"unsupported message type {t}")
 
-    def _held_wins(self, key: bytes, new: bytes, held: bytes) -> bool:
+    def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
         """Whether the record held for ``key`` beats the (valid) ``new`` one:
         go's select over [new, held]. A held record that is no longer valid
         (an expired IPNS record, or one stored before its namespace had a
-        validator) loses."""
+        validator) loses; so does any under a namespace without a validator
+        (the store is not even asked)."""
+        v = self.validator
+        if isinstance(v, NamespacedValidator) and v.validator_for(key) is None:
+            return False
+        held = self.store.get(key, now)
+        if held is None or held.value == new:
+            return False
         try:
-            self.validator.validate(key, held)
+            v.validate(key, held.value)
         except InvalidRecord:
             return False
-        return self.validator.select(key, [new, held]) != 0
+        return v.select(key, [new, held.value]) != 0
 
     # -- client side -----------------------------------------------------------------
     async def _rpc(self, peer: PeerId, msg: KadMessage) -> KadMessage:
@@ -918,8 +924,7 @@ class KadNode:
         need = Quorum.count(quorum, self.config.k)
         self.validator.validate(record.key, record.value)
         now = self.clock()
-        held = self.store.get(record.key, now)
-        if held is not None and held.value != record.value and self._held_wins(record.key, record.value, held.value):
+        if self._held_wins(record.key, record.value, now):
             raise InvalidRecord(f"the record held for {record.key!r} is better than the one put (as go, it is kept)")
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
                         expires=record.expires or now + self.config.record_ttl)
