@@ -7,6 +7,7 @@ import asyncio
 import os
 import random
 import sqlite3
+from dataclasses import replace as dataclass_replace
 
 import pytest
 
@@ -778,3 +779,191 @@ async def until_true(predicate, timeout=10.0):
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
+
+
+# -- /ipns/ records: validation and selection on PUT_VALUE and in get_record ----------
+class WallClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+T0 = 1_900_000_000.0  # the nodes' wall clock (2030)
+IPNS_VALUE = "/ipfs/bafkqaddwgevxmmraojswg33smq"
+
+
+def forged_from(raw: bytes) -> bytes:
+    """``raw`` with its value changed and its sequence raised, in the signed
+    data and the V1 fields alike, its signatures kept."""
+    import cbor2
+
+    from kadfast.ipns import decode_entry
+
+    e = decode_entry(raw)
+    doc = cbor2.loads(e.data)
+    doc["Value"], doc["Sequence"] = b"/ipfs/bafkqaaa", doc["Sequence"] + 1
+    return dataclass_replace(e, value=doc["Value"], sequence=doc["Sequence"],
+                             data=cbor2.dumps(doc, canonical=True)).encode()
+
+
+def oversized_from(pair, seq: int, eol: float) -> bytes:
+    """A correctly signed record over the 10 KiB limit (a padding field in its data)."""
+    import cbor2
+
+    from kadfast.ipns import IpnsEntry, create_record, decode_entry
+
+    doc = cbor2.loads(decode_entry(create_record(pair, IPNS_VALUE, seq, eol, v1=False)).data)
+    doc["_pad"] = b"p" * 10240
+    data = cbor2.dumps(doc, canonical=True)
+    return IpnsEntry(data=data, signature_v2=pair.sign(b"ipns-signature:" + data)).encode()
+
+
+def test_ipns_put_value_keeps_the_better_held_record():
+    from kadfast.ipns import create_record, routing_key
+
+    wall = WallClock(T0)
+    node = offline_node(wall_clock=wall)
+    pair = Ed25519KeyPair.generate()
+    key = routing_key(pair.peer_id)
+    sender = peer_ids(1)[0]
+
+    def put(value):
+        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), None)
+
+    s1 = create_record(pair, IPNS_VALUE, 1, T0 + 3600)
+    assert put(s1).record.value == s1
+    for worse in (create_record(pair, IPNS_VALUE, 0, T0 + 7200),     # lower sequence
+                  create_record(pair, IPNS_VALUE, 1, T0 + 1800)):    # same sequence, earlier end of life
+        with pytest.raises(InvalidRecord, match="better"):
+            put(worse)
+        assert node.store.get(key, node.clock()).value == s1
+    put(s1)  # the same record again: accepted (replication re-puts it)
+    later = create_record(pair, IPNS_VALUE, 1, T0 + 5400)
+    put(later)
+    assert node.store.get(key, node.clock()).value == later
+    # a held record that has expired since loses against any valid one
+    wall.t = T0 + 6000
+    s0 = create_record(pair, IPNS_VALUE, 0, T0 + 7200)
+    put(s0)
+    assert node.store.get(key, node.clock()).value == s0
+    # unregistered namespaces keep the last put
+    for v in (b"b", b"a"):
+        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/k", record=KadRecord(b"/any/k", v)), None)
+    assert node.store.get(b"/any/k", node.clock()).value == b"a"
+
+
+def test_ipns_put_record_refuses_to_replace_a_better_local_record():
+    from kadfast.ipns import create_record, routing_key
+
+    node = offline_node(wall_clock=WallClock(T0))
+    pair = Ed25519KeyPair.generate()
+    key = routing_key(pair.peer_id)
+    s2 = create_record(pair, IPNS_VALUE, 2, T0 + 3600)
+
+    async def main():
+        with pytest.raises(QuorumFailed):  # stored locally, no peers to send it to
+            await node.put_record(Record(key, s2))
+        with pytest.raises(InvalidRecord, match="better"):
+            await node.put_record(Record(key, create_record(pair, IPNS_VALUE, 1, T0 + 3600)))
+        assert node.store.get(key, node.clock()).value == s2
+
+    run_loop(main, "asyncio")
+
+
+def test_ipns_forged_stale_expired_and_oversized_puts_reset_the_stream():
+    """Two kadfast nodes over loopback: the server refuses, by resetting the
+    stream, a forged record (value changed, sequence raised, signatures
+    kept), a stale one (lower sequence than held), an expired one and one
+    over 10 KiB; the record held stays as it was."""
+    from kadfast.ipns import create_record, routing_key
+    from kadfast.net import StreamReset
+
+    wall = WallClock(T0)
+    pair = Ed25519KeyPair.generate()
+    key = routing_key(pair.peer_id)
+
+    async def main():
+        server = KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]), wall_clock=wall)
+        client = KadNode(wall_clock=wall)
+        await server.start()
+        await client.start()
+        try:
+            client.add_address(server.peer_id, server.listen_addrs[0])
+
+            async def put(value):
+                msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value))
+                return await client._rpc(server.peer_id, msg)
+
+            def held():
+                return server.store.get(key, server.clock()).value
+
+            s1 = create_record(pair, IPNS_VALUE, 1, T0 + 3600)
+            assert (await put(s1)).record.value == s1 and held() == s1
+            refused = {
+                "forged": forged_from(s1),
+                "stale": create_record(pair, IPNS_VALUE, 0, T0 + 7200),
+                "expired": create_record(pair, IPNS_VALUE, 5, T0 - 1),
+                "oversized": oversized_from(pair, 6, T0 + 3600),
+                "another key": create_record(Ed25519KeyPair.generate(), IPNS_VALUE, 7, T0 + 3600),
+            }
+            assert len(refused["oversized"]) > 10240
+            for what, value in refused.items():
+                with pytest.raises(KadError) as exc:
+                    await put(value)
+                assert isinstance(exc.value.__cause__, StreamReset), (what, exc.value)
+                assert held() == s1, what
+            s2 = create_record(pair, IPNS_VALUE, 2, T0 + 3600, v1=False)
+            assert (await put(s2)).record.value == s2 and held() == s2
+            reply = await client._rpc(server.peer_id, KadMessage(MessageType.GET_VALUE, key=key))
+            assert reply.record.value == s2
+        finally:
+            await client.stop()
+            await server.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 30))
+
+
+def test_ipns_get_record_picks_the_best_and_corrects_a_peer_that_held_a_worse_one():
+    from kadfast.ipns import create_record, routing_key
+    from kadfast.kad.node import RecordStored
+
+    wall = WallClock(T0)
+    pair = Ed25519KeyPair.generate()
+    key = routing_key(pair.peer_id)
+
+    async def main():
+        a, b = (KadNode(host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]), wall_clock=wall)
+                for _ in range(2))
+        getter = KadNode(wall_clock=wall)
+        nodes = [a, b, getter]
+        for n in nodes:
+            await n.start()
+        try:
+            s1 = create_record(pair, IPNS_VALUE, 1, T0 + 3600)
+            s2 = create_record(pair, IPNS_VALUE, 2, T0 + 3600)
+            for server, value in ((a, s1), (b, s2)):
+                getter.add_address(server.peer_id, server.listen_addrs[0])
+                msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value))
+                await getter._rpc(server.peer_id, msg)
+            # the getter's own record (a higher sequence) has expired: it is left out
+            getter.store.put(Record(key, create_record(pair, IPNS_VALUE, 9, T0 + 10)), getter.clock())
+            wall.t = T0 + 20
+            stored_on_a = a.subscribe(inbound_requests=False)
+            res = await getter.get_record(key, quorum=2)
+            assert res.best.value == s2
+            assert {pr.peer: pr.record.value for pr in res.records} == {a.peer_id: s1, b.peer_id: s2}
+
+            async def correction():
+                while True:
+                    ev = await stored_on_a.get()
+                    if isinstance(ev, RecordStored) and ev.from_peer == getter.peer_id:
+                        return ev
+            await asyncio.wait_for(correction(), 10)
+            assert a.store.get(key, a.clock()).value == s2
+            assert b.request_counts[MessageType.PUT_VALUE] == 1  # b held the best: not sent again
+        finally:
+            await asyncio.gather(*[n.stop() for n in nodes], return_exceptions=True)
+
+    run_loop(lambda: asyncio.wait_for(main(), 30))

@@ -1,5 +1,8 @@
-"""Record validation: the /pk/ namespace (go-libp2p-record semantics),
-namespace parsing and dispatch (unregistered namespaces accepted, as rust)."""
+"""Record validation: the /pk/ namespace (go-libp2p-record semantics), the
+/ipns/ namespace (boxo semantics, on an injected wall clock), namespace
+parsing and dispatch (unregistered namespaces accepted, as rust)."""
+
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -10,9 +13,11 @@ from hypothesis import strategies as st
 from kadfast import Ed25519KeyPair
 from kadfast.errors import KadfastError
 from kadfast.keys import KeyType, PublicKey
+from kadfast import ipns
 from kadfast.kad.validation import (
     AcceptAllValidator,
     InvalidRecord,
+    IpnsValidator,
     NamespacedValidator,
     PublicKeyValidator,
     Validator,
@@ -186,3 +191,59 @@ def test_register_replaces_and_checks():
             v.register(bad, AcceptAllValidator())
     with pytest.raises(TypeError):
         v.register("x", object())
+
+
+# -- /ipns/ ---------------------------------------------------------------------
+class WallClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+T0 = 1_900_000_000.0
+
+
+def ipns_key(pair) -> bytes:
+    return b"/ipns/" + pair.peer_id.to_bytes()
+
+
+def test_ipns_is_validated_by_default_on_the_given_wall_clock():
+    clock = WallClock(T0)
+    v = NamespacedValidator(wall_clock=clock)
+    assert isinstance(v.validator_for(b"/ipns/x"), IpnsValidator)
+    pair = ED[0]
+    rec = ipns.create_record(pair, "/ipfs/bafkqaaa", 1, T0 + 60)
+    v.validate(ipns_key(pair), rec)
+    clock.t = T0 + 61  # the validator reads the clock at each validation
+    with pytest.raises(InvalidRecord, match="expired"):
+        v.validate(ipns_key(pair), rec)
+    # another name, a key that holds no PeerId, junk
+    clock.t = T0
+    for key, value in ((ipns_key(ED[1]), rec), (b"/ipns/junk", rec), (ipns_key(pair), b"junk"),
+                       (b"/ipns/", rec)):
+        with pytest.raises(InvalidRecord):
+            v.validate(key, value)
+    # the default clock is the system's
+    NamespacedValidator().validate(ipns_key(pair), ipns.create_record(pair, "/ipfs/bafkqaaa", 1, time.time() + 60))
+
+
+def test_ipns_select_higher_sequence_then_later_validity():
+    pair = ED[0]
+    v = NamespacedValidator(wall_clock=WallClock(T0))
+    key = ipns_key(pair)
+    s0 = ipns.create_record(pair, "/ipfs/bafkqaaa", 0, T0 + 600)
+    s1 = ipns.create_record(pair, "/ipfs/bafkqaaa", 1, T0 + 60)
+    s1_later = ipns.create_record(pair, "/ipfs/bafkqaaa", 1, T0 + 120)
+    assert v.select(key, [s0, s1]) == 1 and v.select(key, [s1, s0]) == 0
+    assert v.select(key, [s1, s1_later, s0]) == 1
+    assert v.select(key, [s1_later, s1_later]) == 0
+    assert IpnsValidator().select(key, [b"junk", s0]) == 1
+    with pytest.raises(InvalidRecord):
+        IpnsValidator().select(key, [])
+
+
+def test_ipns_validator_can_be_replaced():
+    v = NamespacedValidator({"ipns": AcceptAllValidator()})
+    v.validate(b"/ipns/junk", b"junk")

@@ -310,7 +310,7 @@ class KadNode:
         self._commit_waiters: list = []   # flush(ok) of streams whose replies wait
         if self._group_commit:
             self.store.on_dirty = self._commit_soon
-        self.validator = validator or NamespacedValidator()
+        self.validator = validator or NamespacedValidator(wall_clock=wall_clock)
         self.clock = clock
         self.wall_clock = wall_clock
         self._subscribers: list[asyncio.Queue] = []
@@ -740,6 +740,9 @@ class KadNode:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
             self._check_size(rec.key, rec.value)  # as are records too large to be read back
             self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
+            if self._held_wins(rec.key, rec.value, now):
+                # as go: the held record is kept, and the put fails (resets the stream)
+                raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
             self.store.put(Record(rec.key, rec.value, publisher=rec.publisher or peer, expires=now + ttl), now)
             self._emit(RecordStored(rec.key, rec.publisher or peer, peer))
@@ -775,6 +778,24 @@ class KadNode:
         if t == MessageType.PING:
             return KadMessage(MessageType.PING)
         raise KadError(f"unsupported message type {t}")
+
+    def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
+        """Whether the record held for ``key`` beats the (valid) ``new`` one:
+        go's select over [new, held]. A held record that is no longer valid
+        (an expired IPNS record, or one stored before its namespace had a
+        validator) loses; so does any under a namespace without a validator
+        (the store is not even asked)."""
+        v = self.validator
+        if isinstance(v, NamespacedValidator) and v.validator_for(key) is None:
+            return False
+        held = self.store.get(key, now)
+        if held is None or held.value == new:
+            return False
+        try:
+            v.validate(key, held.value)
+        except InvalidRecord:
+            return False
+        return v.select(key, [new, held.value]) != 0
 
     # -- client side -----------------------------------------------------------------
     async def _rpc(self, peer: PeerId, msg: KadMessage) -> KadMessage:
@@ -935,13 +956,17 @@ class KadNode:
 
     async def put_record(self, record: Record | tuple[bytes, bytes], quorum=Quorum.ONE) -> int:
         """Store ``record`` locally and on the k closest peers. Returns how
-        many peers stored it; raises :class:`QuorumFailed` below the quorum."""
+        many peers stored it; raises :class:`QuorumFailed` below the quorum,
+        and :class:`InvalidRecord` for a record that its namespace refuses or
+        that loses against the one held here (by the namespace's select)."""
         if isinstance(record, tuple):
             record = Record(record[0], record[1])
         need = Quorum.count(quorum, self.config.k)
         self._check_size(record.key, record.value)
         self.validator.validate(record.key, record.value)
         now = self.clock()
+        if self._held_wins(record.key, record.value, now):
+            raise InvalidRecord(f"the record held for {record.key!r} is better than the one put (as go, it is kept)")
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
                         expires=record.expires or now + self.config.record_ttl)
         self.store.put(record, now)
@@ -1010,7 +1035,11 @@ class KadNode:
         found: list[PeerRecord] = []
         local = self.store.get(key, now)
         if local is not None:
-            found.append(PeerRecord(None, local))
+            try:  # it was valid when stored; an IPNS record may have expired since
+                self.validator.validate(key, local.value)
+                found.append(PeerRecord(None, local))
+            except InvalidRecord as exc:
+                log.debug("the record held for %r is no longer valid: %s", key, exc)
 
         def on_reply(peer, reply, it):
             rec = reply.record
@@ -1036,7 +1065,21 @@ class KadNode:
             raise NotFound(f"no record found for {key!r}")
         values = [pr.record.value for pr in found]
         best = found[self.validator.select(key, values)].record
+        # as go: the peers that answered with a worse record get the best one
+        outdated = [pr.peer for pr in found if pr.peer is not None and pr.record.value != best.value]
+        if outdated:
+            self._spawn(self._correct_peers(best, outdated[: self.config.k]))
         return GetRecordResult(found, best, stats)
+
+    async def _correct_peers(self, best: Record, peers: list[PeerId]) -> None:
+        """PUT_VALUE ``best`` to ``peers`` (at most k, each within the
+        request timeout); failures are logged at debug."""
+        kr = KadRecord(best.key, best.value, publisher=best.publisher)
+        msg = KadMessage(MessageType.PUT_VALUE, key=best.key, record=kr)
+        results = await asyncio.gather(*[self._rpc(p, msg) for p in peers], return_exceptions=True)
+        for peer, res in zip(peers, results):
+            if isinstance(res, BaseException):
+                log.debug("correcting the record %r held by %s failed: %s", best.key, peer, res)
 
     def remove_record(self, key: bytes) -> Record | None:
         self._published.pop(key, None)

@@ -5,16 +5,33 @@ whether a value may be stored under a key (:meth:`Validator.validate`) and
 which of several values found for a key is the best
 (:meth:`Validator.select`), following go-libp2p-record.
 
+Two namespaces are validated by default, as the IPFS DHT spec requires
+(``src/routing/kad-dht.md``: servers MUST validate ``/pk/`` and ``/ipns/``):
+
+* ``pk``: as go-libp2p-record's ``PublicKeyValidator`` does (the value is
+  the public key whose PeerId is in the key);
+* ``ipns``: IPNS records (:mod:`kadfast.ipns`): at most 10 KiB, a valid
+  ``signatureV2`` by the name's key, V1 fields (if any) equal to the signed
+  data, validity type EOL and not expired on the validator's wall clock.
+  The best of several is the one with the highest sequence, then the
+  latest validity, then the greatest bytes (boxo's ``ipns.Validator``).
+
+The node uses :meth:`Validator.select` beyond GET: a PUT_VALUE whose record
+loses against the one held is refused, and a lookup sends its best record
+to the peers that answered with a worse one (go-libp2p-kad-dht does both).
+
 One deliberate difference from go: :class:`NamespacedValidator` ACCEPTS a
 key whose namespace has no validator (rust-libp2p stores records without
-validating them; go refuses them). The ``pk`` namespace is validated as
-go-libp2p-record's ``PublicKeyValidator`` does.
+validating them; go refuses them).
 """
 
 from __future__ import annotations
 
 import abc
+import time
+from typing import Callable
 
+from .. import ipns
 from ..errors import CryptoKeyError, KadfastError, PeerIdError
 from ..keys import PublicKey
 from ..peerid import PeerId
@@ -23,6 +40,7 @@ __all__ = [
     "InvalidRecord",
     "Validator",
     "PublicKeyValidator",
+    "IpnsValidator",
     "AcceptAllValidator",
     "NamespacedValidator",
     "split_key",
@@ -91,13 +109,42 @@ class PublicKeyValidator(Validator):
             raise InvalidRecord("public key does not match the PeerId in the key")
 
 
-class NamespacedValidator(Validator):
-    """Dispatches on the key's namespace. ``pk`` is registered by default;
-    ``validators`` adds to (or replaces) it. Keys of an unregistered
-    namespace, and keys with none, are accepted (rust-libp2p semantics)."""
+class IpnsValidator(Validator):
+    """The ``/ipns/`` namespace: the key is ``b"/ipns/" + PeerId bytes`` and
+    the value an IPNS record of that name, verified as the IPNS record spec
+    says (:func:`kadfast.ipns.verify_record`) at the time ``wall_clock()``
+    gives (seconds since the epoch). :meth:`select` picks the highest
+    sequence, then the latest validity, then the greatest bytes; a value
+    that does not parse loses against every one that does."""
 
-    def __init__(self, validators: dict[str, Validator] | None = None) -> None:
-        self._validators: dict[str, Validator] = {"pk": PublicKeyValidator()}
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
+        self.wall_clock = wall_clock
+
+    def validate(self, key: bytes, value: bytes) -> None:
+        try:
+            name = ipns.name_from_routing_key(key)
+            ipns.verify_record(name, value, self.wall_clock())
+        except ipns.IpnsError as exc:
+            raise InvalidRecord(f"invalid IPNS record: {exc}") from None
+
+    def select(self, key: bytes, values: list[bytes]) -> int:
+        if not values:
+            raise InvalidRecord("no values to select from")
+        return ipns.select_best(values)
+
+
+class NamespacedValidator(Validator):
+    """Dispatches on the key's namespace. ``pk`` and ``ipns`` are registered
+    by default (the latter reading ``wall_clock``); ``validators`` adds to
+    (or replaces) them. Keys of an unregistered namespace, and keys with
+    none, are accepted (rust-libp2p semantics)."""
+
+    def __init__(self, validators: dict[str, Validator] | None = None, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._validators: dict[str, Validator] = {
+            "pk": PublicKeyValidator(),
+            "ipns": IpnsValidator(wall_clock),
+        }
         for namespace, validator in (validators or {}).items():
             self.register(namespace, validator)
 

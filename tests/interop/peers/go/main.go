@@ -10,6 +10,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/ipfs/boxo/ipns"
+	"github.com/ipfs/boxo/path"
 	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
@@ -111,6 +113,7 @@ type identifyInfo struct {
 
 type node struct {
 	h       host.Host
+	priv    crypto.PrivKey
 	kad     *dht.IpfsDHT
 	msgr    *dhtpb.ProtocolMessenger
 	values  *records.ValueStore
@@ -133,6 +136,15 @@ type request struct {
 	PeerID  string          `json:"peer_id"`
 	Body    json.RawMessage `json:"body"`
 	Timeout *float64        `json:"timeout"`
+
+	// binary keys and values (base64), for /ipns/ records: they take the
+	// place of key and value in put and get where given
+	KeyB64   *string `json:"key_b64"`
+	ValueB64 *string `json:"value_b64"`
+	// ipns_record arguments
+	Seq        *uint64  `json:"seq"`
+	EOLSeconds *float64 `json:"eol_seconds"`
+	V1         *bool    `json:"v1"`
 }
 
 func seedKey(seed uint64) (crypto.PrivKey, error) {
@@ -192,7 +204,7 @@ func main() {
 		fatal(fmt.Errorf("host: %w", err))
 	}
 
-	n := &node{h: h, selfStr: h.ID().String(), idInfo: map[peer.ID]identifyInfo{}}
+	n := &node{h: h, priv: priv, selfStr: h.ID().String(), idInfo: map[peer.ID]identifyInfo{}}
 	if withIDs, ok := h.(interface{ IDService() identify.IDService }); ok {
 		n.idSvc = withIDs.IDService()
 	}
@@ -391,6 +403,8 @@ func (n *node) handle(ctx context.Context, req *request) (any, error) {
 		return n.cmdRequest(ctx, req)
 	case "kad_fill":
 		return n.cmdKadFill(req)
+	case "ipns_record":
+		return n.cmdIpnsRecord(req)
 	case "routing_table":
 		return map[string]any{"peers": idStrings(n.kad.RoutingTable().ListPeers())}, nil
 	case "connected":
@@ -421,6 +435,13 @@ func addrStrings(addrs []ma.Multiaddr) []string {
 }
 
 func requireKey(req *request) (string, error) {
+	if req.KeyB64 != nil {
+		key, err := base64.StdEncoding.DecodeString(*req.KeyB64)
+		if err != nil {
+			return "", fmt.Errorf("key_b64: %w", err)
+		}
+		return string(key), nil
+	}
 	if req.Key == nil {
 		return "", errors.New("missing argument: key")
 	}
@@ -616,6 +637,11 @@ func (n *node) cmdPut(ctx context.Context, req *request) (any, error) {
 		quorum = n.kad.BucketSize()
 	}
 	value := []byte(req.Value)
+	if req.ValueB64 != nil {
+		if value, err = base64.StdEncoding.DecodeString(*req.ValueB64); err != nil {
+			return nil, fmt.Errorf("value_b64: %w", err)
+		}
+	}
 	rec := record.MakePutRecord(key, value)
 	if err := n.values.Put(ctx, key, rec); err != nil {
 		return nil, fmt.Errorf("local store: %w", err)
@@ -677,7 +703,45 @@ func (n *node) cmdGet(ctx context.Context, req *request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"value": string(val)}, nil
+	return map[string]any{"value": string(val), "value_b64": base64.StdEncoding.EncodeToString(val)}, nil
+}
+
+// cmdIpnsRecord makes an IPNS record of our own name with boxo's ipns package.
+func (n *node) cmdIpnsRecord(req *request) (any, error) {
+	if req.Value == "" {
+		return nil, errors.New("missing argument: value")
+	}
+	value, err := path.NewPath(req.Value)
+	if err != nil {
+		return nil, fmt.Errorf("value: %w", err)
+	}
+	var seq uint64
+	if req.Seq != nil {
+		seq = *req.Seq
+	}
+	eolSeconds := 3600.0
+	if req.EOLSeconds != nil {
+		eolSeconds = *req.EOLSeconds
+	}
+	v1 := true
+	if req.V1 != nil {
+		v1 = *req.V1
+	}
+	eol := time.Now().Add(time.Duration(eolSeconds * float64(time.Second)))
+	rec, err := ipns.NewRecord(n.priv, value, seq, eol, ipns.DefaultRecordTTL, ipns.WithV1Compatibility(v1))
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ipns.MarshalRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	name := ipns.NameFromPeer(n.h.ID())
+	return map[string]any{
+		"name":       n.selfStr,
+		"key_b64":    base64.StdEncoding.EncodeToString(name.RoutingKey()),
+		"record_b64": base64.StdEncoding.EncodeToString(raw),
+	}, nil
 }
 
 func (n *node) cmdProvide(ctx context.Context, req *request) (any, error) {
