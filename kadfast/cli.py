@@ -386,7 +386,10 @@ async def cmd_dht(args, out: Out) -> int:
             out.emit("stored", f"stored on {stored} peers", key=args.key, peers=stored)
         elif c == "get":
             key = parse_key(args.key, args.hex)
-            res = await node.get_record(key, quorum=node.config.k if args.all else 1)
+            # a namespace with a validator (/ipns/, /pk/) has a best record to
+            # pick: ask the whole lookup, as go does, not the first answer
+            selects = node.validator.validator_for(key) is not None
+            res = await node.get_record(key, quorum=node.config.k if args.all or selects else 1)
             values = []
             for pr in res.records:
                 if pr.record.value not in values:
