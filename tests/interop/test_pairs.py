@@ -66,20 +66,6 @@ KNOWN_ISSUES: dict[tuple[str, tuple[str, ...]], tuple[str, bool]] = {
         "py -> go PUT_VALUE fails, see test_put_get[py-go]",
         True,
     ),
-    ("test_identify", ("py", "js")): (
-        "intermittent, a bug of the peer programs: the py peer's `identify` "
-        "opens a second /ipfs/id/1.0.0 stream while py-libp2p's automatic "
-        "identify of the new connection may still be open, and js-libp2p's "
-        "identify accepts 1 inbound stream per connection (maxInboundStreams "
-        "default), so it resets the second one",
-        False,
-    ),
-    ("test_find_peer_via_third", ("js", "*", "py")): (
-        "intermittent: py-libp2p answers FIND_NODE for its own id with itself "
-        "but no addresses; js-libp2p's findPeer yields that as FINAL_PEER and "
-        "the js peer returns addrs []",
-        False,
-    ),
 }
 
 

@@ -210,9 +210,13 @@ async function main () {
       maxParallelDials: 200
     },
     services: {
-      identify: lib.identify(),
+      // js allows 1 inbound identify stream and 1 outbound ping stream per
+      // connection by default; the other peers' automatic identify and the
+      // harness's own identify/ping commands can overlap with js's (kad-dht
+      // pings a peer before it enters the table): allow a few
+      identify: lib.identify({ maxInboundStreams: 4, maxOutboundStreams: 4 }),
       identifyPush: lib.identifyPush(),
-      ping: lib.ping(),
+      ping: lib.ping({ maxInboundStreams: 4, maxOutboundStreams: 4 }),
       dht: lib.kadDHT({
         protocol: '/ipfs/kad/1.0.0',
         // --client: kad-dht does not serve the protocol (nor lists it in identify)
@@ -468,12 +472,22 @@ async function main () {
       const both = AbortSignal.any([signal, controller.signal])
       try {
         // useCache: false forces a network lookup instead of the peer store
+        // addresses of the target as the peers on the way named it: a peer
+        // that answers FIND_NODE for its own id with itself but no addresses
+        // (py-libp2p 0.8) makes js yield a FINAL_PEER without any
+        const seen = new Set()
         for await (const event of dht.findPeer(peerId, { signal: both, useCache: false })) {
+          if (event.name === 'PEER_RESPONSE') {
+            for (const p of event.closer ?? []) {
+              if (p.id.equals(peerId)) p.multiaddrs.forEach(a => seen.add(stripP2p(a)))
+            }
+          }
           if (event.name === 'FINAL_PEER' && event.peer.id.equals(peerId)) {
-            const addrs = [...new Set(event.peer.multiaddrs.map(stripP2p))]
-            return { peer_id: event.peer.id.toString(), addrs }
+            event.peer.multiaddrs.forEach(a => seen.add(stripP2p(a)))
+            if (seen.size > 0) return { peer_id: event.peer.id.toString(), addrs: [...seen] }
           }
         }
+        if (seen.size > 0) return { peer_id: peerId.toString(), addrs: [...seen] }
       } finally {
         controller.abort()
       }
