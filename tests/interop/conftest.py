@@ -223,9 +223,15 @@ class KuboDaemons:
         for daemon in self.daemons:
             node.add_report_section("teardown", f"kubo {daemon.name}", daemon.diagnostics(lines=200))
 
-    def close(self) -> None:
+    def close(self, node: pytest.Item | None = None, failed: bool = False) -> None:
+        """Stop every daemon; with ``node``, attach the output of each one to
+        its report when the test failed or the daemon exited with an error."""
         for daemon in reversed(self.daemons):
-            daemon.stop()
+            code = daemon.stop()
+            if node is not None and (failed or code not in (0, None)):
+                node.add_report_section(
+                    "teardown", f"kubo {daemon.name} (exit {code})", daemon.diagnostics(lines=200)
+                )
 
 
 def _failed(node: pytest.Item) -> bool:
@@ -241,9 +247,7 @@ def kubo_daemon(request: pytest.FixtureRequest, interop_builds: Builds, tmp_path
     to the report of a failed test."""
     daemons = KuboDaemons(interop_builds, lambda name: tmp_path_factory.mktemp(f"kubo-{name}"))
     yield daemons
-    if _failed(request.node):
-        daemons.attach(request.node)
-    daemons.close()
+    daemons.close(request.node, _failed(request.node))
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ kadfast.
 - a stale and a forged IPNS record sent to the kadfast server are refused, and
   Kubo still resolves the newest value.
 
-Provider keys are the multihashes of the CIDs. Kubo drives with its CLI
-against each daemon's RPC API.
+Provider keys are the multihashes of the CIDs. Each daemon is driven with the
+`ipfs` CLI against its RPC API.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 DHT_TIMEOUT = 60.0
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _kubo_selected(request):
+    # module scope: decided before the module's daemons (or the build) start
     if not peer_selected(request.config, "kubo"):
         pytest.skip("kubo not among the selected interop implementations")
 
@@ -409,6 +410,7 @@ def test_cat_of_content_found_through_kadfast(pair, kad, server):
     if a.peer_id in swarm_peers(b):
         b.cli("swarm", "disconnect", f"/p2p/{a.peer_id}")
     assert b.cli("cat", cid, timeout=DHT_TIMEOUT) == data
+    assert a.peer_id in swarm_peers(b), "b fetched the file without connecting to a"
 
 
 async def _put_value(node: KadNode, server: KadNode, key: bytes, value: bytes) -> KadMessage | None:
@@ -460,6 +462,6 @@ def test_stale_and_forged_ipns_records_refused(pair, kad, server):
     assert parse_ipns(forged)["sequence"] == parse_ipns(newest).get("sequence", 0) + 1
     for what, record in (("stale", stale), ("forged", forged)):
         reply = kad.run(_put_value(client, server, routing_key, record))
-        assert reply is None, f"kadfast accepted the {what} IPNS record (reply {reply})"
+        assert reply is None, f"kadfast accepted the {what} IPNS record (a {reply.type.name} reply)"
         assert held() == newest, f"kadfast replaced the newest IPNS record with the {what} one"
         assert resolve(b, name) == second, f"Kubo resolves another value after the {what} put"
