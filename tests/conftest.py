@@ -20,5 +20,5 @@ def pytest_addoption(parser):
         "--interop-impls",
         default=None,
         help="comma list of interop peer implementations to test "
-        "(rust,go,js,py; default: $KADFAST_INTEROP_IMPLS or all four)",
+        "(rust,go,js,py,kubo; default: $KADFAST_INTEROP_IMPLS or all)",
     )

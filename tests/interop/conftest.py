@@ -1,8 +1,10 @@
 """Fixtures for the interop tests: build the peer programs once, spawn peers.
 
 Choose implementations with ``--interop-impls=rust,go`` or the environment
-variable ``KADFAST_INTEROP_IMPLS`` (comma list; default: all four). A build
-or start failure fails the test that needed it; it is never a skip.
+variable ``KADFAST_INTEROP_IMPLS`` (comma list; default: all four, and
+Kubo). ``kubo`` in the list selects the Kubo tests (test_kubo.py); a list
+without it leaves them out. A build or start failure fails the test that
+needed it; it is never a skip.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Callable, Sequence
 import pytest
 
 from .harness import (
+    EXTRA_PEERS,
     IMPLS,
     BuildError,
     BuildResult,
+    KuboDaemon,
+    KuboError,
     Peer,
     PeerStartError,
     build_for,
@@ -30,18 +35,36 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def selected_impls(config: pytest.Config) -> list[str]:
+def _selected_names(config: pytest.Config) -> list[str]:
+    """The names given by --interop-impls or KADFAST_INTEROP_IMPLS ([] if none)."""
     raw = config.getoption("--interop-impls", default=None)
     if raw is None:
         raw = os.environ.get("KADFAST_INTEROP_IMPLS", "")
-    names = [n.strip() for n in raw.split(",") if n.strip()] or list(IMPLS)
-    unknown = [n for n in names if n not in IMPLS]
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    known = IMPLS + EXTRA_PEERS
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise pytest.UsageError(
-            f"unknown interop implementation(s) {unknown}; known: {', '.join(IMPLS)}"
+            f"unknown interop implementation(s) {unknown}; known: {', '.join(known)}"
         )
+    return names
+
+
+def selected_impls(config: pytest.Config) -> list[str]:
+    """The control-protocol peers to test (default: all four). Names of
+    EXTRA_PEERS (``kubo``) may be given too; they are not among these."""
+    names = _selected_names(config)
+    if not names:
+        return list(IMPLS)
     # Keep the canonical order so test ids are stable.
     return [n for n in IMPLS if n in names]
+
+
+def peer_selected(config: pytest.Config, name: str) -> bool:
+    """Whether the tests of one of EXTRA_PEERS run: with no selection, or
+    when the selection names it."""
+    names = _selected_names(config)
+    return not names or name in names
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -169,3 +192,80 @@ def spawn_peer(request: pytest.FixtureRequest, interop_builds: Builds) -> SpawnP
                 f"peer {peer.name} (exit {code}, stop took {time.monotonic() - started:.1f}s)",
                 peer.diagnostics(lines=200),
             )
+
+
+# --------------------------------------------------------------------------
+# Kubo
+# --------------------------------------------------------------------------
+
+
+class KuboDaemons:
+    """Starts Kubo daemons (each with its own repository under a temporary
+    directory) and stops them all at ``close()``."""
+
+    def __init__(self, builds: Builds, tmp: Callable[[str], "os.PathLike[str]"]) -> None:
+        self._builds = builds
+        self._tmp = tmp
+        self.daemons: list[KuboDaemon] = []
+
+    def __call__(
+        self,
+        bootstrap: list[str] | tuple[str, ...],
+        routing: str = "dht",
+        name: str | None = None,
+        config: dict | None = None,
+    ) -> KuboDaemon:
+        """A started daemon whose only bootstrap peers are ``bootstrap``."""
+        build = self._builds.get("kubo")
+        name = name or f"kubo{len(self.daemons) + 1}"
+        daemon = KuboDaemon(
+            build.argv[0], self._tmp(name), bootstrap=bootstrap, routing=routing,
+            config=config, name=name,
+        )
+        self.daemons.append(daemon)
+        try:
+            daemon.start()
+        except KuboError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        return daemon
+
+    def attach(self, node: pytest.Item) -> None:
+        """Each daemon's output into the report of ``node``."""
+        for daemon in self.daemons:
+            node.add_report_section("teardown", f"kubo {daemon.name}", daemon.diagnostics(lines=200))
+
+    def close(self, node: pytest.Item | None = None, failed: bool = False) -> None:
+        """Stop every daemon; with ``node``, attach the output of each one to
+        its report when the test failed or the daemon exited with an error."""
+        for daemon in reversed(self.daemons):
+            code = daemon.stop()
+            if node is not None and (failed or code not in (0, None)):
+                node.add_report_section(
+                    "teardown", f"kubo {daemon.name} (exit {code})", daemon.diagnostics(lines=200)
+                )
+
+
+def _failed(node: pytest.Item) -> bool:
+    return any(
+        getattr(getattr(node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def kubo_daemon(request: pytest.FixtureRequest, interop_builds: Builds, tmp_path_factory):
+    """Factory: ``kubo_daemon(bootstrap, routing="dht", name=None, config=None)``
+    -> a started :class:`KuboDaemon`; stopped at teardown, its output attached
+    to the report of a failed test."""
+    daemons = KuboDaemons(interop_builds, lambda name: tmp_path_factory.mktemp(f"kubo-{name}"))
+    yield daemons
+    daemons.close(request.node, _failed(request.node))
+
+
+@pytest.fixture(scope="module")
+def kubo_module_daemons(interop_builds: Builds, tmp_path_factory):
+    """Like ``kubo_daemon``, but the daemons live until the module's end
+    (shared by its tests). The module attaches their output to its failed
+    tests with ``kubo_module_daemons.attach(request.node)``."""
+    daemons = KuboDaemons(interop_builds, lambda name: tmp_path_factory.mktemp(f"kubo-{name}"))
+    yield daemons
+    daemons.close()

@@ -38,10 +38,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 __all__ = [
+    "EXTRA_PEERS",
     "IMPLS",
     "PEERS_DIR",
     "BuildError",
     "BuildResult",
+    "KuboDaemon",
+    "KuboError",
     "PeerBuild",
     "Peer",
     "PeerError",
@@ -54,6 +57,9 @@ __all__ = [
 ]
 
 IMPLS = ("rust", "go", "js", "py")
+#: peers that do not speak the control protocol (so not in the pairs tests);
+#: their own test files run them
+EXTRA_PEERS = ("kubo",)
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
 # Bump to force every peer to rebuild after a change of the recipes below.
@@ -483,8 +489,106 @@ class PyBuild(PeerBuild):
         return [str(self.artifacts()[0]), "-u", str(self.src / "peer.py")]
 
 
+class KuboBuild(PeerBuild):
+    """Kubo, the reference IPFS daemon, built from the Go module proxy.
+
+    Kubo's ``go.mod`` replaces go-libp2p with a fork that the module proxy
+    does not serve, so the recipe builds a writable copy of the module with
+    that replace dropped and upstream go-libp2p required instead. Nothing of
+    it lives in the clone: the digest covers the recipe's constants and the
+    Go version.
+    """
+
+    impl = "kubo"
+    module = "github.com/ipfs/kubo"
+    version = "v0.43.1"
+    #: (module, version) required in place of the fork Kubo's go.mod names
+    libp2p = ("github.com/libp2p/go-libp2p", "v0.50.0")
+    #: bump when the steps below change
+    recipe = "1"
+
+    def __init__(self, cache: Path | None = None, peers_dir: Path = PEERS_DIR):
+        super().__init__(cache, peers_dir)
+        self.src = self.cache  # no sources in the clone; tools run in the cache
+        self.module_dir = self.out / "module"
+
+    def sources(self) -> list[Path]:
+        return []
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(f"recipe {RECIPE_VERSION} kubo {self.recipe}\n".encode())
+        h.update(f"module {self.module}@{self.version}\n".encode())
+        h.update(f"require {self.libp2p[0]}@{self.libp2p[1]} (replace dropped)\n".encode())
+        h.update(f"toolchain {self.toolchain()}\n".encode())
+        return h.hexdigest()
+
+    def toolchain_cmds(self) -> list[list[str]]:
+        return [["go", "version"]]
+
+    def artifacts(self) -> list[Path]:
+        return [self.out / "ipfs"]
+
+    def _module_source(self) -> Path:
+        """``go mod download`` of Kubo; the module's (read-only) directory."""
+        argv = ["go", "mod", "download", "-json", f"{self.module}@{self.version}"]
+        with self.log.open("ab") as log:
+            log.write(f"\n$ (cd {self.out} && {' '.join(argv)})\n".encode())
+            try:
+                proc = subprocess.run(
+                    argv, cwd=self.out, capture_output=True, timeout=BUILD_TIMEOUT_S,
+                    stdin=subprocess.DEVNULL,
+                )
+            except FileNotFoundError as exc:
+                raise BuildError(self.impl, f"go: command not found ({exc})", log=self.log) from None
+            except subprocess.TimeoutExpired:
+                raise BuildError(self.impl, f"{' '.join(argv)} timed out", _tail_file(self.log), self.log) from None
+            log.write(proc.stdout + proc.stderr)
+        try:
+            info = json.loads(proc.stdout)
+        except ValueError:
+            info = {}
+        if proc.returncode != 0 or not info.get("Dir") or info.get("Error"):
+            raise BuildError(
+                self.impl, f"{' '.join(argv)} exited with {proc.returncode}", _tail_file(self.log), self.log
+            )
+        return Path(info["Dir"])
+
+    @staticmethod
+    def _make_writable(root: Path) -> None:
+        for path in (root, *root.rglob("*")):
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o200)
+
+    def build_steps(self) -> None:
+        source = self._module_source()
+        if self.module_dir.exists():
+            self._make_writable(self.module_dir)
+            shutil.rmtree(self.module_dir)
+        # the module cache is read-only; the copy is edited in place
+        shutil.copytree(source, self.module_dir, symlinks=True)
+        self._make_writable(self.module_dir)
+        name, version = self.libp2p
+        self._run(
+            ["go", "mod", "edit", f"-dropreplace={name}", f"-require={name}@{version}"],
+            cwd=self.module_dir,
+        )
+        # -mod=mod: go.sum gains the entries of the required go-libp2p
+        self._run(
+            ["go", "build", "-mod=mod", "-o", str(self.artifacts()[0]), "./cmd/ipfs"],
+            cwd=self.module_dir,
+        )
+        self._run([str(self.artifacts()[0]), "version", "--all"], cwd=self.out)
+
+    def run_cwd(self) -> Path:
+        return self.out
+
+    def command(self) -> list[str]:
+        return [str(self.artifacts()[0])]
+
+
 BUILDERS: dict[str, type[PeerBuild]] = {
-    cls.impl: cls for cls in (RustBuild, GoBuild, JsBuild, PyBuild)
+    cls.impl: cls for cls in (RustBuild, GoBuild, JsBuild, PyBuild, KuboBuild)
 }
 
 
@@ -492,7 +596,7 @@ def build_for(impl: str, cache: Path | None = None) -> PeerBuild:
     try:
         return BUILDERS[impl](cache)
     except KeyError:
-        raise ValueError(f"unknown implementation {impl!r} (known: {', '.join(IMPLS)})") from None
+        raise ValueError(f"unknown implementation {impl!r} (known: {', '.join(BUILDERS)})") from None
 
 
 # --------------------------------------------------------------------------
@@ -860,3 +964,266 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{message} not reached within {timeout:.0f}s (last: {last!r})")
         time.sleep(interval)
+
+
+# --------------------------------------------------------------------------
+# Kubo
+# --------------------------------------------------------------------------
+
+
+class KuboError(Exception):
+    """An ``ipfs`` command failed, or the daemon did not start."""
+
+
+def _set_path(config: dict[str, Any], dotted: str, value: Any) -> None:
+    node = config
+    *parents, last = dotted.split(".")
+    for name in parents:
+        child = node.get(name)
+        if not isinstance(child, dict):
+            child = node[name] = {}
+        node = child
+    node[last] = value
+
+
+#: The settings of every daemon on top of ``ipfs init --profile=test`` (which
+#: already listens on 127.0.0.1 only, port 0, with no bootstrap peers, mDNS,
+#: AutoConf, AutoTLS or delegated routers): TCP is the only transport, no
+#: relay, hole punching, NAT port mapping or AutoNAT service, no HTTP routing
+#: or retrieval. ``LoopbackAddressesOnLanDHT`` off keeps Kubo's LAN DHT
+#: (``/ipfs/lan/kad/1.0.0``) from routing between daemons on loopback, so the
+#: WAN DHT, and the kadfast server in it, is the only DHT they use.
+KUBO_CONFIG: dict[str, Any] = {
+    "Addresses.Swarm": ["/ip4/127.0.0.1/tcp/0"],
+    "Addresses.API": ["/ip4/127.0.0.1/tcp/0"],
+    "Addresses.Gateway": ["/ip4/127.0.0.1/tcp/0"],
+    "Addresses.Announce": [],
+    "Addresses.AppendAnnounce": [],
+    "Addresses.NoAnnounce": [],
+    "Swarm.Transports.Network.TCP": True,
+    "Swarm.Transports.Network.QUIC": False,
+    "Swarm.Transports.Network.Websocket": False,
+    "Swarm.Transports.Network.WebTransport": False,
+    "Swarm.Transports.Network.WebRTCDirect": False,
+    "Swarm.Transports.Network.Relay": False,
+    "Swarm.RelayClient.Enabled": False,
+    "Swarm.RelayService.Enabled": False,
+    "Swarm.EnableHolePunching": False,
+    "Swarm.DisableNatPortMap": True,
+    "AutoNAT.ServiceMode": "disabled",
+    "Discovery.MDNS.Enabled": False,
+    "AutoConf.Enabled": False,
+    "AutoTLS.Enabled": False,
+    "Routing.DelegatedRouters": [],
+    "Routing.LoopbackAddressesOnLanDHT": False,
+    "Ipns.DelegatedPublishers": [],
+    "HTTPRetrieval.Enabled": False,
+    "Version.SwarmCheckEnabled": False,
+}
+
+#: Environment of the daemon and its CLI calls. TEST_DHT_STUB lets Kubo's WAN
+#: DHT keep loopback peers and addresses (it drops them otherwise).
+KUBO_ENV = {"TEST_DHT_STUB": "1", "IPFS_TELEMETRY": "off", "DO_NOT_TRACK": "1"}
+
+KUBO_READY_LINE = "Daemon is ready"
+
+
+class KuboDaemon:
+    """One ``ipfs daemon`` with a repository of its own (``IPFS_PATH`` under
+    ``root``), bootstrapping only from ``bootstrap``.
+
+    ``routing`` is ``Routing.Type`` (``dht``, ``dhtclient``, ``dhtserver``);
+    ``config`` adds or overrides settings (dotted keys, JSON values).
+    ``cli(...)`` runs ``ipfs --api <its API> ...``.
+    """
+
+    def __init__(
+        self,
+        binary: str | Path,
+        root: Path,
+        *,
+        bootstrap: list[str] | tuple[str, ...] = (),
+        routing: str = "dht",
+        config: dict[str, Any] | None = None,
+        name: str = "kubo",
+        env: dict[str, str] | None = None,
+    ):
+        self.binary = str(binary)
+        self.name = name
+        self.repo = Path(root) / "repo"
+        self.settings = dict(KUBO_CONFIG)
+        self.settings["Bootstrap"] = list(bootstrap)
+        self.settings["Routing.Type"] = routing
+        self.settings.update(config or {})
+        self.env = dict(os.environ if env is None else env)
+        self.env.update(KUBO_ENV)
+        self.env["IPFS_PATH"] = str(self.repo)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api: str | None = None  # multiaddr of the RPC API
+        self.peer_id: str | None = None
+        self.addrs: list[str] = []  # swarm listen addresses
+        self._stdout: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._ready = threading.Event()
+        self._eof = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.start_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<KuboDaemon {self.name} id={self.peer_id} api={self.api}>"
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def init(self) -> "KuboDaemon":
+        """``ipfs init --profile=test``, then the settings into its config file."""
+        self.repo.mkdir(parents=True, exist_ok=True)
+        self._run_offline(["init", "--profile=test"])
+        path = self.repo / "config"
+        config = json.loads(path.read_text())
+        for dotted, value in self.settings.items():
+            _set_path(config, dotted, value)
+        _write_atomic(path, json.dumps(config, indent=2))
+        self.peer_id = config["Identity"]["PeerID"]
+        return self
+
+    def _run_offline(self, args: list[str], timeout: float = 60) -> bytes:
+        try:
+            proc = subprocess.run(
+                [self.binary, *args], env=self.env, capture_output=True, timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise KuboError(f"[{self.name}] ipfs {' '.join(args)}: {exc}") from None
+        if proc.returncode != 0:
+            raise KuboError(
+                f"[{self.name}] ipfs {' '.join(args)} exited with {proc.returncode}\n"
+                f"{proc.stdout.decode(errors='replace')}{proc.stderr.decode(errors='replace')}"
+            )
+        return proc.stdout
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "KuboDaemon":
+        if self.peer_id is None:
+            self.init()
+        started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                [self.binary, "daemon"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise KuboError(f"[{self.name}] cannot run {self.binary}: {exc}") from None
+        for target, stream in ((self._read_stdout, "stdout"), (self._read_stderr, "stderr")):
+            thread = threading.Thread(target=target, name=f"kubo-{self.name}-{stream}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        deadline = started + timeout
+        while not self._ready.wait(0.1):
+            if self._eof.is_set() or time.monotonic() > deadline:
+                why = "exited" if self._eof.is_set() else f"was not ready within {timeout:.0f}s"
+                self.stop()
+                raise KuboError(f"[{self.name}] daemon {why}\n{self.diagnostics()}")
+        self.start_seconds = time.monotonic() - started
+        self.api = (self.repo / "api").read_text().strip()
+        ident = self.cli_json("id")
+        if ident.get("ID") != self.peer_id:
+            raise KuboError(f"[{self.name}] ipfs id says {ident.get('ID')}, the config {self.peer_id}")
+        self.addrs = [a.split("/p2p/")[0] for a in ident.get("Addresses") or [] if "/tcp/" in a]
+        if not self.addrs:
+            raise KuboError(f"[{self.name}] no TCP listen address in {ident}\n{self.diagnostics()}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                if stream:
+                    stream.close()
+        return proc.returncode
+
+    def _signal(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)  # its own session: nothing else
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def maddr(self) -> str:
+        return f"{self.addrs[0]}/p2p/{self.peer_id}"
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            for raw in self.proc.stdout:
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                self._stdout.append(line)
+                if line.strip() == KUBO_READY_LINE:
+                    self._ready.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._eof.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        try:
+            for raw in self.proc.stderr:
+                self._stderr.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+        except (OSError, ValueError):
+            pass
+
+    # -- commands ------------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 60, input: bytes | None = None) -> bytes:
+        """``ipfs --api <api> args...``; its stdout. KuboError on a failure."""
+        __tracebackhide__ = True
+        if self.api is None:
+            raise KuboError(f"[{self.name}] daemon not started")
+        argv = [self.binary, "--api", self.api, *args]
+        try:
+            proc = subprocess.run(
+                argv, env=self.env, input=input, capture_output=True, timeout=timeout,
+                stdin=None if input is not None else subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise KuboError(
+                f"[{self.name}] ipfs {' '.join(args)} timed out after {timeout:.0f}s\n{self.diagnostics()}"
+            ) from None
+        if proc.returncode != 0:
+            raise KuboError(
+                f"[{self.name}] ipfs {' '.join(args)} exited with {proc.returncode}: "
+                f"{proc.stderr.decode(errors='replace').strip()}\n{self.diagnostics()}"
+            )
+        return proc.stdout
+
+    def cli_json(self, *args: str, timeout: float = 60) -> Any:
+        return json.loads(self.cli(*args, "--enc=json", timeout=timeout))
+
+    def diagnostics(self, lines: int = 60) -> str:
+        code = self.proc.poll() if self.proc is not None else None
+        return "\n".join([
+            f"--- kubo {self.name} (id {self.peer_id}, IPFS_PATH {self.repo}, exit code {code})",
+            "stdout:", *list(self._stdout)[-lines:],
+            f"stderr (last {lines} lines):", *(list(self._stderr)[-lines:] or ["<empty>"]),
+        ])
