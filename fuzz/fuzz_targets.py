@@ -44,6 +44,7 @@ from kadfast.errors import (
     RoutingError,
     YamuxError,
 )
+from kadfast import ipns
 from kadfast.identify import IdentifyInfo, IdentifyReader, decode_identify, encode_identify
 from kadfast.kad import pb
 from kadfast.keys import Ed25519KeyPair, PublicKey, load_keypair
@@ -827,3 +828,33 @@ def keyspace(data: bytes) -> str:
             raise Finding(f"closest_digests tie order: compiled {ci} vs twin {pi} (equal distances {[hex(d) for d in cd]})")
     same("compiled vs twin", c, p)
     return label(c)
+
+
+# -- IPNS records --------------------------------------------------------------------
+_IPNS_NOW = 1_700_000_000.0
+
+
+def _ipns_seeds() -> list[bytes]:
+    eol = _IPNS_NOW + 3600
+    return [
+        ipns.create_record(KP_A, "/ipfs/bafkqaaa", 3, eol),
+        ipns.create_record(KP_A, "/ipfs/bafkqaaa", 4, eol, v1=False),
+        ipns.create_record(KP_A, "/ipns/k51qzi5uqu5d", 0, eol, embed_public_key=True),
+    ]
+
+
+@target("ipns_record", (ipns.IpnsError,), _ipns_seeds)
+def ipns_record(data: bytes) -> str:
+    """``verify_record`` of a name on a fixed clock (the server's check of an
+    /ipns/ PUT_VALUE), and the selector on the input against a valid record."""
+    res = outcome(lambda: ipns.verify_record(KP_A.peer_id, data, _IPNS_NOW), ipns.IpnsError)
+    if res[0] == "ok":
+        again = ipns.decode_entry(ipns.decode_entry(data).encode())
+        same("decode(encode(entry))", again, ipns.decode_entry(data))
+    valid = _IPNS_SEED_RECORD
+    same("select_best vs compare", ipns.select_best([data, valid]), 0 if ipns.compare(data, valid) >= 0 else 1)
+    return label(res)
+
+
+_IPNS_SEED_RECORD = _ipns_seeds()[0]
+
