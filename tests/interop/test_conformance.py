@@ -19,21 +19,20 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from kadfast import Multiaddr, PeerId
-from kadfast.kad.node import Config, KadNode
+from kadfast.kad.node import KadNode
 from kadfast.kad.pb import KadMessage, MessageType, decode_message, encode_message, frame
 from kadfast.loop import run as run_loop
 from kadfast.net import Host, HostConfig
 
 from .conftest import selected_impls
 from .harness import IMPLS, PeerError
+from .kadnodes import call, node_maddr, provider_key, start_node, until
 
 pytestmark = pytest.mark.interop
 
@@ -63,36 +62,18 @@ def other_impl(impl: str, selected: list[str], among=IMPLS) -> str:
     return order[0]
 
 
-def provider_key(text: str) -> bytes:
-    """The wire key of a provider record per PROTOCOL.md: a sha2-256 multihash."""
-    return b"\x12\x20" + hashlib.sha256(text.encode()).digest()
 
 
 def random_peer_id() -> PeerId:
     return PeerId(bytes.fromhex("002408011220") + os.urandom(32))
 
 
-async def call(peer, cmd, **args):
-    return await asyncio.to_thread(peer.call, cmd, **args)
 
 
-async def start_node() -> KadNode:
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16))
-    node = KadNode(config=Config(), host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
-    await node.start()
-    return node
 
 
-def node_maddr(node: KadNode) -> str:
-    return str(node.listen_addrs[0].with_peer_id(node.peer_id))
 
 
-async def until(predicate, timeout=20.0, interval=0.1, what="condition"):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-        await asyncio.sleep(interval)
 
 
 async def ask(server: KadNode, msg: KadMessage) -> KadMessage:

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -18,11 +17,11 @@ from kadfast import Multiaddr, PeerId
 from kadfast.kad.node import Config, KadNode, Quorum
 from kadfast.kad.pb import KadMessage, MessageType, decode_message, encode_message, frame
 from kadfast.loop import run as run_loop
-from kadfast.net import HostConfig
 from kadfast.reqresp import JsonRequestResponse
 from kadfast.store import Record
 
 from .conftest import selected_impls
+from .kadnodes import call, node_maddr, provider_key, start_node, until
 
 pytestmark = pytest.mark.interop
 
@@ -32,32 +31,14 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("impl", selected_impls(metafunc.config))
 
 
-def provider_key(text: str) -> bytes:
-    """The wire key of a provider record per PROTOCOL.md: a sha2-256 multihash."""
-    return b"\x12\x20" + hashlib.sha256(text.encode()).digest()
 
 
-async def call(peer, cmd, **args):
-    return await asyncio.to_thread(peer.call, cmd, **args)
 
 
-async def start_node() -> KadNode:
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16))
-    node = KadNode(config=Config(), host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
-    await node.start()
-    return node
 
 
-def node_maddr(node: KadNode) -> str:
-    return str(node.listen_addrs[0].with_peer_id(node.peer_id))
 
 
-async def until(predicate, timeout=20.0, interval=0.1):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
 
 
 def test_kad_both_ways(spawn_peer, impl):

@@ -44,6 +44,7 @@ from kadfast.net import HostConfig
 from kadfast.net.stream import StreamReset
 
 from .conftest import peer_selected
+from .kadnodes import node_maddr
 
 pytestmark = pytest.mark.interop
 
@@ -118,8 +119,6 @@ class KadfastLoop:
                 self.loop.close()
 
 
-def node_maddr(node: KadNode) -> str:
-    return str(node.listen_addrs[0].with_peer_id(node.peer_id))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
