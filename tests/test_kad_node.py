@@ -203,6 +203,49 @@ def test_record_size_limits_end_to_end():
     run_loop(lambda: asyncio.wait_for(main(), 30))
 
 
+def test_answers_with_a_large_record_fit_in_a_message():
+    """A GET_VALUE answer carrying a value at the limit beside 20 closer peers
+    with many addresses each would exceed 16 KiB, which rust neither sends
+    nor reads: the farthest closer peers are left out until it fits; the
+    record always goes. GET_PROVIDERS likewise."""
+    from kadfast.kad.pb import MAX_MESSAGE_SIZE, MAX_VALUE_SIZE, MessageReader, decode_message, encode_message
+
+    node = offline_node()
+    for i, p in enumerate(peer_ids(40)):
+        node.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
+        node.host.addrbook.add(p, [Multiaddr(f"/dns4/{'a' * 10}-{i}-{j}.org/tcp/{4000 + j}") for j in range(15)],
+                               node.clock(), source="identify")
+    key = b"/big/" + b"k" * 200
+    node.store.put(Record(key, os.urandom(MAX_VALUE_SIZE), publisher=node.peer_id, expires=node.clock() + 60), node.clock())
+    asker = peer_ids(1)[0]
+    for framed in (False, True):
+        reply = node._handle_request(asker, KadMessage(MessageType.GET_VALUE, key=key), None, framed)
+        if framed:
+            assert len(reply) <= MAX_MESSAGE_SIZE
+            (body,) = MessageReader(MAX_MESSAGE_SIZE).feed(reply)
+            reply = decode_message(body)
+        assert len(encode_message(reply)) <= MAX_MESSAGE_SIZE
+        assert reply.record.value == node.store.get(key, node.clock()).value
+        assert 0 < len(reply.closer_peers) < 20
+    # a small record: all 20 closer peers; FIND_NODE too
+    node.store.put(Record(b"/small/k", b"v", publisher=node.peer_id, expires=node.clock() + 60), node.clock())
+    reply = node._handle_request(asker, KadMessage(MessageType.GET_VALUE, key=b"/small/k"), None)
+    assert len(reply.closer_peers) == 20
+    # peers with very many long addresses: even a FIND_NODE answer is cut to fit
+    node = offline_node()
+    for i, p in enumerate(peer_ids(40)):
+        node.add_address(p, Multiaddr(f"/dns4/{'b' * 60}-{i}-0.org/tcp/5000"))
+        node.host.addrbook.add(p, [Multiaddr(f"/dns4/{'b' * 60}-{i}-{j}.org/tcp/{5000 + j}") for j in range(1, 16)],
+                               node.clock(), source="identify")
+    for framed in (False, True):
+        reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=os.urandom(32)), None, framed)
+        if framed:
+            assert len(reply) <= MAX_MESSAGE_SIZE
+            (body,) = MessageReader(MAX_MESSAGE_SIZE).feed(reply)
+            reply = decode_message(body)
+        assert len(encode_message(reply)) <= MAX_MESSAGE_SIZE and 0 < len(reply.closer_peers) < 20
+
+
 def _closed_port() -> int:
     import socket
 

@@ -157,6 +157,24 @@ def test_data_with_syn_and_fin_in_one_frame():
     assert s.events() == [StreamClosed(5)]
 
 
+def test_open_data_and_reset_in_one_read():
+    """A cancelled request: SYN, data and RST in one read. The events come
+    all at once, and by then the session no longer has the stream
+    (``has_stream``), which the application checks before it answers."""
+    s = YamuxSession(False)
+    ev = s.receive_data(frame(TYPE_DATA, FLAG_SYN, 7, 3, b"req") + frame(TYPE_WINDOW_UPDATE, FLAG_RST, 7, 0))
+    assert ev == [StreamOpened(7), StreamData(7, b"req"), StreamReset(7)]
+    assert not s.has_stream(7) and s.stream_ids() == []
+    with pytest.raises(YamuxError):
+        s.send(7, b"late")
+    s.close_stream(7)  # ignored, as are
+    s.reset_stream(7)  # both of these
+    s.consumed(7, 3)
+    assert s.data_to_send() == b"" and not s.is_closed
+    s.receive_data(frame(TYPE_DATA, FLAG_SYN, 9, 1, b"x"))
+    assert s.has_stream(9)
+
+
 def test_window_update_syn_opens_stream():
     s = YamuxSession(False)
     assert s.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)) == [StreamOpened(1)]

@@ -717,21 +717,25 @@ class KadNode:
                 fields = self._closer_fields(Key(msg.key), peer, now)
                 if target is not None:
                     fields.insert(0, closer_field(encode_peer(target.peer_id, target.addrs, target.connection)))
-                return encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
+                return self._fitted(len(fields), lambda n: encode_find_node_reply(
+                    msg.key, fields[:n], MessageType.FIND_NODE, framed=True, closer_fields=True))
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             if target is not None:
                 closer.insert(0, target)
-            return KadMessage(MessageType.FIND_NODE, key=msg.key, closer_peers=closer)
+            return self._fitted(len(closer), lambda n: KadMessage(
+                MessageType.FIND_NODE, key=msg.key, closer_peers=closer[:n]))
         if t == MessageType.GET_VALUE:
             rec = self.store.get(msg.key, now)
             kr = None
             if rec is not None:
                 kr = KadRecord(rec.key, rec.value, time_received=_rfc3339(self.wall_clock()), publisher=rec.publisher)
             if framed:
-                return encode_find_node_reply(msg.key, self._closer_fields(Key(msg.key), peer, now),
-                                              MessageType.GET_VALUE, record=kr, framed=True, closer_fields=True)
+                fields = self._closer_fields(Key(msg.key), peer, now)
+                return self._fitted(len(fields), lambda n: encode_find_node_reply(
+                    msg.key, fields[:n], MessageType.GET_VALUE, record=kr, framed=True, closer_fields=True))
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
-            return KadMessage(MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer)
+            return self._fitted(len(closer), lambda n: KadMessage(
+                MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer[:n]))
         if t == MessageType.PUT_VALUE:
             if not self._put_limiter.allow(peer, now):  # raising resets the stream (logged by the host)
                 raise RateLimited(f"PUT_VALUE from {peer} over {self.config.max_puts_per_peer_per_second}/s")
@@ -769,15 +773,33 @@ class KadNode:
                 if addrs:
                     providers.append(KadPeer(rec.provider, addrs, 0))
             if framed:
-                return encode_find_node_reply(
-                    msg.key, self._closer_fields(Key(msg.key), peer, now), MessageType.GET_PROVIDERS,
-                    [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers], framed=True,
-                    closer_fields=True)
+                fields = self._closer_fields(Key(msg.key), peer, now)
+                bodies = [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers]
+                return self._fitted(len(fields), lambda n: encode_find_node_reply(
+                    msg.key, fields[:n], MessageType.GET_PROVIDERS, bodies, framed=True, closer_fields=True))
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
-            return KadMessage(MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer, provider_peers=providers)
+            return self._fitted(len(closer), lambda n: KadMessage(
+                MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer[:n], provider_peers=providers))
         if t == MessageType.PING:
             return KadMessage(MessageType.PING)
         raise KadError(f"unsupported message type {t}")
+
+    def _fitted(self, closer: int, build):
+        """``build(n)``, the answer with its first ``n`` closer peers, for the
+        largest ``n <= closer`` whose encoding fits in ``max_message_size``
+        (rust reads and sends nothing larger): 20 closer peers with many long
+        addresses each, or a record near the value limit or many providers
+        beside them, would not. The farthest closer peers are left out first;
+        the record and the providers always go. The common case costs one
+        length check (and, unframed, one encoding)."""
+        out = build(closer)
+        limit = self.config.max_message_size
+        size = len(out) if out.__class__ is bytes else len(encode_message(out))
+        while size > limit and closer:
+            closer -= 1
+            out = build(closer)
+            size = len(out) if out.__class__ is bytes else len(encode_message(out))
+        return out
 
     def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
         """Whether the record held for ``key`` beats the (valid) ``new`` one:
