@@ -717,7 +717,10 @@ class KadNode:
                 fields = self._closer_fields(Key(msg.key), peer, now)
                 if target is not None:
                     fields.insert(0, closer_field(encode_peer(target.peer_id, target.addrs, target.connection)))
-                return self._fitted(len(fields), lambda n: encode_find_node_reply(
+                out = encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
+                if len(out) <= self.config.max_message_size:  # the hot path: no closure
+                    return out
+                return self._fitted(len(fields) - 1, lambda n: encode_find_node_reply(
                     msg.key, fields[:n], MessageType.FIND_NODE, framed=True, closer_fields=True))
             closer = self._closest_kad_peers(Key(msg.key), peer, now)
             if target is not None:
