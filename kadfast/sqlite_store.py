@@ -2,9 +2,9 @@
 
 Same semantics and limits as :class:`~kadfast.store.MemoryStore`: one record per
 key (last writer wins, publisher and expiry kept with it); provider records per
-key, distinct by provider, at most ``max_providers_per_key``, a newcomer closer
-to the key (XOR distance of :class:`kadfast.Key`) replacing the farthest when
-the key is full; provider records of the local node ("provided" keys) bounded
+key, distinct by provider, at most ``max_providers_per_key``, the first ones
+kept when the key is full (the local node's own record replacing the farthest,
+by the XOR distance of :class:`kadfast.Key`); provider records of the local node ("provided" keys) bounded
 by ``max_provided_keys``; TTL expiry and :meth:`SqliteStore.sweep`.
 
 Durability
@@ -369,21 +369,24 @@ class SqliteStore(RecordStore):
                 if mine >= cfg.max_provided_keys:
                     raise StoreFull(f"this node already provides its limit of {cfg.max_provided_keys} keys")
             distance = Key(record.key).distance(Key(provider)).to_bytes(32, "big")
-            (closer,) = db.execute(
-                "SELECT count(*) FROM providers WHERE key = ? AND distance <= ?", (record.key, distance)
-            ).fetchone()
-            if closer >= cfg.max_providers_per_key:
-                return False  # full, and every provider held is closer to the key
-            db.execute(
-                "INSERT INTO providers (key, provider, distance, addrs, expires) VALUES (?, ?, ?, ?, ?)",
-                (record.key, provider, distance, addrs, expires),
-            )
-            if held + 1 > cfg.max_providers_per_key:
+            if held >= cfg.max_providers_per_key:
+                # expired providers make room; then a full key keeps the
+                # providers that came first, but for our own record
+                db.execute("DELETE FROM providers WHERE key = ? AND expires IS NOT NULL AND expires <= ?",
+                           (record.key, self._to_disk(now)))
+                (held,) = db.execute("SELECT count(*) FROM providers WHERE key = ?", (record.key,)).fetchone()
+            if held >= cfg.max_providers_per_key:
+                if not is_local:
+                    return False
                 db.execute(
                     "DELETE FROM providers WHERE rowid IN (SELECT rowid FROM providers WHERE key = ? "
                     "ORDER BY distance DESC, rowid DESC LIMIT ?)",
                     (record.key, held + 1 - cfg.max_providers_per_key),
                 )
+            db.execute(
+                "INSERT INTO providers (key, provider, distance, addrs, expires) VALUES (?, ?, ?, ?, ?)",
+                (record.key, provider, distance, addrs, expires),
+            )
         return True
 
     def providers(self, key: bytes, now: float) -> list[ProviderRecord]:

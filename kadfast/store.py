@@ -2,8 +2,9 @@
 
 - One record per key: a later put overwrites (publisher and expiry kept with it).
 - Provider records accumulate per key, distinct by provider, at most
-  ``max_providers_per_key``; when a key is full, a newcomer closer to the key
-  than the farthest provider replaces it.
+  ``max_providers_per_key``; a key full of live providers keeps the ones
+  that came first and refuses newcomers (but for the local node's own
+  record, which takes the farthest one's place).
 - Expiry times are absolute instants on the caller's clock; time is passed in.
 
 The :class:`RecordStore` interface is what the node uses, so that a persistent
@@ -105,7 +106,11 @@ class RecordStore(abc.ABC):
 
     @abc.abstractmethod
     def add_provider(self, record: ProviderRecord, now: float) -> bool:
-        """Add or refresh a provider; False when the key is full of closer providers."""
+        """Add or refresh a provider; False when the key already has
+        ``max_providers_per_key`` live providers (the first ones stay, as
+        rust-libp2p does: closer newcomers, e.g. identities ground near the
+        key, evict no one). The local node's own record always goes in, in
+        the place of the farthest provider."""
 
     @abc.abstractmethod
     def providers(self, key: bytes, now: float) -> list[ProviderRecord]: ...
@@ -194,21 +199,20 @@ class MemoryStore(RecordStore):
                 return True
         if is_local and record.key not in self._provided and len(self._provided) >= cfg.max_provided_keys:
             raise StoreFull(f"this node already provides its limit of {cfg.max_provided_keys} keys")
+        live = [p for p in providers if not p.is_expired(now)]
+        if len(live) >= cfg.max_providers_per_key:
+            if not is_local:
+                return False  # full: the providers that came first stay (identities ground near a key evict no one)
+            live.pop()  # our own record takes the place of the farthest
         target = Key(record.key)
-        new_key = Key(record.provider.to_bytes())
-        dist = target.distance(new_key)
-        pos = len(providers)
-        for i, p in enumerate(providers):
+        dist = target.distance(Key(record.provider.to_bytes()))
+        pos = len(live)
+        for i, p in enumerate(live):
             if dist < target.distance(Key(p.provider.to_bytes())):
                 pos = i
                 break
-        if pos >= cfg.max_providers_per_key:
-            return False  # full, and every provider held is closer to the key
-        providers.insert(pos, record)
-        if len(providers) > cfg.max_providers_per_key:
-            dropped = providers.pop()
-            if dropped.provider == self.local_peer_id:
-                self._provided.pop(dropped.key, None)
+        live.insert(pos, record)
+        providers = live
         self._providers[record.key] = providers
         if is_local:
             self._provided[record.key] = record

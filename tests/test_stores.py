@@ -197,22 +197,30 @@ def test_providers_are_ordered_closest_first(make_store):
     assert got == sorted(ps, key=lambda p: target.distance(Key(p.to_bytes())))
 
 
-def test_full_key_keeps_the_closest_providers(make_store):
+def test_full_key_keeps_the_providers_that_came_first(make_store):
+    """A key full of live providers refuses newcomers, however close to the
+    key (identities ground near it would otherwise evict the honest ones,
+    issue of Sybils; rust-libp2p ignores newcomers too). Held providers are
+    refreshed, an expired one makes room, and answers come closest first."""
     me = peers(1)[0]
     s = make_store(me, StoreConfig(max_providers_per_key=3))
     key = b"some key"
     target = Key(key)
-    candidates = peers(12)
-    for p in candidates:
-        s.add_provider(ProviderRecord(key, p), 0.0)
+    first, later = peers(3), peers(9)
+    for p in first[:2]:
+        assert s.add_provider(ProviderRecord(key, p), 0.0)
+    assert s.add_provider(ProviderRecord(key, first[2], expires=5.0), 0.0)
+    for p in later:
+        assert s.add_provider(ProviderRecord(key, p), 0.0) is False
     kept = [p.provider for p in s.providers(key, 0.0)]
-    expected = sorted(candidates, key=lambda p: target.distance(Key(p.to_bytes())))[:3]
-    assert kept == expected
-    farther = sorted(candidates, key=lambda p: target.distance(Key(p.to_bytes())))[-1]
-    assert s.add_provider(ProviderRecord(key, farther), 0.0) is False
+    assert kept == sorted(first, key=lambda p: target.distance(Key(p.to_bytes())))
+    assert s.add_provider(ProviderRecord(key, first[0], expires=99.0), 0.0)  # a refresh
+    # once first[2] expired, the next newcomer takes its place
+    assert s.add_provider(ProviderRecord(key, later[0]), 6.0)
+    assert {p.provider for p in s.providers(key, 6.0)} == {first[0], first[1], later[0]}
 
 
-def test_local_provider_displaced_by_closer_ones_is_no_longer_provided(make_store):
+def test_the_local_provider_always_gets_in_and_is_never_displaced(make_store):
     key = b"key"
     target = Key(key)
     candidates = sorted(peers(8), key=lambda p: target.distance(Key(p.to_bytes())))
@@ -220,10 +228,19 @@ def test_local_provider_displaced_by_closer_ones_is_no_longer_provided(make_stor
     s = make_store(me, StoreConfig(max_providers_per_key=2))
     assert s.add_provider(ProviderRecord(key, me), 0.0)
     assert [r.key for r in s.provided()] == [key]
-    s.add_provider(ProviderRecord(key, candidates[0]), 0.0)
-    s.add_provider(ProviderRecord(key, candidates[1]), 0.0)
-    assert [p.provider for p in s.providers(key, 0.0)] == candidates[:2]
-    assert list(s.provided()) == []
+    assert s.add_provider(ProviderRecord(key, candidates[0]), 0.0)
+    assert s.add_provider(ProviderRecord(key, candidates[1]), 0.0) is False
+    assert [p.provider for p in s.providers(key, 0.0)] == [candidates[0], me]
+    assert [r.key for r in s.provided()] == [key]
+    # a full key of others: our own record replaces the farthest of them
+    other = b"other"
+    t2 = Key(other)
+    theirs = sorted(candidates[:3], key=lambda p: t2.distance(Key(p.to_bytes())))
+    for p in theirs[:2]:
+        assert s.add_provider(ProviderRecord(other, p), 0.0)
+    assert s.add_provider(ProviderRecord(other, me), 0.0)
+    assert {p.provider for p in s.providers(other, 0.0)} == {theirs[0], me}
+    assert sorted(r.key for r in s.provided()) == [key, other]
 
 
 def test_local_provided_keys_are_tracked_and_bounded(make_store):
