@@ -526,6 +526,29 @@ def test_put_value_echoes_and_stores_and_validates():
     assert reply.record.value == b"good"
 
 
+def test_put_value_publisher_is_the_sender_not_the_claim():
+    """A PUT_VALUE naming another peer (or this node) as publisher is stored
+    with the sender as publisher; a replica of our own record coming back
+    stays ours (republished by us), a different value under our key does not."""
+    node = offline_node()
+    sender, victim = peer_ids(2)
+    claim = KadRecord(b"/any/p", b"v", publisher=victim)
+    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), None)
+    assert node.store.get(b"/any/p", node.clock()).publisher == sender
+    claim = KadRecord(b"/any/q", b"v", publisher=node.peer_id)
+    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), None)
+    assert node.store.get(b"/any/q", node.clock()).publisher == sender
+    assert node.store.published_by(node.peer_id) == []
+    ours = Record(b"/any/mine", b"v", publisher=node.peer_id, expires=node.clock() + 60)
+    node.store.put(ours, node.clock())
+    back = KadRecord(b"/any/mine", b"v", publisher=node.peer_id)
+    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=back.key, record=back), None)
+    assert node.store.get(b"/any/mine", node.clock()) == ours
+    other = KadRecord(b"/any/mine", b"w", publisher=node.peer_id)
+    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), None)
+    assert node.store.get(b"/any/mine", node.clock()).publisher == sender
+
+
 def test_add_provider_accepts_only_the_sender():
     node = offline_node()
     sender, other = peer_ids(2)

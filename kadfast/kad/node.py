@@ -751,8 +751,17 @@ class KadNode:
                 # as go: the held record is kept, and the put fails (resets the stream)
                 raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
-            self.store.put(Record(rec.key, rec.value, publisher=rec.publisher or peer, expires=now + ttl), now)
-            self._emit(RecordStored(rec.key, rec.publisher or peer, peer))
+            held = self.store.get(rec.key, now)
+            if held is not None and held.publisher == self.peer_id and held.value == rec.value:
+                # a replica of our own record coming back: ours it stays (and
+                # we go on republishing it); no put makes a record ours
+                pass
+            else:
+                # the publisher is the authenticated sender, never the
+                # message's claim (which would let any peer store records in
+                # another's name, or in ours)
+                self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl), now)
+            self._emit(RecordStored(rec.key, peer, peer))
             # echo the record (js counts any other reply as a failure), without unknown fields
             return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
         if t == MessageType.ADD_PROVIDER:
