@@ -42,6 +42,7 @@ from kadfast.kad.pb import (
 from kadfast.kad.ratelimit import PeerRateLimiter
 from kadfast.kad.validation import InvalidRecord, Validator
 from kadfast.loop import new_event_loop, uvloop_available
+from kadfast.multistream import MultistreamDialer
 from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
 from kadfast.net.host import _ip_group
 from kadfast.noise import STATIC_KEY_SIGNATURE_PREFIX, NoiseHandshake, NoiseStaticKey
@@ -367,6 +368,40 @@ def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
             assert reset == set(sids[8:])
             conn = next(iter(node.host._pending | {x for cs in node.host._conns.values() for x in cs}))
             assert conn._inbound_streams == 8 and conn.is_open
+            c.close()
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_idle_and_trickling_kad_streams_are_reset(run):
+    """A kad stream that negotiated and then says nothing, and one that
+    trickles an unfinished message, are reset once no whole request came
+    for kad_stream_idle_timeout; a stream with requests coming goes on."""
+    async def main():
+        node = await start_node(Config(kad_stream_idle_timeout=1.0, maintenance_period=0.05))
+        try:
+            c = await RawClient.connect(node.host)
+            await c.upgrade()
+            proposal = MultistreamDialer([KAD]).data_to_send()
+            silent, trickle, busy = (c.session.open_stream() for _ in range(3))
+            c.session.send(silent, proposal)
+            c.session.send(trickle, proposal + b"\x80\x01" + b"\x08")  # 128 bytes announced, 1 sent
+            c.session.send(busy, proposal)
+            c.flush()
+            events: list = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 2.4:  # requests on `busy` every 0.1 s, well within the timeout
+                c.session.send(busy, frame(encode_message(KadMessage(MessageType.FIND_NODE, key=os.urandom(32)))))
+                c.flush()
+                try:
+                    events += await c.events_until(bool, timeout=0.1)
+                except asyncio.TimeoutError:
+                    pass
+            reset = {e.stream_id for e in events if isinstance(e, y.StreamReset)}
+            assert reset == {silent, trickle}, reset
+            assert any(isinstance(e, y.StreamData) and e.stream_id == busy for e in events)
             c.close()
             await assert_serves(node)
         finally:

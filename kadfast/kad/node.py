@@ -135,6 +135,11 @@ class Config:
     #: kad streams one connection may have open towards us at once (rust's kad
     #: handler allows 32); a stream over it is reset. 0 turns the limit off
     max_inbound_kad_streams_per_connection: int = 32
+    #: an inbound kad stream on which no whole request arrived for this many
+    #: seconds is reset: one that negotiated and then says nothing, and one
+    #: that trickles an unfinished message (go resets kad streams idle for a
+    #: minute too). Checked every quarter of it, at most every 15 s; 0 off
+    kad_stream_idle_timeout: float = 60.0
 
 
 class Quorum:
@@ -330,6 +335,10 @@ class KadNode:
         self._last_provider_republish = None
         self._last_sweep = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
+        # inbound kad streams open now -> when their last whole request came
+        # (their start at first), for kad_stream_idle_timeout
+        self._kad_streams: dict[Any, float] = {}
+        self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
         #: routing key -> (address-book view, its version, connection type,
@@ -646,6 +655,9 @@ class KadNode:
         reader = MessageReader(self.config.max_message_size)
         peer = stream.peer_id
         handle = self._handle_request
+        clock = self.clock
+        active = self._kad_streams
+        active[stream] = clock()
         remote_addr = stream.conn.remote_addr
         store = self.store
         group = self._group_commit
@@ -681,7 +693,10 @@ class KadNode:
                 else:
                     held.append(None)
                 return
-            for body in reader.feed(data):
+            bodies = reader.feed(data)
+            if bodies:
+                active[stream] = clock()
+            for body in bodies:
                 msg = decode_message(body)
                 reply = handle(peer, msg, remote_addr, True)
                 if reply is not None:
@@ -698,7 +713,9 @@ class KadNode:
                             self._commit_soon()
                         held.append(out)
 
-        stream.consume_with(on_data).add_done_callback(functools.partial(_log_serve_end, peer))
+        done = stream.consume_with(on_data)
+        done.add_done_callback(functools.partial(_log_serve_end, peer))
+        done.add_done_callback(lambda _: active.pop(stream, None))
 
     def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
         """Answer one request; raises on a request that must reset the stream.
@@ -1175,6 +1192,10 @@ class KadNode:
         entries, expire records and providers, and start the periodic
         bootstrap, replication and republication when they are due."""
         cfg = self.config
+        idle = cfg.kad_stream_idle_timeout
+        if idle and (self._last_idle_check is None or now - self._last_idle_check >= min(idle / 4, 15.0)):
+            self._last_idle_check = now
+            self._reset_idle_kad_streams(now - idle)
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
@@ -1212,6 +1233,16 @@ class KadNode:
                     self.store.add_provider(rec, now)
                     keys.append(rec.key)
                 self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
+
+    def _reset_idle_kad_streams(self, before: float) -> None:
+        """Reset the inbound kad streams whose last whole request (or start)
+        was before ``before``: a stream that idles or trickles holds memory
+        and keeps its connection from ever being idle."""
+        idle = [st for st, last in self._kad_streams.items() if last < before]
+        for st in idle:
+            log.debug("kad stream from %s idle for over %.0f s; resetting", st.peer_id, self.config.kad_stream_idle_timeout)
+            self._kad_streams.pop(st, None)
+            st.reset()  # sends the RST (the connection flushes it)
 
     async def _quietly(self, coro) -> None:
         try:
