@@ -33,6 +33,10 @@ Choices this implementation makes where the spec leaves room:
   streams go on. The session is closed (:class:`SessionClosed`) when GoAway
   went both ways, when either GoAway carries an error code, or on a protocol
   error. After that, input is ignored and every sending call raises.
+- **Pings** from the remote are answered at most ``max_pings_per_second``
+  (10) per second with a burst of 20 (a token bucket on the ``now`` given to
+  :meth:`~YamuxSession.receive_data`); the rest go unanswered and are counted
+  in ``pings_ignored``, so a ping flood queues no pongs without bound.
 - Frames for a stream we do not know (one we reset, a race) are ignored, as
   is a RST for an unknown stream. Unknown flag bits are ignored. Ping and
   GoAway frames are accepted on any stream id (the spec says they "should"
@@ -56,6 +60,8 @@ from .errors import YamuxError
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "DEFAULT_MAX_PINGS_PER_SECOND",
+    "DEFAULT_PING_BURST",
     "MAX_ACK_BACKLOG",
     "MAX_FRAME_PAYLOAD",
     "MAX_PENDING_PINGS",
@@ -141,6 +147,14 @@ _unpack_from = _HEADER.unpack_from
 # the same 12 bytes as three words: (version, type, flags) | stream id | length,
 # so that the common case (version 0, Data, no flags) is one test against 0
 _unpack_words = struct.Struct(">III").unpack_from
+
+
+#: pings from the remote answered per second (a token bucket; further ones
+#: are left unanswered and counted in ``pings_ignored``), and the burst
+#: answered at once. A peer measuring RTT or keeping a connection alive
+#: pings once every few seconds (go-yamux: every 30 s).
+DEFAULT_MAX_PINGS_PER_SECOND = 10.0
+DEFAULT_PING_BURST = 20
 
 
 def encode_header(type_: int, flags: int, stream_id: int, length: int) -> bytes:
@@ -316,6 +330,11 @@ class YamuxSession:
         "_local_go_away",
         "_remote_go_away",
         "_closed",
+        "_ping_rate",
+        "_ping_burst",
+        "_ping_tokens",
+        "_ping_refilled",
+        "pings_ignored",
     )
 
     def __init__(
@@ -326,6 +345,8 @@ class YamuxSession:
         max_streams: int = DEFAULT_MAX_STREAMS,
         max_buffer_per_stream: int = DEFAULT_MAX_BUFFER_PER_STREAM,
         max_ack_backlog: int = MAX_ACK_BACKLOG,
+        max_pings_per_second: float = DEFAULT_MAX_PINGS_PER_SECOND,
+        ping_burst: int = DEFAULT_PING_BURST,
     ) -> None:
         if not DEFAULT_WINDOW <= window <= MAX_WINDOW:
             raise _local_error(f"window must be between {DEFAULT_WINDOW} and {MAX_WINDOW}, not {window}")
@@ -352,6 +373,13 @@ class YamuxSession:
         self._local_go_away = False
         self._remote_go_away = False
         self._closed = False
+        # pings answered: a token bucket on the ``now`` of receive_data (0: no limit)
+        self._ping_rate = float(max_pings_per_second)
+        self._ping_burst = float(max(1, ping_burst))
+        self._ping_tokens = self._ping_burst
+        self._ping_refilled: float | None = None
+        #: pings from the remote left unanswered because they came too fast
+        self.pings_ignored = 0
 
     # -- introspection ---------------------------------------------------
 
@@ -558,6 +586,18 @@ class YamuxSession:
 
     def _on_ping(self, flags: int, opaque: int, now: float) -> None:
         if flags & FLAG_SYN:
+            if self._ping_rate:
+                last = self._ping_refilled
+                tokens = self._ping_tokens if last is None else min(
+                    self._ping_burst, self._ping_tokens + max(0.0, now - last) * self._ping_rate)
+                self._ping_refilled = now
+                if tokens < 1.0:
+                    # a flood: answering every ping would queue pongs without
+                    # bound for a peer that does not read them
+                    self._ping_tokens = tokens
+                    self.pings_ignored += 1
+                    return
+                self._ping_tokens = tokens - 1.0
             self._out.append(_pack(0, 2, FLAG_ACK, 0, opaque))
             self._events.append(PingReceived(opaque))
             return

@@ -175,6 +175,23 @@ def test_open_data_and_reset_in_one_read():
     assert s.has_stream(9)
 
 
+def test_pings_are_answered_at_a_bounded_rate():
+    """A ping flood gets the burst answered, then one pong per 1/rate
+    seconds of the clock given to receive_data; nothing queues up."""
+    s = YamuxSession(False, max_pings_per_second=10, ping_burst=5)
+    flood = b"".join(frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(1, 101))
+    ev = s.receive_data(flood, now=100.0)
+    assert [e.opaque for e in ev] == [1, 2, 3, 4, 5] and s.pings_ignored == 95
+    assert [f[3] for f in parse_frames(s.data_to_send())] == [1, 2, 3, 4, 5]
+    ev = s.receive_data(frame(TYPE_PING, FLAG_SYN, 0, 200) + frame(TYPE_PING, FLAG_SYN, 0, 201), now=100.15)
+    assert [e.opaque for e in ev] == [200] and s.pings_ignored == 96  # 0.15 s: one token and a half
+    ev = s.receive_data(b"".join(frame(TYPE_PING, FLAG_SYN, 0, 300 + i) for i in range(9)), now=110.0)
+    assert len(ev) == 5  # the bucket holds the burst at most
+    # our own pings' pongs are never limited, nor is a session without a limit
+    unlimited = YamuxSession(False, max_pings_per_second=0)
+    assert len(unlimited.receive_data(flood, now=0.0)) == 100
+
+
 def test_window_update_syn_opens_stream():
     s = YamuxSession(False)
     assert s.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)) == [StreamOpened(1)]

@@ -259,6 +259,7 @@ class Connection(asyncio.Protocol):
             self.session = y.YamuxSession(
                 self.initiator,
                 max_streams=cfg.max_streams_per_connection,
+                max_pings_per_second=cfg.max_yamux_pings_per_second,
             )
             self._state = _OPEN
             if self._handshake_timer is not None:

@@ -79,6 +79,9 @@ class HostConfig:
     max_inbound_streams: int = 256
     #: Yamux streams per session, both directions
     max_streams_per_connection: int = 512
+    #: Yamux pings of the peer answered per second (burst 20); the rest go
+    #: unanswered. 0: every ping is answered
+    max_yamux_pings_per_second: float = 10.0
     #: outbound dials in progress at once
     max_concurrent_dials: int = 64
     #: TCP connect plus upgrade
