@@ -246,6 +246,51 @@ def test_answers_with_a_large_record_fit_in_a_message():
         assert len(encode_message(reply)) <= MAX_MESSAGE_SIZE and 0 < len(reply.closer_peers) < 20
 
 
+def test_routing_table_admits_few_peers_per_ip_group():
+    """Identities from one IPv4 /16 (or IPv6 /32) fill at most
+    max_peers_per_ip_group_per_bucket of a bucket and max_peers_per_ip_group
+    of the table (240 identities from one address used to take it whole);
+    loopback and private addresses are exempt unless asked."""
+    from kadfast.kad.node import ip_group
+
+    assert ip_group("1.2.3.4") == ip_group("1.2.200.9") == "1.2.0.0/16" != ip_group("1.3.0.1")
+    assert ip_group("2001:db8:1::1") is None  # documentation range: private
+    assert ip_group("2a00:1450:4001::1") == "2a00:1450::/32"
+    assert ip_group("::ffff:1.2.3.4") == "1.2.0.0/16"
+    assert ip_group("127.0.0.1") is None and ip_group("10.1.2.3") is None and ip_group("fe80::1") is None
+    assert ip_group("127.0.0.1", everywhere=True) == "127.0.0.0/16"
+
+    node = offline_node()
+    sybils = peer_ids(60)
+    for i, p in enumerate(sybils):
+        node.add_address(p, Multiaddr(f"/ip4/1.2.{i // 250}.{i % 250 + 1}/tcp/4001"))
+    admitted = [p for p in sybils if p in node.routing_table_peers()]
+    assert 0 < len(admitted) <= 10
+    per_bucket: dict[int, int] = {}
+    for p in admitted:
+        b = node.local_key.bucket_index(Key(p.to_bytes()))
+        per_bucket[b] = per_bucket.get(b, 0) + 1
+    assert max(per_bucket.values()) <= 2
+    honest = peer_ids(8)
+    for i, p in enumerate(honest):
+        node.add_address(p, Multiaddr(f"/ip4/{20 + i}.9.9.9/tcp/4001"))
+    assert all(p in node.routing_table_peers() for p in honest)
+    # an admitted peer is still updated; one that left frees its place
+    assert node.add_address(admitted[0], Multiaddr("/ip4/1.2.0.1/tcp/4001")) != 4
+    node.table.remove(Key(admitted[0].to_bytes()))
+    late = peer_ids(200)
+    for p in late:  # one of these lands in the freed bucket... or another with room
+        node.add_address(p, Multiaddr("/ip4/1.2.7.7/tcp/4001"))
+    assert len([p for p in node.routing_table_peers() if p in sybils or p in late]) <= 10
+    # private addresses: exempt by default, limited when asked
+    for everywhere in (False, True):
+        n = offline_node(config=Config(ip_group_limits_everywhere=everywhere))
+        local = peer_ids(40)
+        for i, p in enumerate(local):
+            n.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
+        assert (len(n.routing_table_peers()) <= 10) is everywhere
+
+
 def _closed_port() -> int:
     import socket
 

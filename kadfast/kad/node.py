@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import os
 import time
@@ -140,6 +141,15 @@ class Config:
     #: that trickles an unfinished message (go resets kad streams idle for a
     #: minute too). Checked every quarter of it, at most every 15 s; 0 off
     kad_stream_idle_timeout: float = 60.0
+    #: routing-table diversity (go-libp2p-kad-dht's peer diversity filter is
+    #: the model): peers of one IP group (IPv4 /16, IPv6 /32, by the address
+    #: of its connection, else its first known address) admitted per bucket
+    #: and in the whole table; a newcomer over either limit is not inserted.
+    #: Loopback and private addresses are exempt unless
+    #: ``ip_group_limits_everywhere``. 0 turns a limit off
+    max_peers_per_ip_group_per_bucket: int = 2
+    max_peers_per_ip_group: int = 10
+    ip_group_limits_everywhere: bool = False
 
 
 class Quorum:
@@ -259,6 +269,23 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
     return None
 
 
+def ip_group(ip: str, everywhere: bool = False) -> str | None:
+    """The routing table's IP group of an address: its IPv4 /16 or IPv6 /32
+    (an IPv4-mapped address counts as IPv4); None for loopback, private,
+    link-local and unique-local addresses unless ``everywhere``, and for
+    what does not parse."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if not everywhere and (addr.is_loopback or addr.is_private or addr.is_link_local):
+        return None
+    prefix = 16 if addr.version == 4 else 32
+    return str(ipaddress.ip_network((addr, prefix), strict=False))
+
+
 def _still_running(round_: asyncio.Task | None, what: str) -> bool:
     """Whether the previous round of ``what`` still runs (the new one is then skipped)."""
     if round_ is None or round_.done():
@@ -338,6 +365,9 @@ class KadNode:
         # inbound kad streams open now -> when their last whole request came
         # (their start at first), for kad_stream_idle_timeout
         self._kad_streams: dict[Any, float] = {}
+        # table keys admitted per IP group (pruned of keys that left the
+        # table when counted), for the diversity limits
+        self._group_members: dict[str, set[Key]] = {}
         self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
@@ -457,7 +487,15 @@ class KadNode:
         if connected and self._unreachable:
             self._unreachable.discard(key)
         known = key in self.table
+        group = None
+        if not known:
+            group = self._ip_group_of(peer, now)
+            if group is not None and self._group_is_full(group, key):
+                log.debug("%s not added to the routing table: its IP group %s has its share", peer, group)
+                return _routing.FULL
         res = self.table.update(key, peer, now, connected)
+        if group is not None and res in (_routing.INSERTED, _routing.PENDING):
+            self._group_members.setdefault(group, set()).add(key)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if res == _routing.INSERTED or (res == _routing.UPDATED and not known):
@@ -471,6 +509,38 @@ class KadNode:
         elif res == _routing.FULL:
             self._emit(UnroutablePeer(peer))
         return res
+
+    def _ip_group_of(self, peer: PeerId, now: float) -> str | None:
+        """The IP group a newcomer counts under for the diversity limits (see
+        ``Config.max_peers_per_ip_group``), or None when exempt or unknown."""
+        cfg = self.config
+        if not (cfg.max_peers_per_ip_group or cfg.max_peers_per_ip_group_per_bucket):
+            return None
+        conn = self.host.connection(peer)
+        addrs = [conn.remote_addr] if conn is not None and conn.remote_addr is not None else []
+        for addr in (*addrs, *self.host.addrbook.addrs(peer, now)):
+            ip = addr.value_for("ip4") or addr.value_for("ip6")
+            if ip:
+                return ip_group(ip, cfg.ip_group_limits_everywhere)
+        return None
+
+    def _group_is_full(self, group: str, key: Key) -> bool:
+        cfg = self.config
+        members = self._group_members.get(group)
+        if not members:
+            return False
+        live = {k for k in members if k in self.table}
+        if live:
+            self._group_members[group] = live
+        else:
+            del self._group_members[group]
+        if cfg.max_peers_per_ip_group and len(live) >= cfg.max_peers_per_ip_group:
+            return True
+        per_bucket = cfg.max_peers_per_ip_group_per_bucket
+        if per_bucket:
+            bucket = self.local_key.bucket_index(key)
+            return sum(1 for k in live if self.local_key.bucket_index(k) == bucket) >= per_bucket
+        return False
 
     def _emit_routing(self, peer: PeerId, is_new: bool, evicted: PeerId | None) -> None:
         addrs = tuple(self.host.addrbook.addrs(peer, self.clock()))
