@@ -324,6 +324,7 @@ class YamuxSession:
         "_backlog",
         "_rbuf",
         "_out",
+        "_out_bytes",
         "_events",
         "_pings",
         "_next_ping",
@@ -366,6 +367,7 @@ class YamuxSession:
         self._rbuf = bytearray()
         # pending output: header and payload pieces, joined by data_to_send()
         self._out: list = []
+        self._out_bytes = 0  # Data payload bytes in _out (headers not counted)
         # stream id when the last two items of _out are one of its Data frames
         self._events: list[YamuxEvent] = []
         self._pings: dict[int, float] = {}
@@ -424,7 +426,14 @@ class YamuxSession:
         if not out:
             return b""
         self._out = []
+        self._out_bytes = 0
         return b"".join(out)
+
+    @property
+    def pending_output(self) -> int:
+        """Payload bytes queued for :meth:`data_to_send` (what the
+        application wrote since the last call and the window let out)."""
+        return self._out_bytes
 
     def get_timer(self) -> float | None:
         """No timers: keep-alive and ping timeouts are left to the caller."""
@@ -690,6 +699,7 @@ class YamuxSession:
             out = self._out
             out.append(_pack(0, 0, st.flags, stream_id, n))
             out.append(data)
+            self._out_bytes += n
             st.flags = 0
             st.send_window -= n
             if not st.send_window:
@@ -733,6 +743,7 @@ class YamuxSession:
             sent += take
         st.send_window = win
         st.buffered -= sent
+        self._out_bytes += sent
         if not st.buffered and st.fin_requested and not st.fin_sent:
             self._send_fin(st)
 

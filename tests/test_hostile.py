@@ -409,6 +409,78 @@ def test_idle_and_trickling_kad_streams_are_reset(run):
     run(main)
 
 
+async def _filled_node(config: Config) -> KadNode:
+    """A server whose FIND_NODE answers carry 20 peers (about 1 KiB each)."""
+    node = await start_node(config)
+    for i in range(40):
+        node.add_address(random_peer(), Multiaddr(f"/ip4/10.1.{i}.1/tcp/4001"))
+    return node
+
+
+def test_held_requests_are_answered_in_order_as_the_output_drains(run):
+    """With the output over max_queued_reply_bytes, requests wait instead of
+    being answered at once; a client that reads gets every answer, in order."""
+    async def main():
+        node = await _filled_node(Config(max_queued_reply_bytes=1))  # every second answer waits
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                keys = [os.urandom(32) for _ in range(200)]
+                replies = await kad_request(h, node.peer_id, *[KadMessage(MessageType.FIND_NODE, key=k) for k in keys],
+                                            replies=len(keys), timeout=10)
+                assert [r.key for r in replies] == keys and all(len(r.closer_peers) == 20 for r in replies)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_a_client_that_never_reads_its_answers_is_held_and_then_reset(run):
+    """A client floods one kad stream with FIND_NODE and reads nothing. The
+    server answers while the kernel takes the answers, then holds requests
+    (bounded by max_held_request_bytes) and finally resets the stream: what
+    it queues stays within max_queued_reply_bytes plus one answer, instead of
+    growing with every request (2.3 GB from 4 such connections before)."""
+    async def main():
+        cfg = Config(max_queued_reply_bytes=64 * 1024, max_held_request_bytes=16 * 1024)
+        node = await _filled_node(cfg)
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", tcp_port(node.host)))
+            c = RawClient(*await asyncio.open_connection(sock=sock))
+            await c.upgrade()
+            await until_true(lambda: node.host.connection_count() == 1)
+            conn = node.host.connection(next(iter(node.host.connected_peers())))
+            sid = c.session.open_stream()
+            c.session.send(sid, MultistreamDialer([KAD]).data_to_send())
+            c.flush()
+
+            def kad_streams():
+                return [st for st in conn.streams.values() if st.inbound and st.protocol == KAD]
+            await until_true(lambda: kad_streams())
+            request = frame(encode_message(KadMessage(MessageType.FIND_NODE, key=os.urandom(32))))
+            sent = 0
+            peak = 0
+            for _ in range(400):  # up to 400 x 50 requests, until the server resets the stream
+                c.send_plain(y.encode_header(0, 0, sid, len(request) * 50) + request * 50)
+                sent += 50
+                await c.writer.drain()
+                await asyncio.sleep(0)
+                peak = max(peak, conn.queued_output())
+                if not kad_streams():
+                    break
+            assert not kad_streams(), "never reset"
+            answered = node.request_counts.get(MessageType.FIND_NODE, 0)
+            assert answered < sent
+            assert peak <= cfg.max_queued_reply_bytes + 16 * 1024, peak
+            c.close()
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main, timeout=60)
+
+
 # -- Yamux window violation ---------------------------------------------------------------------
 def test_data_frame_larger_than_the_window_closes_the_connection_with_go_away(run):
     async def main():

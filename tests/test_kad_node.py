@@ -395,6 +395,14 @@ class _FakeStream:
         def count_inbound(self, stream, limit):
             return True
 
+        def queued_output(self):
+            return 0
+
+        def when_output_drains(self, callback):
+            raise AssertionError("nothing waits for output here")
+
+    queued = 0
+
     def __init__(self, peer):
         self.peer_id = peer
         self.conn = self._Conn()

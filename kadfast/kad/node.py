@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 import ipaddress
 import logging
 import os
@@ -141,6 +142,14 @@ class Config:
     #: that trickles an unfinished message (go resets kad streams idle for a
     #: minute too). Checked every quarter of it, at most every 15 s; 0 off
     kad_stream_idle_timeout: float = 60.0
+    #: back-pressure for peers that do not read their answers: while more
+    #: than this many bytes wait to be sent on a connection (or a stream's
+    #: answers wait for the peer's window), its kad streams' requests are
+    #: held instead of answered, and answered as the output drains
+    max_queued_reply_bytes: int = 256 * 1024
+    #: request bytes one kad stream may have held so; past it the stream is
+    #: reset (a peer that keeps asking and never reads)
+    max_held_request_bytes: int = 64 * 1024
     #: routing-table diversity (go-libp2p-kad-dht's peer diversity filter is
     #: the model): peers of one IP group (IPv4 /16, IPv6 /32, by the address
     #: of its connection, else its first known address) admitted per bucket
@@ -750,38 +759,99 @@ class KadNode:
             except Exception as exc:  # the stream or its connection ended meanwhile
                 log.debug("held kad replies to %s not sent: %r", peer, exc)
 
+        conn = stream.conn
+        cap = self.config.max_queued_reply_bytes
+        held_cap = self.config.max_held_request_bytes
+        # requests held back while answers pile up (see max_queued_reply_bytes);
+        # None in the list stands for the peer's end of stream
+        backlog: deque = deque()
+        backlog_bytes = 0
+
+        def answer(body: bytes) -> None:
+            nonlocal held
+            msg = decode_message(body)
+            reply = handle(peer, msg, remote_addr, True)
+            if reply is not None:
+                out = reply if reply.__class__ is bytes else frame(encode_message(reply))
+                # FIND_NODE neither reads nor changes the store: while
+                # other requests' changes wait for the commit it is still
+                # answered at once, unless this stream already waits
+                if held is None and not (group and store.dirty and msg.type != FIND_NODE):
+                    stream.write(out)
+                else:  # acknowledged only once the change is on disk
+                    if held is None:
+                        held = []
+                        self._commit_waiters.append(flush)
+                        self._commit_soon()
+                    held.append(out)
+
+        def end() -> None:
+            stream.sink_finished()
+            if held is None:
+                stream.close()
+            else:
+                held.append(None)
+
+        def pressed() -> bool:
+            return (cap and conn.queued_output() > cap) or stream.queued > 0
+
+        def work() -> None:
+            # answer held requests while the output allows; wait again if not
+            nonlocal backlog_bytes
+            while backlog:
+                if pressed():
+                    conn.when_output_drains(resume)
+                    return
+                body = backlog.popleft()
+                if body is None:
+                    end()
+                    return
+                backlog_bytes -= len(body)
+                answer(body)
+
+        def resume() -> None:
+            # outside the read callback: an error resets the stream here
+            try:
+                work()
+            except Exception as exc:
+                if not isinstance(exc, StreamReset):
+                    log.info("kad stream from %s: bad input: %s: %s", peer, type(exc).__name__, exc)
+                stream.reset()
+
         def on_data(data: bytes) -> None:
             # runs inside the connection's read callback: every request of the
-            # batch is answered and the replies leave in the same write; an
-            # exception (bad input) resets the stream
-            nonlocal held
+            # batch is answered and the replies leave in the same write, unless
+            # answers pile up (then they wait, see work); an exception (bad
+            # input) resets the stream
+            nonlocal backlog_bytes
             if not data:
                 reader.eof()
-                stream.sink_finished()
-                if held is None:
-                    stream.close()
+                if backlog:
+                    backlog.append(None)
                 else:
-                    held.append(None)
+                    end()
                 return
             bodies = reader.feed(data)
-            if bodies:
-                active[stream] = clock()
-            for body in bodies:
-                msg = decode_message(body)
-                reply = handle(peer, msg, remote_addr, True)
-                if reply is not None:
-                    out = reply if reply.__class__ is bytes else frame(encode_message(reply))
-                    # FIND_NODE neither reads nor changes the store: while
-                    # other requests' changes wait for the commit it is still
-                    # answered at once, unless this stream already waits
-                    if held is None and not (group and store.dirty and msg.type != FIND_NODE):
-                        stream.write(out)
-                    else:  # acknowledged only once the change is on disk
-                        if held is None:
-                            held = []
-                            self._commit_waiters.append(flush)
-                            self._commit_soon()
-                        held.append(out)
+            if not bodies:
+                return
+            active[stream] = clock()
+            waiting = bool(backlog)
+            if not waiting and not pressed():
+                i = 0
+                for body in bodies:
+                    answer(body)
+                    i += 1
+                    if i < len(bodies) and pressed():
+                        break
+                if i == len(bodies):
+                    return
+                bodies = bodies[i:]
+            backlog.extend(bodies)
+            backlog_bytes += sum(len(b) for b in bodies)
+            if backlog_bytes > held_cap:
+                raise RateLimited(f"{peer} sent {backlog_bytes} bytes of kad requests without reading the answers")
+            if not waiting:  # the first held request: wait for the output to drain
+                conn.when_output_drains(resume)
 
         done = stream.consume_with(on_data)
         done.add_done_callback(functools.partial(_log_serve_end, peer))

@@ -90,6 +90,9 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._receiving = False  # inside data_received: its closing flush sends
         self._write_paused = False
+        # callbacks waiting for the output to drain (see when_output_drains)
+        self._drain_waiters: list = []
+        self._drain_scheduled = False
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._pings: dict[int, asyncio.Future] = {}
         self._inbound_streams = 0
@@ -189,6 +192,38 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         for s in list(self.streams.values()):
             s._wake_writer()
+        self._drained()
+
+    # -- output pressure ---------------------------------------------------
+    def queued_output(self) -> int:
+        """Bytes written on this connection and not yet taken by the kernel:
+        what the Yamux session queued since the last flush and what the
+        transport holds."""
+        n = self.session.pending_output if self.session is not None else 0
+        tr = self.transport
+        return n if tr is None else n + tr.get_write_buffer_size()
+
+    def when_output_drains(self, callback) -> None:
+        """Call ``callback()`` (once) the next time output may have drained:
+        after a flush that left the transport below its high-water mark,
+        when the transport resumes writing, or when a stream's send window
+        opened. The callback checks what it waits for and asks again if
+        need be (a server holding requests back while its answers pile up)."""
+        self._drain_waiters.append(callback)
+
+    def _drained(self) -> None:
+        if self._drain_waiters and not self._drain_scheduled and not self._closing:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._run_drain_waiters)
+
+    def _run_drain_waiters(self) -> None:
+        self._drain_scheduled = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for cb in waiters:
+            try:
+                cb()
+            except Exception:  # pragma: no cover - a waiter handles its own errors
+                log.exception("%r: output-drain callback failed", self)
 
     # -- the upgrade -----------------------------------------------------
     def _raw_write(self, data: bytes) -> None:
@@ -298,6 +333,7 @@ class Connection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s._wake_writer()
+                    self._drained()
             elif t is y.StreamReset:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
@@ -501,6 +537,8 @@ class Connection(asyncio.Protocol):
             plain = b"".join(self._out_plain) if len(self._out_plain) > 1 else self._out_plain[0]
             self._out_plain.clear()
             self.transport.write(self._crypto.encrypt(plain))
+        if self._drain_waiters and not self._write_paused:
+            self._drained()
 
     # -- closing ---------------------------------------------------------
     def _handshake_timed_out(self) -> None:

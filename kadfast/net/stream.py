@@ -238,6 +238,11 @@ class Stream:
             self._check_reset()
             await self._wait_data()
 
+    @property
+    def queued(self) -> int:
+        """Bytes written on this stream that wait for the peer's window."""
+        return self.conn._buffered(self.stream_id)
+
     # -- writing --------------------------------------------------------
     def write(self, data: bytes) -> None:
         if self._reset:
