@@ -316,6 +316,40 @@ def test_per_ip_connection_limit(run):
     run(main)
 
 
+def test_handshake_rate_per_ip_and_per_subnet(run):
+    """Connections beyond max_handshakes_per_ip_per_second (with its burst)
+    from one address are closed before any Noise work; another address of
+    the same /24 still gets in until the subnet's own rate is used up."""
+    async def main():
+        # a burst of 3 and a token per 100 s: the outcome cannot depend on timing
+        node = await start_node(limit_loopback=True, max_handshakes_per_ip_per_second=0.01,
+                                max_handshakes_per_subnet_per_second=0.01, handshake_burst_seconds=300.0)
+        host = node.host
+        try:
+            async def refused(ip: str) -> bool:
+                c = await RawClient.connect(host, local_ip=ip)
+                try:
+                    await asyncio.wait_for(c.select_noise(), 5)
+                except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                    return True
+                finally:
+                    c.close()
+                return False
+
+            # the burst: 3 handshakes from 127.0.9.1, then refusals
+            outcomes = [await refused("127.0.9.1") for _ in range(6)]
+            assert outcomes[:3] == [False] * 3 and all(outcomes[3:]), outcomes
+            # the /24 used its burst too (3 of them came from it): another
+            # address of it is refused, one of another /24 is not
+            assert await refused("127.0.9.2")
+            assert not await refused("127.0.10.1")
+            # a well-behaved peer from elsewhere is served
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
 # -- stream floods --------------------------------------------------------------------------
 def test_kad_stream_flood_beyond_the_per_connection_limit(run):
     async def main():

@@ -32,6 +32,7 @@ from ..noise import NoisePeerIdMismatch, NoiseStaticKey
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
+from ..ratelimit import PeerRateLimiter
 from .connection import Connection
 from .errors import (
     DialBackoff,
@@ -74,6 +75,14 @@ class HostConfig:
     #: whether max_connections_per_ip applies to loopback addresses too (off:
     #: local tools, tests and a same-machine proxy are not limited)
     limit_loopback: bool = False
+    #: inbound handshakes begun per second from one IP address (IPv6: /64),
+    #: and from one subnet (IPv4 /24, IPv6 /48), each with a bucket of
+    #: ``handshake_burst_seconds`` worth; a connection over either is closed
+    #: before any Noise work (a handshake flood costs a bounded share of a
+    #: core). Loopback exempt unless ``limit_loopback``; 0 turns one off
+    max_handshakes_per_ip_per_second: float = 10.0
+    max_handshakes_per_subnet_per_second: float = 100.0
+    handshake_burst_seconds: float = 5.0
     #: inbound streams open at once on one connection (rust-libp2p kad allows
     #: 32 per protocol; the whole connection gets more)
     max_inbound_streams: int = 256
@@ -146,6 +155,11 @@ class Host:
         self._pending: set[Connection] = set()
         #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
         self._ip_conns: dict[str, int] = {}
+        cfg = self.config
+        self._handshakes_per_ip = PeerRateLimiter.per_second(
+            cfg.max_handshakes_per_ip_per_second, cfg.handshake_burst_seconds)
+        self._handshakes_per_subnet = PeerRateLimiter.per_second(
+            cfg.max_handshakes_per_subnet_per_second, cfg.handshake_burst_seconds)
         self._dialing: dict[PeerId, _Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
@@ -352,11 +366,23 @@ class Host:
     def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
         """Whether an inbound connection from ``ip`` may proceed (the per-IP
         limit); counts it when it may."""
-        limit = self.config.max_connections_per_ip
-        if not limit or not ip:
+        cfg = self.config
+        if not ip:
             return True
         group, loopback = _ip_group(ip)
-        if group is None or (loopback and not self.config.limit_loopback):
+        if group is None or (loopback and not cfg.limit_loopback):
+            return True
+        now = time.monotonic()
+        if not self._handshakes_per_ip.allow(group, now):
+            log.info("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
+                     ip, cfg.max_handshakes_per_ip_per_second)
+            return False
+        if not self._handshakes_per_subnet.allow(_subnet(ip), now):
+            log.info("refusing inbound connection from %s: over %s handshakes/s from its subnet "
+                     "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
+            return False
+        limit = cfg.max_connections_per_ip
+        if not limit:
             return True
         n = self._ip_conns.get(group, 0)
         if n >= limit:
@@ -691,6 +717,18 @@ async def _read_identify(stream: Stream) -> IdentifyInfo:
         if not data:
             return reader.eof()
         reader.feed(data)
+
+
+def _subnet(ip: str) -> str:
+    """The subnet an address's handshakes are also counted under: IPv4 /24,
+    IPv6 /48 (an IPv4-mapped address counts as IPv4)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(ipaddress.ip_network((addr, 24 if addr.version == 4 else 48), strict=False))
 
 
 def _ip_group(ip: str) -> tuple[str | None, bool]:
