@@ -459,6 +459,19 @@ def _scope_uncached(addr: Multiaddr) -> int:
     return _SCOPE_UNROUTABLE  # the empty address
 
 
+def ip_prefix(ip: str, v4_bits: int, v6_bits: int) -> str | None:
+    """The network of ``ip`` with the given prefix length (an IPv4-mapped
+    IPv6 address counts as IPv4), e.g. ``"1.2.0.0/16"``; None for what does
+    not parse. The groups that per-IP limits count under."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(ipaddress.ip_network((addr, v4_bits if addr.version == 4 else v6_bits), strict=False))
+
+
 def is_loopback(addr: Multiaddr) -> bool:
     """127.0.0.0/8, ::1 (also IPv4-mapped), ``localhost`` names, /unix, /memory."""
     return _scope(addr) == _SCOPE_LOOPBACK

@@ -251,14 +251,11 @@ def test_routing_table_admits_few_peers_per_ip_group():
     max_peers_per_ip_group_per_bucket of a bucket and max_peers_per_ip_group
     of the table (240 identities from one address used to take it whole);
     loopback and private addresses are exempt unless asked."""
-    from kadfast.kad.node import ip_group
+    from kadfast.addrbook import ip_prefix
 
-    assert ip_group("1.2.3.4") == ip_group("1.2.200.9") == "1.2.0.0/16" != ip_group("1.3.0.1")
-    assert ip_group("2001:db8:1::1") is None  # documentation range: private
-    assert ip_group("2a00:1450:4001::1") == "2a00:1450::/32"
-    assert ip_group("::ffff:1.2.3.4") == "1.2.0.0/16"
-    assert ip_group("127.0.0.1") is None and ip_group("10.1.2.3") is None and ip_group("fe80::1") is None
-    assert ip_group("127.0.0.1", everywhere=True) == "127.0.0.0/16"
+    assert ip_prefix("1.2.3.4", 16, 32) == ip_prefix("1.2.200.9", 16, 32) == "1.2.0.0/16"
+    assert ip_prefix("2a00:1450:4001::1", 16, 32) == "2a00:1450::/32"
+    assert ip_prefix("::ffff:1.2.3.4", 24, 48) == "1.2.3.0/24" and ip_prefix("nonsense", 16, 32) is None
 
     node = offline_node()
     sybils = peer_ids(60)

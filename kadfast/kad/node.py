@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-import ipaddress
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import _routing
 from .._xor import Key
+from ..addrbook import ip_prefix, is_public
 from ..errors import KadfastError, PeerIdError, StoreError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
@@ -154,8 +154,8 @@ class Config:
     #: the model): peers of one IP group (IPv4 /16, IPv6 /32, by the address
     #: of its connection, else its first known address) admitted per bucket
     #: and in the whole table; a newcomer over either limit is not inserted.
-    #: Loopback and private addresses are exempt unless
-    #: ``ip_group_limits_everywhere``. 0 turns a limit off
+    #: Addresses that are not public (loopback, private, ...) are exempt
+    #: unless ``ip_group_limits_everywhere``. 0 turns a limit off
     max_peers_per_ip_group_per_bucket: int = 2
     max_peers_per_ip_group: int = 10
     ip_group_limits_everywhere: bool = False
@@ -276,23 +276,6 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
         if local.bucket_index(Key(pid.to_bytes())) == bucket:
             return pid
     return None
-
-
-def ip_group(ip: str, everywhere: bool = False) -> str | None:
-    """The routing table's IP group of an address: its IPv4 /16 or IPv6 /32
-    (an IPv4-mapped address counts as IPv4); None for loopback, private,
-    link-local and unique-local addresses unless ``everywhere``, and for
-    what does not parse."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if not everywhere and (addr.is_loopback or addr.is_private or addr.is_link_local):
-        return None
-    prefix = 16 if addr.version == 4 else 32
-    return str(ipaddress.ip_network((addr, prefix), strict=False))
 
 
 def _still_running(round_: asyncio.Task | None, what: str) -> bool:
@@ -530,7 +513,9 @@ class KadNode:
         for addr in (*addrs, *self.host.addrbook.addrs(peer, now)):
             ip = addr.value_for("ip4") or addr.value_for("ip6")
             if ip:
-                return ip_group(ip, cfg.ip_group_limits_everywhere)
+                if not (cfg.ip_group_limits_everywhere or is_public(addr)):
+                    return None  # loopback, private and special ranges: exempt
+                return ip_prefix(ip, 16, 32)
         return None
 
     def _group_is_full(self, group: str, key: Key) -> bool:
@@ -1343,6 +1328,9 @@ class KadNode:
             # once per sweep_interval, not every step (a MemoryStore walks its
             # records; SqliteStore asks its expiry index)
             self._last_sweep = now
+            # the diversity counts forget the keys that left the table
+            self._group_members = {
+                g: live for g, members in self._group_members.items() if (live := {k for k in members if k in self.table})}
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from .. import __version__
-from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, is_loopback
+from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_prefix, is_loopback
 from ..errors import KadfastError, MultiaddrError, ProtocolError
 from ..identify import (
     MAX_IDENTIFY_BYTES,
@@ -377,7 +377,7 @@ class Host:
             log.info("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
                      ip, cfg.max_handshakes_per_ip_per_second)
             return False
-        if not self._handshakes_per_subnet.allow(_subnet(ip), now):
+        if not self._handshakes_per_subnet.allow(ip_prefix(ip, 24, 48) or group, now):  # IPv4 /24, IPv6 /48
             log.info("refusing inbound connection from %s: over %s handshakes/s from its subnet "
                      "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
             return False
@@ -717,18 +717,6 @@ async def _read_identify(stream: Stream) -> IdentifyInfo:
         if not data:
             return reader.eof()
         reader.feed(data)
-
-
-def _subnet(ip: str) -> str:
-    """The subnet an address's handshakes are also counted under: IPv4 /24,
-    IPv6 /48 (an IPv4-mapped address counts as IPv4)."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return str(ipaddress.ip_network((addr, 24 if addr.version == 4 else 48), strict=False))
 
 
 def _ip_group(ip: str) -> tuple[str | None, bool]:
