@@ -197,6 +197,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _close_pipes(proc: subprocess.Popen, threads) -> None:
+    """After a child exited: let its reader threads finish, close its pipes."""
+    for thread in threads:
+        thread.join(timeout=5)
+    for stream in (proc.stdout, proc.stderr):
+        with contextlib.suppress(OSError):
+            if stream:
+                stream.close()
+
+
 class PeerBuild:
     """Builds one implementation's peer program into ``<cache>/<impl>/``.
 
@@ -747,12 +757,7 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self._kill(signal.SIGKILL)
                 proc.wait()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            with contextlib.suppress(OSError):
-                if stream:
-                    stream.close()
+        _close_pipes(proc, self._threads)
         self._fail_pending(PeerDied(f"[{self.name}] stopped"))
         return proc.returncode
 
@@ -1148,12 +1153,7 @@ class KuboDaemon:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 proc.wait()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        for stream in (proc.stdout, proc.stderr):
-            with contextlib.suppress(OSError):
-                if stream:
-                    stream.close()
+        _close_pipes(proc, self._threads)
         return proc.returncode
 
     def _signal(self, sig: int) -> None:
