@@ -599,6 +599,37 @@ def test_put_value_publisher_is_the_sender_not_the_claim():
     assert node.store.get(b"/any/mine", node.clock()).publisher == sender
 
 
+def test_records_per_network_are_bounded():
+    """Many identities of one network (IPv4 /24) cannot fill the store: past
+    max_records_per_ip_group new keys from it are refused, while another
+    network still gets room; expiry and removal give the room back;
+    overwriting a key it stored costs nothing; loopback is exempt."""
+    from kadfast.kad.ratelimit import RateLimited
+
+    node = offline_node(config=Config(max_records_per_ip_group=5, max_puts_per_peer_per_second=0))
+    here = Multiaddr("/ip4/1.2.3.4/tcp/4001")
+
+    def put(key, addr, value=b"v", ttl=None):
+        rec = KadRecord(key, value, ttl=ttl)
+        return node._handle_request(peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), addr)
+
+    for i in range(5):
+        put(b"/a/%d" % i, here, ttl=10 if i == 0 else None)
+    with pytest.raises(RateLimited, match="1.2.3.0/24"):
+        put(b"/a/5", Multiaddr("/ip4/1.2.3.99/tcp/1"))
+    assert node.store.get(b"/a/5", node.clock()) is None
+    put(b"/a/1", here, value=b"w")  # a key it stored: overwritten, not counted twice
+    put(b"/b/0", Multiaddr("/ip4/1.2.4.4/tcp/4001"))  # another /24
+    put(b"/c/0", Multiaddr("/ip4/127.0.0.1/tcp/4001"))  # loopback: exempt
+    node.remove_record(b"/a/2")
+    put(b"/a/6", here)
+    node.clock.t += 11
+    run_loop(lambda: node.maintenance(node.clock()))  # the sweep drops /a/0
+    put(b"/a/7", here)
+    with pytest.raises(RateLimited):
+        put(b"/a/8", here)
+
+
 def test_add_provider_accepts_only_the_sender():
     node = offline_node()
     sender, other = peer_ids(2)

@@ -159,6 +159,12 @@ class Config:
     max_peers_per_ip_group_per_bucket: int = 2
     max_peers_per_ip_group: int = 10
     ip_group_limits_everywhere: bool = False
+    #: records that peers of one network (IPv4 /24, IPv6 /48, by the
+    #: connection's address; public addresses only unless
+    #: ``ip_group_limits_everywhere``) may have stored here at once: many
+    #: identities behind one network cannot fill the store; a PUT_VALUE of a
+    #: new key over it is refused (the stream reset). 0 turns it off
+    max_records_per_ip_group: int = 128
 
 
 class Quorum:
@@ -360,6 +366,10 @@ class KadNode:
         # table keys admitted per IP group (pruned of keys that left the
         # table when counted), for the diversity limits
         self._group_members: dict[str, set[Key]] = {}
+        # record keys stored from each network, and each key's network, for
+        # max_records_per_ip_group
+        self._records_of_group: dict[str, set[bytes]] = {}
+        self._group_of_record: dict[bytes, str] = {}
         self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
@@ -899,10 +909,16 @@ class KadNode:
                 # we go on republishing it); no put makes a record ours
                 pass
             else:
+                self._count_record(rec.key, remote_addr)  # raises over the network's quota
                 # the publisher is the authenticated sender, never the
                 # message's claim (which would let any peer store records in
                 # another's name, or in ours)
-                self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl), now)
+                try:
+                    self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl), now)
+                except StoreError:
+                    if held is None:
+                        self._forget_record(rec.key)
+                    raise
             self._emit(RecordStored(rec.key, peer, peer))
             # echo the record (js counts any other reply as a failure), without unknown fields
             return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
@@ -954,6 +970,34 @@ class KadNode:
             out = build(closer)
             size = len(out) if out.__class__ is bytes else len(encode_message(out))
         return out
+
+    def _count_record(self, key: bytes, remote_addr) -> None:
+        """Count ``key`` against the quota of the network a PUT_VALUE came
+        from (``Config.max_records_per_ip_group``); a key another network
+        stored moves over. Raises :class:`RateLimited` over the quota."""
+        cfg = self.config
+        limit = cfg.max_records_per_ip_group
+        ip = None if not limit or remote_addr is None else (remote_addr.value_for("ip4") or remote_addr.value_for("ip6"))
+        if not ip or not (cfg.ip_group_limits_everywhere or is_public(remote_addr)):
+            return
+        group = ip_prefix(ip, 24, 48)
+        if group is None or self._group_of_record.get(key) == group:
+            return
+        keys = self._records_of_group.setdefault(group, set())
+        if len(keys) >= limit:
+            raise RateLimited(f"peers of {group} have stored {len(keys)} records here, the limit "
+                              f"(max_records_per_ip_group)")
+        self._forget_record(key)
+        keys.add(key)
+        self._group_of_record[key] = group
+
+    def _forget_record(self, key: bytes) -> None:
+        group = self._group_of_record.pop(key, None)
+        if group is not None:
+            keys = self._records_of_group[group]
+            keys.discard(key)
+            if not keys:
+                del self._records_of_group[group]
 
     def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
         """Whether the record held for ``key`` beats the (valid) ``new`` one:
@@ -1259,6 +1303,7 @@ class KadNode:
 
     def remove_record(self, key: bytes) -> Record | None:
         self._published.pop(key, None)
+        self._forget_record(key)
         return self.store.remove(key)
 
     async def provide(self, key: bytes) -> int:
@@ -1334,6 +1379,7 @@ class KadNode:
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
+                self._forget_record(k)
                 self._emit(RecordExpired(k))
         if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
             self._last_bootstrap = now
