@@ -603,7 +603,8 @@ def test_records_per_network_are_bounded():
     """Many identities of one network (IPv4 /24) cannot fill the store: past
     max_records_per_ip_group new keys from it are refused, while another
     network still gets room; expiry and removal give the room back;
-    overwriting a key it stored costs nothing; loopback is exempt."""
+    overwriting a key it stored, or sending a replica of a record held,
+    costs nothing; loopback is exempt."""
     from kadfast.kad.ratelimit import RateLimited
 
     node = offline_node(config=Config(max_records_per_ip_group=5, max_puts_per_peer_per_second=0))
@@ -619,6 +620,7 @@ def test_records_per_network_are_bounded():
         put(b"/a/5", Multiaddr("/ip4/1.2.3.99/tcp/1"))
     assert node.store.get(b"/a/5", node.clock()) is None
     put(b"/a/1", here, value=b"w")  # a key it stored: overwritten, not counted twice
+    put(b"/a/1", Multiaddr("/ip4/1.2.3.7/tcp/1"), value=b"w")  # a replica: free
     put(b"/b/0", Multiaddr("/ip4/1.2.4.4/tcp/4001"))  # another /24
     put(b"/c/0", Multiaddr("/ip4/127.0.0.1/tcp/4001"))  # loopback: exempt
     node.remove_record(b"/a/2")

@@ -163,8 +163,10 @@ class Config:
     #: connection's address; public addresses only unless
     #: ``ip_group_limits_everywhere``) may have stored here at once: many
     #: identities behind one network cannot fill the store; a PUT_VALUE of a
-    #: new key over it is refused (the stream reset). 0 turns it off
-    max_records_per_ip_group: int = 128
+    #: new key (or a new value) over it is refused (the stream reset), while
+    #: replicas of what is held cost nothing. A quarter of the default
+    #: store, so that a neighbour's hourly replication still fits. 0: off
+    max_records_per_ip_group: int = 256
 
 
 class Quorum:
@@ -909,7 +911,8 @@ class KadNode:
                 # we go on republishing it); no put makes a record ours
                 pass
             else:
-                self._count_record(rec.key, remote_addr)  # raises over the network's quota
+                if held is None or held.value != rec.value:  # a replica of what we hold costs nothing
+                    self._count_record(rec.key, remote_addr)  # raises over the network's quota
                 # the publisher is the authenticated sender, never the
                 # message's claim (which would let any peer store records in
                 # another's name, or in ours)
