@@ -632,6 +632,34 @@ def test_records_per_network_are_bounded():
         put(b"/a/8", here)
 
 
+def test_provider_keys_per_network_are_bounded():
+    """The same for provider keys: past max_provider_keys_per_ip_group new
+    keys from one /24 are ignored (ADD_PROVIDER has no answer); more
+    providers of a key it counts already, other networks and the sweep of
+    expired providers are as for records."""
+    node = offline_node(config=Config(max_provider_keys_per_ip_group=3))
+    here = Multiaddr("/ip4/1.2.3.4/tcp/4001")
+
+    def provide(key, addr):
+        p = peer_ids(1)[0]
+        msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(p, [addr], 0)])
+        assert node._handle_request(p, msg, addr) is None
+        return p
+
+    for i in range(3):
+        provide(b"k%d" % i, here)
+    provide(b"k3", here)
+    assert node.store.providers(b"k3", node.clock()) == []
+    provide(b"k0", Multiaddr("/ip4/1.2.3.5/tcp/1"))  # a second provider of a counted key
+    assert len(node.store.providers(b"k0", node.clock())) == 2
+    provide(b"k3", Multiaddr("/ip4/5.6.7.8/tcp/1"))  # another network
+    assert len(node.store.providers(b"k3", node.clock())) == 1
+    node.clock.t += node.config.provider_ttl + 1
+    run_loop(lambda: node.maintenance(node.clock()))  # every provider expired
+    provide(b"k4", here)
+    assert len(node.store.providers(b"k4", node.clock())) == 1
+
+
 def test_add_provider_accepts_only_the_sender():
     node = offline_node()
     sender, other = peer_ids(2)

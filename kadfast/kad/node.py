@@ -167,6 +167,10 @@ class Config:
     #: replicas of what is held cost nothing. A quarter of the default
     #: store, so that a neighbour's hourly replication still fits. 0: off
     max_records_per_ip_group: int = 256
+    #: likewise for the keys that peers of one network are providers of here
+    #: (an ADD_PROVIDER of a new key over it is ignored; the protocol has no
+    #: answer to refuse it with)
+    max_provider_keys_per_ip_group: int = 256
 
 
 class Quorum:
@@ -286,6 +290,51 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
     return None
 
 
+class _NetworkQuota:
+    """Keys counted per network (an IP prefix), at most ``limit`` each.
+    ``exclusive``: a key counts for one network at a time (a record: the
+    last network that stored it); else for each network that asked (a
+    provider key)."""
+
+    __slots__ = ("limit", "exclusive", "_keys_of", "_networks_of")
+
+    def __init__(self, limit: int, exclusive: bool) -> None:
+        self.limit = limit
+        self.exclusive = exclusive
+        self._keys_of: dict[str, set[bytes]] = {}
+        self._networks_of: dict[bytes, set[str]] = {}
+
+    def admit(self, network: str, key: bytes) -> bool:
+        """Count ``key`` for ``network``; False (nothing counted) when the
+        network has its limit already. 0 admits everything."""
+        if not self.limit:
+            return True
+        networks = self._networks_of.get(key)
+        if networks is not None and network in networks:
+            return True
+        keys = self._keys_of.setdefault(network, set())
+        if len(keys) >= self.limit:
+            return False
+        if self.exclusive:
+            self.forget(key)
+            networks = None
+        if networks is None:
+            networks = self._networks_of[key] = set()
+        networks.add(network)
+        keys.add(key)
+        return True
+
+    def forget(self, key: bytes) -> None:
+        for network in self._networks_of.pop(key, ()):
+            keys = self._keys_of[network]
+            keys.discard(key)
+            if not keys:
+                del self._keys_of[network]
+
+    def keys(self) -> list[bytes]:
+        return list(self._networks_of)
+
+
 def _still_running(round_: asyncio.Task | None, what: str) -> bool:
     """Whether the previous round of ``what`` still runs (the new one is then skipped)."""
     if round_ is None or round_.done():
@@ -368,10 +417,10 @@ class KadNode:
         # table keys admitted per IP group (pruned of keys that left the
         # table when counted), for the diversity limits
         self._group_members: dict[str, set[Key]] = {}
-        # record keys stored from each network, and each key's network, for
-        # max_records_per_ip_group
-        self._records_of_group: dict[str, set[bytes]] = {}
-        self._group_of_record: dict[bytes, str] = {}
+        # keys stored from each network (max_records_per_ip_group,
+        # max_provider_keys_per_ip_group)
+        self._record_quota = _NetworkQuota(self.config.max_records_per_ip_group, exclusive=True)
+        self._provider_quota = _NetworkQuota(self.config.max_provider_keys_per_ip_group, exclusive=False)
         self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
@@ -911,8 +960,12 @@ class KadNode:
                 # we go on republishing it); no put makes a record ours
                 pass
             else:
-                if held is None or held.value != rec.value:  # a replica of what we hold costs nothing
-                    self._count_record(rec.key, remote_addr)  # raises over the network's quota
+                network = self._network_of(remote_addr)
+                # a replica of what we hold costs nothing
+                if network is not None and (held is None or held.value != rec.value) \
+                        and not self._record_quota.admit(network, rec.key):
+                    raise RateLimited(f"peers of {network} have stored {self._record_quota.limit} records here, "
+                                      "the limit (max_records_per_ip_group)")
                 # the publisher is the authenticated sender, never the
                 # message's claim (which would let any peer store records in
                 # another's name, or in ours)
@@ -920,7 +973,7 @@ class KadNode:
                     self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl), now)
                 except StoreError:
                     if held is None:
-                        self._forget_record(rec.key)
+                        self._record_quota.forget(rec.key)
                     raise
             self._emit(RecordStored(rec.key, peer, peer))
             # echo the record (js counts any other reply as a failure), without unknown fields
@@ -931,6 +984,11 @@ class KadNode:
             for p in msg.provider_peers:
                 if p.peer_id != peer:
                     log.info("ADD_PROVIDER from %s names %s as provider; ignored", peer, p.peer_id)
+                    continue
+                network = self._network_of(remote_addr)
+                if network is not None and not self._provider_quota.admit(network, msg.key):
+                    log.info("ADD_PROVIDER from %s ignored: peers of %s provide %d keys here, the limit "
+                             "(max_provider_keys_per_ip_group)", peer, network, self._provider_quota.limit)
                     continue
                 if p.addrs:
                     self.host.addrbook.add(peer, p.addrs, now, ttl=self.config.provider_ttl, source="provider")
@@ -974,33 +1032,14 @@ class KadNode:
             size = len(out) if out.__class__ is bytes else len(encode_message(out))
         return out
 
-    def _count_record(self, key: bytes, remote_addr) -> None:
-        """Count ``key`` against the quota of the network a PUT_VALUE came
-        from (``Config.max_records_per_ip_group``); a key another network
-        stored moves over. Raises :class:`RateLimited` over the quota."""
-        cfg = self.config
-        limit = cfg.max_records_per_ip_group
-        ip = None if not limit or remote_addr is None else (remote_addr.value_for("ip4") or remote_addr.value_for("ip6"))
-        if not ip or not (cfg.ip_group_limits_everywhere or is_public(remote_addr)):
-            return
-        group = ip_prefix(ip, 24, 48)
-        if group is None or self._group_of_record.get(key) == group:
-            return
-        keys = self._records_of_group.setdefault(group, set())
-        if len(keys) >= limit:
-            raise RateLimited(f"peers of {group} have stored {len(keys)} records here, the limit "
-                              f"(max_records_per_ip_group)")
-        self._forget_record(key)
-        keys.add(key)
-        self._group_of_record[key] = group
-
-    def _forget_record(self, key: bytes) -> None:
-        group = self._group_of_record.pop(key, None)
-        if group is not None:
-            keys = self._records_of_group[group]
-            keys.discard(key)
-            if not keys:
-                del self._records_of_group[group]
+    def _network_of(self, remote_addr) -> str | None:
+        """The network a request's connection comes from, for the store's
+        quotas: IPv4 /24, IPv6 /48; None when exempt (not public, unless
+        ``ip_group_limits_everywhere``) or unknown."""
+        ip = None if remote_addr is None else (remote_addr.value_for("ip4") or remote_addr.value_for("ip6"))
+        if not ip or not (self.config.ip_group_limits_everywhere or is_public(remote_addr)):
+            return None
+        return ip_prefix(ip, 24, 48)
 
     def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
         """Whether the record held for ``key`` beats the (valid) ``new`` one:
@@ -1306,7 +1345,7 @@ class KadNode:
 
     def remove_record(self, key: bytes) -> Record | None:
         self._published.pop(key, None)
-        self._forget_record(key)
+        self._record_quota.forget(key)
         return self.store.remove(key)
 
     async def provide(self, key: bytes) -> int:
@@ -1382,8 +1421,11 @@ class KadNode:
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
-                self._forget_record(k)
+                self._record_quota.forget(k)
                 self._emit(RecordExpired(k))
+            for k in self._provider_quota.keys():  # a few hundred keys at most per network
+                if not self.store.providers(k, now):
+                    self._provider_quota.forget(k)
         if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
             self._last_bootstrap = now
             self._spawn(self._quietly(self.bootstrap()))
