@@ -502,6 +502,28 @@ def addrs_for_remote(our_addrs: list[Multiaddr], remote_addr: Multiaddr) -> list
     return [a for a in our_addrs if _scope(a) in (_SCOPE_PRIVATE, _SCOPE_PUBLIC)]
 
 
+def plausible_addrs(announced: Iterable[Multiaddr], remote_addr: Multiaddr | None) -> list[Multiaddr]:
+    """The addresses a peer announced for itself (identify, ADD_PROVIDER)
+    that may be handed to others. A peer that reached us from a public
+    address is believed only for addresses on that same IP (any port or
+    transport): otherwise any identity could have the DHT send its clients
+    to a victim's address. A peer on loopback or a private network is taken
+    at its word (local networks and tests), as is one whose address we do
+    not know. Order is kept."""
+    if remote_addr is None or _scope(remote_addr) != _SCOPE_PUBLIC:
+        return list(announced)
+    ip = remote_addr.value_for("ip4") or remote_addr.value_for("ip6")
+    if ip is None:
+        return list(announced)
+    seen = ipaddress.ip_address(ip)
+    out = []
+    for a in announced:
+        theirs = a.value_for("ip4") or a.value_for("ip6")
+        if theirs is not None and ipaddress.ip_address(theirs) == seen:
+            out.append(a)
+    return out
+
+
 _HOSTS = frozenset(("ip4", "ip6", "dns", "dns4", "dns6"))
 
 

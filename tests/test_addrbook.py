@@ -303,3 +303,20 @@ def test_a_full_book_spares_the_peers_that_keep_says_are_needed():
     book.keep = lambda p: True  # even if everything is needed, the bound holds
     book.add(Ed25519KeyPair.generate().peer_id, [addr], now=0.0)
     assert len(book) == 3
+
+
+def test_announced_addresses_must_be_plausible():
+    """A peer that came from a public IP is believed only for addresses on
+    that IP: an identity announcing a victim's address is not handed out.
+    Loopback and private peers are taken at their word."""
+    from kadfast.addrbook import plausible_addrs
+
+    mine = [M("/ip4/5.6.7.8/tcp/4001"), M("/ip4/5.6.7.8/udp/4001/quic-v1")]
+    victim = [M("/ip4/9.9.9.9/tcp/80"), M("/dns4/victim.example/tcp/443"), M("/ip6/2a00:1450::1/tcp/1")]
+    assert plausible_addrs(mine + victim, M("/ip4/5.6.7.8/tcp/50000")) == mine
+    assert plausible_addrs(victim, M("/ip4/5.6.7.8/tcp/50000")) == []
+    v6 = M("/ip6/2a00:1450::1/tcp/4001")
+    assert plausible_addrs([v6, mine[0]], M("/ip6/2a00:1450:0::1/tcp/9")) == [v6]
+    for local in (M("/ip4/127.0.0.1/tcp/9"), M("/ip4/192.168.1.2/tcp/9"), None):
+        assert plausible_addrs(mine + victim, local) == mine + victim
+

@@ -660,6 +660,20 @@ def test_provider_keys_per_network_are_bounded():
     assert len(node.store.providers(b"k4", node.clock())) == 1
 
 
+def test_add_provider_keeps_only_plausible_addresses():
+    """A provider that reached us from a public IP and names a victim's
+    address beside its own: only its own is stored and handed out."""
+    node = offline_node()
+    p = peer_ids(1)[0]
+    own, victim = Multiaddr("/ip4/5.6.7.8/tcp/4001"), Multiaddr("/ip4/9.9.9.9/tcp/80")
+    msg = KadMessage(MessageType.ADD_PROVIDER, key=b"k", provider_peers=[KadPeer(p, [victim, own], 0)])
+    node._handle_request(p, msg, Multiaddr("/ip4/5.6.7.8/tcp/50123"))
+    [rec] = node.store.providers(b"k", node.clock())
+    assert list(rec.addrs) == [own] and node.host.addrbook.addrs(p, node.clock()) == [own]
+    reply = node._handle_request(peer_ids(1)[0], KadMessage(MessageType.GET_PROVIDERS, key=b"k"), None)
+    assert [pp.addrs for pp in reply.provider_peers] == [[own]]
+
+
 def test_add_provider_accepts_only_the_sender():
     node = offline_node()
     sender, other = peer_ids(2)

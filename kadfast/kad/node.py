@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import _routing
 from .._xor import Key
-from ..addrbook import ip_prefix, is_public
+from ..addrbook import ip_prefix, is_public, plausible_addrs
 from ..errors import KadfastError, PeerIdError, StoreError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
@@ -990,9 +990,10 @@ class KadNode:
                     log.info("ADD_PROVIDER from %s ignored: peers of %s provide %d keys here, the limit "
                              "(max_provider_keys_per_ip_group)", peer, network, self._provider_quota.limit)
                     continue
-                if p.addrs:
-                    self.host.addrbook.add(peer, p.addrs, now, ttl=self.config.provider_ttl, source="provider")
-                self.store.add_provider(ProviderRecord(msg.key, peer, tuple(p.addrs), now + self.config.provider_ttl), now)
+                addrs = plausible_addrs(p.addrs, remote_addr)  # never a victim's address
+                if addrs:
+                    self.host.addrbook.add(peer, addrs, now, ttl=self.config.provider_ttl, source="provider")
+                self.store.add_provider(ProviderRecord(msg.key, peer, tuple(addrs), now + self.config.provider_ttl), now)
             return None
         if t == MessageType.GET_PROVIDERS:
             providers = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
 from .. import __version__
-from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_prefix, is_loopback
+from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_prefix, is_loopback, plausible_addrs
 from ..errors import KadfastError, MultiaddrError, ProtocolError
 from ..identify import (
     MAX_IDENTIFY_BYTES,
@@ -662,8 +662,12 @@ class Host:
             return
         now = time.monotonic()
         self.peer_info[peer] = info
-        if info.listen_addrs:
-            self.addrbook.add(peer, info.listen_addrs, now, source="identify")
+        listen = plausible_addrs(info.listen_addrs, conn.remote_addr)
+        if len(listen) < len(info.listen_addrs):
+            log.debug("identify of %s: %d of its listen addresses are not on the IP it came from; not kept",
+                      peer, len(info.listen_addrs) - len(listen))
+        if listen:
+            self.addrbook.add(peer, listen, now, source="identify")
         if info.observed_addr is not None:
             self.addrbook.set_observed(info.observed_addr, peer, now)
         fut = self._identified.get(peer)
