@@ -660,6 +660,32 @@ def test_provider_keys_per_network_are_bounded():
     assert len(node.store.providers(b"k4", node.clock())) == 1
 
 
+def test_namespace_records_name_their_sender_and_unvalidated_keys_follow_the_policy():
+    """The reference program's record (key = namespace, value = a PeerId)
+    must name its sender: no one points a namespace at another peer, while
+    each listener may still announce itself (last writer wins) and replicas
+    of the value held are taken. Other unvalidated keys: stored by default
+    (rust), refused with unvalidated_records='refuse' (go)."""
+    node = offline_node()
+    alice, bob, mallory = peer_ids(3)
+
+    def put(sender, key, value):
+        rec = KadRecord(key, value)
+        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), None)
+
+    put(alice, b"chat", alice.to_bytes())
+    with pytest.raises(InvalidRecord, match="names another peer"):
+        put(mallory, b"chat", bob.to_bytes())
+    put(bob, b"chat", alice.to_bytes())  # a replica of the value held
+    put(bob, b"chat", bob.to_bytes())  # bob announces himself: last writer wins
+    assert node.store.get(b"chat", node.clock()).value == bob.to_bytes()
+    put(mallory, b"/app/x", b"anything")  # no validator: stored (rust semantics)
+    strict = offline_node(config=Config(unvalidated_records="refuse"))
+    with pytest.raises(InvalidRecord, match="no validator"):
+        strict._handle_request(alice, KadMessage(MessageType.PUT_VALUE, key=b"/app/x", record=KadRecord(b"/app/x", b"v")), None)
+    strict._handle_request(alice, KadMessage(MessageType.PUT_VALUE, key=b"chat", record=KadRecord(b"chat", alice.to_bytes())), None)
+
+
 def test_add_provider_keeps_only_plausible_addresses():
     """A provider that reached us from a public IP and names a victim's
     address beside its own: only its own is stored and handed out."""

@@ -171,6 +171,14 @@ class Config:
     #: (an ADD_PROVIDER of a new key over it is ignored; the protocol has no
     #: answer to refuse it with)
     max_provider_keys_per_ip_group: int = 256
+    #: what a server does with a PUT_VALUE whose key no registered validator
+    #: checks: "accept" stores it, last writer wins (rust-libp2p; any peer
+    #: can overwrite such a record), "refuse" stores none
+    #: (go-libp2p-kad-dht). Either way, a key with no namespace whose value
+    #: is a PeerId (the reference program's namespace record) must carry
+    #: the sender's own PeerId, or repeat the value held: no one can point
+    #: a namespace at another peer
+    unvalidated_records: str = "accept"
 
 
 class Quorum:
@@ -445,6 +453,8 @@ class KadNode:
         mode = self.config.mode
         if mode not in ("auto", "server", "client"):
             raise ValueError("mode must be auto, server or client")
+        if self.config.unvalidated_records not in ("accept", "refuse"):
+            raise ValueError("unvalidated_records must be accept or refuse")
         self.server_mode = mode == "server" or (
             mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
         )
@@ -950,6 +960,7 @@ class KadNode:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
             self._check_size(rec.key, rec.value)  # as are records too large to be read back
             self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
+            self._check_unvalidated(peer, rec.key, rec.value, now)
             if self._held_wins(rec.key, rec.value, now):
                 # as go: the held record is kept, and the put fails (resets the stream)
                 raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
@@ -1032,6 +1043,30 @@ class KadNode:
             out = build(closer)
             size = len(out) if out.__class__ is bytes else len(encode_message(out))
         return out
+
+    def _check_unvalidated(self, sender: PeerId, key: bytes, value: bytes, now: float) -> None:
+        """The server's policy for a PUT_VALUE of a key that no registered
+        validator checks (``Config.unvalidated_records``); raises
+        :class:`InvalidRecord` (the stream is reset) when it is refused."""
+        v = self.validator
+        if not isinstance(v, NamespacedValidator) or v.validator_for(key) is not None:
+            return  # validated (or a validator of the application's own)
+        held = self.store.get(key, now)
+        if held is not None and held.value == value:
+            return  # a replica of what is held
+        if v.namespace_of(key) is None:
+            try:
+                named = PeerId(value)
+            except PeerIdError:
+                named = None
+            if named is not None:
+                # the reference program's namespace record: key = the
+                # namespace, value = the announcing peer's own PeerId
+                if named != sender:
+                    raise InvalidRecord(f"PUT_VALUE from {sender}: the record for {key!r} names another peer ({named})")
+                return
+        if self.config.unvalidated_records == "refuse":
+            raise InvalidRecord(f"PUT_VALUE from {sender}: no validator for {key!r} (unvalidated_records='refuse')")
 
     def _network_of(self, remote_addr) -> str | None:
         """The network a request's connection comes from, for the store's
