@@ -197,6 +197,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _collect_stderr(proc: subprocess.Popen | None, lines) -> None:
+    """A reader thread's loop: the child's stderr, line by line, into ``lines``."""
+    assert proc is not None and proc.stderr is not None
+    try:
+        for raw in proc.stderr:
+            lines.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+    except (OSError, ValueError):
+        pass
+
+
 def _close_pipes(proc: subprocess.Popen, threads) -> None:
     """After a child exited: let its reader threads finish, close its pipes."""
     for thread in threads:
@@ -916,12 +926,7 @@ class Peer:
         self._noise.append(line)
 
     def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        try:
-            for raw in self.proc.stderr:
-                self._stderr.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
-        except (OSError, ValueError):
-            pass
+        _collect_stderr(self.proc, self._stderr)
 
     def _fail_pending(self, exc: Exception) -> None:
         with self._lock:
@@ -1186,12 +1191,7 @@ class KuboDaemon:
             self._eof.set()
 
     def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        try:
-            for raw in self.proc.stderr:
-                self._stderr.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
-        except (OSError, ValueError):
-            pass
+        _collect_stderr(self.proc, self._stderr)
 
     # -- commands ------------------------------------------------------------
 
