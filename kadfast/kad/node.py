@@ -343,6 +343,10 @@ class _NetworkQuota:
         return list(self._networks_of)
 
 
+#: first bytes of the PeerId multihashes (identity 0x00, sha2-256 0x12)
+_MULTIHASH_STARTS = frozenset((0x00, 0x12))
+
+
 def _still_running(round_: asyncio.Task | None, what: str) -> bool:
     """Whether the previous round of ``what`` still runs (the new one is then skipped)."""
     if round_ is None or round_.done():
@@ -689,7 +693,7 @@ class KadNode:
                 break
         return out
 
-    def _find_node_target(self, key: bytes, requester: PeerId, now: float) -> KadPeer | None:
+    def _find_node_target(self, key: bytes, tkey: Key, requester: PeerId, now: float) -> KadPeer | None:
         """The entry a FIND_NODE answer puts first: the target peer itself
         when the key is a PeerId whose addresses we know (connected, or not
         expired in the address book), even if it is a DHT client and not in
@@ -700,15 +704,17 @@ class KadNode:
         itself), and when the key is not a PeerId or nothing is known."""
         if key == self._own_id_bytes:
             return KadPeer(self.peer_id, self.host.announce_addrs(), 1)
+        # ``tkey`` is the answer's own Key of ``key``: no second hash, and the
+        # node's PeerId -> Key cache is not filled with lookup targets
+        if not key or key[0] not in _MULTIHASH_STARTS or tkey in self.table:
+            # not a PeerId (random keys, record keys), or the closest entry of
+            # the answer already, or withheld as unreachable (stale addresses)
+            return None
         try:
             target = PeerId(key)
         except PeerIdError:
             return None
         if target == requester:
-            return None
-        if self._key(target) in self.table:
-            # the closest entry of the answer already, or withheld as
-            # unreachable (a request to it failed: its addresses are stale)
             return None
         return self._kad_peer(target, now)
 
@@ -925,9 +931,10 @@ class KadNode:
         if self._request_subscribers:
             self._emit(InboundRequest(peer, t), self._request_subscribers)
         if t == MessageType.FIND_NODE:
-            target = self._find_node_target(msg.key, peer, now)
+            tkey = Key(msg.key)
+            target = self._find_node_target(msg.key, tkey, peer, now)
             if framed:
-                fields = self._closer_fields(Key(msg.key), peer, now)
+                fields = self._closer_fields(tkey, peer, now)
                 if target is not None:
                     fields.insert(0, closer_field(encode_peer(target.peer_id, target.addrs, target.connection)))
                 out = encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
@@ -935,7 +942,7 @@ class KadNode:
                     return out
                 return self._fitted(len(fields) - 1, lambda n: encode_find_node_reply(
                     msg.key, fields[:n], MessageType.FIND_NODE, framed=True, closer_fields=True))
-            closer = self._closest_kad_peers(Key(msg.key), peer, now)
+            closer = self._closest_kad_peers(tkey, peer, now)
             if target is not None:
                 closer.insert(0, target)
             return self._fitted(len(closer), lambda n: KadMessage(
@@ -960,12 +967,12 @@ class KadNode:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
             self._check_size(rec.key, rec.value)  # as are records too large to be read back
             self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
-            self._check_unvalidated(peer, rec.key, rec.value, now)
-            if self._held_wins(rec.key, rec.value, now):
+            held = self.store.get(rec.key, now)
+            self._check_unvalidated(peer, rec.key, rec.value, held)
+            if self._held_wins(rec.key, rec.value, held):
                 # as go: the held record is kept, and the put fails (resets the stream)
                 raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
-            held = self.store.get(rec.key, now)
             if held is not None and held.publisher == self.peer_id and held.value == rec.value:
                 # a replica of our own record coming back: ours it stays (and
                 # we go on republishing it); no put makes a record ours
@@ -1044,14 +1051,13 @@ class KadNode:
             size = len(out) if out.__class__ is bytes else len(encode_message(out))
         return out
 
-    def _check_unvalidated(self, sender: PeerId, key: bytes, value: bytes, now: float) -> None:
+    def _check_unvalidated(self, sender: PeerId, key: bytes, value: bytes, held: Record | None) -> None:
         """The server's policy for a PUT_VALUE of a key that no registered
         validator checks (``Config.unvalidated_records``); raises
         :class:`InvalidRecord` (the stream is reset) when it is refused."""
         v = self.validator
         if not isinstance(v, NamespacedValidator) or v.validator_for(key) is not None:
             return  # validated (or a validator of the application's own)
-        held = self.store.get(key, now)
         if held is not None and held.value == value:
             return  # a replica of what is held
         if v.namespace_of(key) is None:
@@ -1077,16 +1083,15 @@ class KadNode:
             return None
         return ip_prefix(ip, 24, 48)
 
-    def _held_wins(self, key: bytes, new: bytes, now: float) -> bool:
+    def _held_wins(self, key: bytes, new: bytes, held: Record | None) -> bool:
         """Whether the record held for ``key`` beats the (valid) ``new`` one:
-        go's select over [new, held]. A held record that is no longer valid
-        (an expired IPNS record, or one stored before its namespace had a
-        validator) loses; so does any under a namespace without a validator
-        (the store is not even asked)."""
+        go's select over [new, held]; ``held`` is what the store holds for
+        ``key`` (None: nothing). A held record that is no longer valid (an
+        expired IPNS record, or one stored before its namespace had a
+        validator) loses; so does any under a namespace without a validator."""
         v = self.validator
         if isinstance(v, NamespacedValidator) and v.validator_for(key) is None:
             return False
-        held = self.store.get(key, now)
         if held is None or held.value == new:
             return False
         try:
@@ -1263,7 +1268,7 @@ class KadNode:
         self._check_size(record.key, record.value)
         self.validator.validate(record.key, record.value)
         now = self.clock()
-        if self._held_wins(record.key, record.value, now):
+        if self._held_wins(record.key, record.value, self.store.get(record.key, now)):
             raise InvalidRecord(f"the record held for {record.key!r} is better than the one put (as go, it is kept)")
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
                         expires=record.expires or now + self.config.record_ttl)

@@ -373,12 +373,13 @@ class Host:
         if group is None or (loopback and not cfg.limit_loopback):
             return True
         now = time.monotonic()
+        # refusals of a flood are logged at debug: a line each would cost more than the refusal
         if not self._handshakes_per_ip.allow(group, now):
-            log.info("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
+            log.debug("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
                      ip, cfg.max_handshakes_per_ip_per_second)
             return False
         if not self._handshakes_per_subnet.allow(ip_prefix(ip, 24, 48) or group, now):  # IPv4 /24, IPv6 /48
-            log.info("refusing inbound connection from %s: over %s handshakes/s from its subnet "
+            log.debug("refusing inbound connection from %s: over %s handshakes/s from its subnet "
                      "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
             return False
         limit = cfg.max_connections_per_ip
