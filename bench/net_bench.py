@@ -226,7 +226,9 @@ async def bench_handshakes(server: Server, maddr, pid, duration: float, dialers:
 
         async def serve_identify(stream) -> None:
             try:
-                await inner(stream)
+                result = inner(stream)  # the host's identify answer is inline (a plain function)
+                if result is not None:
+                    await result
             finally:
                 fut = served_future(stream.conn)
                 if not fut.done():

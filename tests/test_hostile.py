@@ -820,3 +820,41 @@ def test_inbound_stream_that_never_negotiates_is_reset():
             await server.close()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+# -- fairness: one busy connection cannot hold the loop -------------------------------
+def test_a_flooding_connection_gets_its_share_of_the_loop_and_no_more(run):
+    """A peer writes 4 MiB of Yamux pings at once. The server handles each
+    connection's input ``max_read_bytes_per_turn`` at a time (uvloop would
+    otherwise hand one turn up to 32 reads of that socket): a FIND_NODE on
+    another connection, sent once the flood is under way, is answered while
+    most of the flood still waits, and every ping of the flood is then seen
+    (counted, beyond the rate that is answered)."""
+    import struct
+
+    async def go():
+        node = await start_node()
+        try:
+            async with Host() as honest:
+                await honest.dial(maddr(node.host))
+                raw = await RawClient.connect(node.host)
+                await raw.upgrade()
+                await until_true(lambda: len(node.host.connected_peers()) == 2)
+                [flooder] = [p for p in node.host.connected_peers() if p != honest.peer_id]
+                session = node.host.connection(flooder).session
+                count = 4 * 1024 * 1024 // 12
+                pings = b"".join(struct.pack(">BBHII", 0, y.TYPE_PING, y.FLAG_SYN, 0, i) for i in range(count))
+                for i in range(0, len(pings), 60_000):
+                    raw.send_plain(pings[i:i + 60_000])
+                await until_true(lambda: session.pings_ignored > 0)
+                key = os.urandom(32)
+                [reply] = await kad_request(honest, node.peer_id, KadMessage(MessageType.FIND_NODE, key=key), timeout=10)
+                assert reply.key == key
+                assert session.pings_ignored < count // 2, "the flood was handled before the honest request"
+                # the burst and 10 per second are answered, the rest counted
+                await until_true(lambda: session.pings_ignored >= count - 1000, timeout=30)
+                raw.close()
+        finally:
+            await node.stop()
+
+    run(go, timeout=60)

@@ -109,6 +109,13 @@ class Connection(asyncio.Protocol):
         #: set by the host when the connection limit refuses an inbound connection
         self._refuse = False
         self._closing = False
+        # fairness (HostConfig.max_read_bytes_per_turn): the loop turn this
+        # connection last read in, the bytes it handled in it, and the rest of
+        # a read held for the next turn while reading is paused
+        self._turn = -1
+        self._turn_bytes = 0
+        self._deferred: bytes | None = None
+        self._read_budget = host.config.max_read_bytes_per_turn
 
     def __repr__(self) -> str:
         d = "out" if self.initiator else "in"
@@ -165,6 +172,21 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = now = time.monotonic()
+        budget = self._read_budget
+        if budget:
+            turn = self.host._arm_turn()
+            if turn != self._turn:
+                self._turn = turn
+                self._turn_bytes = 0
+            room = budget - self._turn_bytes
+            if len(data) > room:
+                # over this turn's share: the rest waits for the next turn,
+                # and the socket is not read meanwhile
+                self._defer(data[room:] if room > 0 else data)
+                if room <= 0:
+                    return
+                data = data[:room]
+            self._turn_bytes += len(data)
         # what the handlers write while this runs leaves in the one flush
         # below, not in a call_soon flush (an extra loop pass per read)
         self._receiving = True
@@ -177,6 +199,26 @@ class Connection(asyncio.Protocol):
         finally:
             self._receiving = False
         self._flush()
+
+    def _defer(self, rest: bytes) -> None:
+        if self._deferred is None:
+            self._deferred = rest
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.pause_reading()
+            self.host._paused.append(self)
+        else:  # pragma: no cover - reading is paused while something is deferred
+            self._deferred += rest
+
+    def _resume_turn(self) -> None:
+        """A new turn of the loop: handle what was held back, then read again
+        (or wait for the next turn if it is over the share again)."""
+        data, self._deferred = self._deferred, None
+        if self._state == _CLOSED or self.transport is None or self.transport.is_closing():
+            return
+        if data:
+            self.data_received(data)
+        if self._deferred is None and self._state != _CLOSED and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self):
         self._teardown("remote closed the connection")

@@ -91,6 +91,12 @@ class HostConfig:
     #: Yamux pings of the peer answered per second (burst 20); the rest go
     #: unanswered. 0: every ping is answered
     max_yamux_pings_per_second: float = 10.0
+    #: bytes of one connection's input handled per turn of the event loop;
+    #: past it the rest of the read waits for the next turn and the
+    #: connection stops being read from meanwhile, so that one busy peer (a
+    #: ping or request flood) cannot hold the loop: uvloop hands a loop turn
+    #: up to 32 reads of one socket. 0: no limit
+    max_read_bytes_per_turn: int = 128 * 1024
     #: outbound dials in progress at once
     max_concurrent_dials: int = 64
     #: TCP connect plus upgrade
@@ -171,6 +177,11 @@ class Host:
         self._reaper: asyncio.Task | None = None
         self._closing = False
         self.dropped_events = 0
+        #: turns of the loop that saw a read (see max_read_bytes_per_turn);
+        #: connections over their share wait in _paused for the next turn
+        self.turn = 0
+        self._turn_armed = False
+        self._paused: list[Connection] = []
         self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify, inline=True)
         self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_identify_push)
         self.set_stream_handler(PING_PROTOCOL, self._serve_ping)
@@ -393,6 +404,22 @@ class Host:
         self._ip_conns[group] = n + 1
         conn._ip_group = group
         return True
+
+    def _arm_turn(self) -> int:
+        """The current loop turn's number; the first read of a turn
+        schedules its end (one callback per turn, for all connections)."""
+        if not self._turn_armed:
+            self._turn_armed = True
+            self.loop.call_soon(self._next_turn)
+        return self.turn
+
+    def _next_turn(self) -> None:
+        self.turn += 1
+        self._turn_armed = False
+        if self._paused:
+            paused, self._paused = self._paused, []
+            for conn in paused:
+                conn._resume_turn()
 
     def connection_count(self) -> int:
         return len(self._pending) + self._open_count
