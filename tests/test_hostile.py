@@ -858,3 +858,48 @@ def test_a_flooding_connection_gets_its_share_of_the_loop_and_no_more(run):
             await node.stop()
 
     run(go, timeout=60)
+
+
+def test_libp2p_ping_flood_is_answered_at_the_burst_and_then_reset(run):
+    """/ipfs/ping/1.0.0: a peer writing 100 pings at once gets the burst (20)
+    echoed and then the stream reset; a third ping stream on one connection
+    is reset at once; and a ping after the bucket refilled is answered."""
+    async def go():
+        node = await start_node(max_pings_per_second=50.0)
+        try:
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                s = await h.new_stream(node.peer_id, PING_PROTOCOL)
+                payloads = [os.urandom(32) for _ in range(100)]
+                s.write(b"".join(payloads))
+                echoed = bytearray()
+                with pytest.raises(StreamReset):
+                    while True:
+                        chunk = await asyncio.wait_for(s.read(), 5)
+                        assert chunk, "the stream ended instead of being reset"
+                        echoed += chunk
+                assert bytes(echoed) == b"".join(payloads[:20])
+                # two ping streams may be open on one connection, not three
+                a = await h.new_stream(node.peer_id, PING_PROTOCOL)
+                b = await h.new_stream(node.peer_id, PING_PROTOCOL)
+                c = await h.new_stream(node.peer_id, PING_PROTOCOL)
+                with pytest.raises(StreamReset):
+                    while await asyncio.wait_for(c.read(), 5):
+                        pass
+                for st in (a, b):
+                    st.reset()
+                # the bucket refills at 50/s, and the resets free the stream
+                # slots: a ping is answered again
+                deadline = time.monotonic() + 5
+                while True:
+                    try:
+                        assert await h.ping(node.peer_id, timeout=5) >= 0
+                        break
+                    except StreamReset:
+                        assert time.monotonic() < deadline, "pings never answered again"
+                        await asyncio.sleep(0.05)
+            await assert_serves(node)
+        finally:
+            await node.stop()
+
+    run(go)

@@ -97,6 +97,14 @@ class HostConfig:
     #: ping or request flood) cannot hold the loop: uvloop hands a loop turn
     #: up to 32 reads of one socket. 0: no limit
     max_read_bytes_per_turn: int = 128 * 1024
+    #: libp2p pings (/ipfs/ping/1.0.0) answered per second to one peer
+    #: (all its ping streams together), with a burst of 20 (a peer
+    #: pings every 15 s); a ping over the rate resets its stream. At most
+    #: ``max_ping_streams`` inbound ping streams per connection (rust keeps
+    #: one). 0 turns either off
+    max_pings_per_second: float = 2.0
+    ping_burst: int = 20
+    max_ping_streams: int = 2
     #: outbound dials in progress at once
     max_concurrent_dials: int = 64
     #: TCP connect plus upgrade
@@ -166,6 +174,7 @@ class Host:
             cfg.max_handshakes_per_ip_per_second, cfg.handshake_burst_seconds)
         self._handshakes_per_subnet = PeerRateLimiter.per_second(
             cfg.max_handshakes_per_subnet_per_second, cfg.handshake_burst_seconds)
+        self._ping_limiter = PeerRateLimiter(cfg.max_pings_per_second, cfg.ping_burst)
         self._dialing: dict[PeerId, _Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
@@ -714,12 +723,25 @@ class Host:
 
     # -- ping --------------------------------------------------------------
     async def _serve_ping(self, stream: Stream) -> None:
+        conn = stream.conn
+        limit = self.config.max_ping_streams
+        if limit and not conn.count_inbound(stream, limit):
+            log.debug("%s opened more than %d ping streams on one connection; resetting one", stream.peer_id, limit)
+            stream.reset()
+            return
+        limiter = self._ping_limiter
         while True:
             try:
                 payload = await stream.read_exactly(PING_SIZE)
             except asyncio.IncompleteReadError:
                 return
+            if not limiter.allow(stream.peer_id, time.monotonic()):
+                log.debug("pings from %s over %s/s; resetting the stream",
+                          stream.peer_id, self.config.max_pings_per_second)
+                stream.reset()
+                return
             stream.write(payload)
+            await stream.drain()  # a peer that does not read its pongs gets no more
 
     async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
         """Round-trip time in seconds over ``/ipfs/ping/1.0.0``."""
