@@ -903,3 +903,87 @@ def test_libp2p_ping_flood_is_answered_at_the_burst_and_then_reset(run):
             await node.stop()
 
     run(go)
+
+
+# -- unfinished messages: per-connection and process budgets, and a deadline -----------
+def _open_unfinished_kad_streams(c: RawClient, n: int, body: int = 15 * 1024) -> list[int]:
+    """``n`` kad streams, each announcing a 16 KiB message and sending ``body`` bytes of it."""
+    proposal = MultistreamDialer([KAD]).data_to_send()
+    sids = []
+    for _ in range(n):
+        sid = c.session.open_stream()
+        c.session.send(sid, proposal + b"\x80\x80\x01" + b"\x00" * body)  # length 16,384
+        sids.append(sid)
+    c.flush()
+    return sids
+
+
+async def _resets_seen(c: RawClient, done, timeout: float) -> set[int]:
+    """The ids of the streams that the server reset, read until
+    ``done(ids)`` holds or ``timeout`` passes (what came is kept either way)."""
+    ids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while not done(ids) and time.monotonic() < deadline:
+        try:
+            data = await c.recv(timeout=max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            break
+        ids |= {e.stream_id for e in c.session.receive_data(c.crypto.decrypt(data)) if isinstance(e, y.StreamReset)}
+    return ids
+
+
+def test_unfinished_kad_messages_are_bounded_per_connection_and_have_a_deadline(run):
+    """32 kad streams on one connection each hold most of a 16 KiB message
+    (580 KiB held per connection, with no deadline, before): the streams that
+    would take the connection past max_request_bytes_per_connection are reset,
+    what stays held is within it, and those left are reset once their message
+    is unfinished for kad_message_timeout; then nothing is held."""
+    async def main():
+        node = await start_node(Config(kad_message_timeout=3.0, maintenance_period=0.05))
+        try:
+            c = await RawClient.connect(node.host)
+            await c.upgrade()
+            t0 = time.monotonic()
+            sids = _open_unfinished_kad_streams(c, 32)
+            early = await _resets_seen(c, lambda ids: len(ids) >= 32 - 8, timeout=10)
+            assert len(early) == 32 - 8 and time.monotonic() - t0 < 3.0  # 8 x 15 KiB fit in 128 KiB
+            cap = node.config.max_request_bytes_per_connection
+            assert 8 * 15 * 1024 <= node.buffered_bytes()["requests"] <= cap
+            # the 8 left: reset at the deadline
+            late = await _resets_seen(c, lambda ids: early | ids == set(sids), timeout=10)
+            assert early | late == set(sids) and time.monotonic() - t0 >= 3.0
+            await until_true(lambda: node.buffered_bytes()["requests"] == 0)
+            c.close()
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_the_process_budget_refuses_requests_beyond_it(run):
+    """max_buffered_bytes bounds what all connections together hold: with a
+    40 KiB budget, two connections holding unfinished messages get at most
+    two of them held (15 KiB each), the rest reset; a whole request is still
+    answered; and the metric shows what is held."""
+    async def main():
+        node = await start_node(Config(max_buffered_bytes=40 * 1024))
+        try:
+            clients = []
+            resets = 0
+            for _ in range(2):
+                c = await RawClient.connect(node.host)
+                await c.upgrade()
+                _open_unfinished_kad_streams(c, 3)
+                clients.append(c)
+            await until_true(lambda: node.buffered_bytes()["requests"] > 0)
+            for c in clients:
+                resets += len(await _resets_seen(c, lambda ids: len(ids) == 3, timeout=1.0))
+            assert resets == 4  # 6 streams, 2 held
+            assert node.buffered_bytes()["requests"] <= 40 * 1024
+            await assert_serves(node)
+            for c in clients:
+                c.close()
+            await until_true(lambda: node.buffered_bytes()["requests"] == 0)
+        finally:
+            await node.stop()
+    run(main)

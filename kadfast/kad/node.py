@@ -150,6 +150,22 @@ class Config:
     #: request bytes one kad stream may have held so; past it the stream is
     #: reset (a peer that keeps asking and never reads)
     max_held_request_bytes: int = 64 * 1024
+    #: request bytes the kad streams of one connection may hold at once:
+    #: unfinished messages and requests held by back-pressure. A stream that
+    #: takes its connection past it is reset (32 streams each holding most of
+    #: a 16 KiB message would otherwise cost half a MiB per connection)
+    max_request_bytes_per_connection: int = 128 * 1024
+    #: the budget of all the bytes the kad server holds for its peers:
+    #: unfinished and held requests of every connection, and answers queued
+    #: for sending (counted every maintenance step). A request that would go
+    #: past it resets its stream, and while the queued answers are past it,
+    #: only connections whose output has drained are answered. Reported as
+    #: the kadfast_buffered_bytes gauge of ``kadfast server --metrics``
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    #: an unfinished kad message must be complete this many seconds after
+    #: its first byte arrived, or its stream is reset (checked every quarter
+    #: of it)
+    kad_message_timeout: float = 10.0
     #: routing-table diversity (go-libp2p-kad-dht's peer diversity filter is
     #: the model): peers of one IP group (IPv4 /16, IPv6 /32, by the address
     #: of its connection, else its first known address) admitted per bucket
@@ -343,6 +359,26 @@ class _NetworkQuota:
         return list(self._networks_of)
 
 
+class _HeldBytes:
+    """Request bytes held by the kad server: per connection and in total."""
+
+    __slots__ = ("total", "by_conn")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_conn: dict[Any, int] = {}
+
+    def add(self, conn, n: int) -> int:
+        """Count ``n`` more (or fewer) bytes for ``conn``; its new count."""
+        self.total += n
+        v = self.by_conn.get(conn, 0) + n
+        if v > 0:
+            self.by_conn[conn] = v
+        else:
+            self.by_conn.pop(conn, None)
+        return v
+
+
 #: first bytes of the PeerId multihashes (identity 0x00, sha2-256 0x12)
 _MULTIHASH_STARTS = frozenset((0x00, 0x12))
 
@@ -426,6 +462,15 @@ class KadNode:
         # inbound kad streams open now -> when their last whole request came
         # (their start at first), for kad_stream_idle_timeout
         self._kad_streams: dict[Any, float] = {}
+        # request bytes held (unfinished and held messages), per connection
+        # and in total; the inbound kad streams holding an unfinished message
+        # and since when (kad_message_timeout); answers queued on all
+        # connections at the last maintenance step
+        self._held = _HeldBytes()
+        self._partial: dict[Any, float] = {}
+        self.queued_output_bytes = 0
+        self._output_over_budget = False
+        self._last_partial_check: float | None = None
         # table keys admitted per IP group (pruned of keys that left the
         # table when counted), for the diversity limits
         self._group_members: dict[str, set[Key]] = {}
@@ -855,7 +900,43 @@ class KadNode:
                 held.append(None)
 
         def pressed() -> bool:
+            if self._output_over_budget:  # the process's queued answers are over budget
+                return conn.queued_output() > 0 or stream.queued > 0
             return (cap and conn.queued_output() > cap) or stream.queued > 0
+
+        budget = self._held
+        partial = self._partial
+        per_conn = self.config.max_request_bytes_per_connection
+        total_cap = self.config.max_buffered_bytes
+        counted = 0  # this stream's bytes counted in budget
+
+        def account() -> None:
+            # the request bytes this stream holds now, against the budgets
+            nonlocal counted
+            holding = reader.buffered + backlog_bytes
+            delta = holding - counted
+            if not delta:
+                return
+            counted = holding
+            mine = budget.add(conn, delta)
+            if reader.buffered:
+                if stream not in partial:
+                    partial[stream] = clock()
+            elif partial:
+                partial.pop(stream, None)
+            if delta > 0:
+                if per_conn and mine > per_conn:
+                    raise RateLimited(f"{peer}'s kad streams hold {mine} bytes of requests on one connection "
+                                      f"(max_request_bytes_per_connection {per_conn})")
+                if total_cap and budget.total + self.queued_output_bytes > total_cap:
+                    raise RateLimited(f"the kad server holds {budget.total + self.queued_output_bytes} bytes "
+                                      f"(max_buffered_bytes {total_cap}); a request of {peer} is refused")
+
+        def release(_) -> None:
+            active.pop(stream, None)
+            partial.pop(stream, None)
+            if counted:
+                budget.add(conn, -counted)
 
         def work() -> None:
             # answer held requests while the output allows; wait again if not
@@ -870,6 +951,7 @@ class KadNode:
                     return
                 backlog_bytes -= len(body)
                 answer(body)
+                account()
 
         def resume() -> None:
             # outside the read callback: an error resets the stream here
@@ -895,6 +977,7 @@ class KadNode:
                 return
             bodies = reader.feed(data)
             if not bodies:
+                account()
                 return
             active[stream] = clock()
             waiting = bool(backlog)
@@ -906,18 +989,21 @@ class KadNode:
                     if i < len(bodies) and pressed():
                         break
                 if i == len(bodies):
+                    if counted or reader.buffered:
+                        account()
                     return
                 bodies = bodies[i:]
             backlog.extend(bodies)
             backlog_bytes += sum(len(b) for b in bodies)
             if backlog_bytes > held_cap:
                 raise RateLimited(f"{peer} sent {backlog_bytes} bytes of kad requests without reading the answers")
+            account()
             if not waiting:  # the first held request: wait for the output to drain
                 conn.when_output_drains(resume)
 
         done = stream.consume_with(on_data)
         done.add_done_callback(functools.partial(_log_serve_end, peer))
-        done.add_done_callback(lambda _: active.pop(stream, None))
+        done.add_done_callback(release)
 
     def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
         """Answer one request; raises on a request that must reset the stream.
@@ -1449,6 +1535,12 @@ class KadNode:
         if idle and (self._last_idle_check is None or now - self._last_idle_check >= min(idle / 4, 15.0)):
             self._last_idle_check = now
             self._reset_idle_kad_streams(now - idle)
+        timeout = cfg.kad_message_timeout
+        if timeout and self._partial and (
+                self._last_partial_check is None or now - self._last_partial_check >= timeout / 4):
+            self._last_partial_check = now
+            self._reset_unfinished_kad_messages(now - timeout)
+        self._measure_output()
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
@@ -1503,6 +1595,37 @@ class KadNode:
             log.debug("kad stream from %s idle for over %.0f s; resetting", st.peer_id, self.config.kad_stream_idle_timeout)
             self._kad_streams.pop(st, None)
             st.reset()  # sends the RST (the connection flushes it)
+
+    def _reset_unfinished_kad_messages(self, before: float) -> None:
+        """Reset the inbound kad streams holding a message begun before
+        ``before`` and still unfinished (kad_message_timeout)."""
+        late = [st for st, since in self._partial.items() if since < before]
+        for st in late:
+            log.debug("kad stream from %s holds a message unfinished for over %.0f s; resetting",
+                      st.peer_id, self.config.kad_message_timeout)
+            self._partial.pop(st, None)
+            st.reset()
+
+    def _measure_output(self) -> None:
+        """Count the answers queued on every connection (for max_buffered_bytes)."""
+        total = 0
+        for conns in self.host._conns.values():
+            for c in conns:
+                total += c.queued_output()
+        self.queued_output_bytes = total
+        cap = self.config.max_buffered_bytes
+        over = bool(cap) and total + self._held.total > cap
+        if over and not self._output_over_budget:
+            log.warning("the kad server holds %d bytes of queued answers and %d of requests, over "
+                        "max_buffered_bytes (%d): only connections whose output drained are answered",
+                        total, self._held.total, cap)
+        self._output_over_budget = over
+
+    def buffered_bytes(self) -> dict[str, int]:
+        """What the kad server holds for its peers: request bytes (unfinished
+        and held messages) and answers queued on connections (as of the last
+        maintenance step)."""
+        return {"requests": self._held.total, "output": self.queued_output_bytes}
 
     async def _quietly(self, coro) -> None:
         try:
