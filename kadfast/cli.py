@@ -119,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     lim = s.add_argument_group("limits (all on by default; see README, Reliability)")
     lim.add_argument("--max-connections", type=int, help="connections in total (default: what the open-file limit allows)")
     lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
+    lim.add_argument("--max-connections-per-small-subnet", type=int, default=256,
+                     help="inbound connections per IPv4 /24 or IPv6 /48 (loopback exempt; 0 = off)")
+    lim.add_argument("--max-connections-per-large-subnet", type=int, default=1024,
+                     help="inbound connections per IPv4 /16 or IPv6 /32 (loopback exempt; 0 = off)")
+    lim.add_argument("--max-pending-handshakes", type=int, default=256,
+                     help="inbound connections being upgraded at once (0 = off)")
+    lim.add_argument("--conn-high-water", type=int, default=3584,
+                     help="open connections above which the least useful are pruned, down to --conn-low-water "
+                          "(at or above --max-connections: 7/8 of it; 0 = never prune)")
+    lim.add_argument("--conn-low-water", type=int, default=3072,
+                     help="open connections a prune leaves (at most 3/4 of --max-connections when "
+                          "--conn-high-water is scaled to it)")
+    lim.add_argument("--conn-grace-period", type=float, default=20.0,
+                     help="seconds a new connection is never pruned")
     lim.add_argument("--max-inbound-streams", type=int, default=256, help="inbound streams per connection")
     lim.add_argument("--max-records", type=int, default=1024, help="records (and provider keys) stored")
     lim.add_argument("--max-value-bytes", type=int, default=12 * 1024,
@@ -246,6 +260,11 @@ async def cmd_server(args, out: Out) -> int:
         host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
                                max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
                                max_connections_per_ip=args.max_connections_per_ip,
+                               max_connections_per_small_subnet=args.max_connections_per_small_subnet,
+                               max_connections_per_large_subnet=args.max_connections_per_large_subnet,
+                               max_pending_handshakes=args.max_pending_handshakes,
+                               conn_high_water=args.conn_high_water, conn_low_water=args.conn_low_water,
+                               conn_grace_period=args.conn_grace_period,
                                max_inbound_streams=args.max_inbound_streams),
         store=store,
     )

@@ -427,6 +427,7 @@ class KadNode:
         # a full address book never evicts the addresses of routing-table
         # peers (floods of lookup-learned addresses must not push them out)
         self.host.addrbook.keep = lambda peer: self._key(peer) in self.table
+        self.host.keep = self.host.addrbook.keep  # nor does the connection manager prune their connections
         # PeerId -> its Kademlia key: every request, reply and routing event
         # needs it, and a SHA-256 per use adds up on the server's hot path
         self._keys: dict[PeerId, Key] = {}

@@ -80,6 +80,9 @@ class Connection(asyncio.Protocol):
         self.closed: asyncio.Future = self.loop.create_future()
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
+        #: when data last came in on one of its streams (0.0: never); the
+        #: connection manager keeps a connection whose streams are in use
+        self.stream_activity = 0.0
         self._state = _SEC
         self._ms = None
         self._noise: NoiseHandshake | None = None
@@ -101,13 +104,16 @@ class Connection(asyncio.Protocol):
         self._inbound_by_protocol: dict[str, int] = {}
         self._counted: dict[int, str] = {}
         #: the key this inbound connection is counted under by the host's
-        #: per-IP limit (None: not counted)
+        #: per-IP limit (None: not counted), and by its per-subnet limits
         self._ip_group: str | None = None
+        self._small_subnet: str | None = None
+        self._large_subnet: str | None = None
         self.close_reason = ""
         #: the protocol error that failed the connection, if one did
         self.error: Exception | None = None
-        #: set by the host when the connection limit refuses an inbound connection
-        self._refuse = False
+        #: set by the host when it refuses an inbound connection on accept:
+        #: why (the connection is then closed at once in connection_made)
+        self._refuse = ""
         self._closing = False
         # fairness (HostConfig.max_read_bytes_per_turn): the loop turn this
         # connection last read in, the bytes it handled in it, and the rest of
@@ -149,7 +155,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         if self._refuse:
-            log.info("refusing inbound connection from %s: connection limit reached", transport.get_extra_info("peername"))
+            # a flood of them: logged at debug, a line each would cost more than the refusal
+            log.debug("refusing inbound connection from %s: %s", transport.get_extra_info("peername"), self._refuse)
             transport.abort()
             return
         if not self.initiator:
@@ -359,6 +366,7 @@ class Connection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is None:
                     continue
+                self.stream_activity = self.last_activity
                 if s._negotiator is not None:
                     self._negotiate_data(s, ev.data)
                 else:

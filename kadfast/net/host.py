@@ -34,6 +34,7 @@ from ..peerid import PeerId
 from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
 from ..ratelimit import PeerRateLimiter
 from .connection import Connection
+from .connmgr import PRUNED_REASON, choose_prunable
 from .errors import (
     DialBackoff,
     DialError,
@@ -63,8 +64,31 @@ class HostConfig:
     external_addrs: list[str] = field(default_factory=list)
     agent_version: str = f"kadfast/{__version__}"
     protocol_version: str = "ipfs/0.1.0"
-    #: connections in total (inbound and outbound)
+    #: connections in total (inbound and outbound, open or being upgraded).
+    #: At the limit, an inbound connection (once past the per-IP checks) or a
+    #: dial first has the connection manager prune at once (below); only when
+    #: nothing can be pruned is it refused
     max_connections: int = 4096
+    #: the connection manager: when more than ``conn_high_water`` connections
+    #: are open (checked as one opens, and by the idle reaper), it closes
+    #: connections down to ``conn_low_water``, least useful first: those
+    #: without streams, then those with streams, each idle longest first
+    #: (reason "pruned by the connection manager", one info line per trim).
+    #: Never pruned: a connection younger than ``conn_grace_period``, one with
+    #: a stream in use (an open stream that received data within
+    #: ``conn_in_use_window`` seconds), and a peer that :meth:`Host.protect`
+    #: or :attr:`Host.keep` protects (the Kademlia node: its routing-table
+    #: peers). A mark at or above ``max_connections`` is taken as 7/8 (high)
+    #: and 3/4 (low) of it, so that a host given fewer connections keeps the
+    #: proportions. ``conn_high_water`` 0 turns pruning off (the hard limit
+    #: then refuses, as before there was a manager)
+    conn_high_water: int = 3584
+    conn_low_water: int = 3072
+    conn_grace_period: float = 20.0
+    conn_in_use_window: float = 10.0
+    #: least time between two trims at the marks (a trim at the hard limit
+    #: does not wait; one that could prune nothing is not retried sooner either)
+    conn_trim_interval: float = 1.0
     #: connections to one peer: one, plus one that a simultaneous dial may add
     max_connections_per_peer: int = 2
     #: inbound connections (being upgraded or open) from one IP address; an
@@ -72,9 +96,20 @@ class HostConfig:
     #: whole. Checked when the TCP connection is accepted: one over the limit
     #: is closed at once (logged at info). 0 turns the limit off.
     max_connections_per_ip: int = 64
-    #: whether max_connections_per_ip applies to loopback addresses too (off:
-    #: local tools, tests and a same-machine proxy are not limited)
+    #: inbound connections (being upgraded or open) from one subnet, counted
+    #: and checked like ``max_connections_per_ip``: the small subnet is an
+    #: IPv4 /24 or an IPv6 /48 (a site), the large one an IPv4 /16 or an IPv6
+    #: /32 (an ISP's allocation). 0 turns one off
+    max_connections_per_small_subnet: int = 256
+    max_connections_per_large_subnet: int = 1024
+    #: whether the per-IP and per-subnet limits (connections and handshake
+    #: rates) apply to loopback addresses too (off: local tools, tests and a
+    #: same-machine proxy are not limited)
     limit_loopback: bool = False
+    #: inbound connections accepted and not yet open (their handshake under
+    #: way) at once; one over it is closed on accept, before any Noise work
+    #: (logged at debug). Loopback is not exempt. 0 turns the limit off
+    max_pending_handshakes: int = 256
     #: inbound handshakes begun per second from one IP address (IPv6: /64),
     #: and from one subnet (IPv4 /24, IPv6 /48), each with a bucket of
     #: ``handshake_burst_seconds`` worth; a connection over either is closed
@@ -167,8 +202,24 @@ class Host:
         #: :meth:`connection` answers for any peer may have changed); for caches
         self.conn_epoch = 0
         self._pending: set[Connection] = set()
+        #: inbound connections of ``_pending``, for max_pending_handshakes
+        self._pending_inbound = 0
         #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
         self._ip_conns: dict[str, int] = {}
+        #: and per subnet, for max_connections_per_small_subnet / _large_subnet
+        self._small_subnet_conns: dict[str, int] = {}
+        self._large_subnet_conns: dict[str, int] = {}
+        #: peers the connection manager never prunes: their protection tags
+        self._protected: dict[PeerId, set[str]] = {}
+        #: ``keep(peer)`` true: the connection manager never prunes the
+        #: peer's connections (the Kademlia node: its routing-table peers)
+        self.keep: Callable[[PeerId], bool] | None = None
+        self._trimming = False
+        self._last_trim = -1e18
+        #: no trim at the hard limit before this (one found nothing to prune)
+        self._hard_trim_after = -1e18
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self.pruned_connections = 0
         cfg = self.config
         self._handshakes_per_ip = PeerRateLimiter.per_second(
             cfg.max_handshakes_per_ip_per_second, cfg.handshake_burst_seconds)
@@ -214,6 +265,9 @@ class Host:
         self._closing = True
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         for srv in self._servers:
             srv.close()
         for conns in list(self._conns.values()):
@@ -377,41 +431,75 @@ class Host:
     # -- connections -----------------------------------------------------
     def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
         conn = Connection(self, initiator=initiator, expected_peer=expected_peer)
-        if not initiator and (self._closing or self.connection_count() >= self.config.max_connections):
-            # refuse politely: accept the socket and close it at once
-            conn._refuse = True
+        if not initiator:
+            # refusals accept the socket and close it at once (connection_made)
+            limit = self.config.max_pending_handshakes
+            if self._closing:
+                conn._refuse = "host closing"
+                return conn
+            if limit and self._pending_inbound >= limit:
+                conn._refuse = f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)"
+                return conn
+            self._pending_inbound += 1
         self._pending.add(conn)
         return conn
 
+    def _unpend(self, conn: Connection) -> None:
+        if conn in self._pending:
+            self._pending.remove(conn)
+            if not conn.initiator:
+                self._pending_inbound -= 1
+
     def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
-        """Whether an inbound connection from ``ip`` may proceed (the per-IP
-        limit); counts it when it may."""
+        """Whether an inbound connection from ``ip`` may proceed (the
+        per-IP and per-subnet handshake rates and connection limits, then the
+        connection limit, which has the connection manager prune if need
+        be); counts it when it may."""
         cfg = self.config
-        if not ip:
-            return True
-        group, loopback = _ip_group(ip)
-        if group is None or (loopback and not cfg.limit_loopback):
-            return True
-        now = time.monotonic()
-        # refusals of a flood are logged at debug: a line each would cost more than the refusal
-        if not self._handshakes_per_ip.allow(group, now):
-            log.debug("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
-                     ip, cfg.max_handshakes_per_ip_per_second)
+        group, loopback = _ip_group(ip) if ip else (None, False)
+        small = large = None
+        if ip and group is not None and (not loopback or cfg.limit_loopback):
+            small, large = _subnets(ip, group)
+            now = time.monotonic()
+            # refusals of a flood are logged at debug: a line each would cost more than the refusal
+            if not self._handshakes_per_ip.allow(group, now):
+                log.debug("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
+                          ip, cfg.max_handshakes_per_ip_per_second)
+                return False
+            if not self._handshakes_per_subnet.allow(small or group, now):  # IPv4 /24, IPv6 /48
+                log.debug("refusing inbound connection from %s: over %s handshakes/s from its subnet "
+                          "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
+                return False
+            for limit, key, counts, name in (
+                (cfg.max_connections_per_ip, group, self._ip_conns, "max_connections_per_ip"),
+                (cfg.max_connections_per_small_subnet, small, self._small_subnet_conns,
+                 "max_connections_per_small_subnet"),
+                (cfg.max_connections_per_large_subnet, large, self._large_subnet_conns,
+                 "max_connections_per_large_subnet"),
+            ):
+                if limit and key is not None:
+                    n = counts.get(key, 0)
+                    if n >= limit:
+                        log.info("refusing inbound connection from %s: %d connections from %s already (%s)",
+                                 ip, n, key, name)
+                        return False
+        else:
+            group = None
+        # this connection is in _pending already: over the limit when more than max_connections
+        over = self.connection_count() - cfg.max_connections
+        if over > 0 and not self._make_room(over):
+            log.info("refusing inbound connection from %s: connection limit reached, nothing to prune", ip)
             return False
-        if not self._handshakes_per_subnet.allow(ip_prefix(ip, 24, 48) or group, now):  # IPv4 /24, IPv6 /48
-            log.debug("refusing inbound connection from %s: over %s handshakes/s from its subnet "
-                     "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
-            return False
-        limit = cfg.max_connections_per_ip
-        if not limit:
-            return True
-        n = self._ip_conns.get(group, 0)
-        if n >= limit:
-            log.info("refusing inbound connection from %s: %d connections from %s already (max_connections_per_ip)",
-                     ip, n, group)
-            return False
-        self._ip_conns[group] = n + 1
-        conn._ip_group = group
+        if group is not None:
+            if cfg.max_connections_per_ip:
+                self._ip_conns[group] = self._ip_conns.get(group, 0) + 1
+                conn._ip_group = group
+            if cfg.max_connections_per_small_subnet and small is not None:
+                self._small_subnet_conns[small] = self._small_subnet_conns.get(small, 0) + 1
+                conn._small_subnet = small
+            if cfg.max_connections_per_large_subnet and large is not None:
+                self._large_subnet_conns[large] = self._large_subnet_conns.get(large, 0) + 1
+                conn._large_subnet = large
         return True
 
     def _arm_turn(self) -> int:
@@ -446,7 +534,7 @@ class Host:
         return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
 
     def _on_connection_open(self, conn: Connection) -> None:
-        self._pending.discard(conn)
+        self._unpend(conn)
         peer = conn.remote_peer_id
         conns = self._conns.setdefault(peer, [])
         if len(conns) >= self.config.max_connections_per_peer:
@@ -459,17 +547,22 @@ class Host:
             self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
         self._spawn(self._identify_connection(conn))
+        high, _ = self.watermarks()
+        if high and self._open_count > high:
+            self._trim_soon()
 
     def _on_connection_closed(self, conn: Connection) -> None:
-        self._pending.discard(conn)
+        self._unpend(conn)
         group = conn._ip_group
         if group is not None:
             conn._ip_group = None
-            n = self._ip_conns.get(group, 0) - 1
-            if n > 0:
-                self._ip_conns[group] = n
-            else:
-                self._ip_conns.pop(group, None)
+            _uncount(self._ip_conns, group)
+        if conn._small_subnet is not None:
+            _uncount(self._small_subnet_conns, conn._small_subnet)
+            conn._small_subnet = None
+        if conn._large_subnet is not None:
+            _uncount(self._large_subnet_conns, conn._large_subnet)
+            conn._large_subnet = None
         peer = conn.remote_peer_id
         conns = self._conns.get(peer)
         if conns and conn in conns:
@@ -494,6 +587,124 @@ class Host:
                 for c in list(conns):
                     if not c.streams and now - c.last_activity > self.config.idle_timeout:
                         c.close("idle")
+            # over the high mark with nothing opening since (a trim found
+            # only connections in their grace period): trim again
+            high, _ = self.watermarks()
+            if high and self._open_count > high:
+                self._trim_soon()
+
+    # -- the connection manager ------------------------------------------
+    def protect(self, peer: PeerId, tag: str) -> None:
+        """Never prune ``peer``'s connections while ``tag`` (one of any
+        number of reasons, each removed by :meth:`unprotect`) is on it."""
+        self._protected.setdefault(peer, set()).add(tag)
+
+    def unprotect(self, peer: PeerId, tag: str) -> bool:
+        """Remove ``tag`` from ``peer``; whether other tags still protect it."""
+        tags = self._protected.get(peer)
+        if tags is None:
+            return False
+        tags.discard(tag)
+        if not tags:
+            del self._protected[peer]
+            return False
+        return True
+
+    def is_protected(self, peer: PeerId, tag: str | None = None) -> bool:
+        """Whether ``peer`` has protection ``tag`` (any tag when None); the
+        :attr:`keep` callback is not asked."""
+        tags = self._protected.get(peer)
+        return bool(tags) and (tag is None or tag in tags)
+
+    def watermarks(self) -> tuple[int, int]:
+        """The connection manager's (high, low) marks in effect; (0, 0) when off."""
+        cfg = self.config
+        high, low, most = cfg.conn_high_water, cfg.conn_low_water, cfg.max_connections
+        if high <= 0:
+            return 0, 0
+        if high >= most:
+            high, low = max(1, most * 7 // 8), min(low, most * 3 // 4)
+        if low >= high:
+            low = high * 6 // 7
+        return high, max(0, low)
+
+    def _keeps(self, conn: Connection) -> bool:
+        peer = conn.remote_peer_id
+        if peer in self._protected:
+            return True
+        keep = self.keep
+        if keep is None or peer is None:
+            return False
+        try:
+            return bool(keep(peer))
+        except Exception:
+            log.exception("connection manager: keep(%s) failed; the peer is kept", peer)
+            return True
+
+    def _trim_soon(self) -> None:
+        """Trim now, or when the trim interval allows (one timer at a time)."""
+        wait = self._last_trim + self.config.conn_trim_interval - time.monotonic()
+        if wait <= 0:
+            self.trim()
+        elif self._trim_timer is None and not self._closing:
+            self._trim_timer = self.loop.call_later(wait, self._deferred_trim)
+
+    def _deferred_trim(self) -> None:
+        self._trim_timer = None
+        high, _ = self.watermarks()
+        if high and self._open_count > high and not self._closing:
+            self.trim()
+
+    def _make_room(self, needed: int) -> bool:
+        """At the hard limit: prune at once (no trim interval) so that
+        ``needed`` connections fewer are open; whether they are."""
+        now = time.monotonic()
+        if now < self._hard_trim_after:
+            return False
+        if self.trim(needed=needed) < needed:
+            # nothing (or too little) to prune: every connection is protected,
+            # young or in use. Not searched again on every accept of a flood
+            self._hard_trim_after = now + self.config.conn_trim_interval
+            return False
+        return True
+
+    def trim(self, needed: int = 0) -> int:
+        """Close connections down to the low mark, and at least ``needed``
+        of them (the hard limit), least useful first (see
+        :func:`~kadfast.net.connmgr.choose_prunable`); how many were closed.
+        Protected peers, connections in their grace period and connections
+        with a stream in use are kept, so fewer may be closed. O(open
+        connections); one trim at a time."""
+        high, low = self.watermarks()
+        if not high or self._trimming:
+            return 0
+        cfg = self.config
+        now = time.monotonic()
+        count = max(self._open_count - low, needed)
+        if count <= 0:
+            return 0
+        self._last_trim = now
+        self._trimming = True
+        try:
+            victims = choose_prunable(
+                (c for conns in self._conns.values() for c in conns), now, count,
+                grace_period=cfg.conn_grace_period, in_use_window=cfg.conn_in_use_window,
+                is_protected=self._keeps,
+            )
+            for c in victims:
+                log.debug("connection manager: pruning %r (idle %.1fs, %d streams)",
+                          c, now - c.last_activity, len(c.streams))
+                c.close(PRUNED_REASON)
+                tr = c.transport
+                if tr is not None and tr.get_write_buffer_size():
+                    tr.abort()  # a peer not reading must not keep the socket (and its slot) open
+        finally:
+            self._trimming = False
+        self.pruned_connections += len(victims)
+        if victims or needed:
+            log.info("connection manager: pruned %d of %d connections wanted (%d open, marks %d/%d%s)",
+                     len(victims), count, self._open_count, high, low, ", at the hard limit" if needed else "")
+        return len(victims)
 
     # -- dialing ---------------------------------------------------------
     async def dial(self, peer: PeerId | Multiaddr | str, addrs: Iterable[Multiaddr] | None = None) -> Connection:
@@ -563,7 +774,8 @@ class Host:
             self._backoff.popitem(last=False)
 
     async def _dial_new(self, peer: PeerId, dial: "_Dial") -> Connection:
-        if self.connection_count() >= self.config.max_connections:
+        over = self.connection_count() - self.config.max_connections
+        if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
         addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
         if not addrs:
@@ -794,6 +1006,24 @@ def _ip_group(ip: str) -> tuple[str | None, bool]:
             net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
             return str(net), addr.is_loopback
     return str(addr), addr.is_loopback
+
+
+def _subnets(ip: str, group: str) -> tuple[str | None, str | None]:
+    """The small and large subnets of an address whose :func:`_ip_group` is
+    ``group``: IPv4 /24 and /16, IPv6 /48 and /32 (as
+    :func:`~kadfast.addrbook.ip_prefix` writes them)."""
+    if "/" not in group:  # IPv4 (an IPv4-mapped address too): the dotted address, canonical
+        a, b, c, _ = group.split(".")
+        return f"{a}.{b}.{c}.0/24", f"{a}.{b}.0.0/16"
+    return ip_prefix(ip, 24, 48), ip_prefix(ip, 16, 32)
+
+
+def _uncount(counts: dict[str, int], key: str) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 class _Dial:
