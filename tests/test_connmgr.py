@@ -174,7 +174,7 @@ def open_conns(h: Host) -> list[Connection]:
 
 def assert_no_leaks(h: Host) -> bool:
     return (h.connection_count() == 0 and not h._pending and h._pending_inbound == 0 and not h._ip_conns
-            and not h._small_subnet_conns and not h._large_subnet_conns)
+            and not h._small_subnet_conns and not h._large_subnet_conns and not h._pending_per_ip)
 
 
 async def honest_peer(server: Host) -> Host:
@@ -433,6 +433,34 @@ def test_pending_handshake_cap_closes_the_next_connection_before_noise(run):
             await until(lambda: server._open_count == 1 and server._pending_inbound == 2, what="c5 open")
         finally:
             await close_all(server, raws=held)
+    run(main)
+
+
+def test_pending_handshakes_per_ip_leave_slots_for_other_addresses(run):
+    """One address holding handshakes it never finishes gets
+    max_pending_handshakes_per_ip of them; the next is refused at once, while
+    another address still gets in; the counts go back to zero."""
+    async def main():
+        server = await start_server(limit_loopback=True, max_pending_handshakes_per_ip=2, handshake_timeout=60.0,
+                                    max_handshakes_per_ip_per_second=1000.0,
+                                    max_handshakes_per_subnet_per_second=1000.0)
+        held: list[RawClient] = []
+        try:
+            held += [await RawClient.connect(server, local_ip="127.0.5.1") for _ in range(2)]
+            await until(lambda: server._pending_per_ip.get("127.0.5.1") == 2, what="two handshakes pending")
+            c3 = await RawClient.connect(server, local_ip="127.0.5.1")
+            t0 = time.monotonic()
+            assert await read_to_eof(c3.reader, timeout=10) == b""
+            assert time.monotonic() - t0 < 5.0  # refused, not timed out
+            c3.close()
+            other = await RawClient.connect(server, local_ip="127.0.6.1")
+            await other.upgrade()
+            held.append(other)
+            await until(lambda: server._open_count == 1, what="the other address's connection open")
+            assert server._pending_per_ip == {"127.0.5.1": 2}
+        finally:
+            await close_all(server, raws=held)
+        await until(lambda: not server._pending_per_ip, what="pending counts back to zero")
     run(main)
 
 

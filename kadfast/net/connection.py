@@ -106,6 +106,8 @@ class Connection(asyncio.Protocol):
         #: the key this inbound connection is counted under by the host's
         #: per-IP limit (None: not counted), and by its per-subnet limits
         self._ip_group: str | None = None
+        #: the key its handshake is counted under while it is under way
+        self._pending_group: str | None = None
         self._small_subnet: str | None = None
         self._large_subnet: str | None = None
         self.close_reason = ""

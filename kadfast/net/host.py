@@ -110,6 +110,11 @@ class HostConfig:
     #: way) at once; one over it is closed on accept, before any Noise work
     #: (logged at debug). Loopback is not exempt. 0 turns the limit off
     max_pending_handshakes: int = 256
+    #: of those, from one IP address (IPv6: /64): a few addresses that open
+    #: connections and never finish the handshake cannot hold every slot
+    #: until their handshake timeout. Loopback exempt unless
+    #: ``limit_loopback``; 0 turns it off
+    max_pending_handshakes_per_ip: int = 8
     #: inbound handshakes begun per second from one IP address (IPv6: /64),
     #: and from one subnet (IPv4 /24, IPv6 /48), each with a bucket of
     #: ``handshake_burst_seconds`` worth; a connection over either is closed
@@ -204,6 +209,8 @@ class Host:
         self._pending: set[Connection] = set()
         #: inbound connections of ``_pending``, for max_pending_handshakes
         self._pending_inbound = 0
+        #: inbound handshakes under way per IP (IPv6: /64), for max_pending_handshakes_per_ip
+        self._pending_per_ip: dict[str, int] = {}
         #: inbound connections per remote IP (IPv6: per /64), for max_connections_per_ip
         self._ip_conns: dict[str, int] = {}
         #: and per subnet, for max_connections_per_small_subnet / _large_subnet
@@ -449,6 +456,14 @@ class Host:
             self._pending.remove(conn)
             if not conn.initiator:
                 self._pending_inbound -= 1
+        group = conn._pending_group
+        if group is not None:
+            conn._pending_group = None
+            n = self._pending_per_ip.get(group, 0) - 1
+            if n > 0:
+                self._pending_per_ip[group] = n
+            else:
+                self._pending_per_ip.pop(group, None)
 
     def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
         """Whether an inbound connection from ``ip`` may proceed (the
@@ -471,6 +486,7 @@ class Host:
                           "(max_handshakes_per_subnet_per_second)", ip, cfg.max_handshakes_per_subnet_per_second)
                 return False
             for limit, key, counts, name in (
+                (cfg.max_pending_handshakes_per_ip, group, self._pending_per_ip, "max_pending_handshakes_per_ip"),
                 (cfg.max_connections_per_ip, group, self._ip_conns, "max_connections_per_ip"),
                 (cfg.max_connections_per_small_subnet, small, self._small_subnet_conns,
                  "max_connections_per_small_subnet"),
@@ -491,6 +507,9 @@ class Host:
             log.info("refusing inbound connection from %s: connection limit reached, nothing to prune", ip)
             return False
         if group is not None:
+            if cfg.max_pending_handshakes_per_ip:
+                self._pending_per_ip[group] = self._pending_per_ip.get(group, 0) + 1
+                conn._pending_group = group
             if cfg.max_connections_per_ip:
                 self._ip_conns[group] = self._ip_conns.get(group, 0) + 1
                 conn._ip_group = group
