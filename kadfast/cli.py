@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="inbound connections being upgraded at once (0 = off)")
     lim.add_argument("--max-pending-handshakes-per-ip", type=int, default=8,
                      help="of those, from one IP address (loopback exempt; 0 = off)")
+    lim.add_argument("--limit-loopback", action="store_true",
+                     help="apply the per-IP and per-subnet limits to loopback addresses too "
+                          "(for trying the limits on one machine)")
     lim.add_argument("--conn-high-water", type=int, default=3584,
                      help="open connections above which the least useful are pruned, down to --conn-low-water "
                           "(at or above --max-connections: 7/8 of it; 0 = never prune)")
@@ -266,6 +269,7 @@ async def cmd_server(args, out: Out) -> int:
                                max_connections_per_large_subnet=args.max_connections_per_large_subnet,
                                max_pending_handshakes=args.max_pending_handshakes,
                                max_pending_handshakes_per_ip=args.max_pending_handshakes_per_ip,
+                               limit_loopback=args.limit_loopback,
                                conn_high_water=args.conn_high_water, conn_low_water=args.conn_low_water,
                                conn_grace_period=args.conn_grace_period,
                                max_inbound_streams=args.max_inbound_streams),
