@@ -805,6 +805,20 @@ def test_answers_draw_from_diverse_ip_groups():
     first = _by_distance(key, sybils)[0]
     got = _answer(node, first, MessageType.FIND_NODE, key, True)
     assert first not in got and len(got) == 20 and len(set(got) & set(sybils)) == 2
+    # a group that becomes crowded after its members' answers were cached
+    node = offline_node(config=Config(**table_off))
+    early, late, others = peer_ids(2), peer_ids(38), peer_ids(40)
+    for i, p in enumerate(early + others):
+        node.add_address(p, Multiaddr(f"/ip4/1.2.{i}.1/tcp/4001" if p in early else f"/ip4/{20 + i}.7.0.1/tcp/4001"))
+    for _ in range(20):
+        _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
+    assert not node._crowded_groups
+    for i, p in enumerate(late):
+        node.add_address(p, Multiaddr(f"/ip4/1.2.{100 + i}.1/tcp/4001"))
+    assert node._crowded_groups == {"1.2.0.0/16"}
+    for _ in range(5):
+        got = _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
+        assert len(got) == 20 and len(set(got) & set(early + late)) <= 2
     # too few others: the group's other peers fill the answer up to k, by distance
     node, sybils, others = build(5)
     assert len(others) == 5

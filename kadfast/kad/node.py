@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 from collections import deque
 import logging
 import os
@@ -494,6 +495,10 @@ class KadNode:
         # there is none, answers cost nothing more (max_answer_peers_per_ip_group)
         self._key_group: dict[Key, str] = {}
         self._crowded_groups: set[str] = set()
+        # the cached closerPeers fields (see _closer_fields) of the members of
+        # those groups -> their group: one C-level set operation tells
+        # whether an answer holds more than its share of any of them
+        self._crowded_fields: dict[bytes, str] = {}
         # peer -> when a refusal of its requests (rate limits, full store)
         # was last logged at INFO: one line a minute per peer, not per request
         self._refusals_logged: dict[PeerId, float] = {}
@@ -649,8 +654,9 @@ class KadNode:
             members.add(key)
             self._key_group[key] = group
             share = self.config.max_answer_peers_per_ip_group
-            if share and len(members) > share:
+            if share and len(members) > share and group not in self._crowded_groups:
                 self._crowded_groups.add(group)
+                self._index_crowded_fields()
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if res == _routing.INSERTED or (res == _routing.UPDATED and not known):
@@ -823,15 +829,35 @@ class KadNode:
         closest entries and the cache checks run compiled
         (``RoutingTable.closest_cached``)."""
         epoch = self.host.conn_epoch
-        if self._crowded_groups:  # some IP group has more table entries than an answer may hold
-            diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
-                                           lambda e: self._cached_field(e, now, epoch))
-            if diverse is not None:
-                return diverse
-        return self.table.closest_cached(
+        out = self.table.closest_cached(
             target, self._answer_limit(), self.config.k, self._closer_cache,
             None if exclude is None else self._key(exclude), self._unreachable, epoch, now,
             lambda key, peer, hit: self._peer_field(key, peer, now, epoch, hit))
+        if self._crowded_groups:
+            # some IP group has more table entries than an answer may hold:
+            # does this answer hold more than its share of one? (the fields
+            # of their members are indexed; mostly none or a few are here)
+            share = self.config.max_answer_peers_per_ip_group
+            hits = list(filter(None, map(self._crowded_fields.get, out)))  # their groups, C loops only
+            if len(hits) > share:
+                hits.sort()  # then a group over its share is share + 1 equal neighbours
+                if any(map(operator.eq, hits, hits[share:])):
+                    diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
+                                                   lambda e: self._cached_field(e, now, epoch))
+                    if diverse is not None:
+                        return diverse
+        return out
+
+    def _index_crowded_fields(self) -> None:
+        """Index anew the cached closerPeers fields of the members of the
+        crowded groups (their group changed, or the index outgrew them)."""
+        cache, crowded = self._closer_cache, self._crowded_groups
+        index = self._crowded_fields = {}
+        for key, g in self._key_group.items():
+            if g in crowded:
+                hit = cache.get(key)
+                if hit is not None:
+                    index[hit[4]] = g
 
     def _cached_field(self, e, now: float, epoch: int) -> bytes | None:
         """The closerPeers field of table entry ``e`` as ``closest_cached``
@@ -914,6 +940,12 @@ class KadNode:
             field = closer_field(encode_peer(peer, self.host.addrbook.addrs(peer, now), conn))
             if hit is None and len(cache) >= _CLOSER_CACHE_SIZE:
                 cache.clear()
+            if self._crowded_groups:
+                g = self._key_group.get(key)
+                if g is not None and g in self._crowded_groups:
+                    if len(self._crowded_fields) >= _CLOSER_CACHE_SIZE:  # old encodings pile up
+                        self._index_crowded_fields()
+                    self._crowded_fields[field] = g
         cache[key] = (book, book.version, conn, epoch, field)
         return field
 
@@ -1688,6 +1720,7 @@ class KadNode:
                 self._key_group = {k: g for k, g in self._key_group.items() if k in self.table}
             share = cfg.max_answer_peers_per_ip_group
             self._crowded_groups = {g for g, m in self._group_members.items() if len(m) > share} if share else set()
+            self._index_crowded_fields()
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
