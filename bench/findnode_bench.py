@@ -18,7 +18,9 @@ one), each in a child process of its own:
   (``_update_peer(..., connected=True)``), so its routing table is as full
   as random peers make it (~150 entries) and every FIND_NODE reply carries
   20 peers with an address. Its periodic bootstrap is pushed out of the run
-  (it would dial the made-up addresses).
+  (it would dial the made-up addresses), and its per-peer read limit
+  (``max_reads_per_peer_per_second``) is off: all the load comes from one
+  peer.
 * ``rust``, ``go``, ``js``, ``py``: the interop peer programs of
   ``tests/interop/peers/`` (rust-libp2p with libp2p-kad, go-libp2p with
   go-libp2p-kad-dht, js-libp2p with @libp2p/kad-dht on Node.js, py-libp2p
@@ -151,7 +153,9 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop_errors = count_loop_errors(loop)
-        cfg = Config(periodic_bootstrap_interval=1e12)
+        # all the load comes from one peer, far above the per-peer read
+        # limit (max_reads_per_peer_per_second, 200/s by default): off
+        cfg = Config(periodic_bootstrap_interval=1e12, max_reads_per_peer_per_second=0)
         node = KadNode(config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
         t0 = time.perf_counter()
         size = fill_table(node, n_peers)

@@ -10,9 +10,12 @@ The server is a kadfast ``KadNode`` in a child process of its own
 (``python bench/records_bench.py --serve --store SPEC``) driven through the
 interop harness's ``Peer`` (ready line, ``prefill``, ``gc``, ``stats``,
 ``stop``; killed in a ``finally``), with
-``Config(store=StoreConfig(max_records=200_000), max_puts_per_peer_per_second=0)``
--- the per-peer PUT rate limit (default 20/s, burst 100) is turned off,
-since all the load comes from one peer -- and a routing table of random
+``Config(store=StoreConfig(max_records=200_000), max_puts_per_peer_per_second=0,
+max_reads_per_peer_per_second=0, max_records_per_peer=0, unvalidated_records="accept")``
+-- the per-peer limits (PUT rate, default 20/s, burst 100; read rate,
+default 200/s, burst 1,000; records per publisher) are turned off, since
+all the load comes from one peer, and its overwrites of records that other
+publishers stored are taken (last writer wins) -- and a routing table of random
 peers (``--peers``, as in ``bench/findnode_bench.py``) so that every
 GET_VALUE reply carries the record and 20 closer peers, as in a real DHT.
 
@@ -151,9 +154,15 @@ def serve(loop_kind: str, store_spec: str, n_peers: int, lag_probe: bool = False
     async def main() -> None:
         loop = asyncio.get_running_loop()
         loop_errors = count_loop_errors(loop)
+        # all the load comes from one peer: its per-peer limits are off (the
+        # PUT and read rates, its share of the store), and its PUT_VALUEs
+        # overwrite records other publishers stored (last writer wins)
         cfg = Config(
             store=StoreConfig(max_records=200_000),
             max_puts_per_peer_per_second=0,
+            max_reads_per_peer_per_second=0,
+            max_records_per_peer=0,
+            unvalidated_records="accept",
             periodic_bootstrap_interval=1e12,
         )
         from kadfast.keys import Ed25519KeyPair
@@ -389,7 +398,8 @@ def run_bench(opts) -> dict:
             "duration_s": opts.duration,
             "cases": [f"{k}/{n}" for k, n in opts.cases],
             "server": "kadfast KadNode in a child process; Config(store=StoreConfig(max_records=200_000), "
-                      "max_puts_per_peer_per_second=0)",
+                      "max_puts_per_peer_per_second=0, max_reads_per_peer_per_second=0, max_records_per_peer=0, "
+                      "unvalidated_records='accept')",
             "client": "raw kadfast client on uvloop in this process (a Host and one reused stream per case): "
                       "pre-encoded GET_VALUE / PUT_VALUE (overwrite) frames for random stored keys, replies counted "
                       "by MessageReader framing, first ones decoded and checked",

@@ -143,12 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-value-bytes", type=int, default=12 * 1024,
                      help="largest record value stored (default 12 KiB: what fits in a 16 KiB GET_VALUE answer)")
     lim.add_argument("--max-message-size", type=int, default=16 * 1024, help="largest kad message")
-    lim.add_argument("--unvalidated-records", choices=("accept", "refuse"), default="accept",
-                     help="records under a key no validator checks: accept (rust, last writer wins; default) "
-                          "or refuse (go)")
+    lim.add_argument("--unvalidated-records", choices=("owner", "accept", "refuse"), default="owner",
+                     help="records under a key no validator checks: owner (stored when new; then only the peer "
+                          "that stored one may change it; default), accept (rust, last writer wins) or refuse (go)")
     lim.add_argument("--max-puts-per-second", type=float, default=20.0, help="PUT_VALUE per peer per second (0 = off)")
     lim.add_argument("--max-provider-adds-per-second", type=float, default=20.0,
                      help="ADD_PROVIDER per peer per second (0 = off)")
+    lim.add_argument("--max-reads-per-second", type=float, default=200.0,
+                     help="FIND_NODE, GET_VALUE and GET_PROVIDERS together per peer per second (0 = off)")
+    lim.add_argument("--max-records-per-peer", type=int, default=256,
+                     help="records one publisher may have stored (loopback and private addresses too; 0 = off)")
 
     s = add("listen", "join, announce yourself in a namespace and answer JSON requests")
     s.add_argument("--namespace", required=True)
@@ -261,7 +265,9 @@ async def cmd_server(args, out: Out) -> int:
         Config(mode="server", protocol=args.kad_protocol, store=store_config, max_message_size=args.max_message_size,
                max_value_size=args.max_value_bytes, unvalidated_records=args.unvalidated_records,
                max_puts_per_peer_per_second=args.max_puts_per_second,
-               max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second),
+               max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second,
+               max_reads_per_peer_per_second=args.max_reads_per_second,
+               max_records_per_peer=args.max_records_per_peer),
         host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
                                max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
                                max_connections_per_ip=args.max_connections_per_ip,

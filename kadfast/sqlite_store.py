@@ -45,6 +45,11 @@ Clocks
     whose ``now`` is not :func:`time.monotonic`: pass ``0.0`` if it already
     uses wall-clock time).
 
+Each record and provider record keeps the network it was stored from
+(``Record.network``, ``ProviderRecord.network``), so that a node rebuilds its
+store quotas from the file when it starts. Schema version 2 added these
+columns; a version 1 file is migrated when opened (its rows have none).
+
 Provider addresses are stored as binary multiaddrs and returned as
 :class:`~kadfast.multiaddr.Multiaddr`. Records and provider records returned are
 copies: changing one does not change the store; put or add it again.
@@ -72,14 +77,22 @@ __all__ = ["SqliteStore", "open_store"]
 
 #: ``PRAGMA application_id`` of a kadfast store ("KADF")
 APPLICATION_ID = 0x4B414446
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the schema versions this kadfast opens, each migrated to SCHEMA_VERSION
+#: on opening: version 1 lacked the ``network`` columns (its records and
+#: provider records then count under no network)
+_MIGRATIONS = {
+    1: ("ALTER TABLE records ADD COLUMN network TEXT",
+        "ALTER TABLE providers ADD COLUMN network TEXT"),
+}
 
 _SCHEMA = """
 CREATE TABLE records (
     key       BLOB PRIMARY KEY NOT NULL,
     value     BLOB NOT NULL,
     publisher BLOB,
-    expires   REAL            -- wall-clock (time.time()) instant, NULL: never
+    expires   REAL,           -- wall-clock (time.time()) instant, NULL: never
+    network   TEXT            -- the network the record was stored from (the node's quota), NULL: none
 );
 CREATE INDEX records_expires ON records(expires) WHERE expires IS NOT NULL;
 CREATE TABLE providers (
@@ -88,6 +101,7 @@ CREATE TABLE providers (
     distance BLOB NOT NULL,   -- 32-byte big-endian XOR distance of the provider to the key
     addrs    BLOB NOT NULL,   -- binary multiaddrs, each prefixed by its varint length
     expires  REAL,            -- wall-clock (time.time()) instant, NULL: never
+    network  TEXT,            -- the network the provider was announced from, NULL: none
     PRIMARY KEY (key, provider)
 );
 CREATE INDEX providers_by_distance ON providers(key, distance);
@@ -170,6 +184,11 @@ class SqliteStore(RecordStore):
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif app_id != APPLICATION_ID:
                 raise StoreError(f"{self.path!r} is an SQLite database but not a kadfast store")
+            elif version in _MIGRATIONS:
+                for v in range(version, SCHEMA_VERSION):
+                    for stmt in _MIGRATIONS[v]:
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path!r} has kadfast store schema version {version}; this kadfast reads version {SCHEMA_VERSION}"
@@ -267,12 +286,13 @@ class SqliteStore(RecordStore):
     def _from_disk(self, wall: float | None) -> float | None:
         return None if wall is None else wall - self.clock_offset
 
-    def _record(self, key, value, publisher, expires) -> Record:
+    def _record(self, key, value, publisher, expires, network) -> Record:
         return Record(bytes(key), bytes(value), PeerId.from_bytes(publisher) if publisher is not None else None,
-                      self._from_disk(expires))
+                      self._from_disk(expires), network)
 
-    def _provider(self, key, provider, addrs, expires) -> ProviderRecord:
-        return ProviderRecord(bytes(key), PeerId.from_bytes(provider), _decode_addrs(addrs), self._from_disk(expires))
+    def _provider(self, key, provider, addrs, expires, network) -> ProviderRecord:
+        return ProviderRecord(bytes(key), PeerId.from_bytes(provider), _decode_addrs(addrs), self._from_disk(expires),
+                              network)
 
     def _expired(self, wall: float | None, now: float) -> bool:
         # the same test as Record.is_expired, on the converted instant
@@ -281,7 +301,7 @@ class SqliteStore(RecordStore):
     # -- records ---------------------------------------------------------
     def get(self, key: bytes, now: float) -> Record | None:
         with self._db() as db:
-            row = db.execute("SELECT key, value, publisher, expires FROM records WHERE key = ?", (key,)).fetchone()
+            row = db.execute("SELECT key, value, publisher, expires, network FROM records WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         if self._expired(row[3], now):
@@ -306,22 +326,22 @@ class SqliteStore(RecordStore):
                 if n >= cfg.max_records:
                     raise StoreFull(f"the store holds its limit of {cfg.max_records} records")
             db.execute(
-                "INSERT INTO records (key, value, publisher, expires) VALUES (?, ?, ?, ?) "
+                "INSERT INTO records (key, value, publisher, expires, network) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                "publisher = excluded.publisher, expires = excluded.expires",
-                (record.key, record.value, publisher, self._to_disk(record.expires)),
+                "publisher = excluded.publisher, expires = excluded.expires, network = excluded.network",
+                (record.key, record.value, publisher, self._to_disk(record.expires), record.network),
             )
 
     def remove(self, key: bytes) -> Record | None:
         with self._db(write=True) as db:
-            row = db.execute("SELECT key, value, publisher, expires FROM records WHERE key = ?", (key,)).fetchone()
+            row = db.execute("SELECT key, value, publisher, expires, network FROM records WHERE key = ?", (key,)).fetchone()
             if row is not None:
                 db.execute("DELETE FROM records WHERE key = ?", (key,))
         return None if row is None else self._record(*row)
 
     def records(self) -> Iterator[Record]:
         with self._db() as db:
-            rows = db.execute("SELECT key, value, publisher, expires FROM records ORDER BY rowid").fetchall()
+            rows = db.execute("SELECT key, value, publisher, expires, network FROM records ORDER BY rowid").fetchall()
         return iter([self._record(*r) for r in rows])
 
     def record_keys(self) -> list[bytes]:
@@ -330,9 +350,15 @@ class SqliteStore(RecordStore):
 
     def published_by(self, publisher: PeerId) -> list[Record]:
         with self._db() as db:
-            rows = db.execute("SELECT key, value, publisher, expires FROM records WHERE publisher = ? ORDER BY rowid",
+            rows = db.execute("SELECT key, value, publisher, expires, network FROM records WHERE publisher = ? ORDER BY rowid",
                               (publisher.to_bytes(),)).fetchall()
         return [self._record(*r) for r in rows]
+
+    def record_origins(self, now: float) -> Iterator[tuple[bytes, PeerId | None, str | None]]:
+        with self._db() as db:
+            rows = db.execute("SELECT key, publisher, network, expires FROM records ORDER BY rowid").fetchall()
+        return iter([(bytes(k), PeerId.from_bytes(p) if p is not None else None, n)
+                     for k, p, n, e in rows if not self._expired(e, now)])
 
     def __len__(self) -> int:
         with self._db() as db:
@@ -359,8 +385,8 @@ class SqliteStore(RecordStore):
                 if keys >= cfg.max_records:
                     raise StoreFull(f"the store holds providers for its limit of {cfg.max_records} keys")
             cur = db.execute(
-                "UPDATE providers SET addrs = ?, expires = ? WHERE key = ? AND provider = ?",
-                (addrs, expires, record.key, provider),
+                "UPDATE providers SET addrs = ?, expires = ?, network = ? WHERE key = ? AND provider = ?",
+                (addrs, expires, record.network, record.key, provider),
             )
             if cur.rowcount:
                 return True  # refreshed
@@ -384,15 +410,15 @@ class SqliteStore(RecordStore):
                     (record.key, held + 1 - cfg.max_providers_per_key),
                 )
             db.execute(
-                "INSERT INTO providers (key, provider, distance, addrs, expires) VALUES (?, ?, ?, ?, ?)",
-                (record.key, provider, distance, addrs, expires),
+                "INSERT INTO providers (key, provider, distance, addrs, expires, network) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.key, provider, distance, addrs, expires, record.network),
             )
         return True
 
     def providers(self, key: bytes, now: float) -> list[ProviderRecord]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT key, provider, addrs, expires FROM providers WHERE key = ? ORDER BY distance, rowid", (key,)
+                "SELECT key, provider, addrs, expires, network FROM providers WHERE key = ? ORDER BY distance, rowid", (key,)
             ).fetchall()
         dead = [r[1] for r in rows if self._expired(r[3], now)]
         if dead:
@@ -403,7 +429,7 @@ class SqliteStore(RecordStore):
     def provided(self) -> Iterator[ProviderRecord]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT key, provider, addrs, expires FROM providers WHERE provider = ? ORDER BY rowid", (self._local,)
+                "SELECT key, provider, addrs, expires, network FROM providers WHERE provider = ? ORDER BY rowid", (self._local,)
             ).fetchall()
         return iter([self._provider(*r) for r in rows])
 
@@ -411,6 +437,11 @@ class SqliteStore(RecordStore):
         with self._db(write=True) as db:
             cur = db.execute("DELETE FROM providers WHERE key = ? AND provider = ?", (key, provider.to_bytes()))
             return cur.rowcount > 0
+
+    def provider_origins(self, now: float) -> Iterator[tuple[bytes, str]]:
+        with self._db() as db:
+            rows = db.execute("SELECT key, network, expires FROM providers WHERE network IS NOT NULL").fetchall()
+        return iter([(bytes(k), n) for k, n, e in rows if not self._expired(e, now)])
 
     def provider_keys(self) -> int:
         """Number of keys with provider records."""

@@ -31,6 +31,11 @@ class Record:
     publisher: PeerId | None = None
     #: absolute expiry instant (caller's clock), or None for no expiry
     expires: float | None = None
+    #: the network (IP prefix, e.g. "1.2.3.0/24") of the peer that stored
+    #: the record here, which the server's per-network quota counts it
+    #: under; None for records of the local node and from exempt addresses.
+    #: Kept by the stores so that the quotas are rebuilt after a restart
+    network: str | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
@@ -42,6 +47,8 @@ class ProviderRecord:
     provider: PeerId
     addrs: tuple = ()
     expires: float | None = None
+    #: the network of the peer that announced it (as :attr:`Record.network`)
+    network: str | None = None
 
     def is_expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
@@ -103,6 +110,19 @@ class RecordStore(abc.ABC):
         """The records held whose publisher is ``publisher`` (the node's own,
         which it republishes)."""
         return [r for r in self.records() if r.publisher == publisher]
+
+    def record_origins(self, now: float) -> Iterator[tuple[bytes, PeerId | None, str | None]]:
+        """``(key, publisher, network)`` of each live record: what the node
+        rebuilds its store quotas from when it starts. This default walks
+        :meth:`records`."""
+        return ((r.key, r.publisher, r.network) for r in self.records() if not r.is_expired(now))
+
+    def provider_origins(self, now: float) -> Iterator[tuple[bytes, str]]:
+        """``(key, network)`` of each live provider record that names the
+        network it came from (the per-network quota of provider keys). A
+        store without a way to list its provider records yields nothing
+        (the default): the quota then starts empty."""
+        return iter(())
 
     @abc.abstractmethod
     def add_provider(self, record: ProviderRecord, now: float) -> bool:
@@ -251,6 +271,10 @@ class MemoryStore(RecordStore):
 
     def provider_keys(self) -> int:
         return len(self._providers)
+
+    def provider_origins(self, now: float) -> Iterator[tuple[bytes, str]]:
+        return iter([(k, p.network) for k, ps in self._providers.items() for p in ps
+                     if p.network is not None and not p.is_expired(now)])
 
     # -- expiry ----------------------------------------------------------
     def sweep(self, now: float) -> tuple[int, int]:

@@ -230,3 +230,19 @@ def test_server_limits_from_the_command_line(procs):
     cp = kadfast("put", *net, "/l/a", "much too long")  # over --max-value-bytes
     assert cp.returncode == 5
     assert kadfast("get", *net, "/l/a").stdout.strip() == "v"
+
+
+def test_server_unvalidated_records_modes(procs):
+    """By default (owner) a key no validator checks is changed only by the
+    peer that stored it (each one-shot command is a new identity); with
+    --unvalidated-records accept the last writer wins."""
+    for mode, second in (("owner", 5), ("accept", 0)):
+        server = procs("server", "--listen", LOOP, "--json", "--unvalidated-records", mode,
+                       "--max-reads-per-second", "100", "--max-records-per-peer", "10")
+        net = ("--bootstrap", server.wait_event("listening")["addrs"][0], "--listen", LOOP)
+        assert kadfast("put", *net, "/o/k", "first").returncode == 0
+        cp = kadfast("put", *net, "/o/k", "second")
+        assert cp.returncode == second, cp.stderr
+        assert kadfast("get", *net, "/o/k").stdout.strip() == ("first" if mode == "owner" else "second")
+        server.stop()
+    assert kadfast("server", "--unvalidated-records", "sometimes").returncode == 2

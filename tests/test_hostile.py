@@ -414,7 +414,10 @@ def test_idle_and_trickling_kad_streams_are_reset(run):
     trickles an unfinished message, are reset once no whole request came
     for kad_stream_idle_timeout; a stream with requests coming goes on."""
     async def main():
-        node = await start_node(Config(kad_stream_idle_timeout=1.0, maintenance_period=0.05))
+        # `busy` asks again as soon as an answer comes: far more than the
+        # read rate limit allows, which is not what this test is about
+        node = await start_node(Config(kad_stream_idle_timeout=1.0, maintenance_period=0.05,
+                                       max_reads_per_peer_per_second=0))
         try:
             c = await RawClient.connect(node.host)
             await c.upgrade()
@@ -475,7 +478,8 @@ def test_a_client_that_never_reads_its_answers_is_held_and_then_reset(run):
     it queues stays within max_queued_reply_bytes plus one answer, instead of
     growing with every request (2.3 GB from 4 such connections before)."""
     async def main():
-        cfg = Config(max_queued_reply_bytes=64 * 1024, max_held_request_bytes=16 * 1024)
+        cfg = Config(max_queued_reply_bytes=64 * 1024, max_held_request_bytes=16 * 1024,
+                     max_reads_per_peer_per_second=0)  # the held bytes must stop it, not the read rate
         node = await _filled_node(cfg)
         try:
             sock = socket.socket()
@@ -788,6 +792,75 @@ def test_put_and_add_provider_rate_limits(run):
                 assert reply.record.value == b"v"
             await assert_serves(node)
         finally:
+            await node.stop()
+    run(main)
+
+
+def test_read_rate_limit_resets_the_stream_of_a_flooding_peer(run):
+    """FIND_NODE, GET_VALUE and GET_PROVIDERS from one peer share its read
+    bucket: past it the request's stream is reset, the connection stays,
+    other peers are served, and tokens come back with the clock."""
+    async def main():
+        clock = FakeClock()
+        node = await start_node(Config(max_reads_per_peer_per_second=1.0, rate_limit_burst_seconds=3.0), clock=clock)
+        reads = [KadMessage(MessageType.FIND_NODE, key=os.urandom(32)), KadMessage(MessageType.GET_VALUE, key=b"/k"),
+                 KadMessage(MessageType.GET_PROVIDERS, key=b"p")]
+        try:
+            async with Host() as flood, Host() as other:
+                for h in (flood, other):
+                    await h.dial(maddr(node.host))
+                replies = await kad_request(flood, node.peer_id, *reads, replies=3)
+                assert [r.type for r in replies] == [m.type for m in reads]
+                for m in reads:
+                    await expect_reset(flood, node.peer_id, frame(encode_message(m)))
+                [reply] = await kad_request(other, node.peer_id, reads[0])
+                assert reply.key == reads[0].key
+                assert len(flood.connections(node.peer_id)) == 1
+                assert await flood.ping(node.peer_id, timeout=5) >= 0  # not a kad request
+                clock.t += 1.0
+                [reply] = await kad_request(flood, node.peer_id, reads[1])
+                assert reply.type == MessageType.GET_VALUE
+                await expect_reset(flood, node.peer_id, frame(encode_message(reads[1])))
+            await assert_serves(node)
+        finally:
+            await node.stop()
+    run(main)
+
+
+def test_a_put_to_a_full_store_is_refused(run):
+    """A server whose store is full (StoreConfig.max_records) refuses an
+    honest PUT_VALUE of a new key explicitly: the stream is reset, so the
+    putting node counts that peer as failed (QuorumFailed with none stored),
+    while replicas and changes of the records held are still taken."""
+    from kadfast.kad.node import QuorumFailed
+    from kadfast.store import StoreConfig
+
+    async def main():
+        node = await start_node(Config(store=StoreConfig(max_records=2)))
+        client = KadNode(config=Config(mode="client"))
+        await client.start()
+        try:
+            client.add_address(node.peer_id, node.listen_addrs[0])
+            async with Host() as h:
+                await h.dial(maddr(node.host))
+                for key in (b"/f/1", b"/f/2"):
+                    [reply] = await kad_request(h, node.peer_id, KadMessage(
+                        MessageType.PUT_VALUE, key=key, record=KadRecord(key, b"v")))
+                    assert reply.record.key == key
+                await expect_reset(h, node.peer_id, frame(encode_message(KadMessage(
+                    MessageType.PUT_VALUE, key=b"/f/3", record=KadRecord(b"/f/3", b"v")))))
+                [reply] = await kad_request(h, node.peer_id, KadMessage(
+                    MessageType.PUT_VALUE, key=b"/f/1", record=KadRecord(b"/f/1", b"w")))
+                assert reply.record.value == b"w"
+            with pytest.raises(QuorumFailed) as err:
+                await client.put_record(Record(b"/f/4", b"v"), Quorum.ONE)
+            assert err.value.stored == 0
+            assert client.store.get(b"/f/4", client.clock()) is not None  # the putter keeps its own copy
+            assert node.store.get(b"/f/4", node.clock()) is None and len(node.store) == 2
+            assert await client.put_record(Record(b"/f/2", b"v"), Quorum.ONE) == 1  # a replica of a held record
+            await assert_serves(node)
+        finally:
+            await client.stop()
             await node.stop()
     run(main)
 

@@ -579,8 +579,10 @@ def test_put_value_echoes_and_stores_and_validates():
 def test_put_value_publisher_is_the_sender_not_the_claim():
     """A PUT_VALUE naming another peer (or this node) as publisher is stored
     with the sender as publisher; a replica of our own record coming back
-    stays ours (republished by us), a different value under our key does not."""
-    node = offline_node()
+    stays ours (republished by us), a different value under our key does
+    not: with unvalidated_records='accept' (last writer wins) it is taken in
+    the sender's name, by default ('owner') it is refused."""
+    node = offline_node(config=Config(unvalidated_records="accept"))
     sender, victim = peer_ids(2)
     claim = KadRecord(b"/any/p", b"v", publisher=victim)
     node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), None)
@@ -595,6 +597,11 @@ def test_put_value_publisher_is_the_sender_not_the_claim():
     node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=back.key, record=back), None)
     assert node.store.get(b"/any/mine", node.clock()) == ours
     other = KadRecord(b"/any/mine", b"w", publisher=node.peer_id)
+    owner = offline_node()
+    owner.store.put(Record(b"/any/mine", b"v", publisher=owner.peer_id, expires=owner.clock() + 60), owner.clock())
+    with pytest.raises(InvalidRecord, match="owner"):
+        owner._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), None)
+    assert owner.store.get(b"/any/mine", owner.clock()).publisher == owner.peer_id
     node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), None)
     assert node.store.get(b"/any/mine", node.clock()).publisher == sender
 
@@ -607,7 +614,10 @@ def test_records_per_network_are_bounded():
     costs nothing; loopback is exempt."""
     from kadfast.kad.ratelimit import RateLimited
 
-    node = offline_node(config=Config(max_records_per_ip_group=5, max_puts_per_peer_per_second=0))
+    # every put comes from a new identity of the network: its overwrites
+    # need last-writer-wins ('accept'; the default lets only the first change it)
+    node = offline_node(config=Config(max_records_per_ip_group=5, max_puts_per_peer_per_second=0,
+                                      unvalidated_records="accept"))
     here = Multiaddr("/ip4/1.2.3.4/tcp/4001")
 
     def put(key, addr, value=b"v", ttl=None):
@@ -745,6 +755,285 @@ def test_operations_without_peers_fail_clearly():
             await node.stop()
 
     run_loop(main)
+
+
+def _answer(node, asker, t, key, framed):
+    from kadfast.kad.pb import MessageReader, decode_message
+    reply = node._handle_request(asker, KadMessage(t, key=key), None, framed)
+    if framed:
+        (body,) = MessageReader(1 << 20).feed(reply)
+        reply = decode_message(body)
+    return [p.peer_id for p in reply.closer_peers]
+
+
+def _by_distance(target: bytes, peers):
+    t = Key(target)
+    return sorted(peers, key=lambda p: t.distance(Key(p.to_bytes())))
+
+
+def test_answers_draw_from_diverse_ip_groups():
+    """Many peers of one IPv4 /16 closest to a key: an answer (FIND_NODE,
+    GET_VALUE, GET_PROVIDERS, framed or not) holds the closest
+    max_answer_peers_per_ip_group (2) of them and the closest of the
+    others, in distance order; they fill it when too few others are known.
+    Private addresses are exempt unless ip_group_limits_everywhere; 0 turns
+    it off; with no group over its share the answer is by distance alone."""
+    table_off = {"max_peers_per_ip_group": 0, "max_peers_per_ip_group_per_bucket": 0}  # the table takes them all
+
+    def build(n_others, sybil_addr=lambda i: f"/ip4/1.2.{i}.1/tcp/4001", **cfg):
+        node = offline_node(config=Config(**table_off, **cfg))
+        sybils, others = peer_ids(40), peer_ids(n_others)
+        for i in range(40):  # in turns, so that both get into the far buckets
+            node.add_address(sybils[i], Multiaddr(sybil_addr(i)))
+            if i < n_others:
+                node.add_address(others[i], Multiaddr(f"/ip4/{20 + i}.7.0.1/tcp/4001"))
+        # the far buckets hold k each: some did not get in
+        return node, [p for p in sybils if Key(p.to_bytes()) in node.table], \
+            [p for p in others if Key(p.to_bytes()) in node.table]
+
+    asker = peer_ids(1)[0]
+    node, sybils, others = build(40)
+    assert len(sybils) >= 20 and len(others) >= 18 and node._crowded_groups == {"1.2.0.0/16"}
+    for _ in range(5):
+        key = os.urandom(32)
+        want = _by_distance(key, _by_distance(key, sybils)[:2] + _by_distance(key, others)[:18])
+        for t in (MessageType.FIND_NODE, MessageType.GET_VALUE, MessageType.GET_PROVIDERS):
+            for framed in (False, True):
+                assert _answer(node, asker, t, key, framed) == want
+    # the requester is never in its own answer, and its place goes to the next
+    key = os.urandom(32)
+    first = _by_distance(key, sybils)[0]
+    got = _answer(node, first, MessageType.FIND_NODE, key, True)
+    assert first not in got and len(got) == 20 and len(set(got) & set(sybils)) == 2
+    # a group that becomes crowded after its members' answers were cached
+    node = offline_node(config=Config(**table_off))
+    early, late, others = peer_ids(2), peer_ids(38), peer_ids(40)
+    for i, p in enumerate(early + others):
+        node.add_address(p, Multiaddr(f"/ip4/1.2.{i}.1/tcp/4001" if p in early else f"/ip4/{20 + i}.7.0.1/tcp/4001"))
+    for _ in range(20):
+        _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
+    assert not node._crowded_groups
+    for i, p in enumerate(late):
+        node.add_address(p, Multiaddr(f"/ip4/1.2.{100 + i}.1/tcp/4001"))
+    assert node._crowded_groups == {"1.2.0.0/16"}
+    for _ in range(5):
+        got = _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
+        assert len(got) == 20 and len(set(got) & set(early + late)) <= 2
+    # too few others: the group's other peers fill the answer up to k, by distance
+    node, sybils, others = build(5)
+    assert len(others) == 5
+    key = os.urandom(32)
+    for framed in (False, True):
+        got = _answer(node, asker, MessageType.FIND_NODE, key, framed)
+        assert got == _by_distance(key, others + _by_distance(key, sybils)[:15])
+    # off: by distance alone
+    node, sybils, others = build(40, max_answer_peers_per_ip_group=0)
+    assert not node._crowded_groups
+    key = os.urandom(32)
+    assert _answer(node, asker, MessageType.FIND_NODE, key, True) == _by_distance(key, sybils + others)[:20]
+    # private addresses: exempt by default, limited when asked
+    def private(i):
+        return f"/ip4/10.1.{i}.1/tcp/4001"
+    node, sybils, others = build(40, sybil_addr=private)
+    assert not node._crowded_groups
+    key = os.urandom(32)
+    assert _answer(node, asker, MessageType.FIND_NODE, key, True) == _by_distance(key, sybils + others)[:20]
+    node, sybils, others = build(40, sybil_addr=private, ip_group_limits_everywhere=True)
+    got = _answer(node, asker, MessageType.FIND_NODE, key, True)
+    assert len(got) == 20 and len(set(got) & set(sybils)) == 2
+    # the crowded groups are recomputed by the sweep from the table's members
+    for p in sybils:
+        node.table.remove(Key(p.to_bytes()))
+    node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
+    run_loop(lambda: node.maintenance(node.clock()))
+    assert not node._crowded_groups and set(node._key_group) <= {e.key for e in node.table}
+    assert not set(node._key_group) & {Key(p.to_bytes()) for p in sybils}
+
+
+def test_unvalidated_records_are_changed_by_their_owner_only():
+    """unvalidated_records='owner' (the default): a key no validator checks
+    is stored when new; then only its publisher changes the value, others'
+    values are refused (and their replicas taken, the publisher kept);
+    once it expired, anyone may store it anew. 'accept': last writer wins;
+    'refuse': none stored. Another mode is refused on start."""
+    assert Config().unvalidated_records == "owner"
+    node = offline_node()
+    alice, bob = peer_ids(2)
+
+    def put(n, sender, value, key=b"/app/x"):
+        return n._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), None)
+
+    put(node, alice, b"v1")
+    with pytest.raises(InvalidRecord, match="owner"):
+        put(node, bob, b"v2")
+    assert put(node, bob, b"v1").record.value == b"v1"  # a replica: taken, still alice's
+    assert node.store.get(b"/app/x", node.clock()).publisher == alice
+    put(node, alice, b"v2")
+    assert node.store.get(b"/app/x", node.clock()).value == b"v2"
+    node.clock.t += node.config.record_ttl + 1  # expired: a new key again
+    put(node, bob, b"v3")
+    assert node.store.get(b"/app/x", node.clock()).publisher == bob
+    with pytest.raises(InvalidRecord):
+        put(node, alice, b"v4")
+    # namespace records (key = namespace, value = the sender's PeerId): each peer announces itself
+    put(node, alice, alice.to_bytes(), key=b"chat")
+    put(node, bob, bob.to_bytes(), key=b"chat")
+    assert node.store.get(b"chat", node.clock()).value == bob.to_bytes()
+    lax = offline_node(config=Config(unvalidated_records="accept"))
+    put(lax, alice, b"v1")
+    put(lax, bob, b"v2")
+    assert lax.store.get(b"/app/x", lax.clock()).value == b"v2"
+    strict = offline_node(config=Config(unvalidated_records="refuse"))
+    with pytest.raises(InvalidRecord, match="no validator"):
+        put(strict, alice, b"v1")
+
+    async def bad_mode():
+        n = KadNode(config=Config(unvalidated_records="sometimes"))
+        try:
+            with pytest.raises(ValueError, match="owner, accept or refuse"):
+                await n.start()
+        finally:
+            await n.stop()
+    run_loop(bad_mode)
+
+
+def test_records_per_publisher_are_bounded():
+    """One identity, even from a private or loopback address (exempt from the
+    network quota), stores at most max_records_per_peer records; changing
+    its own values and replicating others' cost nothing; removal and
+    expiry give the room back; other identities are not affected."""
+    from kadfast.kad.ratelimit import RateLimited
+
+    node = offline_node(config=Config(max_records_per_peer=3, max_puts_per_peer_per_second=0))
+    lan = Multiaddr("/ip4/192.168.1.5/tcp/4001")
+    mallory, alice = peer_ids(2)
+
+    def put(sender, key, value=b"v", ttl=None):
+        rec = KadRecord(key, value, ttl=ttl)
+        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), lan)
+
+    put(alice, b"/a/0")
+    for i in range(3):
+        put(mallory, b"/m/%d" % i, ttl=10 if i == 0 else None)
+    with pytest.raises(RateLimited, match="max_records_per_peer"):
+        put(mallory, b"/m/3")
+    with pytest.raises(RateLimited):
+        put(mallory, b"/m/3", value=b"other")
+    assert node.store.get(b"/m/3", node.clock()) is None
+    put(mallory, b"/m/1", value=b"w")  # its own key: changed, not counted twice
+    put(mallory, b"/a/0")  # a replica of alice's record: free, and still hers
+    assert node.store.get(b"/a/0", node.clock()).publisher == alice
+    put(alice, b"/a/1")
+    node.remove_record(b"/m/2")
+    put(mallory, b"/m/4")
+    with pytest.raises(RateLimited):
+        put(mallory, b"/m/5")
+    node.clock.t += 11
+    run_loop(lambda: node.maintenance(node.clock()))  # the sweep drops /m/0
+    put(mallory, b"/m/5")
+
+
+def test_store_quotas_are_rebuilt_from_a_sqlite_store_on_start(tmp_path):
+    """The quotas count what the store holds when the node starts: after a
+    restart on the same file, a network (or publisher) that had its share
+    still has it, replicas still cost nothing, others still have room."""
+    from kadfast.kad.ratelimit import RateLimited
+    from kadfast.sqlite_store import SqliteStore
+
+    me = Ed25519KeyPair.generate()
+    cfg = Config(max_records_per_ip_group=3, max_records_per_peer=2, max_provider_keys_per_ip_group=2,
+                 max_puts_per_peer_per_second=0, max_provider_adds_per_peer_per_second=0)
+    here, lan = Multiaddr("/ip4/1.2.3.4/tcp/4001"), Multiaddr("/ip4/192.168.1.5/tcp/4001")
+    publisher = peer_ids(1)[0]
+
+    def put(node, key, addr, sender=None, value=b"v"):
+        rec = KadRecord(key, value)
+        return node._handle_request(sender or peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), addr)
+
+    def provide(node, key, addr):
+        p = peer_ids(1)[0]
+        node._handle_request(p, KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(p, [addr], 0)]), addr)
+        return node.store.providers(key, node.clock())
+
+    def new_node():
+        store = SqliteStore(tmp_path / "q.db", me.peer_id, clock_offset=0.0)
+        return KadNode(me, config=cfg, store=store, clock=FakeClock())
+
+    async def first():
+        node = new_node()
+        await node.start()
+        try:
+            for i in range(3):
+                put(node, b"/n/%d" % i, here)
+            with pytest.raises(RateLimited):
+                put(node, b"/n/3", here)
+            for i in range(2):
+                put(node, b"/p/%d" % i, lan, sender=publisher)
+            assert provide(node, b"k0", here) and provide(node, b"k1", here)
+        finally:
+            await node.stop()
+            node.store.close()
+
+    async def second():
+        node = new_node()
+        assert node._record_quota.held_by("1.2.3.0/24") == 0  # not counted before start
+        await node.start()
+        try:
+            with pytest.raises(RateLimited, match="max_records_per_ip_group"):
+                put(node, b"/n/3", Multiaddr("/ip4/1.2.3.99/tcp/1"))
+            with pytest.raises(RateLimited, match="max_records_per_peer"):
+                put(node, b"/p/2", lan, sender=publisher)
+            put(node, b"/n/0", here)  # a replica: free
+            put(node, b"/p/0", lan, sender=publisher, value=b"w")  # its own record changed
+            put(node, b"/n/9", Multiaddr("/ip4/1.2.4.4/tcp/1"))  # another network
+            assert provide(node, b"k2", here) == []  # its provider keys are counted too
+            assert provide(node, b"k0", Multiaddr("/ip4/1.2.3.5/tcp/1"))
+            assert len(node.store) == 6
+        finally:
+            await node.stop()
+            node.store.close()
+
+    run_loop(first)
+    run_loop(second)
+
+
+def test_read_requests_are_rate_limited_per_peer(caplog):
+    """FIND_NODE, GET_VALUE and GET_PROVIDERS share one bucket per peer
+    (max_reads_per_peer_per_second, rate_limit_burst_seconds deep); over
+    it they raise RateLimited (the stream is reset), logged at INFO once a
+    minute per peer however many; PUT_VALUE and PING have buckets (or
+    none) of their own; 0 turns it off; the default takes 1,000 at once."""
+    import logging
+
+    from kadfast.kad.ratelimit import RateLimited
+
+    clock = FakeClock()
+    node = offline_node(clock=clock, config=Config(max_reads_per_peer_per_second=2.0, rate_limit_burst_seconds=2.0))
+    flood, other = peer_ids(2)
+    kinds = [MessageType.FIND_NODE, MessageType.GET_VALUE, MessageType.GET_PROVIDERS]
+    for t in kinds + [MessageType.FIND_NODE]:
+        node._handle_request(flood, KadMessage(t, key=b"k"), None)
+    with caplog.at_level(logging.DEBUG, logger="kadfast.kad"):
+        for t in kinds * 5:
+            with pytest.raises(RateLimited, match="max_reads_per_peer_per_second"):
+                node._handle_request(flood, KadMessage(t, key=b"k"), None, True)
+    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
+    node._handle_request(flood, KadMessage(MessageType.PING), None)
+    node._handle_request(flood, KadMessage(MessageType.PUT_VALUE, key=b"/r", record=KadRecord(b"/r", b"v")), None)
+    node._handle_request(other, KadMessage(MessageType.FIND_NODE, key=b"k"), None)
+    clock.t += 0.5  # one token back
+    node._handle_request(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), None)
+    with pytest.raises(RateLimited):
+        node._handle_request(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), None)
+    default = offline_node()
+    assert default.config.max_reads_per_peer_per_second == 200.0
+    for _ in range(1000):
+        default._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
+    with pytest.raises(RateLimited):
+        default._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
+    off = offline_node(config=Config(max_reads_per_peer_per_second=0))
+    for _ in range(2000):
+        off._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
 
 
 # -- a loopback network ---------------------------------------------------------

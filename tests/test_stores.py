@@ -418,6 +418,55 @@ def test_newer_schema_is_refused(tmp_path):
         SqliteStore(path, peers(1)[0])
 
 
+def test_network_and_origins_are_kept(make_store):
+    """Each record and provider record keeps the network it was stored from
+    (what the node's quotas are rebuilt from); ``record_origins`` and
+    ``provider_origins`` list the live ones."""
+    me, a, b = peers(3)
+    s = make_store(me)
+    s.put(Record(b"/n/1", b"v", publisher=a, expires=100.0, network="1.2.3.0/24"), now=0.0)
+    s.put(Record(b"/n/2", b"v", publisher=b, expires=10.0), now=0.0)
+    s.put(Record(b"/n/3", b"v", publisher=me), now=0.0)
+    assert s.get(b"/n/1", now=1.0).network == "1.2.3.0/24"
+    assert sorted(s.record_origins(now=20.0)) == sorted([(b"/n/1", a, "1.2.3.0/24"), (b"/n/3", me, None)])
+    s.add_provider(ProviderRecord(b"p", a, (), 100.0, "5.6.7.0/24"), now=0.0)
+    s.add_provider(ProviderRecord(b"p", b, (), 10.0, "5.6.8.0/24"), now=0.0)
+    s.add_provider(ProviderRecord(b"q", me, (), 100.0), now=0.0)
+    assert [p.network for p in s.providers(b"p", now=1.0)] in (["5.6.7.0/24", "5.6.8.0/24"], ["5.6.8.0/24", "5.6.7.0/24"])
+    assert list(s.provider_origins(now=20.0)) == [(b"p", "5.6.7.0/24")]
+
+
+def test_schema_version_1_is_migrated(tmp_path):
+    """A store written by the previous schema (no network columns) opens:
+    its records come back with no network, and new ones keep theirs."""
+    path = tmp_path / "v1.db"
+    me, a = peers(2)
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE records (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL, publisher BLOB, expires REAL);
+        CREATE INDEX records_expires ON records(expires) WHERE expires IS NOT NULL;
+        CREATE TABLE providers (key BLOB NOT NULL, provider BLOB NOT NULL, distance BLOB NOT NULL,
+                                addrs BLOB NOT NULL, expires REAL, PRIMARY KEY (key, provider));
+        CREATE INDEX providers_by_distance ON providers(key, distance);
+        CREATE INDEX providers_expires ON providers(expires) WHERE expires IS NOT NULL;
+        CREATE INDEX providers_by_provider ON providers(provider);
+        PRAGMA application_id=1262568518;
+        PRAGMA user_version=1;
+    """)
+    conn.execute("INSERT INTO records VALUES (?, ?, ?, NULL)", (b"/old", b"v", a.to_bytes()))
+    conn.commit()
+    conn.close()
+    with SqliteStore(path, me) as s:
+        assert s.get(b"/old", now=0.0) == Record(b"/old", b"v", publisher=a)
+        assert list(s.record_origins(now=0.0)) == [(b"/old", a, None)]
+        s.put(Record(b"/new", b"w", publisher=a, network="1.2.3.0/24"), now=0.0)
+    with SqliteStore(path, me) as s:
+        assert s.get(b"/new", now=0.0).network == "1.2.3.0/24"
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
 def test_unopenable_path_is_a_store_error(tmp_path):
     with pytest.raises(StoreError):
         SqliteStore(tmp_path / "no" / "such" / "dir" / "s.db", peers(1)[0])

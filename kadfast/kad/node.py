@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 from collections import deque
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from .. import _routing
 from .._xor import Key
 from ..addrbook import ip_prefix, is_public, plausible_addrs
-from ..errors import KadfastError, PeerIdError, StoreError
+from ..errors import KadfastError, PeerIdError, StoreError, StoreFull
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
@@ -188,13 +189,42 @@ class Config:
     #: answer to refuse it with)
     max_provider_keys_per_ip_group: int = 256
     #: what a server does with a PUT_VALUE whose key no registered validator
-    #: checks: "accept" stores it, last writer wins (rust-libp2p; any peer
-    #: can overwrite such a record), "refuse" stores none
-    #: (go-libp2p-kad-dht). Either way, a key with no namespace whose value
-    #: is a PeerId (the reference program's namespace record) must carry
-    #: the sender's own PeerId, or repeat the value held: no one can point
-    #: a namespace at another peer
-    unvalidated_records: str = "accept"
+    #: checks: "owner" (the default) stores it when the key is new (or the
+    #: record held expired), and then lets only the peer that stored it
+    #: (its publisher, the authenticated sender) change its value; anyone
+    #: else's different value is refused (InvalidRecord, the stream reset),
+    #: while replicas of the value held are taken. "accept" stores any,
+    #: last writer wins (rust-libp2p; any peer can overwrite such a
+    #: record), "refuse" stores none (go-libp2p-kad-dht). In every mode, a
+    #: key with no namespace whose value is a PeerId (the reference
+    #: program's namespace record) must carry the sender's own PeerId, or
+    #: repeat the value held: no one can point a namespace at another peer,
+    #: and each peer may announce itself (last writer wins)
+    unvalidated_records: str = "owner"
+    # -- read limits, diverse answers and per-publisher records (rust and go
+    # have none of these)
+    #: FIND_NODE, GET_VALUE and GET_PROVIDERS requests served per peer per
+    #: second, all three from one token bucket per peer (of
+    #: rate_limit_burst_seconds' worth: 1,000 requests by default); over
+    #: it the request's stream is reset. A lookup asks one server a request
+    #: or two, so an honest client, even one running hundreds of lookups at
+    #: once, stays far below it. 0 turns the limit off
+    max_reads_per_peer_per_second: float = 200.0
+    #: the closer peers of an answer (FIND_NODE, GET_VALUE, GET_PROVIDERS)
+    #: hold at most this many peers of one IP group (IPv4 /16, IPv6 /32, as
+    #: for the routing table, non-public addresses exempt unless
+    #: ``ip_group_limits_everywhere``) while peers of other groups are at
+    #: hand among the closest 4k + 1: those are taken first in distance
+    #: order, then the rest fill the answer up to k. One network's many
+    #: identities ground near a key do not make up a whole answer. 0: off
+    max_answer_peers_per_ip_group: int = 2
+    #: records one publisher (the authenticated sender of the PUT_VALUE that
+    #: stored them) may have stored here at once, whatever its address
+    #: (loopback and private ones too): one identity cannot fill the store,
+    #: not even from the LAN. Replicas of held values cost nothing, a new
+    #: value counts for its sender. Equal to max_records_per_ip_group, so
+    #: that a neighbour's hourly replication still fits. 0 turns it off
+    max_records_per_peer: int = 256
 
 
 class Quorum:
@@ -315,38 +345,61 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
 
 
 class _NetworkQuota:
-    """Keys counted per network (an IP prefix), at most ``limit`` each.
-    ``exclusive``: a key counts for one network at a time (a record: the
-    last network that stored it); else for each network that asked (a
-    provider key)."""
+    """Keys counted per owner (a network, an IP prefix; or a publisher), at
+    most ``limit`` each. ``exclusive``: a key counts for one owner at a
+    time (a record: the last network, or publisher, that stored a value);
+    else for each owner that asked (a provider key)."""
 
     __slots__ = ("limit", "exclusive", "_keys_of", "_networks_of")
 
     def __init__(self, limit: int, exclusive: bool) -> None:
         self.limit = limit
         self.exclusive = exclusive
-        self._keys_of: dict[str, set[bytes]] = {}
-        self._networks_of: dict[bytes, set[str]] = {}
+        self._keys_of: dict[Any, set[bytes]] = {}
+        self._networks_of: dict[bytes, set[Any]] = {}
 
-    def admit(self, network: str, key: bytes) -> bool:
-        """Count ``key`` for ``network``; False (nothing counted) when the
-        network has its limit already. 0 admits everything."""
+    def allows(self, network, key: bytes) -> bool:
+        """Whether :meth:`admit` would count ``key`` for ``network`` (no change)."""
         if not self.limit:
             return True
         networks = self._networks_of.get(key)
         if networks is not None and network in networks:
             return True
-        keys = self._keys_of.setdefault(network, set())
-        if len(keys) >= self.limit:
+        keys = self._keys_of.get(network)
+        return keys is None or len(keys) < self.limit
+
+    def admit(self, network, key: bytes) -> bool:
+        """Count ``key`` for ``network``; False (nothing counted) when the
+        network has its limit already. 0 admits everything."""
+        if not self.limit:
+            return True
+        if not self.allows(network, key):
             return False
-        if self.exclusive:
+        self.count(network, key)
+        return True
+
+    def count(self, network, key: bytes) -> None:
+        """Count ``key`` for ``network`` even over the limit (rebuilding the
+        counts from a store)."""
+        if not self.limit:
+            return
+        networks = self._networks_of.get(key)
+        if networks is not None and network in networks:
+            return
+        if self.exclusive and networks is not None:
             self.forget(key)
             networks = None
         if networks is None:
             networks = self._networks_of[key] = set()
         networks.add(network)
-        keys.add(key)
-        return True
+        self._keys_of.setdefault(network, set()).add(key)
+
+    def clear(self) -> None:
+        self._keys_of.clear()
+        self._networks_of.clear()
+
+    def held_by(self, network) -> int:
+        return len(self._keys_of.get(network, ()))
 
     def forget(self, key: bytes) -> None:
         for network in self._networks_of.pop(key, ()):
@@ -398,7 +451,8 @@ def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
     if fut.cancelled():
         return
     exc = fut.exception()
-    if isinstance(exc, StreamReset):
+    # a refusal (rate limit, quota, full store) was logged when it was made (KadNode._refused)
+    if isinstance(exc, StreamReset) or getattr(exc, "kad_logged", False):
         log.debug("kad stream from %s reset: %s", peer, exc)
     elif exc is not None:  # the stream was reset because of it
         log.info("kad stream from %s: bad input: %s: %s", peer, type(exc).__name__, exc)
@@ -479,6 +533,21 @@ class KadNode:
         # max_provider_keys_per_ip_group)
         self._record_quota = _NetworkQuota(self.config.max_records_per_ip_group, exclusive=True)
         self._provider_quota = _NetworkQuota(self.config.max_provider_keys_per_ip_group, exclusive=False)
+        # keys stored by each publisher (max_records_per_peer)
+        self._publisher_quota = _NetworkQuota(self.config.max_records_per_peer, exclusive=True)
+        # routing key -> its IP group, for the table keys that have one (not
+        # exempt), and the groups with more members in the table than an
+        # answer may hold (over-counted until the sweep prunes them): while
+        # there is none, answers cost nothing more (max_answer_peers_per_ip_group)
+        self._key_group: dict[Key, str] = {}
+        self._crowded_groups: set[str] = set()
+        # the cached closerPeers fields (see _closer_fields) of the members of
+        # those groups -> their group: one C-level set operation tells
+        # whether an answer holds more than its share of any of them
+        self._crowded_fields: dict[bytes, str] = {}
+        # peer -> when a refusal of its requests (rate limits, full store)
+        # was last logged at INFO: one line a minute per peer, not per request
+        self._refusals_logged: dict[PeerId, float] = {}
         self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
@@ -494,6 +563,8 @@ class KadNode:
             cfg.max_puts_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
         self._provider_limiter = PeerRateLimiter.per_second(
             cfg.max_provider_adds_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
+        self._read_limiter = PeerRateLimiter.per_second(
+            cfg.max_reads_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -503,8 +574,9 @@ class KadNode:
         mode = self.config.mode
         if mode not in ("auto", "server", "client"):
             raise ValueError("mode must be auto, server or client")
-        if self.config.unvalidated_records not in ("accept", "refuse"):
-            raise ValueError("unvalidated_records must be accept or refuse")
+        if self.config.unvalidated_records not in ("owner", "accept", "refuse"):
+            raise ValueError("unvalidated_records must be owner, accept or refuse")
+        self._rebuild_quotas()
         self.server_mode = mode == "server" or (
             mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
         )
@@ -514,6 +586,22 @@ class KadNode:
         self._started = True
         loop = asyncio.get_running_loop()
         self._maint_task = loop.create_task(self._maintain())
+
+    def _rebuild_quotas(self) -> None:
+        """Count what the store holds in the store quotas (per network, per
+        publisher, provider keys per network): a persistent store's records
+        count after a restart as they did before it."""
+        now = self.clock()
+        records, publishers, providers = self._record_quota, self._publisher_quota, self._provider_quota
+        for q in (records, publishers, providers):
+            q.clear()
+        for key, publisher, network in self.store.record_origins(now):
+            if network is not None:
+                records.count(network, key)
+            if publisher is not None and publisher != self.peer_id:
+                publishers.count(publisher, key)
+        for key, network in self.store.provider_origins(now):
+            providers.count(network, key)
 
     async def stop(self) -> None:
         self.host.remove_listener(self._on_host_event)
@@ -608,7 +696,13 @@ class KadNode:
                 return _routing.FULL
         res = self.table.update(key, peer, now, connected)
         if group is not None and res in (_routing.INSERTED, _routing.PENDING):
-            self._group_members.setdefault(group, set()).add(key)
+            members = self._group_members.setdefault(group, set())
+            members.add(key)
+            self._key_group[key] = group
+            share = self.config.max_answer_peers_per_ip_group
+            if share and len(members) > share and group not in self._crowded_groups:
+                self._crowded_groups.add(group)
+                self._index_crowded_fields()
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if res == _routing.INSERTED or (res == _routing.UPDATED and not known):
@@ -627,7 +721,8 @@ class KadNode:
         """The IP group a newcomer counts under for the diversity limits (see
         ``Config.max_peers_per_ip_group``), or None when exempt or unknown."""
         cfg = self.config
-        if not (cfg.max_peers_per_ip_group or cfg.max_peers_per_ip_group_per_bucket):
+        if not (cfg.max_peers_per_ip_group or cfg.max_peers_per_ip_group_per_bucket
+                or cfg.max_answer_peers_per_ip_group):
             return None
         conn = self.host.connection(peer)
         addrs = [conn.remote_addr] if conn is not None and conn.remote_addr is not None else []
@@ -728,6 +823,11 @@ class KadNode:
         return KadPeer(peer, addrs, 1 if connected else 0)
 
     def _closest_kad_peers(self, target: Key, exclude: PeerId | None, now: float) -> list[KadPeer]:
+        if self._crowded_groups:
+            diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
+                                           lambda e: self._kad_peer(e.value, now))
+            if diverse is not None:
+                return diverse
         out = []
         for e in self._answer_candidates(target):
             if e.value == exclude:
@@ -775,10 +875,99 @@ class KadNode:
         closest entries and the cache checks run compiled
         (``RoutingTable.closest_cached``)."""
         epoch = self.host.conn_epoch
-        return self.table.closest_cached(
+        out = self.table.closest_cached(
             target, self._answer_limit(), self.config.k, self._closer_cache,
             None if exclude is None else self._key(exclude), self._unreachable, epoch, now,
             lambda key, peer, hit: self._peer_field(key, peer, now, epoch, hit))
+        if self._crowded_groups:
+            # some IP group has more table entries than an answer may hold:
+            # does this answer hold more than its share of one? (the fields
+            # of their members are indexed; mostly none or a few are here)
+            share = self.config.max_answer_peers_per_ip_group
+            hits = list(filter(None, map(self._crowded_fields.get, out)))  # their groups, C loops only
+            if len(hits) > share:
+                hits.sort()  # then a group over its share is share + 1 equal neighbours
+                if any(map(operator.eq, hits, hits[share:])):
+                    diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
+                                                   lambda e: self._cached_field(e, now, epoch))
+                    if diverse is not None:
+                        return diverse
+        return out
+
+    def _index_crowded_fields(self) -> None:
+        """Index anew the cached closerPeers fields of the members of the
+        crowded groups (their group changed, or the index outgrew them)."""
+        cache, crowded = self._closer_cache, self._crowded_groups
+        index = self._crowded_fields = {}
+        for key, g in self._key_group.items():
+            if g in crowded:
+                hit = cache.get(key)
+                if hit is not None:
+                    index[hit[4]] = g
+
+    def _cached_field(self, e, now: float, epoch: int) -> bytes | None:
+        """The closerPeers field of table entry ``e`` as ``closest_cached``
+        gives it: the cached one while valid, else :meth:`_peer_field`."""
+        hit = self._closer_cache.get(e.key)
+        if hit is not None:
+            book = hit[0]
+            if hit[3] == epoch and book.version == hit[1] and now < book.min_expires:
+                return hit[4]
+        return self._peer_field(e.key, e.value, now, epoch, hit)
+
+    def _diverse_answer(self, target: Key, exclude: Key | None, value_of) -> list | None:
+        """The closer peers of an answer when an IP group has more than
+        ``max_answer_peers_per_ip_group`` entries among the closest to
+        ``target``: from the 4k + 1 closest (the requester and unreachable
+        entries left out, and entries for which ``value_of(entry)`` is None),
+        at most that many per group in distance order first, then the
+        others of the over-represented groups fill the answer up to k; in
+        distance order. None when no group is over its share among the
+        closest (the caller answers as usual, by distance alone)."""
+        crowded = self._crowded_groups
+        groups = self._key_group
+        share = self.config.max_answer_peers_per_ip_group
+        limit = self._answer_limit()
+        seen: dict[str, int] = {}
+        over = False
+        for e in self.table.closest(target, limit):
+            g = groups.get(e.key)
+            if g is not None and g in crowded:
+                n = seen[g] = seen.get(g, 0) + 1
+                if n > share:
+                    over = True
+                    break
+        if not over:
+            return None
+        k = self.config.k
+        u = self._unreachable
+        picked: list[tuple[int, Any]] = []
+        deferred = []
+        seen.clear()
+        for i, e in enumerate(self.table.closest(target, limit + 3 * k)):
+            key = e.key
+            if key == exclude or key in u:
+                continue
+            g = groups.get(key)
+            if g is not None and seen.get(g, 0) >= share:
+                deferred.append((i, e))
+                continue
+            v = value_of(e)
+            if v is None:  # no address known
+                continue
+            if g is not None:
+                seen[g] = seen.get(g, 0) + 1
+            picked.append((i, v))
+            if len(picked) >= k:
+                return [v for _, v in picked]
+        for i, e in deferred:
+            v = value_of(e)
+            if v is not None:
+                picked.append((i, v))
+                if len(picked) >= k:
+                    break
+        picked.sort(key=lambda iv: iv[0])
+        return [v for _, v in picked]
 
     def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
         """Look up ``peer``'s addresses and connection type again; its cached
@@ -797,6 +986,12 @@ class KadNode:
             field = closer_field(encode_peer(peer, self.host.addrbook.addrs(peer, now), conn))
             if hit is None and len(cache) >= _CLOSER_CACHE_SIZE:
                 cache.clear()
+            if self._crowded_groups:
+                g = self._key_group.get(key)
+                if g is not None and g in self._crowded_groups:
+                    if len(self._crowded_fields) >= _CLOSER_CACHE_SIZE:  # old encodings pile up
+                        self._index_crowded_fields()
+                    self._crowded_fields[field] = g
         cache[key] = (book, book.version, conn, epoch, field)
         return field
 
@@ -1018,6 +1213,8 @@ class KadNode:
         if self._request_subscribers:
             self._emit(InboundRequest(peer, t), self._request_subscribers)
         if t == MessageType.FIND_NODE:
+            if not self._read_limiter.allow(peer, now):
+                self._refuse_read(peer, t, now)
             tkey = Key(msg.key)
             target = self._find_node_target(msg.key, tkey, peer, now)
             if framed:
@@ -1035,6 +1232,8 @@ class KadNode:
             return self._fitted(len(closer), lambda n: KadMessage(
                 MessageType.FIND_NODE, key=msg.key, closer_peers=closer[:n]))
         if t == MessageType.GET_VALUE:
+            if not self._read_limiter.allow(peer, now):
+                self._refuse_read(peer, t, now)
             rec = self.store.get(msg.key, now)
             kr = None
             if rec is not None:
@@ -1047,8 +1246,9 @@ class KadNode:
             return self._fitted(len(closer), lambda n: KadMessage(
                 MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer[:n]))
         if t == MessageType.PUT_VALUE:
-            if not self._put_limiter.allow(peer, now):  # raising resets the stream (logged by the host)
-                raise RateLimited(f"PUT_VALUE from {peer} over {self.config.max_puts_per_peer_per_second}/s")
+            if not self._put_limiter.allow(peer, now):  # raising resets the stream
+                raise self._refused(peer, now, RateLimited(
+                    f"PUT_VALUE from {peer} over {self.config.max_puts_per_peer_per_second}/s"))
             rec = msg.record
             if rec is None or rec.key != msg.key:
                 raise KadError("PUT_VALUE whose record key differs from the message key")
@@ -1060,47 +1260,70 @@ class KadNode:
                 # as go: the held record is kept, and the put fails (resets the stream)
                 raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
             ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
-            if held is not None and held.publisher == self.peer_id and held.value == rec.value:
-                # a replica of our own record coming back: ours it stays (and
-                # we go on republishing it); no put makes a record ours
-                pass
+            if held is not None and held.value == rec.value:
+                # a replica of what we hold costs nothing, and changes
+                # neither its publisher (the peer that stored the value) nor
+                # the network it counts under; one of our own records
+                # coming back stays ours untouched (we go on republishing it)
+                if held.publisher != self.peer_id:
+                    self.store.put(Record(rec.key, rec.value, publisher=held.publisher, expires=now + ttl,
+                                          network=held.network), now)
             else:
+                # a new key or value. The publisher is the authenticated
+                # sender, never the message's claim (which would let any
+                # peer store records in another's name, or in ours)
                 network = self._network_of(remote_addr)
-                # a replica of what we hold costs nothing
-                if network is not None and (held is None or held.value != rec.value) \
-                        and not self._record_quota.admit(network, rec.key):
-                    raise RateLimited(f"peers of {network} have stored {self._record_quota.limit} records here, "
-                                      "the limit (max_records_per_ip_group)")
-                # the publisher is the authenticated sender, never the
-                # message's claim (which would let any peer store records in
-                # another's name, or in ours)
+                records, publishers = self._record_quota, self._publisher_quota
+                if network is not None and not records.allows(network, rec.key):
+                    raise self._refused(peer, now, RateLimited(
+                        f"peers of {network} have stored {records.limit} records here, "
+                        "the limit (max_records_per_ip_group)"))
+                if not publishers.allows(peer, rec.key):
+                    raise self._refused(peer, now, RateLimited(
+                        f"{peer} has stored {publishers.limit} records here, the limit (max_records_per_peer)"))
                 try:
-                    self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl), now)
-                except StoreError:
-                    if held is None:
-                        self._record_quota.forget(rec.key)
-                    raise
+                    self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl, network=network), now)
+                except StoreFull as exc:
+                    # an explicit refusal: the stream is reset, the putter counts this peer as failed
+                    raise self._refused(peer, now, exc)
+                if network is not None:
+                    records.count(network, rec.key)
+                else:
+                    records.forget(rec.key)
+                publishers.count(peer, rec.key)
             self._emit(RecordStored(rec.key, peer, peer))
             # echo the record (js counts any other reply as a failure), without unknown fields
             return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
         if t == MessageType.ADD_PROVIDER:
             if not self._provider_limiter.allow(peer, now):
-                raise RateLimited(f"ADD_PROVIDER from {peer} over {self.config.max_provider_adds_per_peer_per_second}/s")
+                raise self._refused(peer, now, RateLimited(
+                    f"ADD_PROVIDER from {peer} over {self.config.max_provider_adds_per_peer_per_second}/s"))
             for p in msg.provider_peers:
                 if p.peer_id != peer:
                     log.info("ADD_PROVIDER from %s names %s as provider; ignored", peer, p.peer_id)
                     continue
                 network = self._network_of(remote_addr)
-                if network is not None and not self._provider_quota.admit(network, msg.key):
-                    log.info("ADD_PROVIDER from %s ignored: peers of %s provide %d keys here, the limit "
-                             "(max_provider_keys_per_ip_group)", peer, network, self._provider_quota.limit)
+                quota = self._provider_quota
+                if network is not None and not quota.allows(network, msg.key):
+                    # ignored: the protocol has no answer to refuse it with
+                    self._refused(peer, now, RateLimited(
+                        f"ADD_PROVIDER from {peer} ignored: peers of {network} provide {quota.limit} keys here, "
+                        "the limit (max_provider_keys_per_ip_group)"))
                     continue
                 addrs = plausible_addrs(p.addrs, remote_addr)  # never a victim's address
+                try:
+                    self.store.add_provider(
+                        ProviderRecord(msg.key, peer, tuple(addrs), now + self.config.provider_ttl, network), now)
+                except StoreFull as exc:
+                    raise self._refused(peer, now, exc)
                 if addrs:
                     self.host.addrbook.add(peer, addrs, now, ttl=self.config.provider_ttl, source="provider")
-                self.store.add_provider(ProviderRecord(msg.key, peer, tuple(addrs), now + self.config.provider_ttl), now)
+                if network is not None:
+                    quota.count(network, msg.key)
             return None
         if t == MessageType.GET_PROVIDERS:
+            if not self._read_limiter.allow(peer, now):
+                self._refuse_read(peer, t, now)
             providers = []
             for rec in self.store.providers(msg.key, now):
                 if rec.provider == self.peer_id:
@@ -1120,6 +1343,28 @@ class KadNode:
         if t == MessageType.PING:
             return KadMessage(MessageType.PING)
         raise KadError(f"unsupported message type {t}")
+
+    def _refused(self, peer: PeerId, now: float, exc: Exception) -> Exception:
+        """Log a refused request of ``peer`` (over a rate limit or a quota,
+        or the store full) and return ``exc`` to raise (which resets the
+        stream): at INFO once a minute per peer, else at DEBUG, so that a
+        flood of refused requests is not a flood of log lines."""
+        exc.kad_logged = True
+        logged = self._refusals_logged
+        last = logged.get(peer)
+        if last is None or now - last >= 60.0:
+            if len(logged) >= 1024:
+                logged.clear()
+            logged[peer] = now
+            log.info("refusing kad requests from %s (further refusals within a minute logged at debug): %s", peer, exc)
+        else:
+            log.debug("refused: %s", exc)
+        return exc
+
+    def _refuse_read(self, peer: PeerId, t: MessageType, now: float) -> None:
+        raise self._refused(peer, now, RateLimited(
+            f"{t.name} from {peer}: reads over {self.config.max_reads_per_peer_per_second}/s "
+            "(max_reads_per_peer_per_second)"))
 
     def _fitted(self, closer: int, build):
         """``build(n)``, the answer with its first ``n`` closer peers, for the
@@ -1158,8 +1403,12 @@ class KadNode:
                 if named != sender:
                     raise InvalidRecord(f"PUT_VALUE from {sender}: the record for {key!r} names another peer ({named})")
                 return
-        if self.config.unvalidated_records == "refuse":
+        mode = self.config.unvalidated_records
+        if mode == "refuse":
             raise InvalidRecord(f"PUT_VALUE from {sender}: no validator for {key!r} (unvalidated_records='refuse')")
+        if mode == "owner" and held is not None and held.publisher != sender:
+            raise InvalidRecord(f"PUT_VALUE from {sender}: the record held for {key!r} was stored by another peer, "
+                                "the only one that may change it (unvalidated_records='owner')")
 
     def _network_of(self, remote_addr) -> str | None:
         """The network a request's connection comes from, for the store's
@@ -1360,6 +1609,9 @@ class KadNode:
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
                         expires=record.expires or now + self.config.record_ttl)
         self.store.put(record, now)
+        # the key is this node's own now: no peer's or network's quota counts it
+        self._record_quota.forget(record.key)
+        self._publisher_quota.forget(record.key)
         if record.publisher == self.peer_id:
             self._published[record.key] = now
         stored = await self._replicate(record)
@@ -1474,11 +1726,16 @@ class KadNode:
     def remove_record(self, key: bytes) -> Record | None:
         self._published.pop(key, None)
         self._record_quota.forget(key)
+        self._publisher_quota.forget(key)
         return self.store.remove(key)
 
     async def provide(self, key: bytes) -> int:
         """Announce this node as a provider of ``key`` to the k closest peers.
-        Returns to how many peers the announcement was sent."""
+        Returns to how many peers the announcement was sent: ADD_PROVIDER
+        has no answer, so a peer that ignored it (over a quota of its own,
+        or with its store full) counts as well; only peers that could not
+        be reached, or did not take the request within the request timeout,
+        do not. Check with :meth:`get_providers`."""
         now = self.clock()
         self.store.add_provider(ProviderRecord(key, self.peer_id, (), now + self.config.provider_ttl), now)
         return await self._announce_provider(key)
@@ -1552,10 +1809,16 @@ class KadNode:
             # the diversity counts forget the keys that left the table
             self._group_members = {
                 g: live for g, members in self._group_members.items() if (live := {k for k in members if k in self.table})}
+            if self._key_group:
+                self._key_group = {k: g for k, g in self._key_group.items() if k in self.table}
+            share = cfg.max_answer_peers_per_ip_group
+            self._crowded_groups = {g for g, m in self._group_members.items() if len(m) > share} if share else set()
+            self._index_crowded_fields()
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
                 self._record_quota.forget(k)
+                self._publisher_quota.forget(k)
                 self._emit(RecordExpired(k))
             for k in self._provider_quota.keys():  # a few hundred keys at most per network
                 if not self.store.providers(k, now):
