@@ -36,7 +36,9 @@ Choices this implementation makes where the spec leaves room:
 - **Pings** from the remote are answered at most ``max_pings_per_second``
   (10) per second with a burst of 20 (a token bucket on the ``now`` given to
   :meth:`~YamuxSession.receive_data`); the rest go unanswered and are counted
-  in ``pings_ignored``, so a ping flood queues no pongs without bound.
+  in ``pings_ignored``, so a ping flood queues no pongs without bound; more
+  than ``MAX_IGNORED_PINGS_IN_A_ROW`` (1,000) unanswered in a row is a
+  protocol error.
 - Frames for a stream we do not know (one we reset, a race) are ignored, as
   is a RST for an unknown stream. Unknown flag bits are ignored. Ping and
   GoAway frames are accepted on any stream id (the spec says they "should"
@@ -64,6 +66,7 @@ __all__ = [
     "DEFAULT_PING_BURST",
     "MAX_ACK_BACKLOG",
     "MAX_FRAME_PAYLOAD",
+    "MAX_IGNORED_PINGS_IN_A_ROW",
     "MAX_PENDING_PINGS",
     "MAX_WINDOW",
     "MAX_STREAM_ID",
@@ -155,6 +158,10 @@ _unpack_words = struct.Struct(">III").unpack_from
 #: pings once every few seconds (go-yamux: every 30 s).
 DEFAULT_MAX_PINGS_PER_SECOND = 10.0
 DEFAULT_PING_BURST = 20
+#: pings left unanswered in a row (none answered between them) past which
+#: the remote is flooding: a protocol error that closes the session (no peer
+#: pings a thousand times between two answers of a 10-per-second rate)
+MAX_IGNORED_PINGS_IN_A_ROW = 1000
 
 
 def encode_header(type_: int, flags: int, stream_id: int, length: int) -> bytes:
@@ -336,6 +343,7 @@ class YamuxSession:
         "_ping_tokens",
         "_ping_refilled",
         "pings_ignored",
+        "_ignored_in_a_row",
     )
 
     def __init__(
@@ -382,6 +390,7 @@ class YamuxSession:
         self._ping_refilled: float | None = None
         #: pings from the remote left unanswered because they came too fast
         self.pings_ignored = 0
+        self._ignored_in_a_row = 0
 
     # -- introspection ---------------------------------------------------
 
@@ -605,8 +614,13 @@ class YamuxSession:
                     # bound for a peer that does not read them
                     self._ping_tokens = tokens
                     self.pings_ignored += 1
+                    self._ignored_in_a_row += 1
+                    if self._ignored_in_a_row > MAX_IGNORED_PINGS_IN_A_ROW:
+                        self._fail(f"ping flood: {self._ignored_in_a_row} pings beyond "
+                                   f"{self._ping_rate:g}/s without a pause")
                     return
                 self._ping_tokens = tokens - 1.0
+                self._ignored_in_a_row = 0
             self._out.append(_pack(0, 2, FLAG_ACK, 0, opaque))
             self._events.append(PingReceived(opaque))
             return

@@ -897,12 +897,12 @@ def test_inbound_stream_that_never_negotiates_is_reset():
 
 # -- fairness: one busy connection cannot hold the loop -------------------------------
 def test_a_flooding_connection_gets_its_share_of_the_loop_and_no_more(run):
-    """A peer writes 4 MiB of Yamux pings at once. The server handles each
-    connection's input ``max_read_bytes_per_turn`` at a time (uvloop would
-    otherwise hand one turn up to 32 reads of that socket): a FIND_NODE on
-    another connection, sent once the flood is under way, is answered while
-    most of the flood still waits, and every ping of the flood is then seen
-    (counted, beyond the rate that is answered)."""
+    """A peer writes 4 MiB of Yamux frames that the server must parse and then
+    ignores (window updates for a stream it does not know). The server
+    handles each connection's input ``max_read_bytes_per_turn`` at a time
+    (uvloop would otherwise hand one turn up to 32 reads of that socket): a
+    FIND_NODE on another connection, sent once the flood is under way, is
+    answered while most of the flood still waits; then all of it is handled."""
     import struct
 
     async def go():
@@ -914,23 +914,48 @@ def test_a_flooding_connection_gets_its_share_of_the_loop_and_no_more(run):
                 await raw.upgrade()
                 await until_true(lambda: len(node.host.connected_peers()) == 2)
                 [flooder] = [p for p in node.host.connected_peers() if p != honest.peer_id]
-                session = node.host.connection(flooder).session
+                conn = node.host.connection(flooder)
+                start = conn.bytes_in
                 count = 4 * 1024 * 1024 // 12
-                pings = b"".join(struct.pack(">BBHII", 0, y.TYPE_PING, y.FLAG_SYN, 0, i) for i in range(count))
-                for i in range(0, len(pings), 60_000):
-                    raw.send_plain(pings[i:i + 60_000])
-                await until_true(lambda: session.pings_ignored > 0)
+                frames = struct.pack(">BBHII", 0, y.TYPE_WINDOW_UPDATE, 0, 999, 1) * count
+                chunks = [raw.crypto.encrypt(frames[i:i + 60_000]) for i in range(0, len(frames), 60_000)]
+                total = sum(len(c) for c in chunks)
+                for c in chunks:
+                    raw.writer.write(c)
+                await until_true(lambda: conn.bytes_in > start)
                 key = os.urandom(32)
                 [reply] = await kad_request(honest, node.peer_id, KadMessage(MessageType.FIND_NODE, key=key), timeout=10)
                 assert reply.key == key
-                assert session.pings_ignored < count // 2, "the flood was handled before the honest request"
-                # the burst and 10 per second are answered, the rest counted
-                await until_true(lambda: session.pings_ignored >= count - 1000, timeout=30)
+                assert conn.bytes_in - start < total // 2, "the flood was handled before the honest request"
+                await until_true(lambda: conn.bytes_in - start >= total, timeout=30)
+                assert conn.is_open
                 raw.close()
         finally:
             await node.stop()
 
     run(go, timeout=60)
+
+
+def test_a_yamux_ping_flood_closes_the_connection(run):
+    """Pings beyond the answered rate by the thousand, without a pause: the
+    server sends GoAway(protocol error) and closes the connection, and goes on
+    serving others."""
+    import struct
+
+    async def go():
+        node = await start_node()
+        try:
+            raw = await RawClient.connect(node.host)
+            await raw.upgrade()
+            pings = b"".join(struct.pack(">BBHII", 0, y.TYPE_PING, y.FLAG_SYN, 0, i) for i in range(5000))
+            raw.send_plain(pings)
+            events = await raw.events_to_eof(timeout=10)
+            assert y.GoAwayReceived(y.GO_AWAY_PROTOCOL_ERROR) in events
+            await assert_serves(node)
+        finally:
+            await node.stop()
+
+    run(go)
 
 
 def test_libp2p_ping_flood_is_answered_at_the_burst_and_then_reset(run):

@@ -192,6 +192,23 @@ def test_pings_are_answered_at_a_bounded_rate():
     assert len(unlimited.receive_data(flood, now=0.0)) == 100
 
 
+def test_a_ping_flood_without_a_pause_is_a_protocol_error():
+    """Over MAX_IGNORED_PINGS_IN_A_ROW unanswered pings with none answered
+    between them: GoAway(protocol error) and the session closes. A flood
+    that pauses long enough for the bucket to answer one starts over."""
+    from kadfast.yamux import MAX_IGNORED_PINGS_IN_A_ROW, GO_AWAY_PROTOCOL_ERROR
+    s = YamuxSession(False, max_pings_per_second=10, ping_burst=1)
+    burst = b"".join(frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(MAX_IGNORED_PINGS_IN_A_ROW + 1))
+    s.receive_data(burst, now=0.0)  # one answered, 1,000 ignored: still fine
+    s.data_to_send()
+    s.receive_data(burst, now=1.0)  # answered after a pause: the count starts over
+    s.data_to_send()
+    with pytest.raises(YamuxError) as err:
+        s.receive_data(burst + frame(TYPE_PING, FLAG_SYN, 0, 7), now=1.0)
+    assert err.value.remote
+    assert [(f[0], f[3]) for f in parse_frames(s.data_to_send())] == [(TYPE_GO_AWAY, GO_AWAY_PROTOCOL_ERROR)]
+
+
 def test_window_update_syn_opens_stream():
     s = YamuxSession(False)
     assert s.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)) == [StreamOpened(1)]

@@ -124,6 +124,8 @@ class Connection(asyncio.Protocol):
         self._turn_bytes = 0
         self._deferred: bytes | None = None
         self._read_budget = host.config.max_read_bytes_per_turn
+        #: bytes received and handled (what waits for the next turn excluded)
+        self.bytes_in = 0
 
     def __repr__(self) -> str:
         d = "out" if self.initiator else "in"
@@ -196,6 +198,7 @@ class Connection(asyncio.Protocol):
                     return
                 data = data[:room]
             self._turn_bytes += len(data)
+        self.bytes_in += len(data)
         # what the handlers write while this runs leaves in the one flush
         # below, not in a call_soon flush (an extra loop pass per read)
         self._receiving = True
