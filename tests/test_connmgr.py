@@ -174,7 +174,7 @@ def open_conns(h: Host) -> list[Connection]:
 
 def assert_no_leaks(h: Host) -> bool:
     return (h.connection_count() == 0 and not h._pending and h._pending_inbound == 0 and not h._ip_conns
-            and not h._small_subnet_conns and not h._large_subnet_conns and not h._pending_per_ip)
+            and not h._small_subnet_conns and not h._large_subnet_conns and not h._pending_per_ip and not h._large_subnet_members)
 
 
 async def honest_peer(server: Host) -> Host:
@@ -406,6 +406,38 @@ def test_at_the_hard_limit_with_everything_protected_the_newcomer_is_refused(run
         finally:
             await newcomer.close()
             await close_all(server, raws=[r for r, _ in attackers])
+    run(main)
+
+
+def test_at_the_hard_limit_a_crowded_subnet_makes_room_for_another(run):
+    """Every connection young (in its grace period, which would protect it)
+    and all from one /16 that keeps them busy: a newcomer from another /16
+    still gets in, in place of the crowded subnet's least useful connection;
+    one more from the crowded /16 is refused."""
+    async def main():
+        server = await start_server(max_connections=6, conn_grace_period=600.0, conn_trim_interval=600.0,
+                                    limit_loopback=True, max_handshakes_per_ip_per_second=1000.0,
+                                    max_handshakes_per_subnet_per_second=1000.0)
+        raws = []
+        hosts: list[Host] = []
+        try:
+            for i in range(6):
+                c = await RawClient.connect(server, local_ip=f"127.3.0.{1 + i}")
+                await c.upgrade()
+                raws.append(c)
+            await until(lambda: server._open_count == 6, what="six attackers open")
+            assert server._large_subnet_conns == {"127.3.0.0/16": 6}
+            hosts.append(await honest_peer(server))  # from 127.0.0.1, another /16
+            assert server.connection(hosts[0].peer_id) is not None
+            assert server.pruned_connections == 1
+            assert server._large_subnet_conns == {"127.3.0.0/16": 5, "127.0.0.0/16": 1}
+            late = await RawClient.connect(server, local_ip="127.3.0.200")
+            raws.append(late)
+            assert await read_to_eof(late.reader, timeout=10) == b""  # refused at once
+            assert server.pruned_connections == 1
+        finally:
+            await close_all(server, hosts=hosts, raws=raws)
+        assert not server._large_subnet_members
     run(main)
 
 

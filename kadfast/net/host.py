@@ -216,6 +216,9 @@ class Host:
         #: and per subnet, for max_connections_per_small_subnet / _large_subnet
         self._small_subnet_conns: dict[str, int] = {}
         self._large_subnet_conns: dict[str, int] = {}
+        #: the inbound connections counted per large subnet, for pruning at the
+        #: hard limit (see _make_room)
+        self._large_subnet_members: dict[str, set[Connection]] = {}
         #: peers the connection manager never prunes: their protection tags
         self._protected: dict[PeerId, set[str]] = {}
         #: ``keep(peer)`` true: the connection manager never prunes the
@@ -503,7 +506,7 @@ class Host:
             group = None
         # this connection is in _pending already: over the limit when more than max_connections
         over = self.connection_count() - cfg.max_connections
-        if over > 0 and not self._make_room(over):
+        if over > 0 and not self._make_room(over, large):
             log.info("refusing inbound connection from %s: connection limit reached, nothing to prune", ip)
             return False
         if group is not None:
@@ -518,6 +521,7 @@ class Host:
                 conn._small_subnet = small
             if cfg.max_connections_per_large_subnet and large is not None:
                 self._large_subnet_conns[large] = self._large_subnet_conns.get(large, 0) + 1
+                self._large_subnet_members.setdefault(large, set()).add(conn)
                 conn._large_subnet = large
         return True
 
@@ -581,6 +585,11 @@ class Host:
             conn._small_subnet = None
         if conn._large_subnet is not None:
             _uncount(self._large_subnet_conns, conn._large_subnet)
+            members = self._large_subnet_members.get(conn._large_subnet)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self._large_subnet_members[conn._large_subnet]
             conn._large_subnet = None
         peer = conn.remote_peer_id
         conns = self._conns.get(peer)
@@ -674,18 +683,43 @@ class Host:
         if high and self._open_count > high and not self._closing:
             self.trim()
 
-    def _make_room(self, needed: int) -> bool:
+    def _make_room(self, needed: int, subnet: str | None = None) -> bool:
         """At the hard limit: prune at once (no trim interval) so that
-        ``needed`` connections fewer are open; whether they are."""
+        ``needed`` connections fewer are open; whether they are. When
+        nothing else can go (every connection young, in use or protected),
+        a newcomer from ``subnet`` (its large subnet) still gets in if another
+        large subnet holds more connections than its own: that crowded
+        subnet's least useful unprotected connection goes, young or in use.
+        One network (or a few) flooding the server with connections that it
+        keeps renewing cannot lock the rest of the internet out."""
         now = time.monotonic()
-        if now < self._hard_trim_after:
-            return False
-        if self.trim(needed=needed) < needed:
+        if now >= self._hard_trim_after:
+            if self.trim(needed=needed) >= needed:
+                return True
             # nothing (or too little) to prune: every connection is protected,
             # young or in use. Not searched again on every accept of a flood
             self._hard_trim_after = now + self.config.conn_trim_interval
+        return self._prune_crowded(needed, subnet, now)
+
+    def _prune_crowded(self, needed: int, subnet: str | None, now: float) -> bool:
+        counts = self._large_subnet_conns
+        if not counts:
             return False
-        return True
+        crowded = max(counts, key=counts.__getitem__)  # O(subnets): a few hundred at most in a flood
+        if counts[crowded] <= (counts.get(subnet, 0) if subnet is not None else 0) + 1:
+            return False  # the newcomer's own subnet is (nearly) as crowded: no one is over its share
+        members = [c for c in self._large_subnet_members.get(crowded, ()) if c.is_open]
+        victims = choose_prunable(members, now, needed, grace_period=0.0, in_use_window=0.0,
+                                  is_protected=self._keeps)
+        for c in victims:
+            log.debug("connection manager: pruning %r for a newcomer: %s holds %d connections",
+                      c, crowded, counts[crowded])
+            c.close(PRUNED_REASON)
+            tr = c.transport
+            if tr is not None:
+                tr.abort()
+        self.pruned_connections += len(victims)
+        return len(victims) >= needed
 
     def trim(self, needed: int = 0) -> int:
         """Close connections down to the low mark, and at least ``needed``
