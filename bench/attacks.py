@@ -24,7 +24,7 @@ Attacks:
 - ``conns``: 1,500 connections from 400 addresses (8 /16s) finish their
   handshake and hold one kad stream that says nothing; the server allows
   1,000 connections.
-- ``partial``: 300 connections each open 32 kad streams holding 15 KiB of a
+- ``partial``: 900 connections each open 32 kad streams holding 15 KiB of a
   16 KiB message.
 - ``handshakes``: connections from 4 addresses of one /24 start Noise
   handshakes with fresh ephemeral keys, as fast as the server lets them.
@@ -236,7 +236,7 @@ async def attack_conns(port: int, stop: asyncio.Event, count: int = 1500) -> Non
             c.close()
 
 
-async def attack_partial(port: int, stop: asyncio.Event, count: int = 300) -> None:
+async def attack_partial(port: int, stop: asyncio.Event, count: int = 900) -> None:
     held: list = []
     sem = asyncio.Semaphore(32)
 
