@@ -11,6 +11,7 @@ import pytest
 
 from kadfast import Ed25519KeyPair, Multiaddr
 from kadfast.loop import new_event_loop, uvloop_available
+from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 from kadfast.net import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -409,6 +410,45 @@ def test_idle_connections_are_closed(run):
         finally:
             await a.close()
             await b.close()
+    run(main)
+
+
+def test_connections_whose_streams_say_nothing_are_closed(run):
+    """A connection held open by streams that receive nothing (a silent ping
+    stream here: its handler waits for a ping that never comes) is closed
+    once they were silent for idle_timeout; one whose stream talks stays."""
+    async def main():
+        server = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"], idle_timeout=0.5))
+        await server.start()
+
+        async def echo(stream):
+            while data := await stream.read():
+                stream.write(data)
+        server.set_stream_handler("/test/echo/1", echo)
+        quiet, talker = Host(), Host()
+        await quiet.start()
+        await talker.start()
+        q = server.subscribe()
+        try:
+            await quiet.new_stream(server.peer_id, PING_PROTOCOL, [server.listen_addrs[0]])
+            s = await talker.new_stream(server.peer_id, "/test/echo/1", [server.listen_addrs[0]])
+            t0 = time.monotonic()
+            ev = None
+            while ev is None or ev.peer_id != quiet.peer_id:
+                s.write(os.urandom(32))  # an echo every 0.1 s keeps its connection
+                assert len(await asyncio.wait_for(s.read_exactly(32), 5)) == 32
+                try:
+                    ev = await asyncio.wait_for(q.get(), 0.1)
+                except asyncio.TimeoutError:
+                    pass
+                if ev is not None and not isinstance(ev, ConnectionClosed):
+                    ev = None
+                assert time.monotonic() - t0 < 10, "the silent connection was never closed"
+            assert ev.reason == "streams idle" and time.monotonic() - t0 >= 0.5
+            assert server.connection(talker.peer_id) is not None
+        finally:
+            for h in (quiet, talker, server):
+                await h.close()
     run(main)
 
 

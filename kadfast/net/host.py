@@ -153,7 +153,10 @@ class HostConfig:
     handshake_timeout: float = 10.0
     #: protocol negotiation on one stream
     negotiation_timeout: float = 10.0
-    #: a connection without streams for this long is closed
+    #: a connection without streams for this long (Yamux pings included) is
+    #: closed, and so is one whose streams received no data for this long (a
+    #: peer holding silent streams open); checked every quarter of it, at
+    #: most every 30 s
     idle_timeout: float = 120.0
     #: first back-off after a failed dial, doubled per failure up to the maximum
     dial_backoff_base: float = 1.0
@@ -611,10 +614,16 @@ class Host:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            idle = self.config.idle_timeout
             for conns in list(self._conns.values()):
                 for c in list(conns):
-                    if not c.streams and now - c.last_activity > self.config.idle_timeout:
-                        c.close("idle")
+                    if not c.streams:
+                        if now - c.last_activity > idle:
+                            c.close("idle")
+                    elif now - max(c.opened_at, c.stream_activity) > idle:
+                        # streams open, and none received anything for as
+                        # long: held open by a peer that says nothing
+                        c.close("streams idle")
             # over the high mark with nothing opening since (a trim found
             # only connections in their grace period): trim again
             high, _ = self.watermarks()
