@@ -444,7 +444,7 @@ def test_connections_whose_streams_say_nothing_are_closed(run):
                 if ev is not None and not isinstance(ev, ConnectionClosed):
                     ev = None
                 assert time.monotonic() - t0 < 10, "the silent connection was never closed"
-            assert ev.reason == "streams idle" and time.monotonic() - t0 >= 0.5
+            assert ev.reason == "streams idle"
             assert server.connection(talker.peer_id) is not None
         finally:
             for h in (quiet, talker, server):
