@@ -963,7 +963,7 @@ def test_libp2p_ping_flood_is_answered_at_the_burst_and_then_reset(run):
     echoed and then the stream reset; a third ping stream on one connection
     is reset at once; and a ping after the bucket refilled is answered."""
     async def go():
-        node = await start_node(max_pings_per_second=50.0)
+        node = await start_node(max_pings_per_second=50.0, ping_burst=20)
         try:
             async with Host() as h:
                 await h.dial(maddr(node.host))

@@ -138,12 +138,13 @@ class HostConfig:
     #: up to 32 reads of one socket. 0: no limit
     max_read_bytes_per_turn: int = 128 * 1024
     #: libp2p pings (/ipfs/ping/1.0.0) answered per second to one peer
-    #: (all its ping streams together), with a burst of 20 (a peer
-    #: pings every 15 s); a ping over the rate resets its stream. At most
+    #: (all its ping streams together), with a burst of 50 (rust pings
+    #: every 15 s, ``ipfs ping`` once a second); a ping over the rate resets
+    #: its stream. At most
     #: ``max_ping_streams`` inbound ping streams per connection (rust keeps
     #: one). 0 turns either off
-    max_pings_per_second: float = 2.0
-    ping_burst: int = 20
+    max_pings_per_second: float = 10.0
+    ping_burst: int = 50
     max_ping_streams: int = 2
     #: outbound dials in progress at once
     max_concurrent_dials: int = 64
