@@ -16,34 +16,19 @@ from dataclasses import dataclass, field
 import pytest
 
 from kadfast.addrbook import ip_prefix
-from kadfast.loop import new_event_loop, uvloop_available
 from kadfast.net import ConnectionClosed, DialError, Host, HostConfig
 from kadfast.net.connection import Connection
 from kadfast.net.connmgr import PRUNED_REASON, choose_prunable
 from kadfast.net.host import _ip_group, _subnets
 
 from _rawclient import RawClient, read_to_eof
+from _loops import loop_runner
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
 ECHO = "/test/echo/1.0.0"
 
 
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """Run a coroutine function on the parametrized loop, failing on a timeout
-    and on exceptions that the loop saw but nobody handled."""
-    loop = new_event_loop(request.param)
-    unhandled = []
-    loop.set_exception_handler(lambda l, ctx: unhandled.append(ctx))
-
-    def runner(fn, timeout=60.0):
-        return loop.run_until_complete(asyncio.wait_for(fn(), timeout))
-
-    yield runner
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    assert not [u for u in unhandled if "exception" in u], unhandled
+run = loop_runner(60.0)
 
 
 # -- the choice, as a pure function ------------------------------------------------------

@@ -41,7 +41,6 @@ from kadfast.kad.pb import (
 )
 from kadfast.kad.ratelimit import PeerRateLimiter
 from kadfast.kad.validation import InvalidRecord, Validator
-from kadfast.loop import new_event_loop, uvloop_available
 from kadfast.multistream import MultistreamDialer
 from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
 from kadfast.net.host import _ip_group
@@ -53,27 +52,13 @@ from kadfast.store import Record
 from kadfast import yamux as y
 
 from _rawclient import RawClient, read_to_eof, tcp_port
+from _loops import loop_runner
 
 KAD = "/ipfs/kad/1.0.0"
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
 
 
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """Run a coroutine function on the parametrized loop, failing on a timeout
-    and on exceptions that the loop saw but nobody handled."""
-    loop = new_event_loop(request.param)
-    unhandled = []
-    loop.set_exception_handler(lambda l, ctx: unhandled.append(ctx))
-
-    def runner(fn, timeout=20.0):
-        return loop.run_until_complete(asyncio.wait_for(fn(), timeout))
-
-    yield runner
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    assert not [u for u in unhandled if "exception" in u], unhandled
+run = loop_runner(20.0)
 
 
 class FakeClock:

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from kadfast import Ed25519KeyPair, Multiaddr
-from kadfast.loop import new_event_loop, uvloop_available
 from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 from kadfast.net import (
     ConnectionClosed,
@@ -25,26 +24,12 @@ from kadfast.net import (
     StreamReset,
 )
 
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
 ECHO = "/test/echo/1.0.0"
 
 
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """Run a coroutine function on the parametrized loop, failing on a timeout
-    and on exceptions that the loop saw but nobody handled."""
-    loop = new_event_loop(request.param)
-    unhandled = []
-    loop.set_exception_handler(lambda l, ctx: unhandled.append(ctx))
+from _loops import loop_runner
 
-    def runner(fn, timeout=30.0):
-        result = loop.run_until_complete(asyncio.wait_for(fn(), timeout))
-        return result
-
-    yield runner
-    loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    assert not [u for u in unhandled if "exception" in u], unhandled
+run = loop_runner(30.0)
 
 
 async def echo_handler(stream):
