@@ -14,6 +14,9 @@ import os
 import sys
 import tempfile
 
+if sys.version_info < (3, 11):
+    sys.exit(f"kadfast needs Python 3.11 or newer; this is Python {sys.version.split()[0]}")
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
