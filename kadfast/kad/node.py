@@ -1873,9 +1873,8 @@ class KadNode:
     def _measure_output(self) -> None:
         """Count the answers queued on every connection (for max_buffered_bytes)."""
         total = 0
-        for conns in self.host._conns.values():
-            for c in conns:
-                total += c.queued_output()
+        for c in self.host.open_connections():
+            total += c.queued_output()
         self.queued_output_bytes = total
         cap = self.config.max_buffered_bytes
         over = bool(cap) and total + self._held.total > cap

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_prefix, is_loopback, plausible_addrs
@@ -556,6 +556,11 @@ class Host:
             if c.is_open:
                 return c
         return None
+
+    def open_connections(self) -> Iterator[Connection]:
+        """Every connection in the table of open ones (all peers)."""
+        for conns in self._conns.values():
+            yield from conns
 
     def connected_peers(self) -> list[PeerId]:
         return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
