@@ -155,6 +155,22 @@ def open_kad_stream(c, payload: bytes = b"") -> int:
     return sid
 
 
+async def again_and_again(stop: asyncio.Event, port: int, ip: str, attack, pause: float,
+                          rcvbuf: int | None = None) -> None:
+    """Connect from ``ip`` and run ``attack(client)`` until ``stop``; when the
+    server cuts the attacker off (or refuses it), wait ``pause`` and come back."""
+    while not stop.is_set():
+        c = None
+        try:
+            c = await connect(port, ip, rcvbuf=rcvbuf)
+            await attack(c)
+        except Exception:
+            await asyncio.sleep(pause)
+        finally:
+            if c is not None:
+                c.close()
+
+
 async def attack_noread(port: int, stop: asyncio.Event) -> None:
     from kadfast import yamux as y
     from kadfast.kad.pb import KadMessage, MessageType, encode_message, frame
@@ -162,23 +178,14 @@ async def attack_noread(port: int, stop: asyncio.Event) -> None:
     request = frame(encode_message(KadMessage(MessageType.FIND_NODE, key=os.urandom(32))))
     batch = request * 50
 
-    async def one(i: int) -> None:
+    async def flood(c) -> None:
+        await asyncio.wait_for(c.upgrade(), 10)
+        sid = open_kad_stream(c)
         while not stop.is_set():
-            c = None
-            try:
-                c = await connect(port, attacker_ip(i), rcvbuf=4096)
-                await asyncio.wait_for(c.upgrade(), 10)
-                sid = open_kad_stream(c)
-                while not stop.is_set():
-                    c.send_plain(y.encode_header(0, 0, sid, len(batch)) + batch)
-                    await asyncio.wait_for(c.writer.drain(), 10)
-            except Exception:
-                await asyncio.sleep(0.1)
-            finally:
-                if c is not None:
-                    c.close()
+            c.send_plain(y.encode_header(0, 0, sid, len(batch)) + batch)
+            await asyncio.wait_for(c.writer.drain(), 10)
 
-    await asyncio.gather(*(one(i) for i in range(4)))
+    await asyncio.gather(*(again_and_again(stop, port, attacker_ip(i), flood, 0.1, rcvbuf=4096) for i in range(4)))
 
 
 async def attack_ping(port: int, stop: asyncio.Event) -> None:
@@ -187,19 +194,14 @@ async def attack_ping(port: int, stop: asyncio.Event) -> None:
     from kadfast import yamux as y
 
     pings = b"".join(struct.pack(">BBHII", 0, y.TYPE_PING, y.FLAG_SYN, 0, i) for i in range(5000))
-    while not stop.is_set():
-        c = None
-        try:
-            c = await connect(port, attacker_ip(0), rcvbuf=4096)
-            await asyncio.wait_for(c.upgrade(), 10)
-            while not stop.is_set():
-                c.send_plain(pings)
-                await asyncio.wait_for(c.writer.drain(), 10)
-        except Exception:
-            await asyncio.sleep(0.1)
-        finally:
-            if c is not None:
-                c.close()
+
+    async def flood(c) -> None:
+        await asyncio.wait_for(c.upgrade(), 10)
+        while not stop.is_set():
+            c.send_plain(pings)
+            await asyncio.wait_for(c.writer.drain(), 10)
+
+    await again_and_again(stop, port, attacker_ip(0), flood, 0.1, rcvbuf=4096)
 
 
 async def attack_conns(port: int, stop: asyncio.Event, count: int = 1500) -> None:
@@ -265,24 +267,14 @@ async def attack_handshakes(port: int, stop: asyncio.Event) -> None:
 
     key = Ed25519KeyPair.generate()
 
-    async def one(i: int) -> None:
-        ip = f"127.1.200.{1 + i % 4}"
-        while not stop.is_set():
-            c = None
-            try:
-                c = await connect(port, ip)
-                rest = await asyncio.wait_for(c.select_noise(), 5)
-                hs = NoiseHandshake(key, initiator=True)  # a fresh ephemeral key each time
-                c.writer.write(hs.data_to_send())
-                if not rest:
-                    await c.recv(timeout=5)  # the server's reply: its DH and signature work
-            except Exception:
-                await asyncio.sleep(0.01)
-            finally:
-                if c is not None:
-                    c.close()
+    async def begin(c) -> None:
+        rest = await asyncio.wait_for(c.select_noise(), 5)
+        hs = NoiseHandshake(key, initiator=True)  # a fresh ephemeral key each time
+        c.writer.write(hs.data_to_send())
+        if not rest:
+            await c.recv(timeout=5)  # the server's reply: its DH and signature work
 
-    await asyncio.gather(*(one(i) for i in range(16)))
+    await asyncio.gather(*(again_and_again(stop, port, f"127.1.200.{1 + i % 4}", begin, 0.01) for i in range(16)))
 
 
 ATTACKS = {
