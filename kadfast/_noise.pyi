@@ -1,5 +1,7 @@
 Buffer = bytes | bytearray | memoryview
 
+def openssl_version() -> str: ...
+
 class NoiseTransport:
     """The compiled Noise transport; see kadfast.noise.NoiseTransport, its twin."""
 

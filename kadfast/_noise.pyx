@@ -44,6 +44,16 @@ cdef extern from "openssl/evp.h" nogil:
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
 
+cdef extern from "openssl/crypto.h" nogil:
+    const char* OpenSSL_version(int t)
+    int OPENSSL_VERSION
+
+
+def openssl_version():
+    """The version text of the OpenSSL this module runs on (the library
+    loaded, not the headers it was compiled against)."""
+    return OpenSSL_version(OPENSSL_VERSION).decode("ascii", "replace")
+
 cdef enum:
     KEY_LEN = 32
     TAG_LEN = 16

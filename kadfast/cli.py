@@ -81,6 +81,14 @@ class Out:
 
 
 # -- argument parsing ---------------------------------------------------------------
+def version_text() -> str:
+    """What ``kadfast --version`` prints: the version, the Python, and the
+    Noise transport this install runs on (compiled or the slow fallback)."""
+    from .noise import TRANSPORT_DESCRIPTION
+
+    return f"kadfast {__version__} (Python {sys.version.split()[0]}; Noise transport: {TRANSPORT_DESCRIPTION})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output: one JSON object per line")
@@ -103,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="kadfast", description="A fast Kademlia DHT node speaking libp2p's wire protocol.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"kadfast {__version__}")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, help, parents=(common, net)):

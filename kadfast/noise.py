@@ -40,13 +40,20 @@ from .protobuf import WT_LEN, field_bytes, iter_fields
 
 try:  # the compiled transport (kadfast/_noise.pyx); built where OpenSSL's headers are
     from ._noise import NoiseTransport as _CompiledTransport
+    from ._noise import openssl_version as _openssl_version
 
     #: the transport a handshake hands out: "compiled" (kadfast._noise, on
     #: OpenSSL's EVP interface) or "python" (:class:`NoiseTransport`, its twin)
     TRANSPORT_IMPL = "compiled"
+    #: one line naming that transport and the library under it, for
+    #: ``kadfast --version`` and the log
+    TRANSPORT_DESCRIPTION = f"compiled (kadfast._noise on {_openssl_version()})"
 except ImportError:  # pragma: no cover - a build without OpenSSL's headers
     _CompiledTransport = None
     TRANSPORT_IMPL = "python"
+    TRANSPORT_DESCRIPTION = (
+        "plain Python (kadfast._noise is not built; cryptography's ChaCha20Poly1305, slower)"
+    )
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -59,6 +66,7 @@ __all__ = [
     "NoiseHandshake",
     "NoiseTransport",
     "TRANSPORT_IMPL",
+    "TRANSPORT_DESCRIPTION",
 ]
 
 #: The one Noise protocol libp2p's ``/noise`` speaks.

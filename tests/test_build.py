@@ -48,3 +48,43 @@ def test_import_fails_loudly_without_compiled_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "IMPORT-ERROR" in out.stdout, out.stdout + out.stderr
     assert "pip install" in out.stdout
+
+
+def test_version_names_the_compiled_transport():
+    out = subprocess.run([sys.executable, "-m", "kadfast", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"kadfast {kadfast.__version__} (Python "), out.stdout
+    assert "Noise transport: compiled (kadfast._noise on OpenSSL " in out.stdout, out.stdout
+
+
+def test_fallback_transport_is_named_not_silent():
+    # a build without kadfast._noise still works, and says so: in --version
+    # and, once per process, as a warning when a host starts
+    code = textwrap.dedent(
+        """
+        import asyncio, logging, sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "kadfast._noise":
+                    raise ImportError("blocked for the test")
+        sys.meta_path.insert(0, Block())
+        logging.basicConfig(level=logging.WARNING, format="LOG %(levelname)s %(message)s")
+        from kadfast import Ed25519KeyPair, Host, HostConfig, noise
+        from kadfast.cli import version_text
+        print("IMPL", noise.TRANSPORT_IMPL)
+        print("VERSION", version_text())
+
+        async def main():
+            for _ in range(2):
+                host = Host(Ed25519KeyPair.generate(), HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+                await host.start()
+                await host.close()
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "IMPL python" in out.stdout, out.stdout
+    assert "Noise transport: plain Python (kadfast._noise is not built" in out.stdout, out.stdout
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("LOG WARNING Noise transport: plain Python")]
+    assert len(warnings) == 1, out.stderr

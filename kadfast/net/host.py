@@ -28,7 +28,7 @@ from ..identify import (
     merge_push,
 )
 from ..keys import Ed25519KeyPair
-from ..noise import NoisePeerIdMismatch, NoiseStaticKey
+from ..noise import TRANSPORT_DESCRIPTION, TRANSPORT_IMPL, NoisePeerIdMismatch, NoiseStaticKey
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
@@ -48,6 +48,7 @@ from .errors import (
 from .stream import Stream, StreamReset
 
 log = logging.getLogger("kadfast.net")
+_fallback_named = False
 
 __all__ = ["Host", "HostConfig", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
 
@@ -262,6 +263,10 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
+        global _fallback_named
+        if TRANSPORT_IMPL != "compiled" and not _fallback_named:
+            _fallback_named = True  # once per process, however many hosts it runs
+            log.warning("Noise transport: %s", TRANSPORT_DESCRIPTION)
         self.loop = asyncio.get_running_loop()
         self._dial_sem = asyncio.Semaphore(self.config.max_concurrent_dials)
         for a in self.config.listen_addrs:
