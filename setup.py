@@ -20,6 +20,7 @@ if sys.version_info < (3, 11):
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ANNOTATE = os.environ.get("KADFAST_ANNOTATE") == "1"
 DEBUG = os.environ.get("KADFAST_DEBUG") == "1"
@@ -32,6 +33,9 @@ if DEBUG:
     compile_args = ["-O0", "-g"]
 else:
     compile_args = ["-O3"]
+# a release build's modules carry no debug info or symbol table (about a sixth
+# of the size); Python's own CFLAGS add -g, so it is dropped at link time
+link_args = ["-Wl,-s"] if sys.platform.startswith("linux") and not DEBUG else []
 
 extensions = [
     Extension(
@@ -40,6 +44,7 @@ extensions = [
         include_dirs=[numpy.get_include()],
         define_macros=macros,
         extra_compile_args=compile_args,
+        extra_link_args=link_args,
     )
     for name in ("_xor", "_routing")
 ]
@@ -80,6 +85,7 @@ elif _openssl_builds():
             ["kadfast/_noise.pyx"],
             define_macros=macros,
             extra_compile_args=compile_args,
+        extra_link_args=link_args,
             libraries=["crypto"],
         )
     )
@@ -90,7 +96,20 @@ else:
         file=sys.stderr,
     )
 
+class BuildExt(build_ext):
+    """Links without the run-time search path that some Pythons (pyenv's,
+    built with --enable-shared) put in their link command: it names the
+    build machine's Python and has no place in an installed module."""
+
+    def build_extensions(self):
+        linker = getattr(self.compiler, "linker_so", None)
+        if linker:
+            self.compiler.linker_so = [a for a in linker if not a.startswith(("-Wl,-rpath", "-Wl,-R"))]
+        super().build_extensions()
+
+
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=cythonize(
         extensions,
         compiler_directives=directives,

@@ -1,9 +1,12 @@
 """The compiled modules are what kadfast runs on, and their absence is loud."""
 
 import importlib.machinery
+import shutil
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 import kadfast
 from kadfast import _routing, _xor
@@ -88,3 +91,16 @@ def test_fallback_transport_is_named_not_silent():
     assert "Noise transport: plain Python (kadfast._noise is not built" in out.stdout, out.stdout
     warnings = [line for line in out.stderr.splitlines() if line.startswith("LOG WARNING Noise transport: plain Python")]
     assert len(warnings) == 1, out.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None, reason="ELF only")
+def test_compiled_modules_are_stripped_and_name_no_build_paths():
+    # setup.py strips release builds and drops the build Python's run-time
+    # search path (pyenv's -Wl,-rpath), which would name the build machine
+    from kadfast import _noise
+
+    for module in (_xor, _routing, _noise):
+        sections = subprocess.run(["readelf", "-S", module.__file__], capture_output=True, text=True, timeout=30).stdout
+        dynamic = subprocess.run(["readelf", "-d", module.__file__], capture_output=True, text=True, timeout=30).stdout
+        assert ".debug_info" not in sections and ".symtab" not in sections, module.__file__
+        assert "RPATH" not in dynamic and "RUNPATH" not in dynamic, dynamic
