@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs kadfast (building its
-# Cython modules), builds the interop peers (rust, go, js, py) into a cache
+# Cython modules), builds the sdist and the wheels and smoke-tests each
+# installed wheel, builds the interop peers (rust, go, js, py) into a cache
 # outside the clone, runs every test with pytest and prints a timing table.
 set -uo pipefail
 start=$(date +%s)
@@ -25,7 +26,7 @@ need_pkg openssl/evp.h libssl-dev "kadfast._noise, the compiled Noise transport"
 phase "system packages" $(( $(date +%s) - t ))
 
 t=$(date +%s)
-source "$(dirname "$0")/env.sh" || exit 1
+KADFAST_EXTRAS=test source "$(dirname "$0")/env.sh" || exit 1
 phase "install kadfast (Cython build)" $(( $(date +%s) - t ))
 
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
@@ -37,6 +38,12 @@ python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=
 # the benchmark files once each, untimed: they assert what they measure
 python -m pytest -q -p no:cacheprovider bench --benchmark-disable || rc=1
 phase "unit tests" $(( $(date +%s) - t ))
+
+t=$(date +%s)
+# the release files: the sdist, a manylinux wheel per CPython found here,
+# each installed into a fresh virtualenv and smoke-tested from outside the tree
+./scripts/wheels.sh || rc=1
+phase "sdist + wheels (build, smoke)" $(( $(date +%s) - t ))
 
 t=$(date +%s)
 python fuzz/run.py || rc=1          # bounded: about 2-3 minutes in all
