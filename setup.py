@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 
-if sys.version_info < (3, 11):
+if sys.version_info < (3, 11):  # noqa: UP036 - names the Python needed, before the build fails
     sys.exit(f"kadfast needs Python 3.11 or newer; this is Python {sys.version.split()[0]}")
 
 import numpy

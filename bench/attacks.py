@@ -313,7 +313,7 @@ async def run_attack(name: str, seconds: float) -> dict:
         await asyncio.sleep(1.0)
         rss0 = proc_rss_kib(server.pid)
         prober = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).resolve()), "--probe", maddr, "--seconds", str(seconds),
+            sys.executable, str(Path(__file__).resolve()), "--probe", maddr, "--seconds", str(seconds),  # noqa: ASYNC240
             stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
         stop = asyncio.Event()
         cpu0, t0 = proc_cpu(server.pid), time.monotonic()

@@ -87,7 +87,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     KAD_PROTOCOL,
     ROOT,
     case_pipelined,

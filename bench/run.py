@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from workloads import FLAT_KEYS, WORKLOADS  # noqa: E402
+from workloads import FLAT_KEYS, WORKLOADS
 
 
 def time_per_op(fn, ops: int, budget_s: float, repeats: int) -> float:

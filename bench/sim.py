@@ -452,12 +452,14 @@ def maxrss_mb() -> float:
 
 def run(args) -> dict:
     t0 = time.perf_counter()
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True))
+    log = (lambda msg: None) if args.quiet else (
+        lambda msg: print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True))
     lat = [float(x) for x in args.latency.split(":")]
     sim = Sim(args.nodes, args.seed, (lat[0], lat[-1]), failed=args.failed_peers, repair=args.repair == "on")
     report: dict = {
         "nodes": args.nodes, "k": K, "parallelism": ALPHA, "join": args.join, "latency_s": args.latency,
-        "request_timeout_s": REQUEST_TIMEOUT, "failed_peers": args.failed_peers, "repair": args.repair, "churn": args.churn, "seed": args.seed, "phases": {},
+        "request_timeout_s": REQUEST_TIMEOUT, "failed_peers": args.failed_peers, "repair": args.repair,
+        "churn": args.churn, "seed": args.seed, "phases": {},
     }
     log(f"{args.nodes} nodes created")
     t = time.perf_counter()
@@ -534,11 +536,13 @@ coverage  = share of each record's true 20 closest live nodes holding it."""
 
 def print_table(r: dict) -> None:
     print(f"kadfast sim: {r['nodes']} nodes, k={r['k']}, alpha={r['parallelism']}, latency {r['latency_s']} s, "
-          f"request timeout {r['request_timeout_s']} s, failed peers: {r['failed_peers']}, repair round: {r['repair']}, join={r['join']} ({r['build_lookups']} lookups, "
+          f"request timeout {r['request_timeout_s']} s, failed peers: {r['failed_peers']}, repair round: {r['repair']}, "
+          f"join={r['join']} ({r['build_lookups']} lookups, "
           f"{r['build_seconds']} s), table size median {r['table_size']['median']} "
           f"[{r['table_size']['min']}..{r['table_size']['max']}]")
     print(f"churn: {r['departed']} nodes ({r['churn']:.0%}) left at once")
-    hdr = f"{'phase':<17}{'op':<5}{'n':>6}{'hops med':>9}{'p95':>5}{'max':>5}{'success':>9}{'closest':>8}{'recall':>8}{'msgs med':>9}{'mean':>7}{'p95':>6}{'coverage':>10}"
+    hdr = (f"{'phase':<17}{'op':<5}{'n':>6}{'hops med':>9}{'p95':>5}{'max':>5}{'success':>9}{'closest':>8}"
+           f"{'recall':>8}{'msgs med':>9}{'mean':>7}{'p95':>6}{'coverage':>10}")
     print(hdr)
     print("-" * len(hdr))
     for name, p in r["phases"].items():

@@ -7,7 +7,6 @@ both are timed on identical inputs in the same process.
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np

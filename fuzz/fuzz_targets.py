@@ -45,7 +45,7 @@ from kadfast.errors import (
     YamuxError,
 )
 from kadfast import ipns
-from kadfast.identify import IdentifyInfo, IdentifyReader, decode_identify, encode_identify
+from kadfast.identify import IdentifyReader, decode_identify, encode_identify
 from kadfast.kad import pb
 from kadfast.keys import Ed25519KeyPair, PublicKey, load_keypair
 from kadfast.multiaddr import Multiaddr, decode_many

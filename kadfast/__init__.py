@@ -13,7 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 try:
-    from . import _routing, _xor
+    from . import _routing, _xor  # noqa: F401 - only to name them when they fail
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "kadfast's compiled modules (kadfast._xor, kadfast._routing) are missing or "
@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 from ._routing import AppliedPending, Entry, RoutingTable
 from ._xor import Key, bucket_index, closest_digests, compare_distance, xor_distance
-from .errors import *  # noqa: F401,F403
+from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .keys import Ed25519KeyPair, KeyType, PublicKey, load_keypair, load_or_create_keypair, save_keypair
 from .multiaddr import Multiaddr, decode_many
@@ -35,7 +35,7 @@ from .client import BootstrapError, Client, NoPeersInNamespace
 from .net import Host, HostConfig
 from .reqresp import JsonRequestResponse
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 - *_errors_all is a list of names
     "AppliedPending",
     "BootstrapError",
     "Client",

@@ -440,8 +440,8 @@ def create_record(
         value = value.encode()
     if not 0 <= sequence <= _MAX_UINT63:
         raise IpnsError(f"sequence {sequence} out of range")
-    eol_ns = eol * _NS if isinstance(eol, int) else int(round(eol * _NS))
-    ttl_ns = ttl * _NS if isinstance(ttl, int) else int(round(ttl * _NS))
+    eol_ns = eol * _NS if isinstance(eol, int) else round(eol * _NS)
+    ttl_ns = ttl * _NS if isinstance(ttl, int) else round(ttl * _NS)
     if not 0 <= ttl_ns <= _MAX_UINT63:
         raise IpnsError(f"TTL {ttl} out of range")
     validity = format_rfc3339(eol_ns)

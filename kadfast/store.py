@@ -86,7 +86,7 @@ class RecordStore(abc.ABC):
         """True while changes wait for :meth:`commit`."""
         return False
 
-    def commit(self) -> None:
+    def commit(self) -> None:  # noqa: B027 - a hook, empty by default
         """Make the pending changes durable (nothing to do by default)."""
 
     @abc.abstractmethod

@@ -165,7 +165,8 @@ def test_missing_and_unreadable_key_files(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "12D3KooW", "0OIl", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", "x" * 10000, "b!!!"],
+    ["", "12D3KooW", "0OIl", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5",
+     "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", "x" * 10000, "b!!!"],
 )
 def test_malformed_peer_id_text(text):
     with pytest.raises(PeerIdError):

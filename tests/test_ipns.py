@@ -65,7 +65,7 @@ def signed(kp, doc: dict, *, v1: dict | None = None, pub_key: bytes | None = Non
         pub_key=pub_key, **fields).encode()
 
 
-def doc(value=VALUE.encode(), seq=1, eol=NOW + HOUR, ttl=300 * 10**9, vtype=0, **extra) -> dict:
+def doc(value=VALUE.encode(), seq=1, eol=NOW + HOUR, ttl=300 * 10**9, vtype=0, **extra) -> dict:  # noqa: B008 - bytes
     d = {"Value": value, "Validity": format_rfc3339(int(eol * 10**9)), "ValidityType": vtype,
          "Sequence": seq, "TTL": ttl}
     d.update(extra)
@@ -80,7 +80,7 @@ def v1_of(d: dict) -> dict:
 class EcdsaSigner:
     """An ECDSA (P-256) key: its PeerId is a sha2-256 hash, so records must carry pubKey."""
 
-    def __init__(self, curve=ec.SECP256R1(), key_type=KeyType.ECDSA):
+    def __init__(self, curve=ec.SECP256R1(), key_type=KeyType.ECDSA):  # noqa: B008 - immutable
         self._key = ec.derive_private_key(4242, curve)
         pub = self._key.public_key()
         if key_type is KeyType.SECP256K1:

@@ -27,7 +27,7 @@ from kadfast.net import (
 ECHO = "/test/echo/1.0.0"
 
 
-from _loops import loop_runner
+from _loops import loop_runner  # noqa: E402
 
 run = loop_runner(30.0)
 

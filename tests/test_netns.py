@@ -198,7 +198,7 @@ def test_nodes_in_namespaces_survive_a_cut_and_a_reconnect(net):
         assert values(finish(get_p)) == ["v-before"]
         cp = finish(put_p)
         assert cp.returncode == 0, cp.stderr
-        stored = [o for o in map(json.loads, cp.stdout.splitlines()) if o.get("event") == "stored"][0]["peers"]
+        stored = next(o for o in map(json.loads, cp.stdout.splitlines()) if o.get("event") == "stored")["peers"]
         assert stored >= 2
         cp = finish(alone_p)
         assert cp.returncode == 3, f"exit {cp.returncode}: {cp.stderr}"

@@ -607,7 +607,7 @@ def test_compiled_transport_writes_and_reads_the_twins_bytes(keys, messages, cut
 def test_compiled_transport_fails_like_the_twin(keys, messages, data):
     """One flipped bit, a short frame or a cut anywhere: the same result,
     error message and state from both."""
-    (pa, _), (ca, _) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
+    (pa, _), (_ca, _) = pair(keys, NoiseTransport), pair(keys, CompiledTransport)
     wire = bytearray(b"".join(pa.encrypt(m) for m in messages))
     i = data.draw(st.integers(0, len(wire) - 1))
     kind = data.draw(st.sampled_from(["flip", "short", "cut"]))

@@ -57,7 +57,7 @@ def test_operation_sequences_match_twin(sequence, local, k, few_buckets):
     for kind, idx, connected, step in sequence:
         now += step
         results = []
-        for (rt, x), table, ks in zip(IMPLS, tables, keys):
+        for (_rt, x), table, ks in zip(IMPLS, tables, keys):
             out = []
             if kind == "update":
                 out.append(table.update(ks[idx], ("v", idx, now), now, connected))

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
-import sim  # noqa: E402
+import sim
 
 
 @pytest.mark.parametrize("join", ["self", "prefill"])

@@ -695,7 +695,8 @@ def test_fuzz_mutated_traffic(mutations, mode):
 # --- random operations on a pair: data integrity --------------------------------
 
 # sizes around the frame and window boundaries are drawn as often as small ones
-_send_sizes = st.sampled_from([1, 100, 5000, MAX_FRAME_PAYLOAD, MAX_FRAME_PAYLOAD + 1, 100_000, DEFAULT_WINDOW, 300_000]) | st.integers(1, 70_000)
+_send_sizes = (st.sampled_from([1, 100, 5000, MAX_FRAME_PAYLOAD, MAX_FRAME_PAYLOAD + 1, 100_000, DEFAULT_WINDOW, 300_000])
+               | st.integers(1, 70_000))
 
 # operation kind (weighted by repetition), stream index, size, side (True: client)
 _KINDS = ["send"] * 6 + ["pump"] * 3 + ["consume"] * 2 + ["open", "close", "reset", "ping"]

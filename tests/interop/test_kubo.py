@@ -86,7 +86,7 @@ class KadfastLoop:
         def work() -> None:
             try:
                 fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            except BaseException as exc:  # handed to the caller
                 fut.set_exception(exc)
 
         self.loop.call_soon_threadsafe(work)

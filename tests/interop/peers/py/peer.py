@@ -681,7 +681,7 @@ def main(argv: list[str]) -> None:
         trio.run(amain, args)
     except KeyboardInterrupt:
         hard_exit(0)
-    except BaseException as exc:  # noqa: BLE001 - report anything as fatal
+    except BaseException as exc:  # report anything as fatal
         log.error("fatal", exc_info=True)
         emit({"event": "fatal", "error": describe(exc)})
         hard_exit(1)
