@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from .errors import CryptoKeyError, KeyFileError, ProtobufError, SignatureError
 from .protobuf import WT_LEN, WT_VARINT, field_bytes, field_varint, iter_fields
+
+if TYPE_CHECKING:
+    from .peerid import PeerId
 
 __all__ = [
     "KeyType",
@@ -68,7 +72,8 @@ class PublicKey:
 
     key_type: KeyType
     data: bytes
-    _key: object = field(init=False, repr=False, compare=False, hash=False)
+    #: the parsed key (Any: which verify() it has depends on key_type)
+    _key: Any = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         # Parse once, up front, so that a malformed key fails here, not at verify().
@@ -104,7 +109,7 @@ class PublicKey:
             raise SignatureError(f"invalid {self.key_type.name} signature")
 
 
-def _parse_public(key_type: KeyType, data: bytes):
+def _parse_public(key_type: KeyType, data: bytes) -> Any:
     try:
         if key_type is KeyType.ED25519:
             if len(data) != 32:
@@ -164,7 +169,7 @@ class Ed25519KeyPair:
         return self._private.sign(message)
 
     @property
-    def peer_id(self):
+    def peer_id(self) -> PeerId:
         from .peerid import PeerId
 
         return PeerId.from_public_key(self.public_key)
@@ -189,7 +194,7 @@ class Ed25519KeyPair:
         return pair
 
 
-def save_keypair(pair: Ed25519KeyPair, path: str | os.PathLike) -> None:
+def save_keypair(pair: Ed25519KeyPair, path: str | os.PathLike[str]) -> None:
     """Write the key file atomically, readable by its owner only (mode 0600)."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -210,7 +215,7 @@ def save_keypair(pair: Ed25519KeyPair, path: str | os.PathLike) -> None:
         raise KeyFileError(f"cannot write key file {path}: {exc.strerror or exc}") from None
 
 
-def load_keypair(path: str | os.PathLike) -> Ed25519KeyPair:
+def load_keypair(path: str | os.PathLike[str]) -> Ed25519KeyPair:
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -227,7 +232,7 @@ def load_keypair(path: str | os.PathLike) -> Ed25519KeyPair:
         raise KeyFileError(f"key file {path} is malformed: {exc}") from None
 
 
-def load_or_create_keypair(path: str | os.PathLike) -> Ed25519KeyPair:
+def load_or_create_keypair(path: str | os.PathLike[str]) -> Ed25519KeyPair:
     """Load the key at ``path``, or create it there when the file does not exist."""
     if os.path.exists(path):
         return load_keypair(path)

@@ -136,8 +136,8 @@ def _text_to_value(proto: Protocol, text: str) -> bytes:
             body = text.encode().translate(_I2P_B64)
             return base64.b64decode(body + b"=" * (-len(body) % 4), validate=True)
         if name == "garlic32":
-            body = text.upper()
-            return base64.b32decode(body + "=" * (-len(body) % 8))
+            b32 = text.upper()
+            return base64.b32decode(b32 + "=" * (-len(b32) % 8))
         if name == "http-path":
             return unquote(text, errors="strict").encode()
         # dns, dns4, dns6, dnsaddr, sni, ip6zone, unix: UTF-8 text.
@@ -193,6 +193,8 @@ class Multiaddr:
     or bytes (:meth:`from_bytes`); equality and hashing use the binary form."""
 
     __slots__ = ("_bytes", "_parts")
+    _bytes: bytes
+    _parts: tuple[tuple[Protocol, bytes], ...]
 
     def __init__(self, text: str) -> None:
         if isinstance(text, Multiaddr):
@@ -253,7 +255,7 @@ class Multiaddr:
     def __repr__(self) -> str:
         return f"Multiaddr({str(self)!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, Multiaddr):
             return self._bytes == other._bytes
         return NotImplemented
@@ -323,7 +325,7 @@ def _parse_text(text: str) -> list[tuple[Protocol, bytes]]:
     tokens = text[1:].split("/")
     if tokens == [""]:
         raise MultiaddrError("empty multiaddr")
-    parts = []
+    parts: list[tuple[Protocol, bytes]] = []
     i = 0
     while i < len(tokens):
         if tokens[i] == "" and i == len(tokens) - 1 and parts:
@@ -349,7 +351,7 @@ def _parse_text(text: str) -> list[tuple[Protocol, bytes]]:
     return parts
 
 
-def _encode(parts) -> bytes:
+def _encode(parts: Iterable[tuple[Protocol, bytes]]) -> bytes:
     out = bytearray()
     for proto, value in parts:
         out += encode_uvarint(proto.code)

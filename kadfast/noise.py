@@ -49,7 +49,7 @@ try:  # the compiled transport (kadfast/_noise.pyx); built where OpenSSL's heade
     #: ``kadfast --version`` and the log
     TRANSPORT_DESCRIPTION = f"compiled (kadfast._noise on {_openssl_version()})"
 except ImportError:  # pragma: no cover - a build without OpenSSL's headers
-    _CompiledTransport = None
+    _CompiledTransport = None  # type: ignore[assignment,misc]
     TRANSPORT_IMPL = "python"
     TRANSPORT_DESCRIPTION = (
         "plain Python (kadfast._noise is not built; cryptography's ChaCha20Poly1305, slower)"
@@ -121,7 +121,9 @@ def _x25519_public_bytes(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
+def _dh(private: X25519PrivateKey | None, public: bytes | None) -> bytes:
+    # the keys of the earlier steps: set by the time a step uses them
+    assert private is not None and public is not None
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
@@ -398,7 +400,7 @@ class NoiseHandshake:
         self._buf = bytearray()
         self._out: list[bytes] = []
         self._state = _HS_RUNNING
-        self._transport: NoiseTransport | None = None
+        self._transport: NoiseTransport | _CompiledTransport | None = None
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: PublicKey | None = None
         self.unused = b""
@@ -484,7 +486,9 @@ class NoiseHandshake:
             self._send(hs.write_message(self._payload))
 
     def _authenticate(self, payload: bytes) -> None:
-        key = _verify_payload(payload, self._hs.rs)
+        rs = self._hs.rs
+        assert rs is not None  # read with this message
+        key = _verify_payload(payload, rs)
         peer = PeerId.from_public_key(key)
         # set even when it is not the expected peer: the remote did prove this identity
         self.remote_public_key = key
@@ -500,7 +504,7 @@ class NoiseHandshake:
             self._transport = _HandshakeTransport(k2, k1)
         self._state = _HS_COMPLETE
 
-    def transport(self) -> "NoiseTransport":
+    def transport(self) -> NoiseTransport | _CompiledTransport:
         """The transport cipher pair (the same object on every call): the
         compiled one where it is built (:data:`TRANSPORT_IMPL`)."""
         if self._transport is None:

@@ -105,12 +105,12 @@ class PeerId:
     def __repr__(self) -> str:
         return f"PeerId({self.to_base58()!r})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if isinstance(other, PeerId):
             return self._bytes == other._bytes
         return NotImplemented
 
-    def __lt__(self, other) -> bool:
+    def __lt__(self, other: object) -> bool:
         if isinstance(other, PeerId):
             return self._bytes < other._bytes
         return NotImplemented
@@ -118,7 +118,7 @@ class PeerId:
     def __hash__(self) -> int:
         return self._hash
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[PeerId], tuple[bytes]]:
         return (PeerId, (self._bytes,))
 
 

@@ -6,10 +6,10 @@ with unknown fields skipped, as the other implementations do.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import ProtobufError, VarintError
-from .varint import decode_uvarint, encode_uvarint
+from .varint import Buffer, decode_uvarint, encode_uvarint
 
 __all__ = ["iter_fields", "field_varint", "field_bytes", "WT_VARINT", "WT_LEN"]
 
@@ -19,20 +19,22 @@ WT_LEN = 2
 WT_I32 = 5
 
 
-def _varint(data, pos):
+def _varint(data: Buffer, pos: int) -> tuple[int, int]:
     try:
         return decode_uvarint(data, pos)
     except VarintError as exc:
         raise ProtobufError(f"bad varint in protobuf: {exc}") from None
 
 
-def iter_fields(data) -> Iterator[tuple[int, int, object]]:
+def iter_fields(data: Buffer) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(field_number, wire_type, value)``; value is an int or bytes.
+    (Typed Any: the wire type says which, and a type checker cannot follow.)
 
     Fixed-width fields are returned as bytes; groups are refused.
     """
     pos = 0
     end = len(data)
+    value: int | bytes
     while pos < end:
         tag, pos = _varint(data, pos)
         number, wt = tag >> 3, tag & 7

@@ -10,6 +10,9 @@ from .errors import VarintError
 
 __all__ = ["encode_uvarint", "decode_uvarint", "MAX_UVARINT_BYTES"]
 
+#: what the decoders read
+Buffer = bytes | bytearray | memoryview
+
 #: multiformats unsigned-varint spec: at most 9 bytes (63 bits of value).
 MAX_UVARINT_BYTES = 9
 
@@ -25,7 +28,7 @@ def encode_uvarint(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_uvarint(data, pos: int = 0) -> tuple[int, int]:
+def decode_uvarint(data: Buffer, pos: int = 0) -> tuple[int, int]:
     """Decode a varint at ``data[pos:]``; returns ``(value, new_pos)``.
 
     Raises :class:`VarintError` when the input ends inside the varint (call it

@@ -56,7 +56,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import YamuxError
 
@@ -252,8 +252,8 @@ class SessionClosed:
 # slot setters of StreamData, for the receive loop (frozen dataclasses
 # assign through object.__setattr__, which costs ~200 ns per event)
 _new = object.__new__
-_set_stream_id = StreamData.stream_id.__set__  # type: ignore[attr-defined]
-_set_data = StreamData.data.__set__  # type: ignore[attr-defined]
+_set_stream_id = StreamData.stream_id.__set__  # type: ignore[attr-defined,misc]
+_set_data = StreamData.data.__set__  # type: ignore[attr-defined,misc]
 
 YamuxEvent = (
     StreamOpened
@@ -299,7 +299,7 @@ class _Stream:
         self.recv_window = window
         # bytes consumed by the application, not yet given back
         self.credit = 0
-        self.sendbuf: deque | None = None
+        self.sendbuf: deque[bytes | memoryview] | None = None
         self.buffered = 0
         self.blocked = False
         self.fin_requested = False
@@ -374,7 +374,7 @@ class YamuxSession:
         self._backlog = 0
         self._rbuf = bytearray()
         # pending output: header and payload pieces, joined by data_to_send()
-        self._out: list = []
+        self._out: list[bytes | memoryview] = []
         self._out_bytes = 0  # Data payload bytes in _out (headers not counted)
         # stream id when the last two items of _out are one of its Data frames
         self._events: list[YamuxEvent] = []
@@ -464,6 +464,7 @@ class YamuxSession:
             return events
         rbuf = self._rbuf
         own = bool(rbuf)
+        src: Any  # bytes, or a memoryview of bytes: is_bytes says which
         if own:
             rbuf += data
             src = memoryview(rbuf)

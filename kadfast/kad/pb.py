@@ -244,7 +244,7 @@ def _encode_record(record: KadRecord) -> bytes:
     return b"".join(parts)
 
 
-def _type_field(msg_type) -> bytes:
+def _type_field(msg_type: int) -> bytes:
     try:
         if msg_type >= 0:
             return _TYPE_FIELD[msg_type]
@@ -363,7 +363,7 @@ def _varint_rest(data: bytes, pos: int, first: int) -> tuple[int, int]:
             raise KadCodecError("varint longer than 10 bytes")
 
 
-def _skip(data: bytes, pos: int, end: int, tag: int, known: frozenset, where: str) -> int:
+def _skip(data: bytes, pos: int, end: int, tag: int, known: frozenset[int], where: str) -> int:
     """Step over an unknown field; refuse a known field of the wrong wire type."""
     number = tag >> 3
     wt = tag & 7
@@ -426,6 +426,7 @@ def _parse_addr(raw: bytes) -> tuple[Multiaddr | None, bytes | None] | None:
         tail = addr.peer_id()
     except (MultiaddrError, PeerIdError):
         return None
+    entry: tuple[Multiaddr | None, bytes | None]
     if tail is None:
         entry = (addr, None)
     else:
@@ -495,7 +496,7 @@ def _parse_peer(data: bytes) -> tuple[PeerId, tuple[Multiaddr, ...], ConnectionT
             if entry is None:
                 continue
         addr, tail = entry
-        if tail is None or (tail == pid_raw and addr is not None):
+        if addr is not None and (tail is None or tail == pid_raw):  # (no tail: addr is set)
             addrs.append(addr)
     return (
         peer_id,
@@ -549,7 +550,7 @@ def _decode_record(data: bytes) -> KadRecord:
     return KadRecord(key, value, time_received, publisher, ttl)
 
 
-def decode_message(data) -> KadMessage:
+def decode_message(data: bytes | bytearray | memoryview) -> KadMessage:
     """Decode one message body (without its length prefix)."""
     if data.__class__ is not bytes:
         data = bytes(data)
@@ -641,10 +642,11 @@ class MessageReader:
         self._buf = bytearray()
         return KadCodecError(message)
 
-    def feed(self, data) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._closed:
             raise KadCodecError("kad message reader is closed", remote=False)
         buf = self._buf
+        src: bytes | bytearray
         if buf:
             buf += data
             src = buf
