@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ._xor import Key
 from .errors import RecordTooLarge, StoreError, StoreFull
@@ -79,7 +79,7 @@ class RecordStore(abc.ABC):
     #: as it goes (MemoryStore) keeps False and the defaults below
     group_commit: bool = False
     #: called once per batch of pending changes, at its first (group commit)
-    on_dirty = None
+    on_dirty: Callable[[], None] | None = None
 
     @property
     def dirty(self) -> bool:

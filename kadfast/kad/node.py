@@ -33,6 +33,7 @@ from .pb import (
     KadMessage,
     KadPeer,
     KadRecord,
+    ConnectionType,
     MAX_KEY_SIZE,
     MAX_MESSAGE_SIZE,
     MAX_VALUE_SIZE,
@@ -507,12 +508,12 @@ class KadNode:
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
         self._started = False
-        self._last_bootstrap = None
-        self._last_replication = None
+        self._last_bootstrap: float | None = None
+        self._last_replication: float | None = None
         self._replication_round: asyncio.Task | None = None
         self._provider_round: asyncio.Task | None = None
-        self._last_provider_republish = None
-        self._last_sweep = None
+        self._last_provider_republish: float | None = None
+        self._last_sweep: float | None = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
         # inbound kad streams open now -> when their last whole request came
         # (their start at first), for kad_stream_idle_timeout
@@ -820,7 +821,7 @@ class KadNode:
         if not addrs:
             return None
         connected = self.host.connection(peer) is not None
-        return KadPeer(peer, addrs, 1 if connected else 0)
+        return KadPeer(peer, addrs, ConnectionType.CONNECTED if connected else ConnectionType.NOT_CONNECTED)
 
     def _closest_kad_peers(self, target: Key, exclude: PeerId | None, now: float) -> list[KadPeer]:
         if self._crowded_groups:
@@ -849,7 +850,7 @@ class KadNode:
         unreachable), for the requester's own id (a peer is never told about
         itself), and when the key is not a PeerId or nothing is known."""
         if key == self._own_id_bytes:
-            return KadPeer(self.peer_id, self.host.announce_addrs(), 1)
+            return KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED)
         # ``tkey`` is the answer's own Key of ``key``: no second hash, and the
         # node's PeerId -> Key cache is not filled with lookup targets
         if not key or key[0] not in _MULTIHASH_STARTS or tkey in self.table:
@@ -1054,6 +1055,7 @@ class KadNode:
                 if not ok:
                     stream.reset()
                     return
+                assert items is not None  # flush runs once per hold
                 for item in items:
                     if item is None:
                         stream.close()
@@ -1075,7 +1077,7 @@ class KadNode:
             msg = decode_message(body)
             reply = handle(peer, msg, remote_addr, True)
             if reply is not None:
-                out = reply if reply.__class__ is bytes else frame(encode_message(reply))
+                out = reply if reply.__class__ is bytes else frame(encode_message(reply))  # type: ignore[arg-type]
                 # FIND_NODE neither reads nor changes the store: while
                 # other requests' changes wait for the commit it is still
                 # answered at once, unless this stream already waits
@@ -1234,10 +1236,10 @@ class KadNode:
         if t == MessageType.GET_VALUE:
             if not self._read_limiter.allow(peer, now):
                 self._refuse_read(peer, t, now)
-            rec = self.store.get(msg.key, now)
+            held = self.store.get(msg.key, now)
             kr = None
-            if rec is not None:
-                kr = KadRecord(rec.key, rec.value, time_received=_rfc3339(self.wall_clock()), publisher=rec.publisher)
+            if held is not None:
+                kr = KadRecord(held.key, held.value, time_received=_rfc3339(self.wall_clock()), publisher=held.publisher)
             if framed:
                 fields = self._closer_fields(Key(msg.key), peer, now)
                 return self._fitted(len(fields), lambda n: encode_find_node_reply(
@@ -1285,7 +1287,7 @@ class KadNode:
                     self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl, network=network), now)
                 except StoreFull as exc:
                     # an explicit refusal: the stream is reset, the putter counts this peer as failed
-                    raise self._refused(peer, now, exc)
+                    raise self._refused(peer, now, exc) from None
                 if network is not None:
                     records.count(network, rec.key)
                 else:
@@ -1293,7 +1295,8 @@ class KadNode:
                 publishers.count(peer, rec.key)
             self._emit(RecordStored(rec.key, peer, peer))
             # echo the record (js counts any other reply as a failure), without unknown fields
-            return KadMessage(MessageType.PUT_VALUE, key=msg.key, record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
+            return KadMessage(MessageType.PUT_VALUE, key=msg.key,
+                              record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
         if t == MessageType.ADD_PROVIDER:
             if not self._provider_limiter.allow(peer, now):
                 raise self._refused(peer, now, RateLimited(
@@ -1315,7 +1318,7 @@ class KadNode:
                     self.store.add_provider(
                         ProviderRecord(msg.key, peer, tuple(addrs), now + self.config.provider_ttl, network), now)
                 except StoreFull as exc:
-                    raise self._refused(peer, now, exc)
+                    raise self._refused(peer, now, exc) from None
                 if addrs:
                     self.host.addrbook.add(peer, addrs, now, ttl=self.config.provider_ttl, source="provider")
                 if network is not None:
@@ -1325,13 +1328,13 @@ class KadNode:
             if not self._read_limiter.allow(peer, now):
                 self._refuse_read(peer, t, now)
             providers = []
-            for rec in self.store.providers(msg.key, now):
-                if rec.provider == self.peer_id:
-                    providers.append(KadPeer(self.peer_id, self.host.announce_addrs(), 1))
+            for prov in self.store.providers(msg.key, now):
+                if prov.provider == self.peer_id:
+                    providers.append(KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED))
                     continue
-                addrs = self.host.addrbook.addrs(rec.provider, now) or list(rec.addrs)
+                addrs = self.host.addrbook.addrs(prov.provider, now) or list(prov.addrs)
                 if addrs:
-                    providers.append(KadPeer(rec.provider, addrs, 0))
+                    providers.append(KadPeer(prov.provider, addrs, ConnectionType.NOT_CONNECTED))
             if framed:
                 fields = self._closer_fields(Key(msg.key), peer, now)
                 bodies = [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers]
@@ -1349,7 +1352,7 @@ class KadNode:
         or the store full) and return ``exc`` to raise (which resets the
         stream): at INFO once a minute per peer, else at DEBUG, so that a
         flood of refused requests is not a flood of log lines."""
-        exc.kad_logged = True
+        exc.kad_logged = True  # type: ignore[attr-defined]  # a mark: logged already
         logged = self._refusals_logged
         last = logged.get(peer)
         if last is None or now - last >= 60.0:
@@ -1742,7 +1745,7 @@ class KadNode:
 
     async def _announce_provider(self, key: bytes) -> int:
         peers = await self.get_closest_peers(key)
-        me = KadPeer(self.peer_id, self.host.announce_addrs(), 1)
+        me = KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED)
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
         results = await asyncio.gather(*[self._send_only(p, msg) for p in peers], return_exceptions=True)
         return sum(1 for r in results if not isinstance(r, BaseException))
@@ -1844,10 +1847,10 @@ class KadNode:
             self._last_provider_republish = now
             if not _still_running(self._provider_round, "provider republication"):
                 keys = []
-                for rec in self.store.provided():
-                    rec.expires = now + cfg.provider_ttl
-                    self.store.add_provider(rec, now)
-                    keys.append(rec.key)
+                for prov in self.store.provided():
+                    prov.expires = now + cfg.provider_ttl
+                    self.store.add_provider(prov, now)
+                    keys.append(prov.key)
                 self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
 
     def _reset_idle_kad_streams(self, before: float) -> None:
