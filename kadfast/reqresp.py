@@ -49,7 +49,7 @@ class JsonRequestResponse:
         self.timeout = timeout
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
-        self._handler = None
+        self._handler: Handler | None = None
         if handler is not None:
             self.set_handler(handler)
 
@@ -70,7 +70,11 @@ class JsonRequestResponse:
             log.info("request from %s is not JSON; resetting", stream.peer_id)
             stream.reset()
             return
-        response = await self._handler(stream.peer_id, request)
+        handler = self._handler
+        if handler is None:  # serving stopped while the request was read
+            stream.reset()
+            return
+        response = await handler(stream.peer_id, request)
         await stream.write_all(json.dumps(response).encode())
         stream.close()
 
