@@ -9,7 +9,7 @@ import ctypes.util
 import functools
 import gc
 import sys
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 __all__ = [
     "LOOP_KINDS",
@@ -45,7 +45,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(main: Callable[[], Awaitable[T]], kind: str = "auto") -> T:
+def run(main: Callable[[], Coroutine[Any, Any, T]], kind: str = "auto") -> T:
     """Run ``main()`` to completion on a fresh loop of the given kind."""
     with asyncio.Runner(loop_factory=lambda: new_event_loop(kind)) as runner:
         return runner.run(main())
