@@ -58,7 +58,7 @@ class RoutingTable:
         self.pending_timeout = float(pending_timeout)
         self._buckets = [_Bucket() for _ in range(256)]
         self._size = 0
-        self._applied = []
+        self._applied: list[AppliedPending] = []
 
     def _bucket_for(self, key):
         b = self.local_key.bucket_index(key)
@@ -204,7 +204,7 @@ class RoutingTable:
     def closest(self, target, n=-1):
         if n < 0:
             n = self.k
-        out = []
+        out: list[Entry] = []
         if n == 0 or self._size == 0:
             return out
         d = self.local_key.distance(target)
@@ -221,7 +221,7 @@ class RoutingTable:
         return out
 
     def closest_cached(self, target, limit, k, cache, skip, unreachable, epoch, now, refresh):
-        out = []
+        out: list = []
         if k <= 0:
             return out
         for e in self.closest(target, limit):

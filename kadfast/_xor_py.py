@@ -18,7 +18,7 @@ class Key:
     __slots__ = ("preimage", "digest", "_int", "_hash")
 
     def __init__(self, preimage) -> None:
-        self.preimage = bytes(preimage)
+        self.preimage: bytes | None = bytes(preimage)
         self._set_digest(hashlib.sha256(self.preimage).digest())
 
     def _set_digest(self, digest: bytes) -> None:

@@ -81,7 +81,7 @@ class _Entry:
         return (connected, self.last_seen)
 
 
-class _Book(dict):
+class _Book(dict[Multiaddr, _Entry]):
     """One peer's addresses (``{addr: _Entry}``), with what the readers cache:
     ``version`` changes (to a number never used before, by any book) whenever
     an address is added, dropped or re-ranked; ``ordered`` is the sorted
@@ -90,6 +90,9 @@ class _Book(dict):
     ``now`` is below it)."""
 
     __slots__ = ("version", "ordered", "min_expires")
+    version: int
+    ordered: tuple[Multiaddr, ...] | None
+    min_expires: float
 
 
 def _normalize(peer: PeerId, addr: Multiaddr) -> Multiaddr | None:
@@ -130,7 +133,7 @@ class AddressBook:
         self.min_observers = min_observers
         self.max_observed = max_observed
         # peer -> {addr: _Entry}; order = least recently updated first
-        self._peers: OrderedDict[PeerId, dict[Multiaddr, _Entry]] = OrderedDict()
+        self._peers: OrderedDict[PeerId, _Book] = OrderedDict()
         # our address -> {reporter: last report time}
         self._observed: dict[Multiaddr, dict[PeerId, float]] = {}
         self._versions = itertools.count(1)
@@ -164,7 +167,7 @@ class AddressBook:
         return book
 
     def _put(
-        self, book: dict[Multiaddr, _Entry], addr: Multiaddr, expires: float, now: float, source: str
+        self, book: _Book, addr: Multiaddr, expires: float, now: float, source: str
     ) -> _Entry | None:
         entry = book.get(addr)
         self._changed(book)  # a refresh may re-rank the addresses, too
@@ -198,8 +201,8 @@ class AddressBook:
         if ttl <= 0:
             return
         usable: dict[Multiaddr, None] = {}  # ordered set; a peer lists its best first
-        for addr in addrs:
-            addr = _normalize(peer, addr)
+        for given in addrs:
+            addr = _normalize(peer, given)
             if addr is not None:
                 usable[addr] = None
                 if len(usable) >= self.max_addrs_per_peer:
@@ -212,15 +215,16 @@ class AddressBook:
 
     def mark_connected(self, peer: PeerId, addr: Multiaddr, now: float) -> None:
         """``addr`` worked for ``peer``: list it first, keep it ``connected_ttl``."""
-        addr = _normalize(peer, addr)
-        if addr is None:
+        norm = _normalize(peer, addr)
+        if norm is None:
             return
         book = self._book(peer)
-        entry = book.get(addr)
+        entry = book.get(norm)
         if entry is None and len(book) >= self.max_addrs_per_peer:
             # A working address always gets in: evict the one expiring first.
             del book[min(book, key=lambda a: book[a].expires)]
-        entry = self._put(book, addr, now + self.connected_ttl, now, "connected")
+        entry = self._put(book, norm, now + self.connected_ttl, now, "connected")
+        assert entry is not None  # there is room: made above
         entry.connected_at = now
 
     def _live(self, peer: PeerId, now: float) -> _Book | None:
@@ -281,11 +285,11 @@ class AddressBook:
             self._changed(book)
 
     def remove_addr(self, peer: PeerId, addr: Multiaddr) -> None:
-        addr = _normalize(peer, addr)
+        norm = _normalize(peer, addr)
         book = self._peers.get(peer)
-        if book is None or addr is None:
+        if book is None or norm is None:
             return
-        if book.pop(addr, None) is not None:
+        if book.pop(norm, None) is not None:
             self._changed(book)
         if not book:
             del self._peers[peer]
@@ -448,11 +452,11 @@ def _scope_uncached(addr: Multiaddr) -> int:
     relay's /p2p, onion, garlic) counts as public."""
     for name, value in addr:
         if name in ("ip4", "ip6"):
-            return _ip_scope(ipaddress.ip_address(value))
+            return _ip_scope(ipaddress.ip_address(value))  # type: ignore[arg-type]  # (ip4/ip6 have a value)
         if name == "ip6zone":
             continue  # the /ip6 that follows decides
         if name in ("dns", "dns4", "dns6", "dnsaddr"):
-            return _name_scope(value)
+            return _name_scope(value)  # type: ignore[arg-type]  # (dns* have a value)
         if name in ("unix", "memory"):
             return _SCOPE_LOOPBACK
         return _SCOPE_PUBLIC
@@ -539,6 +543,6 @@ def dialable_tcp(addr: Multiaddr) -> bool:
     (host, value), (transport, port) = parts
     if host not in _HOSTS or transport != "tcp" or port == "0":
         return False
-    if host in ("ip4", "ip6") and ipaddress.ip_address(value).is_unspecified:
+    if host in ("ip4", "ip6") and ipaddress.ip_address(value).is_unspecified:  # type: ignore[arg-type]
         return False
     return True

@@ -512,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         async def go():
             # SIGTERM ends a short command like Ctrl-C does (long-running ones
             # install their own handlers for a graceful stop)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+            task = asyncio.current_task()
+            assert task is not None  # (this coroutine's)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
             if long_running or timeout is None:
                 return await fn(args, out)
             return await asyncio.wait_for(fn(args, out), timeout)

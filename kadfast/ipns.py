@@ -47,7 +47,7 @@ import io
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
 import cbor2
 
@@ -211,7 +211,7 @@ _VARINT_FIELDS = {3: "validity_type", 5: "sequence", 6: "ttl"}
 def decode_entry(raw: bytes) -> IpnsEntry:
     """Parse the ``IpnsEntry`` protobuf (unknown fields skipped; a repeated
     field: the last wins). Raises :class:`IpnsError`."""
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     try:
         for number, wt, value in iter_fields(raw):
             name = _BYTES_FIELDS.get(number)
@@ -341,12 +341,12 @@ def _public_key(entry: IpnsEntry, name: PeerId) -> PublicKey:
     if name.to_bytes()[0] != MH_IDENTITY:
         raise IpnsError("record has no pubKey and the name does not inline its key")
     try:
-        key = name.public_key()
+        inlined = name.public_key()
     except PeerIdError as exc:
         raise IpnsError(str(exc)) from None
-    if key is None:  # pragma: no cover - identity multihashes always inline one
+    if inlined is None:  # pragma: no cover - identity multihashes always inline one
         raise IpnsError("the name does not inline its key")
-    return key
+    return inlined
 
 
 def verify_record(name: PeerId, raw: bytes, now: float) -> IpnsRecord:
@@ -356,6 +356,7 @@ def verify_record(name: PeerId, raw: bytes, now: float) -> IpnsRecord:
     rec = parse_record(raw)
     entry = rec.entry
     key = _public_key(entry, name)
+    assert entry.data is not None and entry.signature_v2 is not None  # parse_record checked
     if not key.verify(SIGNATURE_V2_PREFIX + entry.data, entry.signature_v2):
         raise IpnsError("signatureV2 does not verify")
     if entry.signature_v1 or entry.value:

@@ -27,7 +27,7 @@ import math
 import re
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 __all__ = ["Metrics", "serve_metrics", "CONTENT_TYPE", "DEFAULT_BUCKETS", "MAX_REQUEST_HEAD"]
 
@@ -120,7 +120,8 @@ class _Family:
         self.name = name
         self.type = type_
         self.help = help_
-        self.samples: dict[LabelKey, object] = {}
+        #: a number per label set (counter), or a _Histogram (histogram)
+        self.samples: dict[LabelKey, Any] = {}
         self.fn: Callable[[], object] | None = None
         self.buckets: tuple[float, ...] = DEFAULT_BUCKETS
 
@@ -233,6 +234,7 @@ class Metrics:
         with self._lock:
             snapshot = []
             for fam in self._families.values():
+                samples: dict[LabelKey, Any]
                 if fam.type == "histogram":
                     samples = {k: (tuple(h.counts), h.sum, h.count) for k, h in fam.samples.items()}
                 else:

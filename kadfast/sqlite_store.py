@@ -296,7 +296,7 @@ class SqliteStore(RecordStore):
 
     def _expired(self, wall: float | None, now: float) -> bool:
         # the same test as Record.is_expired, on the converted instant
-        return wall is not None and now >= self._from_disk(wall)
+        return wall is not None and now >= wall - self.clock_offset
 
     # -- records ---------------------------------------------------------
     def get(self, key: bytes, now: float) -> Record | None:
