@@ -68,7 +68,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, host: "Host", *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
         self.host = host
-        self.loop = host.loop
+        self.loop: asyncio.AbstractEventLoop = host.loop  # a started host's: it makes the connections
         self.initiator = initiator
         self.expected_peer = expected_peer
         self.remote_peer_id: "PeerId | None" = None

@@ -10,7 +10,7 @@ while it is above the high-water mark or the TCP transport is paused.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import KadfastError, VarintError
 from ..varint import decode_uvarint
@@ -61,13 +61,13 @@ class Stream:
         # stream and its connection alive after they closed
         self._deadline = None
         self._negotiated: asyncio.Future | None = None
-        self._sink = None  # see consume_with()
+        self._sink: Callable[[bytes], object] | None = None  # see consume_with()
         self._sink_done: asyncio.Future | None = None
 
     # -- who ------------------------------------------------------------
     @property
     def peer_id(self) -> "PeerId":
-        return self.conn.remote_peer_id
+        return self.conn.remote_peer_id  # type: ignore[return-value]  # known before any stream opens
 
     @property
     def at_eof(self) -> bool:
@@ -119,7 +119,7 @@ class Stream:
 
     def _run_sink(self, data: bytes) -> None:
         try:
-            self._sink(data)
+            self._sink(data)  # type: ignore[misc]  # (set: the callers checked)
         except Exception as exc:
             self._sink = None
             fut = self._sink_done
