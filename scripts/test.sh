@@ -34,6 +34,13 @@ export KADFAST_INTEROP_CACHE=${KADFAST_INTEROP_CACHE:-$HOME/.cache/kadfast-inter
 rc=0
 
 t=$(date +%s)
+# configured in pyproject.toml; tests/test_typing.py checks the same (and
+# the compiled modules' stubs), this says it first and on its own
+ruff check . || rc=1
+python -m mypy || rc=1
+phase "lint and types" $(( $(date +%s) - t ))
+
+t=$(date +%s)
 python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=1
 # the benchmark files once each, untimed: they assert what they measure
 python -m pytest -q -p no:cacheprovider bench --benchmark-disable || rc=1
