@@ -459,7 +459,13 @@ def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
 
 
 class KadNode:
-    """A Kademlia DHT node over a libp2p host."""
+    """A Kademlia DHT node over a libp2p host.
+
+    The node builds its :class:`Host` from ``keypair`` and ``host_config`` on
+    ``clock`` (default :func:`time.monotonic`), or is handed one (``host=``)
+    and runs on that host's clock. That one clock reaches the address book,
+    the connections, the rate limits and the node's own timers.
+    """
 
     def __init__(
         self,
@@ -469,11 +475,23 @@ class KadNode:
         host_config: HostConfig | None = None,
         store: RecordStore | None = None,
         validator: NamespacedValidator | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        host: Host | None = None,
     ) -> None:
         self.config = config or Config()
-        self.host = Host(keypair, host_config or HostConfig())
+        if host is None:
+            clock = clock or time.monotonic
+            host = Host(keypair, host_config or HostConfig(), clock=clock)
+        else:
+            # a node handed its host runs on the host's clock: one clock from
+            # the top reaches the address book, the connections and the node
+            if keypair is not None or host_config is not None:
+                raise ValueError("a node handed a host takes its keypair and config from the host")
+            if clock is not None and clock is not host.clock:
+                raise ValueError("the node and its host must run on one clock (pass it to the Host)")
+            clock = host.clock
+        self.host = host
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
         self._own_id_bytes = self.peer_id.to_bytes()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from ..errors import KadfastError, MultistreamError
@@ -68,6 +67,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, host: "Host", *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
         self.host = host
+        self._clock = host.clock
         self.loop = host.loop
         self.initiator = initiator
         self.expected_peer = expected_peer
@@ -78,7 +78,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future = self.loop.create_future()
         self.closed: asyncio.Future = self.loop.create_future()
-        self.opened_at = time.monotonic()
+        self.opened_at = self._clock()
         self.last_activity = self.opened_at
         #: when data last came in on one of its streams (0.0: never); the
         #: connection manager keeps a connection whose streams are in use
@@ -182,7 +182,7 @@ class Connection(asyncio.Protocol):
             self._ms = MultistreamListener([NOISE_PROTOCOL])
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = now = time.monotonic()
+        self.last_activity = now = self._clock()
         budget = self._read_budget
         if budget:
             turn = self.host._arm_turn()
@@ -553,7 +553,7 @@ class Connection(asyncio.Protocol):
 
     async def ping(self, timeout: float = 10.0) -> float:
         """A Yamux-level ping; returns the round-trip time in seconds."""
-        opaque = self.session.ping(time.monotonic())
+        opaque = self.session.ping(self._clock())
         fut = self.loop.create_future()
         self._pings[opaque] = fut
         self._schedule_flush()

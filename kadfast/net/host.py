@@ -190,7 +190,11 @@ class PeerIdentified:
 
 
 class Host:
-    def __init__(self, keypair: Ed25519KeyPair | None = None, config: HostConfig | None = None) -> None:
+    def __init__(self, keypair: Ed25519KeyPair | None = None, config: HostConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        #: the one clock of the host, its connections and its address book
+        #: (a KadNode on a host shares it); deadlines and rates are on it
+        self.clock = clock
         self.keypair = keypair or Ed25519KeyPair.generate()
         self.peer_id = self.keypair.peer_id
         #: one X25519 static key and signed payload for every Noise handshake
@@ -487,7 +491,7 @@ class Host:
         small = large = None
         if ip and group is not None and (not loopback or cfg.limit_loopback):
             small, large = _subnets(ip, group)
-            now = time.monotonic()
+            now = self.clock()
             # refusals of a flood are logged at debug: a line each would cost more than the refusal
             if not self._handshakes_per_ip.allow(group, now):
                 log.debug("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
@@ -581,7 +585,7 @@ class Host:
         self._open_count += 1
         self.conn_epoch += 1
         if conn.initiator and conn.remote_addr is not None:
-            self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
+            self.addrbook.mark_connected(peer, conn.remote_addr, self.clock())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
         self._spawn(self._identify_connection(conn))
         high, _ = self.watermarks()
@@ -624,7 +628,7 @@ class Host:
         period = max(0.05, min(self.config.idle_timeout / 4, 30.0))
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
+            now = self.clock()
             idle = self.config.idle_timeout
             for conns in list(self._conns.values()):
                 for c in list(conns):
@@ -691,7 +695,7 @@ class Host:
 
     def _trim_soon(self) -> None:
         """Trim now, or when the trim interval allows (one timer at a time)."""
-        wait = self._last_trim + self.config.conn_trim_interval - time.monotonic()
+        wait = self._last_trim + self.config.conn_trim_interval - self.clock()
         if wait <= 0:
             self.trim()
         elif self._trim_timer is None and not self._closing:
@@ -712,7 +716,7 @@ class Host:
         subnet's least useful unprotected connection goes, young or in use.
         One network (or a few) flooding the server with connections that it
         keeps renewing cannot lock the rest of the internet out."""
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._hard_trim_after:
             if self.trim(needed=needed) >= needed:
                 return True
@@ -752,7 +756,7 @@ class Host:
         if not high or self._trimming:
             return 0
         cfg = self.config
-        now = time.monotonic()
+        now = self.clock()
         count = max(self._open_count - low, needed)
         if count <= 0:
             return 0
@@ -794,7 +798,7 @@ class Host:
             peer = pid
         if peer == self.peer_id:
             raise DialError("refusing to dial ourselves")
-        now = time.monotonic()
+        now = self.clock()
         if addrs:
             self.addrbook.add(peer, addrs, now, source="dial")
         conn = self.connection(peer)
@@ -842,7 +846,7 @@ class Host:
         cfg = self.config
         _, failures = self._backoff.pop(peer, (0.0, 0))
         delay = min(cfg.dial_backoff_max, cfg.dial_backoff_base * (2 ** min(failures, 20)))
-        self._backoff[peer] = (time.monotonic() + delay, failures + 1)
+        self._backoff[peer] = (self.clock() + delay, failures + 1)
         while len(self._backoff) > cfg.max_backoff_entries:
             self._backoff.popitem(last=False)
 
@@ -850,7 +854,7 @@ class Host:
         over = self.connection_count() - self.config.max_connections
         if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
-        addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
+        addrs = [a for a in self.addrbook.addrs(peer, self.clock()) if dialable_tcp(a)]
         if not addrs:
             raise DialNoAddresses(f"no TCP address known for {peer}")
         errors: list[DialError] = []
@@ -873,7 +877,7 @@ class Host:
     async def _dial_addr(self, peer: PeerId | None, addr: Multiaddr) -> Connection:
         host, port = _tcp_host_port(addr)
         timeout = self.config.dial_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         created: list[Connection] = []
 
         def factory() -> Connection:
@@ -893,7 +897,7 @@ class Host:
                 host = infos[0][4][0]
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(factory, host, port),
-                max(0.01, deadline - time.monotonic()),
+                max(0.01, deadline - self.clock()),
             )
         except BaseException as exc:
             # uvloop makes the protocol before connecting: a connection that
@@ -909,7 +913,7 @@ class Host:
                 raise DialRefused(f"{addr}: {exc.strerror or exc}") from None
             raise
         try:
-            return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - time.monotonic()))
+            return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - self.clock()))
         except asyncio.TimeoutError:
             conn.close("dial timed out")
             raise DialTimeout(f"upgrading the connection to {addr} timed out") from None
@@ -982,7 +986,7 @@ class Host:
         if info.peer_id is not None and info.peer_id != peer:
             log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)
             return
-        now = time.monotonic()
+        now = self.clock()
         self.peer_info[peer] = info
         listen = plausible_addrs(info.listen_addrs, conn.remote_addr)
         if len(listen) < len(info.listen_addrs):
@@ -1020,7 +1024,7 @@ class Host:
                 payload = await stream.read_exactly(PING_SIZE)
             except asyncio.IncompleteReadError:
                 return
-            if not limiter.allow(stream.peer_id, time.monotonic()):
+            if not limiter.allow(stream.peer_id, self.clock()):
                 log.debug("pings from %s over %s/s; resetting the stream",
                           stream.peer_id, self.config.max_pings_per_second)
                 stream.reset()
@@ -1033,10 +1037,10 @@ class Host:
         stream = await self.new_stream(peer, PING_PROTOCOL)
         payload = os.urandom(PING_SIZE)
         try:
-            t0 = time.monotonic()
+            t0 = self.clock()
             stream.write(payload)
             echo = await asyncio.wait_for(stream.read_exactly(PING_SIZE), timeout)
-            rtt = time.monotonic() - t0
+            rtt = self.clock() - t0
         except BaseException:
             stream.reset()
             raise
