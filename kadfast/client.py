@@ -23,7 +23,7 @@ import hashlib
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
-from .errors import KadfastError, PeerIdError
+from .errors import BootstrapError, NoPeersInNamespace, PeerIdError
 from .kad.node import Config, KadError, KadNode, NoKnownPeers, NotFound, Quorum
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .multiaddr import Multiaddr
@@ -43,14 +43,6 @@ __all__ = [
     "namespace_record_key",
     "parse_bootstrap",
 ]
-
-
-class BootstrapError(KadfastError):
-    """No bootstrap node could be reached."""
-
-
-class NoPeersInNamespace(KadfastError):
-    """Nobody in the namespace answered."""
 
 
 def namespace_provider_key(namespace: str) -> bytes:

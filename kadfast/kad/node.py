@@ -23,7 +23,17 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from .. import _routing
 from .._xor import Key
 from ..addrbook import ip_prefix, is_public, plausible_addrs
-from ..errors import KadfastError, PeerIdError, StoreError, StoreFull
+from ..errors import (
+    KadError,
+    KadfastError,
+    NoKnownPeers,
+    NotFound,
+    PeerIdError,
+    QuorumFailed,
+    StoreError,
+    StoreFull,
+    ValueTooLarge,
+)
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
@@ -245,31 +255,6 @@ class Quorum:
         if isinstance(quorum, int) and quorum >= 1:
             return min(quorum, k)
         raise ValueError(f"bad quorum {quorum!r}: one, majority, all or a positive int")
-
-
-class KadError(KadfastError):
-    """A Kademlia operation failed."""
-
-
-class NoKnownPeers(KadError):
-    """The routing table is empty: add a bootstrap address first."""
-
-
-class QuorumFailed(KadError):
-    def __init__(self, key: bytes, stored: int, quorum: int) -> None:
-        super().__init__(f"record stored on {stored} peers; quorum needs {quorum}")
-        self.key = key
-        self.stored = stored
-        self.quorum = quorum
-
-
-class NotFound(KadError):
-    """No record (or peer) was found."""
-
-
-class ValueTooLarge(KadError):
-    """A record whose key or value is above the limits that let it reach
-    peers and be read back (``Config.max_value_size``, ``max_key_size``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -389,13 +389,13 @@ class Connection(asyncio.Protocol):
                 if s is not None:
                     s._wake_writer()
                     self._drained()
-            elif t is y.StreamReset:
+            elif t is y.StreamResetByPeer:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
                     if s.inbound:
                         self._forget_inbound(s)
                     s._on_reset("reset by peer")
-            elif t is y.StreamClosed:
+            elif t is y.StreamFreed:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None and s.inbound:
                     self._forget_inbound(s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..errors import KadfastError, VarintError
+from ..errors import StreamClosed, StreamReset, VarintError
 from ..varint import decode_uvarint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,14 +24,6 @@ __all__ = ["Stream", "StreamReset", "StreamClosed", "WRITE_HIGH_WATER"]
 #: drain() waits while more than this many bytes are queued in the session for
 #: the stream (a quarter of the default 256 KiB window).
 WRITE_HIGH_WATER = 64 * 1024
-
-
-class StreamReset(KadfastError, ConnectionResetError):
-    """The stream was reset (by the peer, by us, or because its connection closed)."""
-
-
-class StreamClosed(KadfastError, BrokenPipeError):
-    """Writing to a stream whose write side is closed."""
 
 
 class Stream:
