@@ -627,6 +627,12 @@ class KadNode:
     def listen_addrs(self) -> list[Multiaddr]:
         return self.host.listen_addrs
 
+    def spawn(self, coro, *, quiet: bool = False) -> asyncio.Task:
+        """Run ``coro`` as a task of the node: :meth:`stop` cancels it. With
+        ``quiet``, a Kademlia or store error it ends with is logged at DEBUG
+        (a background bootstrap that found nobody, say) instead of raised."""
+        return self._spawn(self._quietly(coro) if quiet else coro)
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

@@ -374,10 +374,10 @@ class Host:
     def protocols(self) -> list[str]:
         return sorted(self._handlers)
 
-    def _supports_protocol(self, protocol: str) -> bool:
+    def supports_protocol(self, protocol: str) -> bool:
         return protocol in self._handlers
 
-    def _spawn_handler(self, stream: Stream) -> None:
+    def spawn_handler(self, stream: Stream) -> None:
         handler = self._handlers.get(stream.protocol)
         if handler is None:  # removed while negotiating
             stream.reset()
@@ -458,10 +458,10 @@ class Host:
             # refusals accept the socket and close it at once (connection_made)
             limit = self.config.max_pending_handshakes
             if self._closing:
-                conn._refuse = "host closing"
+                conn.refuse("host closing")
                 return conn
             if limit and self._pending_inbound >= limit:
-                conn._refuse = f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)"
+                conn.refuse(f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)")
                 return conn
             self._pending_inbound += 1
         self._pending.add(conn)
@@ -472,16 +472,16 @@ class Host:
             self._pending.remove(conn)
             if not conn.initiator:
                 self._pending_inbound -= 1
-        group = conn._pending_group
+        group = conn.pending_group
         if group is not None:
-            conn._pending_group = None
+            conn.pending_group = None
             n = self._pending_per_ip.get(group, 0) - 1
             if n > 0:
                 self._pending_per_ip[group] = n
             else:
                 self._pending_per_ip.pop(group, None)
 
-    def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
+    def admit_inbound(self, conn: Connection, ip: str | None) -> bool:
         """Whether an inbound connection from ``ip`` may proceed (the
         per-IP and per-subnet handshake rates and connection limits, then the
         connection limit, which has the connection manager prune if need
@@ -525,20 +525,20 @@ class Host:
         if group is not None:
             if cfg.max_pending_handshakes_per_ip:
                 self._pending_per_ip[group] = self._pending_per_ip.get(group, 0) + 1
-                conn._pending_group = group
+                conn.pending_group = group
             if cfg.max_connections_per_ip:
                 self._ip_conns[group] = self._ip_conns.get(group, 0) + 1
-                conn._ip_group = group
+                conn.ip_group = group
             if cfg.max_connections_per_small_subnet and small is not None:
                 self._small_subnet_conns[small] = self._small_subnet_conns.get(small, 0) + 1
-                conn._small_subnet = small
+                conn.small_subnet = small
             if cfg.max_connections_per_large_subnet and large is not None:
                 self._large_subnet_conns[large] = self._large_subnet_conns.get(large, 0) + 1
                 self._large_subnet_members.setdefault(large, set()).add(conn)
-                conn._large_subnet = large
+                conn.large_subnet = large
         return True
 
-    def _arm_turn(self) -> int:
+    def current_turn(self) -> int:
         """The current loop turn's number; the first read of a turn
         schedules its end (one callback per turn, for all connections)."""
         if not self._turn_armed:
@@ -546,13 +546,18 @@ class Host:
             self.loop.call_soon(self._next_turn)
         return self.turn
 
+    def defer_to_next_turn(self, conn: Connection) -> None:
+        """``conn`` went over its read share of this turn: it is resumed
+        (:meth:`Connection.resume_turn`) when the next turn begins."""
+        self._paused.append(conn)
+
     def _next_turn(self) -> None:
         self.turn += 1
         self._turn_armed = False
         if self._paused:
             paused, self._paused = self._paused, []
             for conn in paused:
-                conn._resume_turn()
+                conn.resume_turn()
 
     def connection_count(self) -> int:
         return len(self._pending) + self._open_count
@@ -574,7 +579,7 @@ class Host:
     def connected_peers(self) -> list[PeerId]:
         return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
 
-    def _on_connection_open(self, conn: Connection) -> None:
+    def connection_opened(self, conn: Connection) -> None:
         self._unpend(conn)
         peer = conn.remote_peer_id
         conns = self._conns.setdefault(peer, [])
@@ -592,23 +597,23 @@ class Host:
         if high and self._open_count > high:
             self._trim_soon()
 
-    def _on_connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         self._unpend(conn)
-        group = conn._ip_group
+        group = conn.ip_group
         if group is not None:
-            conn._ip_group = None
+            conn.ip_group = None
             _uncount(self._ip_conns, group)
-        if conn._small_subnet is not None:
-            _uncount(self._small_subnet_conns, conn._small_subnet)
-            conn._small_subnet = None
-        if conn._large_subnet is not None:
-            _uncount(self._large_subnet_conns, conn._large_subnet)
-            members = self._large_subnet_members.get(conn._large_subnet)
+        if conn.small_subnet is not None:
+            _uncount(self._small_subnet_conns, conn.small_subnet)
+            conn.small_subnet = None
+        if conn.large_subnet is not None:
+            _uncount(self._large_subnet_conns, conn.large_subnet)
+            members = self._large_subnet_members.get(conn.large_subnet)
             if members is not None:
                 members.discard(conn)
                 if not members:
-                    del self._large_subnet_members[conn._large_subnet]
-            conn._large_subnet = None
+                    del self._large_subnet_members[conn.large_subnet]
+            conn.large_subnet = None
         peer = conn.remote_peer_id
         conns = self._conns.get(peer)
         if conns and conn in conns:
