@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gc-young-threshold", type=int, default=10_000,
                    help="cyclic GC: allocations between young-generation collections, start-up objects frozen "
                         "(default 10000; 0 = Python's defaults)")
-    lim = s.add_argument_group("limits (all on by default; see README, Reliability)")
+    lim = s.add_argument_group("limits (all on by default; see docs/reliability.md)")
     lim.add_argument("--max-connections", type=int, help="connections in total (default: what the open-file limit allows)")
     lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
     lim.add_argument("--max-connections-per-small-subnet", type=int, default=256,
