@@ -459,7 +459,7 @@ class RawConn(asyncio.Protocol):
                     if not self.w.checked_identify:
                         self.w.check_identify(self.id_ms.unused)
                     self.got_identify = True
-            elif t is y.StreamReset:
+            elif t is y.StreamResetByPeer:
                 raise RuntimeError(f"server reset stream {ev.stream_id}")
             elif t is y.PongReceived:
                 if ev.opaque == self.ping_opaque:

@@ -10,6 +10,9 @@ for the tests and the benchmarks.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 try:
@@ -30,14 +33,44 @@ from .keys import Ed25519KeyPair, KeyType, PublicKey, load_keypair, load_or_crea
 from .multiaddr import Multiaddr, decode_many
 from .peerid import PeerId
 from .store import MemoryStore, ProviderRecord, Record, RecordStore
-from .kad.node import Config, GetRecordResult, KadNode, PeerRecord, Quorum
-from .client import BootstrapError, Client, NoPeersInNamespace
-from .net import Host, HostConfig
-from .reqresp import JsonRequestResponse
+
+# The network stack (asyncio, the host, the node, the client) loads on first
+# use of one of its names, so that importing a sans-IO core such as
+# kadfast.yamux or kadfast.kad.pb does not drag it in.
+_LAZY = {
+    "Config": ".kad.node",
+    "GetRecordResult": ".kad.node",
+    "KadNode": ".kad.node",
+    "PeerRecord": ".kad.node",
+    "Quorum": ".kad.node",
+    "Client": ".client",
+    "Host": ".net",
+    "HostConfig": ".net",
+    "JsonRequestResponse": ".reqresp",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client
+    from .kad.node import Config, GetRecordResult, KadNode, PeerRecord, Quorum
+    from .net import Host, HostConfig
+    from .reqresp import JsonRequestResponse
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [  # noqa: PLE0604 - *_errors_all is a list of names
     "AppliedPending",
-    "BootstrapError",
     "Client",
     "Config",
     "GetRecordResult",
@@ -45,7 +78,6 @@ __all__ = [  # noqa: PLE0604 - *_errors_all is a list of names
     "HostConfig",
     "JsonRequestResponse",
     "KadNode",
-    "NoPeersInNamespace",
     "PeerRecord",
     "Quorum",
     "Ed25519KeyPair",

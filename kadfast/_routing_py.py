@@ -208,13 +208,12 @@ class RoutingTable:
         if n == 0 or self._size == 0:
             return out
         d = self.local_key.distance(target)
-        t = target._int
         order = [i for i in range(255, -1, -1) if d >> i & 1] + [i for i in range(256) if not d >> i & 1]
         for i in order:
             entries = self._buckets[i].entries
             if not entries:
                 continue
-            for e in sorted(entries, key=lambda e: e.key._int ^ t):
+            for e in sorted(entries, key=lambda e: e.key.distance(target)):
                 out.append(e)
                 if len(out) >= n:
                     return out

@@ -20,7 +20,7 @@ from kadfast.errors import KeyspaceError
 # _sha256), hashlib's OpenSSL one otherwise. Hot, both take ~0.3 us; on a
 # server answering one request at a time the OpenSSL path (a digest context
 # made, copied and freed per call) costs ~2.5 us of server CPU per FIND_NODE
-# more (README, performance), while the built-in one is one small
+# more (docs/benchmarks.md), while the built-in one is one small
 # compression loop. The digests are the same (tests check against hashlib).
 try:
     from _sha2 import sha256 as _sha256_impl

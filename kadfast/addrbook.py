@@ -431,7 +431,7 @@ _SCOPE_MEMO: dict[tuple, int] = {}
 def _scope(addr: Multiaddr) -> int:
     """Scope of the address's first component (memoized per component,
     bounded: every accepted connection asks for its remote address's)."""
-    parts = addr._parts
+    parts = addr.components
     if not parts:
         return _SCOPE_UNROUTABLE
     first = parts[0]

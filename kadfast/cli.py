@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gc-young-threshold", type=int, default=10_000,
                    help="cyclic GC: allocations between young-generation collections, start-up objects frozen "
                         "(default 10000; 0 = Python's defaults)")
-    lim = s.add_argument_group("limits (all on by default; see README, Reliability)")
+    lim = s.add_argument_group("limits (all on by default; see docs/reliability.md)")
     lim.add_argument("--max-connections", type=int, help="connections in total (default: what the open-file limit allows)")
     lim.add_argument("--max-connections-per-ip", type=int, default=64, help="inbound connections per remote IP (loopback exempt; 0 = off)")
     lim.add_argument("--max-connections-per-small-subnet", type=int, default=256,
@@ -296,7 +296,7 @@ async def cmd_server(args, out: Out) -> int:
         from .client import parse_bootstrap
         for pid, addr in parse_bootstrap(args.bootstrap):
             node.add_address(pid, addr)
-        node._spawn(node._quietly(node.bootstrap()))
+        node.spawn(node.bootstrap(), quiet=True)
     addrs = [str(a.with_peer_id(node.peer_id)) for a in node.listen_addrs]
     stop = asyncio.Event()
     metrics_server = None
@@ -363,7 +363,7 @@ async def start_metrics(node: KadNode, port: int):
             ev = await q.get()
             if type(ev).__name__ == "QueryProgressed" and ev.finished:
                 m.observe("kadfast_query_duration_seconds", ev.stats.duration or 0.0)
-    node._spawn(count())
+    node.spawn(count())
     return await serve_metrics(m, "127.0.0.1", port)
 
 
@@ -374,7 +374,7 @@ async def cmd_listen(args, out: Out) -> int:
         out.emit("request", f"request from {peer}: {json.dumps(request)}", peer=str(peer), request=request)
         return {"peer": str(client.peer_id), "echo": request}
 
-    client._handler = handler
+    client.handler = handler
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -23,7 +23,7 @@ import hashlib
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
-from .errors import KadfastError, PeerIdError
+from .errors import BootstrapError, NoPeersInNamespace, PeerIdError
 from .kad.node import Config, KadError, KadNode, NoKnownPeers, NotFound, Quorum
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .multiaddr import Multiaddr
@@ -43,14 +43,6 @@ __all__ = [
     "namespace_record_key",
     "parse_bootstrap",
 ]
-
-
-class BootstrapError(KadfastError):
-    """No bootstrap node could be reached."""
-
-
-class NoPeersInNamespace(KadfastError):
-    """Nobody in the namespace answered."""
 
 
 def namespace_provider_key(namespace: str) -> bytes:
@@ -118,14 +110,16 @@ class Client:
         self.rr = JsonRequestResponse(self.node.host, protocol=protocol, timeout=request_timeout)
         self.probe_timeout = probe_timeout
         self.bootstrap_timeout = bootstrap_timeout
-        self._handler = handler
+        #: what answers requests (``async (peer, request) -> reply``) when
+        #: the client serves; may be set until :meth:`start`
+        self.handler = handler
         self.bootstrapped = False
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         await self.node.start()
-        if self.announce_self or self._handler is not None:
-            self.serve(self._handler or self._default_handler)
+        if self.announce_self or self.handler is not None:
+            self.serve(self.handler or self._default_handler)
         if self.bootstrap_peers:
             await self.join()
         if self.namespace and self.announce_self:

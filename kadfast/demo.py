@@ -30,7 +30,7 @@ async def run_demo(out) -> int:
                 out.emit("request", f"[{name}] request from {peer}: {request}", listener=name, peer=str(peer), request=request)
                 return {"peer": str(listener.peer_id), "name": name, "echo": request}
 
-            listener._handler = handler
+            listener.handler = handler
             clients.append(listener)
             await listener.start()
             out.emit("announced", f"[{name}] {listener.peer_id} announced in {NAMESPACE!r}",

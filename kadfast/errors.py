@@ -7,6 +7,11 @@ command-line text) can catch one type.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .peerid import PeerId
+
 __all__ = [
     "KadfastError",
     "DecodeError",
@@ -28,6 +33,29 @@ __all__ = [
     "YamuxError",
     "IdentifyError",
     "DialError",
+    "DialRefused",
+    "DialTimeout",
+    "DialWrongPeer",
+    "DialNegotiationFailed",
+    "DialBackoff",
+    "DialNoAddresses",
+    "DialLimitReached",
+    "ProtocolNotSupported",
+    "StreamReset",
+    "StreamClosed",
+    "NoisePeerIdMismatch",
+    "KadCodecError",
+    "IpnsError",
+    "InvalidRecord",
+    "RateLimited",
+    "KadError",
+    "NoKnownPeers",
+    "QuorumFailed",
+    "NotFound",
+    "ValueTooLarge",
+    "BootstrapError",
+    "NoPeersInNamespace",
+    "RequestError",
 ]
 
 
@@ -115,5 +143,111 @@ class IdentifyError(ProtocolError):
     """A malformed identify message."""
 
 
+class NoisePeerIdMismatch(NoiseError):
+    """The remote authenticated as another peer than the one expected."""
+
+    def __init__(self, expected: PeerId, actual: PeerId) -> None:
+        super().__init__(f"peer id mismatch: remote is {actual}, expected peer {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class KadCodecError(ProtocolError):
+    """A malformed kad message or frame (``remote=True``), or a message we
+    were asked to encode that cannot be (``remote=False``)."""
+
+
+class IpnsError(KadfastError):
+    """A malformed or invalid IPNS record (or bad input to sign one)."""
+
+
+class InvalidRecord(KadfastError):
+    """A record that its namespace's validator refuses."""
+
+
+class RateLimited(KadfastError):
+    """A peer sent requests faster than its limit allows; its stream is reset."""
+
+
 class DialError(KadfastError, ConnectionError):
     """A dial failed; subclasses in kadfast.net say how."""
+
+
+class DialRefused(DialError):
+    """The TCP connection was refused or the host unreachable."""
+
+
+class DialTimeout(DialError):
+    """The TCP connect or the upgrade did not finish in time."""
+
+
+class DialWrongPeer(DialError):
+    """The peer at that address proved another identity than the one dialed."""
+
+
+class DialNegotiationFailed(DialError):
+    """The upgrade failed: no common security or muxer protocol, or a broken handshake."""
+
+
+class DialBackoff(DialError):
+    """The peer failed recently; dialing it again waits until the back-off ends."""
+
+
+class DialNoAddresses(DialError):
+    """No dialable (TCP) address is known for the peer."""
+
+
+class DialLimitReached(DialError):
+    """The connection limit is reached."""
+
+
+class ProtocolNotSupported(KadfastError):
+    """The peer supports none of the protocols proposed for a stream."""
+
+
+class StreamReset(KadfastError, ConnectionResetError):
+    """The stream was reset (by the peer, by us, or because its connection closed)."""
+
+
+class StreamClosed(KadfastError, BrokenPipeError):
+    """Writing to a stream whose write side is closed."""
+
+
+class KadError(KadfastError):
+    """A Kademlia operation failed."""
+
+
+class NoKnownPeers(KadError):
+    """The routing table is empty: add a bootstrap address first."""
+
+
+class QuorumFailed(KadError):
+    """Fewer peers stored a record than the quorum asked for."""
+
+    def __init__(self, key: bytes, stored: int, quorum: int) -> None:
+        super().__init__(f"record stored on {stored} peers; quorum needs {quorum}")
+        self.key = key
+        self.stored = stored
+        self.quorum = quorum
+
+
+class NotFound(KadError):
+    """No record (or peer) was found."""
+
+
+class ValueTooLarge(KadError):
+    """A record whose key or value is above the limits that let it reach
+    peers and be read back (``Config.max_value_size``, ``max_key_size``)."""
+
+
+class BootstrapError(KadfastError):
+    """No bootstrap node could be reached."""
+
+
+class NoPeersInNamespace(KadfastError):
+    """Nobody in the namespace answered."""
+
+
+class RequestError(KadfastError):
+    """A JSON request failed: the peer was unreachable, reset the stream,
+    timed out, or answered with something that is not JSON."""

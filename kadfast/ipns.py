@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 import cbor2
 
-from .errors import CryptoKeyError, KadfastError, PeerIdError, ProtobufError
+from .errors import CryptoKeyError, IpnsError, PeerIdError, ProtobufError
 from .keys import PublicKey
 from .peerid import MH_IDENTITY, PeerId
 from .protobuf import WT_LEN, WT_VARINT, field_bytes, field_varint, iter_fields
@@ -97,10 +97,6 @@ _NS = 10**9
 
 # the five fields of ``data`` the spec defines
 _VALUE, _VALIDITY, _VALIDITY_TYPE, _SEQUENCE, _TTL = "Value", "Validity", "ValidityType", "Sequence", "TTL"
-
-
-class IpnsError(KadfastError):
-    """A malformed or invalid IPNS record (or bad input to sign one)."""
 
 
 # -- names -------------------------------------------------------------------

@@ -59,7 +59,7 @@ def tune_gc_for_server(young_threshold: int = 10_000) -> None:
     allocations instead of 700, so that a connection's short-lived state
     mostly dies by reference counting before it is promoted. Without this a
     server holding 10,000 connections spends ~10% of each new connection's
-    CPU in full collections (see README, Benchmarks). Process-wide;
+    CPU in full collections (see docs/benchmarks.md). Process-wide;
     ``young_threshold`` 0 leaves the settings alone."""
     if young_threshold <= 0:
         return

@@ -271,6 +271,12 @@ class Multiaddr:
     def __len__(self) -> int:
         return len(self._parts)
 
+    @property
+    def components(self) -> tuple[tuple[Protocol, bytes], ...]:
+        """Components as ``(protocol, binary value)`` pairs, undecoded (the
+        form the address's own code works on)."""
+        return self._parts
+
     def protocols(self) -> list[str]:
         return [p.name for p, _ in self._parts]
 

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .errors import CryptoKeyError, NoiseError, ProtobufError
+from .errors import CryptoKeyError, NoiseError, NoisePeerIdMismatch, ProtobufError
 from .keys import Ed25519KeyPair, PublicKey
 from .peerid import PeerId
 from .protobuf import WT_LEN, field_bytes, iter_fields
@@ -90,15 +90,6 @@ _EMPTY = b""
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
 _pack_nonce = struct.Struct("<Q").pack
 _pack_len = struct.Struct(">H").pack
-
-
-class NoisePeerIdMismatch(NoiseError):
-    """The remote authenticated as another peer than the one expected."""
-
-    def __init__(self, expected: PeerId, actual: PeerId) -> None:
-        super().__init__(f"peer id mismatch: remote is {actual}, expected peer {expected}")
-        self.expected = expected
-        self.actual = actual
 
 
 # --------------------------------------------------------------------------

@@ -15,13 +15,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Hashable
 
-from .errors import KadfastError
+from .errors import RateLimited
 
 __all__ = ["PeerRateLimiter", "RateLimited"]
-
-
-class RateLimited(KadfastError):
-    """A peer sent requests faster than its limit allows; its stream is reset."""
 
 
 class PeerRateLimiter:

@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
-from .errors import KadfastError
+from .errors import KadfastError, RequestError
 from .peerid import PeerId
 
 log = logging.getLogger("kadfast.reqresp")
@@ -24,11 +24,6 @@ MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 
 Handler = Callable[[PeerId, Any], Awaitable[Any]]
-
-
-class RequestError(KadfastError):
-    """A JSON request failed: the peer was unreachable, reset the stream,
-    timed out, or answered with something that is not JSON."""
 
 
 class JsonRequestResponse:

@@ -46,7 +46,7 @@ Choices this implementation makes where the spec leaves room:
 
 Events are returned by :meth:`receive_data`. A few local calls can produce
 events too (:meth:`close_stream` after the remote half-closed frees the
-stream: :class:`StreamClosed`; :meth:`go_away` can close the session:
+stream: :class:`StreamFreed`; :meth:`go_away` can close the session:
 :class:`SessionClosed`); those are returned by the next
 :meth:`receive_data` call, or at once by :meth:`events`.
 """
@@ -86,8 +86,8 @@ __all__ = [
     "StreamOpened",
     "StreamData",
     "StreamEnded",
-    "StreamReset",
-    "StreamClosed",
+    "StreamResetByPeer",
+    "StreamFreed",
     "StreamWritable",
     "PingReceived",
     "PongReceived",
@@ -197,14 +197,14 @@ class StreamEnded:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamReset:
+class StreamResetByPeer:
     """The remote reset the stream (RST); it is gone."""
 
     stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
-class StreamClosed:
+class StreamFreed:
     """Both sides half-closed the stream; its state is freed."""
 
     stream_id: int
@@ -259,8 +259,8 @@ YamuxEvent = (
     StreamOpened
     | StreamData
     | StreamEnded
-    | StreamReset
-    | StreamClosed
+    | StreamResetByPeer
+    | StreamFreed
     | StreamWritable
     | PingReceived
     | PongReceived
@@ -594,14 +594,14 @@ class YamuxSession:
                     st.blocked = False
         if flags & FLAG_RST:
             self._drop(st)
-            events.append(StreamReset(sid))
+            events.append(StreamResetByPeer(sid))
             return
         if flags & FLAG_FIN and not st.remote_closed:
             st.remote_closed = True
             events.append(StreamEnded(sid))
             if st.fin_sent:
                 self._drop(st)
-                events.append(StreamClosed(sid))
+                events.append(StreamFreed(sid))
 
     def _on_ping(self, flags: int, opaque: int, now: float) -> None:
         if flags & FLAG_SYN:
@@ -771,7 +771,7 @@ class YamuxSession:
         st.fin_sent = True
         if st.remote_closed:
             self._drop(st)
-            self._events.append(StreamClosed(st.sid))
+            self._events.append(StreamFreed(st.sid))
 
     def _send_window_update(self, st: _Stream, delta: int) -> None:
         self._out.append(_pack(0, 1, st.flags, st.sid, delta))

@@ -96,11 +96,14 @@ def test_fallback_transport_is_named_not_silent():
 @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None, reason="ELF only")
 def test_compiled_modules_are_stripped_and_name_no_build_paths():
     # setup.py strips release builds and drops the build Python's run-time
-    # search path (pyenv's -Wl,-rpath), which would name the build machine
+    # search path (some Pythons' -Wl,-rpath), which would name the build machine
     from kadfast import _noise
 
     for module in (_xor, _routing, _noise):
         sections = subprocess.run(["readelf", "-S", module.__file__], capture_output=True, text=True, timeout=30).stdout
         dynamic = subprocess.run(["readelf", "-d", module.__file__], capture_output=True, text=True, timeout=30).stdout
         assert ".debug_info" not in sections and ".symtab" not in sections, module.__file__
-        assert "RPATH" not in dynamic and "RUNPATH" not in dynamic, dynamic
+        # an installed wheel's _noise finds its vendored libcrypto through
+        # $ORIGIN (auditwheel); nothing may point outside the installation
+        paths = [line for line in dynamic.splitlines() if "RPATH" in line or "RUNPATH" in line]
+        assert all("[$ORIGIN" in line for line in paths), paths

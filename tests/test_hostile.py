@@ -382,8 +382,8 @@ def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
                 c.session.send(sid, b"\x13/multi")
                 sids.append(sid)
             c.flush()
-            events = await c.events_until(lambda evs: sum(isinstance(e, y.StreamReset) for e in evs) >= 12)
-            reset = {e.stream_id for e in events if isinstance(e, y.StreamReset)}
+            events = await c.events_until(lambda evs: sum(isinstance(e, y.StreamResetByPeer) for e in evs) >= 12)
+            reset = {e.stream_id for e in events if isinstance(e, y.StreamResetByPeer)}
             assert reset == set(sids[8:])
             conn = next(iter(node.host._pending | {x for cs in node.host._conns.values() for x in cs}))
             assert conn._inbound_streams == 8 and conn.is_open
@@ -421,7 +421,7 @@ def test_idle_and_trickling_kad_streams_are_reset(run):
                     events += await c.events_until(bool, timeout=0.1)
                 except asyncio.TimeoutError:
                     pass
-            reset = {e.stream_id for e in events if isinstance(e, y.StreamReset)}
+            reset = {e.stream_id for e in events if isinstance(e, y.StreamResetByPeer)}
             assert reset == {silent, trickle}, reset
             assert any(isinstance(e, y.StreamData) and e.stream_id == busy for e in events)
             c.close()
@@ -1011,7 +1011,7 @@ async def _resets_seen(c: RawClient, done, timeout: float) -> set[int]:
             data = await c.recv(timeout=max(0.01, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             break
-        ids |= {e.stream_id for e in c.session.receive_data(c.crypto.decrypt(data)) if isinstance(e, y.StreamReset)}
+        ids |= {e.stream_id for e in c.session.receive_data(c.crypto.decrypt(data)) if isinstance(e, y.StreamResetByPeer)}
     return ids
 
 

@@ -707,7 +707,7 @@ def test_a_closed_connection_is_freed_at_once(run):
             s.write(b"hi")
             assert await s.read_exactly(2) == b"hi"
             inbound = b.connection(a.peer_id)
-            assert all(st._deadline is None for st in inbound.streams.values())  # negotiated
+            assert all(st.negotiation_deadline is None for st in inbound.streams.values())  # negotiated
             ref = weakref.ref(inbound)
             del inbound
             await a.close()

@@ -108,7 +108,7 @@ class Replies:
                 self.data.setdefault(ev.stream_id, bytearray()).extend(ev.data)
             elif isinstance(ev, y.StreamEnded):
                 self.ended.add(ev.stream_id)
-            elif isinstance(ev, y.StreamReset):
+            elif isinstance(ev, y.StreamResetByPeer):
                 self.reset.add(ev.stream_id)
 
     def reply(self, sid: int) -> KadMessage | None:

@@ -27,11 +27,11 @@ from kadfast.yamux import (
     PingReceived,
     PongReceived,
     SessionClosed,
-    StreamClosed,
+    StreamFreed,
     StreamData,
     StreamEnded,
     StreamOpened,
-    StreamReset,
+    StreamResetByPeer,
     StreamWritable,
     YamuxSession,
     encode_header,
@@ -140,7 +140,7 @@ def test_inbound_hand_built_frames():
     assert s.data_to_send() == bytes.fromhex("00 02 0002 00000000 01020304")
     s.close_stream(1)
     assert s.data_to_send() == bytes.fromhex("00 01 0004 00000001 00000000")
-    assert s.events() == [StreamClosed(1)]
+    assert s.events() == [StreamFreed(1)]
     assert s.stream_ids() == []
 
 
@@ -154,7 +154,7 @@ def test_data_with_syn_and_fin_in_one_frame():
         (TYPE_DATA, FLAG_ACK, 5, 4, b"pong"),
         (TYPE_WINDOW_UPDATE, FLAG_FIN, 5, 0, b""),
     ]
-    assert s.events() == [StreamClosed(5)]
+    assert s.events() == [StreamFreed(5)]
 
 
 def test_open_data_and_reset_in_one_read():
@@ -163,7 +163,7 @@ def test_open_data_and_reset_in_one_read():
     (``has_stream``), which the application checks before it answers."""
     s = YamuxSession(False)
     ev = s.receive_data(frame(TYPE_DATA, FLAG_SYN, 7, 3, b"req") + frame(TYPE_WINDOW_UPDATE, FLAG_RST, 7, 0))
-    assert ev == [StreamOpened(7), StreamData(7, b"req"), StreamReset(7)]
+    assert ev == [StreamOpened(7), StreamData(7, b"req"), StreamResetByPeer(7)]
     assert not s.has_stream(7) and s.stream_ids() == []
     with pytest.raises(YamuxError):
         s.send(7, b"late")
@@ -233,8 +233,8 @@ def test_open_data_half_close_both_directions():
     s.send(sid, b"response")
     s.close_stream(sid)
     ec, es = pump(c, s)
-    assert ec == [StreamData(sid, b"response"), StreamEnded(sid), StreamClosed(sid)]
-    assert es == [StreamClosed(sid)]
+    assert ec == [StreamData(sid, b"response"), StreamEnded(sid), StreamFreed(sid)]
+    assert es == [StreamFreed(sid)]
     assert c.stream_ids() == s.stream_ids() == []
     with pytest.raises(YamuxError) as ei:
         c.send(sid, b"late")
@@ -251,7 +251,7 @@ def test_server_closes_first():
     assert ec == [StreamOpened(2), StreamData(2, b"a"), StreamEnded(2)]
     c.close_stream(sid)
     ec, es = pump(c, s)
-    assert ec == [StreamClosed(2)] and es == [StreamEnded(2), StreamClosed(2)]
+    assert ec == [StreamFreed(2)] and es == [StreamEnded(2), StreamFreed(2)]
 
 
 def test_send_after_close_is_a_local_error():
@@ -277,7 +277,7 @@ def test_reset():
     # the server's data crosses our RST: ignored quietly
     assert c.receive_data(s.data_to_send()) == []
     ec, es = pump(c, s)
-    assert es == [StreamReset(sid)] and s.stream_ids() == []
+    assert es == [StreamResetByPeer(sid)] and s.stream_ids() == []
     # RST for a stream nobody knows: ignored
     assert s.receive_data(frame(TYPE_WINDOW_UPDATE, FLAG_RST, 77, 0)) == []
     assert s.receive_data(frame(TYPE_DATA, 0, 77, 3, b"abc")) == []
@@ -303,7 +303,7 @@ def test_remote_reset_drops_buffered_data():
     pump(c, s)
     s.reset_stream(sid)
     ec, _ = pump(c, s)
-    assert ec == [StreamReset(sid)]
+    assert ec == [StreamResetByPeer(sid)]
     assert c.buffered(sid) == 0 and c.stream_ids() == []
 
 
@@ -529,7 +529,7 @@ def test_max_streams_inbound_rst():
         c.send(sid, b"x")
     ec, es = pump(c, s)
     assert [e for e in es if isinstance(e, StreamOpened)] == [StreamOpened(1), StreamOpened(3)]
-    assert ec == [StreamReset(5)]
+    assert ec == [StreamResetByPeer(5)]
     assert not s.is_closed and sorted(s.stream_ids()) == [1, 3]
     with pytest.raises(YamuxError):
         s.open_stream()  # outbound counts against the same limit
@@ -619,7 +619,7 @@ def test_byte_by_byte_equals_whole():
         ev_single += single.receive_data(wire[i : i + 1])
     assert ev_single == ev_whole  # frames are delivered whole: even the chunking matches
     assert single.data_to_send() == out_whole
-    assert GoAwayReceived(0) in ev_whole and StreamReset(3) in ev_whole
+    assert GoAwayReceived(0) in ev_whole and StreamResetByPeer(3) in ev_whole
 
 
 @given(st.data())
@@ -731,7 +731,7 @@ def test_random_operations_keep_data_intact(ops, seed):
                 unconsumed[receiver_is_client][e.stream_id] = unconsumed[receiver_is_client].get(e.stream_id, 0) + len(e.data)
             elif isinstance(e, StreamEnded):
                 ended.add((not receiver_is_client, e.stream_id))
-            elif isinstance(e, StreamReset):
+            elif isinstance(e, StreamResetByPeer):
                 reset.add(e.stream_id)
 
     def deliver(max_chunk: int) -> None:
@@ -820,7 +820,7 @@ def test_close_while_buffered_sends_fin_after_the_data():
     assert es2[-1] == StreamEnded(sid)
     s.close_stream(sid)
     ec, es = pump(c, s)
-    assert ec == [StreamEnded(sid), StreamClosed(sid)] and es == [StreamClosed(sid)]
+    assert ec == [StreamEnded(sid), StreamFreed(sid)] and es == [StreamFreed(sid)]
 
 
 def test_send_variants():

@@ -23,7 +23,17 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from .. import _routing
 from .._xor import Key
 from ..addrbook import ip_prefix, is_public, plausible_addrs
-from ..errors import KadfastError, PeerIdError, StoreError, StoreFull
+from ..errors import (
+    KadError,
+    KadfastError,
+    NoKnownPeers,
+    NotFound,
+    PeerIdError,
+    QuorumFailed,
+    StoreError,
+    StoreFull,
+    ValueTooLarge,
+)
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
@@ -248,31 +258,6 @@ class Quorum:
         raise ValueError(f"bad quorum {quorum!r}: one, majority, all or a positive int")
 
 
-class KadError(KadfastError):
-    """A Kademlia operation failed."""
-
-
-class NoKnownPeers(KadError):
-    """The routing table is empty: add a bootstrap address first."""
-
-
-class QuorumFailed(KadError):
-    def __init__(self, key: bytes, stored: int, quorum: int) -> None:
-        super().__init__(f"record stored on {stored} peers; quorum needs {quorum}")
-        self.key = key
-        self.stored = stored
-        self.quorum = quorum
-
-
-class NotFound(KadError):
-    """No record (or peer) was found."""
-
-
-class ValueTooLarge(KadError):
-    """A record whose key or value is above the limits that let it reach
-    peers and be read back (``Config.max_value_size``, ``max_key_size``)."""
-
-
 @dataclass(frozen=True, slots=True)
 class PeerRecord:
     """A record and the peer that held it (None: our own store)."""
@@ -460,7 +445,13 @@ def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
 
 
 class KadNode:
-    """A Kademlia DHT node over a libp2p host."""
+    """A Kademlia DHT node over a libp2p host.
+
+    The node builds its :class:`Host` from ``keypair`` and ``host_config`` on
+    ``clock`` (default :func:`time.monotonic`), or is handed one (``host=``)
+    and runs on that host's clock. That one clock reaches the address book,
+    the connections, the rate limits and the node's own timers.
+    """
 
     def __init__(
         self,
@@ -470,11 +461,23 @@ class KadNode:
         host_config: HostConfig | None = None,
         store: RecordStore | None = None,
         validator: NamespacedValidator | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        host: Host | None = None,
     ) -> None:
         self.config = config or Config()
-        self.host = Host(keypair, host_config or HostConfig())
+        if host is None:
+            clock = clock or time.monotonic
+            host = Host(keypair, host_config or HostConfig(), clock=clock)
+        else:
+            # a node handed its host runs on the host's clock: one clock from
+            # the top reaches the address book, the connections and the node
+            if keypair is not None or host_config is not None:
+                raise ValueError("a node handed a host takes its keypair and config from the host")
+            if clock is not None and clock is not host.clock:
+                raise ValueError("the node and its host must run on one clock (pass it to the Host)")
+            clock = host.clock
+        self.host = host
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
         self._own_id_bytes = self.peer_id.to_bytes()
@@ -624,6 +627,12 @@ class KadNode:
     @property
     def listen_addrs(self) -> list[Multiaddr]:
         return self.host.listen_addrs
+
+    def spawn(self, coro, *, quiet: bool = False) -> asyncio.Task:
+        """Run ``coro`` as a task of the node: :meth:`stop` cancels it. With
+        ``quiet``, a Kademlia or store error it ends with is logged at DEBUG
+        (a background bootstrap that found nobody, say) instead of raised."""
+        return self._spawn(self._quietly(coro) if quiet else coro)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)

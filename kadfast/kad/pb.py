@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterable
 
-from ..errors import MultiaddrError, PeerIdError, ProtocolError
+from ..errors import KadCodecError, MultiaddrError, PeerIdError
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 
@@ -123,11 +123,6 @@ class ConnectionType(IntEnum):
 
 _MESSAGE_TYPES = tuple(MessageType)
 _CONNECTION_TYPES = tuple(ConnectionType)
-
-
-class KadCodecError(ProtocolError):
-    """A malformed kad message or frame (``remote=True``), or a message we
-    were asked to encode that cannot be (``remote=False``)."""
 
 
 @dataclass(slots=True)

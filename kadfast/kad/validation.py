@@ -32,7 +32,7 @@ import time
 from typing import Callable
 
 from .. import ipns
-from ..errors import CryptoKeyError, KadfastError, PeerIdError
+from ..errors import CryptoKeyError, InvalidRecord, PeerIdError
 from ..keys import PublicKey
 from ..peerid import PeerId
 
@@ -45,10 +45,6 @@ __all__ = [
     "NamespacedValidator",
     "split_key",
 ]
-
-
-class InvalidRecord(KadfastError):
-    """A record that its namespace's validator refuses."""
 
 
 def split_key(key: bytes) -> tuple[str, bytes] | None:

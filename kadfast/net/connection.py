@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..errors import KadfastError, MultistreamError
 from ..multiaddr import Multiaddr
@@ -23,12 +22,34 @@ from .errors import ProtocolNotSupported
 from .stream import Stream, StreamReset
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..keys import Ed25519KeyPair
+    from ..noise import NoiseStaticKey
     from ..peerid import PeerId
-    from .host import Host
+    from .host import HostConfig
 
 log = logging.getLogger("kadfast.net")
 
-__all__ = ["Connection", "NOISE_PROTOCOL", "YAMUX_PROTOCOL"]
+__all__ = ["Connection", "ConnectionOwner", "NOISE_PROTOCOL", "YAMUX_PROTOCOL"]
+
+
+class ConnectionOwner(Protocol):
+    """All that a :class:`Connection` asks of its owner (the :class:`Host`):
+    its settings and identity, admission, the read-turn budget, stream
+    handlers, and being told when the connection opens and closes."""
+
+    config: "HostConfig"
+    loop: asyncio.AbstractEventLoop
+    clock: Callable[[], float]
+    keypair: "Ed25519KeyPair"
+    noise_static: "NoiseStaticKey"
+
+    def admit_inbound(self, conn: "Connection", ip: str | None) -> bool: ...
+    def current_turn(self) -> int: ...
+    def defer_to_next_turn(self, conn: "Connection") -> None: ...
+    def supports_protocol(self, protocol: str) -> bool: ...
+    def spawn_handler(self, stream: Stream) -> None: ...
+    def connection_opened(self, conn: "Connection") -> None: ...
+    def connection_closed(self, conn: "Connection") -> None: ...
 
 NOISE_PROTOCOL = "/noise"
 YAMUX_PROTOCOL = "/yamux/1.0.0"
@@ -66,8 +87,9 @@ def _local_multiaddr(addr) -> Multiaddr | None:
 class Connection(asyncio.Protocol):
     """A connection being upgraded, then open. Created by :class:`Host`."""
 
-    def __init__(self, host: "Host", *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
+    def __init__(self, host: ConnectionOwner, *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
         self.host = host
+        self._clock = host.clock
         self.loop: asyncio.AbstractEventLoop = host.loop  # a started host's: it makes the connections
         self.initiator = initiator
         self.expected_peer = expected_peer
@@ -78,7 +100,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future = self.loop.create_future()
         self.closed: asyncio.Future = self.loop.create_future()
-        self.opened_at = time.monotonic()
+        self.opened_at = self._clock()
         self.last_activity = self.opened_at
         #: when data last came in on one of its streams (0.0: never); the
         #: connection manager keeps a connection whose streams are in use
@@ -92,7 +114,7 @@ class Connection(asyncio.Protocol):
         self._out_plain: list[bytes] = []  # plaintext waiting for encryption
         self._flush_scheduled = False
         self._receiving = False  # inside data_received: its closing flush sends
-        self._write_paused = False
+        self.write_paused = False
         # callbacks waiting for the output to drain (see when_output_drains)
         self._drain_waiters: list = []
         self._drain_scheduled = False
@@ -105,17 +127,18 @@ class Connection(asyncio.Protocol):
         self._counted: dict[int, str] = {}
         #: the key this inbound connection is counted under by the host's
         #: per-IP limit (None: not counted), and by its per-subnet limits
-        self._ip_group: str | None = None
+        self.ip_group: str | None = None
         #: the key its handshake is counted under while it is under way
-        self._pending_group: str | None = None
-        self._small_subnet: str | None = None
-        self._large_subnet: str | None = None
+        self.pending_group: str | None = None
+        self.small_subnet: str | None = None
+        self.large_subnet: str | None = None
         self.close_reason = ""
         #: the protocol error that failed the connection, if one did
         self.error: Exception | None = None
         #: set by the host when it refuses an inbound connection on accept:
         #: why (the connection is then closed at once in connection_made)
-        self._refuse = ""
+        #: why an inbound connection is refused before its handshake (see refuse())
+        self.refusal = ""
         self._closing = False
         # fairness (HostConfig.max_read_bytes_per_turn): the loop turn this
         # connection last read in, the bytes it handled in it, and the rest of
@@ -155,17 +178,22 @@ class Connection(asyncio.Protocol):
         """Inbound streams of ``protocol`` counted by :meth:`count_inbound` and still open."""
         return self._inbound_by_protocol.get(protocol, 0)
 
+    def refuse(self, reason: str) -> None:
+        """Have the connection close at once when its socket arrives (the
+        host's limits on pending handshakes)."""
+        self.refusal = reason
+
     # -- asyncio.Protocol ------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
-        if self._refuse:
+        if self.refusal:
             # a flood of them: logged at debug, a line each would cost more than the refusal
-            log.debug("refusing inbound connection from %s: %s", transport.get_extra_info("peername"), self._refuse)
+            log.debug("refusing inbound connection from %s: %s", transport.get_extra_info("peername"), self.refusal)
             transport.abort()
             return
         if not self.initiator:
             peer = transport.get_extra_info("peername")
-            if not self.host._admit_inbound(self, peer[0] if peer else None):
+            if not self.host.admit_inbound(self, peer[0] if peer else None):
                 transport.abort()
                 return
         # TCP_NODELAY: asyncio's and uvloop's TCP transports set it themselves
@@ -182,10 +210,10 @@ class Connection(asyncio.Protocol):
             self._ms = MultistreamListener([NOISE_PROTOCOL])
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = now = time.monotonic()
+        self.last_activity = now = self._clock()
         budget = self._read_budget
         if budget:
-            turn = self.host._arm_turn()
+            turn = self.host.current_turn()
             if turn != self._turn:
                 self._turn = turn
                 self._turn_bytes = 0
@@ -217,11 +245,11 @@ class Connection(asyncio.Protocol):
             self._deferred = rest
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.pause_reading()
-            self.host._paused.append(self)
+            self.host.defer_to_next_turn(self)
         else:  # pragma: no cover - reading is paused while something is deferred
             self._deferred += rest
 
-    def _resume_turn(self) -> None:
+    def resume_turn(self) -> None:
         """A new turn of the loop: handle what was held back, then read again
         (or wait for the next turn if it is over the share again)."""
         data, self._deferred = self._deferred, None
@@ -240,12 +268,12 @@ class Connection(asyncio.Protocol):
         self._teardown(f"connection lost: {exc}" if exc else "connection closed")
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         for s in list(self.streams.values()):
-            s._wake_writer()
+            s.wake_writer()
         self._drained()
 
     # -- output pressure ---------------------------------------------------
@@ -356,7 +384,7 @@ class Connection(asyncio.Protocol):
                 self._handshake_timer = None
             if not self.ready.done():
                 self.ready.set_result(self)
-            self.host._on_connection_open(self)
+            self.host.connection_opened(self)
             if rest:
                 self._dispatch(self.session.receive_data(rest, now))
             return
@@ -372,30 +400,30 @@ class Connection(asyncio.Protocol):
                 if s is None:
                     continue
                 self.stream_activity = self.last_activity
-                if s._negotiator is not None:
+                if s.negotiator is not None:
                     self._negotiate_data(s, ev.data)
                 else:
-                    s._feed(ev.data)
+                    s.feed_data(ev.data)
             elif t is y.StreamOpened:
                 self._on_inbound_stream(ev.stream_id)
             elif t is y.StreamEnded:
                 s = streams.get(ev.stream_id)
                 if s is not None:
-                    s._feed_eof()
-                    if s._negotiator is not None:
-                        s._on_reset("stream ended during protocol negotiation")
+                    s.feed_eof()
+                    if s.negotiator is not None:
+                        s.feed_reset("stream ended during protocol negotiation")
             elif t is y.StreamWritable:
                 s = streams.get(ev.stream_id)
                 if s is not None:
-                    s._wake_writer()
+                    s.wake_writer()
                     self._drained()
-            elif t is y.StreamReset:
+            elif t is y.StreamResetByPeer:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
                     if s.inbound:
                         self._forget_inbound(s)
-                    s._on_reset("reset by peer")
-            elif t is y.StreamClosed:
+                    s.feed_reset("reset by peer")
+            elif t is y.StreamFreed:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None and s.inbound:
                     self._forget_inbound(s)
@@ -416,16 +444,16 @@ class Connection(asyncio.Protocol):
             self.session.reset_stream(stream_id)
             return
         s = Stream(self, stream_id, inbound=True)
-        s._negotiator = MultistreamListener(self.host._supports_protocol)
+        s.negotiator = MultistreamListener(self.host.supports_protocol)
         self.streams[stream_id] = s
         self._inbound_streams += 1
-        s._deadline = self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
+        s.negotiation_deadline = self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
 
     def _negotiation_deadline(self, s: Stream) -> None:
         """An inbound stream still negotiating its protocol after the timeout
         is reset, so that it holds no slot (and no idle connection) forever."""
-        s._deadline = None
-        if s._negotiator is not None and self.streams.get(s.stream_id) is s:
+        s.negotiation_deadline = None
+        if s.negotiator is not None and self.streams.get(s.stream_id) is s:
             log.info("%r: stream %d did not negotiate a protocol in time; resetting", self, s.stream_id)
             s.reset()
             self._schedule_flush()
@@ -442,7 +470,7 @@ class Connection(asyncio.Protocol):
                 self._inbound_by_protocol.pop(p, None)
 
     def _negotiate_data(self, s: Stream, data: bytes) -> None:
-        ms = s._negotiator
+        ms = s.negotiator
         sid = s.stream_id
         # The peer may have reset the stream later in the same read (a
         # cancelled request): the session then no longer has it, and what
@@ -456,13 +484,13 @@ class Connection(asyncio.Protocol):
             if out and session.has_stream(sid):
                 session.send(sid, out)
             log.debug("%r: stream %d negotiation failed: %s", self, sid, exc)
-            if s._negotiated is not None and not s._negotiated.done():
-                s._negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
+            if s.negotiated is not None and not s.negotiated.done():
+                s.negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
             self.streams.pop(sid, None)
             if s.inbound:
                 self._forget_inbound(s)
             session.reset_stream(sid)
-            s._on_reset(f"protocol negotiation failed: {exc}")
+            s.feed_reset(f"protocol negotiation failed: {exc}")
             return
         out = ms.data_to_send()
         if out and session.has_stream(sid):
@@ -470,18 +498,18 @@ class Connection(asyncio.Protocol):
         if not ms.done:
             session.consumed(sid, len(data))
             return
-        s._negotiator = None
-        s._cancel_deadline()
+        s.negotiator = None
+        s.cancel_negotiation_deadline()
         s.protocol = ms.selected
         rest = ms.unused
         # negotiation bytes are consumed now; the rest when the application reads it
         session.consumed(sid, len(data) - len(rest))
         if rest:
-            s._buf += rest
+            s.feed_data(rest)
         if s.inbound:
-            self.host._spawn_handler(s)
-        elif s._negotiated is not None and not s._negotiated.done():
-            s._negotiated.set_result(s)
+            self.host.spawn_handler(s)
+        elif s.negotiated is not None and not s.negotiated.done():
+            s.negotiated.set_result(s)
 
     # -- streams, from the host and from Stream ----------------------------
     async def open_stream(self, protocols: list[str]) -> Stream:
@@ -489,14 +517,14 @@ class Connection(asyncio.Protocol):
             raise StreamReset("connection is not open")
         sid = self.session.open_stream()
         s = Stream(self, sid, inbound=False)
-        s._negotiator = MultistreamDialer(list(protocols))
-        s._negotiated = self.loop.create_future()
+        s.negotiator = MultistreamDialer(list(protocols))
+        s.negotiated = self.loop.create_future()
         self.streams[sid] = s
-        self.session.send(sid, s._negotiator.data_to_send())
+        self.session.send(sid, s.negotiator.data_to_send())
         self._schedule_flush()
         try:
             async with asyncio.timeout(self.host.config.negotiation_timeout):
-                return await s._negotiated
+                return await s.negotiated
         except TimeoutError:
             s.reset()
             raise StreamReset("protocol negotiation timed out") from None
@@ -506,12 +534,12 @@ class Connection(asyncio.Protocol):
             s.reset()
             raise
 
-    def _consumed(self, stream_id: int, n: int) -> None:
+    def stream_consumed(self, stream_id: int, n: int) -> None:
         if self.session is not None and stream_id in self.streams:
             self.session.consumed(stream_id, n)
             self._schedule_flush()
 
-    def _send(self, stream_id: int, data: bytes) -> None:
+    def stream_send(self, stream_id: int, data: bytes) -> None:
         session = self.session
         if not session.has_stream(stream_id):
             # reset by the peer in the read being dispatched (its StreamReset
@@ -531,19 +559,19 @@ class Connection(asyncio.Protocol):
             del self.streams[s.stream_id]
             if s.inbound:
                 self._forget_inbound(s)
-        s._on_reset("reset by peer")
+        s.feed_reset("reset by peer")
 
-    def _buffered(self, stream_id: int) -> int:
+    def stream_buffered(self, stream_id: int) -> int:
         if self.session is None or stream_id not in self.streams:
             return 0
         return self.session.buffered(stream_id)
 
-    def _close_stream(self, stream_id: int) -> None:
+    def stream_close(self, stream_id: int) -> None:
         if self.session is not None and self._state == _OPEN:
             self.session.close_stream(stream_id)
             self._schedule_flush()
 
-    def _reset_stream(self, stream_id: int) -> None:
+    def stream_reset(self, stream_id: int) -> None:
         s = self.streams.pop(stream_id, None)
         if s is not None and s.inbound:
             self._forget_inbound(s)
@@ -553,7 +581,7 @@ class Connection(asyncio.Protocol):
 
     async def ping(self, timeout: float = 10.0) -> float:
         """A Yamux-level ping; returns the round-trip time in seconds."""
-        opaque = self.session.ping(time.monotonic())
+        opaque = self.session.ping(self._clock())
         fut = self.loop.create_future()
         self._pings[opaque] = fut
         self._schedule_flush()
@@ -592,7 +620,7 @@ class Connection(asyncio.Protocol):
             plain = b"".join(self._out_plain) if len(self._out_plain) > 1 else self._out_plain[0]
             self._out_plain.clear()
             self.transport.write(self._crypto.encrypt(plain))
-        if self._drain_waiters and not self._write_paused:
+        if self._drain_waiters and not self.write_paused:
             self._drained()
 
     # -- closing ---------------------------------------------------------
@@ -632,7 +660,7 @@ class Connection(asyncio.Protocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         for s in list(self.streams.values()):
-            s._on_reset(f"connection closed: {reason}")
+            s.feed_reset(f"connection closed: {reason}")
         self.streams.clear()
         for fut in self._pings.values():
             if not fut.done():
@@ -642,4 +670,4 @@ class Connection(asyncio.Protocol):
             self.ready.exception()  # retrieved by the dialer; avoid "never retrieved"
         if not self.closed.done():
             self.closed.set_result(reason)
-        self.host._on_connection_closed(self)
+        self.host.connection_closed(self)

@@ -190,7 +190,11 @@ class PeerIdentified:
 
 
 class Host:
-    def __init__(self, keypair: Ed25519KeyPair | None = None, config: HostConfig | None = None) -> None:
+    def __init__(self, keypair: Ed25519KeyPair | None = None, config: HostConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        #: the one clock of the host, its connections and its address book
+        #: (a KadNode on a host shares it); deadlines and rates are on it
+        self.clock = clock
         self.keypair = keypair or Ed25519KeyPair.generate()
         self.peer_id = self.keypair.peer_id
         #: one X25519 static key and signed payload for every Noise handshake
@@ -370,10 +374,10 @@ class Host:
     def protocols(self) -> list[str]:
         return sorted(self._handlers)
 
-    def _supports_protocol(self, protocol: str) -> bool:
+    def supports_protocol(self, protocol: str) -> bool:
         return protocol in self._handlers
 
-    def _spawn_handler(self, stream: Stream) -> None:
+    def spawn_handler(self, stream: Stream) -> None:
         handler = self._handlers.get(stream.protocol)
         if handler is None:  # removed while negotiating
             stream.reset()
@@ -454,10 +458,10 @@ class Host:
             # refusals accept the socket and close it at once (connection_made)
             limit = self.config.max_pending_handshakes
             if self._closing:
-                conn._refuse = "host closing"
+                conn.refuse("host closing")
                 return conn
             if limit and self._pending_inbound >= limit:
-                conn._refuse = f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)"
+                conn.refuse(f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)")
                 return conn
             self._pending_inbound += 1
         self._pending.add(conn)
@@ -468,16 +472,16 @@ class Host:
             self._pending.remove(conn)
             if not conn.initiator:
                 self._pending_inbound -= 1
-        group = conn._pending_group
+        group = conn.pending_group
         if group is not None:
-            conn._pending_group = None
+            conn.pending_group = None
             n = self._pending_per_ip.get(group, 0) - 1
             if n > 0:
                 self._pending_per_ip[group] = n
             else:
                 self._pending_per_ip.pop(group, None)
 
-    def _admit_inbound(self, conn: Connection, ip: str | None) -> bool:
+    def admit_inbound(self, conn: Connection, ip: str | None) -> bool:
         """Whether an inbound connection from ``ip`` may proceed (the
         per-IP and per-subnet handshake rates and connection limits, then the
         connection limit, which has the connection manager prune if need
@@ -487,7 +491,7 @@ class Host:
         small = large = None
         if ip and group is not None and (not loopback or cfg.limit_loopback):
             small, large = _subnets(ip, group)
-            now = time.monotonic()
+            now = self.clock()
             # refusals of a flood are logged at debug: a line each would cost more than the refusal
             if not self._handshakes_per_ip.allow(group, now):
                 log.debug("refusing inbound connection from %s: over %s handshakes/s (max_handshakes_per_ip_per_second)",
@@ -521,20 +525,20 @@ class Host:
         if group is not None:
             if cfg.max_pending_handshakes_per_ip:
                 self._pending_per_ip[group] = self._pending_per_ip.get(group, 0) + 1
-                conn._pending_group = group
+                conn.pending_group = group
             if cfg.max_connections_per_ip:
                 self._ip_conns[group] = self._ip_conns.get(group, 0) + 1
-                conn._ip_group = group
+                conn.ip_group = group
             if cfg.max_connections_per_small_subnet and small is not None:
                 self._small_subnet_conns[small] = self._small_subnet_conns.get(small, 0) + 1
-                conn._small_subnet = small
+                conn.small_subnet = small
             if cfg.max_connections_per_large_subnet and large is not None:
                 self._large_subnet_conns[large] = self._large_subnet_conns.get(large, 0) + 1
                 self._large_subnet_members.setdefault(large, set()).add(conn)
-                conn._large_subnet = large
+                conn.large_subnet = large
         return True
 
-    def _arm_turn(self) -> int:
+    def current_turn(self) -> int:
         """The current loop turn's number; the first read of a turn
         schedules its end (one callback per turn, for all connections)."""
         if not self._turn_armed:
@@ -542,13 +546,18 @@ class Host:
             self.loop.call_soon(self._next_turn)
         return self.turn
 
+    def defer_to_next_turn(self, conn: Connection) -> None:
+        """``conn`` went over its read share of this turn: it is resumed
+        (:meth:`Connection.resume_turn`) when the next turn begins."""
+        self._paused.append(conn)
+
     def _next_turn(self) -> None:
         self.turn += 1
         self._turn_armed = False
         if self._paused:
             paused, self._paused = self._paused, []
             for conn in paused:
-                conn._resume_turn()
+                conn.resume_turn()
 
     def connection_count(self) -> int:
         return len(self._pending) + self._open_count
@@ -570,7 +579,7 @@ class Host:
     def connected_peers(self) -> list[PeerId]:
         return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
 
-    def _on_connection_open(self, conn: Connection) -> None:
+    def connection_opened(self, conn: Connection) -> None:
         self._unpend(conn)
         peer = conn.remote_peer_id
         conns = self._conns.setdefault(peer, [])
@@ -581,30 +590,30 @@ class Host:
         self._open_count += 1
         self.conn_epoch += 1
         if conn.initiator and conn.remote_addr is not None:
-            self.addrbook.mark_connected(peer, conn.remote_addr, time.monotonic())
+            self.addrbook.mark_connected(peer, conn.remote_addr, self.clock())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
         self._spawn(self._identify_connection(conn))
         high, _ = self.watermarks()
         if high and self._open_count > high:
             self._trim_soon()
 
-    def _on_connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         self._unpend(conn)
-        group = conn._ip_group
+        group = conn.ip_group
         if group is not None:
-            conn._ip_group = None
+            conn.ip_group = None
             _uncount(self._ip_conns, group)
-        if conn._small_subnet is not None:
-            _uncount(self._small_subnet_conns, conn._small_subnet)
-            conn._small_subnet = None
-        if conn._large_subnet is not None:
-            _uncount(self._large_subnet_conns, conn._large_subnet)
-            members = self._large_subnet_members.get(conn._large_subnet)
+        if conn.small_subnet is not None:
+            _uncount(self._small_subnet_conns, conn.small_subnet)
+            conn.small_subnet = None
+        if conn.large_subnet is not None:
+            _uncount(self._large_subnet_conns, conn.large_subnet)
+            members = self._large_subnet_members.get(conn.large_subnet)
             if members is not None:
                 members.discard(conn)
                 if not members:
-                    del self._large_subnet_members[conn._large_subnet]
-            conn._large_subnet = None
+                    del self._large_subnet_members[conn.large_subnet]
+            conn.large_subnet = None
         peer = conn.remote_peer_id
         conns = self._conns.get(peer)
         if conns and conn in conns:
@@ -624,7 +633,7 @@ class Host:
         period = max(0.05, min(self.config.idle_timeout / 4, 30.0))
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
+            now = self.clock()
             idle = self.config.idle_timeout
             for conns in list(self._conns.values()):
                 for c in list(conns):
@@ -691,7 +700,7 @@ class Host:
 
     def _trim_soon(self) -> None:
         """Trim now, or when the trim interval allows (one timer at a time)."""
-        wait = self._last_trim + self.config.conn_trim_interval - time.monotonic()
+        wait = self._last_trim + self.config.conn_trim_interval - self.clock()
         if wait <= 0:
             self.trim()
         elif self._trim_timer is None and not self._closing:
@@ -712,7 +721,7 @@ class Host:
         subnet's least useful unprotected connection goes, young or in use.
         One network (or a few) flooding the server with connections that it
         keeps renewing cannot lock the rest of the internet out."""
-        now = time.monotonic()
+        now = self.clock()
         if now >= self._hard_trim_after:
             if self.trim(needed=needed) >= needed:
                 return True
@@ -752,7 +761,7 @@ class Host:
         if not high or self._trimming:
             return 0
         cfg = self.config
-        now = time.monotonic()
+        now = self.clock()
         count = max(self._open_count - low, needed)
         if count <= 0:
             return 0
@@ -794,7 +803,7 @@ class Host:
             peer = pid
         if peer == self.peer_id:
             raise DialError("refusing to dial ourselves")
-        now = time.monotonic()
+        now = self.clock()
         if addrs:
             self.addrbook.add(peer, addrs, now, source="dial")
         conn = self.connection(peer)
@@ -842,7 +851,7 @@ class Host:
         cfg = self.config
         _, failures = self._backoff.pop(peer, (0.0, 0))
         delay = min(cfg.dial_backoff_max, cfg.dial_backoff_base * (2 ** min(failures, 20)))
-        self._backoff[peer] = (time.monotonic() + delay, failures + 1)
+        self._backoff[peer] = (self.clock() + delay, failures + 1)
         while len(self._backoff) > cfg.max_backoff_entries:
             self._backoff.popitem(last=False)
 
@@ -850,7 +859,7 @@ class Host:
         over = self.connection_count() - self.config.max_connections
         if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
-        addrs = [a for a in self.addrbook.addrs(peer, time.monotonic()) if dialable_tcp(a)]
+        addrs = [a for a in self.addrbook.addrs(peer, self.clock()) if dialable_tcp(a)]
         if not addrs:
             raise DialNoAddresses(f"no TCP address known for {peer}")
         errors: list[DialError] = []
@@ -873,7 +882,7 @@ class Host:
     async def _dial_addr(self, peer: PeerId | None, addr: Multiaddr) -> Connection:
         host, port = _tcp_host_port(addr)
         timeout = self.config.dial_timeout
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         created: list[Connection] = []
 
         def factory() -> Connection:
@@ -893,7 +902,7 @@ class Host:
                 host = infos[0][4][0]
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(factory, host, port),
-                max(0.01, deadline - time.monotonic()),
+                max(0.01, deadline - self.clock()),
             )
         except BaseException as exc:
             # uvloop makes the protocol before connecting: a connection that
@@ -909,7 +918,7 @@ class Host:
                 raise DialRefused(f"{addr}: {exc.strerror or exc}") from None
             raise
         try:
-            return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - time.monotonic()))
+            return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - self.clock()))
         except asyncio.TimeoutError:
             conn.close("dial timed out")
             raise DialTimeout(f"upgrading the connection to {addr} timed out") from None
@@ -982,7 +991,7 @@ class Host:
         if info.peer_id is not None and info.peer_id != peer:
             log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)
             return
-        now = time.monotonic()
+        now = self.clock()
         self.peer_info[peer] = info
         listen = plausible_addrs(info.listen_addrs, conn.remote_addr)
         if len(listen) < len(info.listen_addrs):
@@ -1020,7 +1029,7 @@ class Host:
                 payload = await stream.read_exactly(PING_SIZE)
             except asyncio.IncompleteReadError:
                 return
-            if not limiter.allow(stream.peer_id, time.monotonic()):
+            if not limiter.allow(stream.peer_id, self.clock()):
                 log.debug("pings from %s over %s/s; resetting the stream",
                           stream.peer_id, self.config.max_pings_per_second)
                 stream.reset()
@@ -1033,10 +1042,10 @@ class Host:
         stream = await self.new_stream(peer, PING_PROTOCOL)
         payload = os.urandom(PING_SIZE)
         try:
-            t0 = time.monotonic()
+            t0 = self.clock()
             stream.write(payload)
             echo = await asyncio.wait_for(stream.read_exactly(PING_SIZE), timeout)
-            rtt = time.monotonic() - t0
+            rtt = self.clock() - t0
         except BaseException:
             stream.reset()
             raise

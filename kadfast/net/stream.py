@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import KadfastError, VarintError
+from ..errors import StreamClosed, StreamReset, VarintError
 from ..varint import decode_uvarint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,21 +26,13 @@ __all__ = ["Stream", "StreamReset", "StreamClosed", "WRITE_HIGH_WATER"]
 WRITE_HIGH_WATER = 64 * 1024
 
 
-class StreamReset(KadfastError, ConnectionResetError):
-    """The stream was reset (by the peer, by us, or because its connection closed)."""
-
-
-class StreamClosed(KadfastError, BrokenPipeError):
-    """Writing to a stream whose write side is closed."""
-
-
 class Stream:
     """A bidirectional byte stream with a negotiated protocol."""
 
     __slots__ = (
         "conn", "stream_id", "protocol", "inbound", "_buf", "_eof", "_reset",
-        "_reset_reason", "_waiter", "_write_closed", "_writable", "_negotiator",
-        "_negotiated", "_sink", "_sink_done", "_deadline", "__weakref__",
+        "_reset_reason", "_waiter", "_write_closed", "_writable", "negotiator",
+        "negotiated", "_sink", "_sink_done", "negotiation_deadline", "__weakref__",
     )
 
     def __init__(self, conn: "Connection", stream_id: int, inbound: bool) -> None:
@@ -55,12 +47,12 @@ class Stream:
         self._waiter: asyncio.Future | None = None
         self._write_closed = False
         self._writable: asyncio.Future | None = None
-        self._negotiator = None  # multistream state while the protocol is negotiated
+        self.negotiator = None  # multistream state while the protocol is negotiated
         # an inbound stream's negotiation deadline (a TimerHandle), cancelled
         # once it is negotiated or reset: a pending timer would keep the
         # stream and its connection alive after they closed
-        self._deadline = None
-        self._negotiated: asyncio.Future | None = None
+        self.negotiation_deadline = None
+        self.negotiated: asyncio.Future | None = None
         self._sink: Callable[[bytes], object] | None = None  # see consume_with()
         self._sink_done: asyncio.Future | None = None
 
@@ -78,15 +70,15 @@ class Stream:
         return f"<Stream {self.stream_id} {self.protocol} peer={self.conn.remote_peer_id}>"
 
     # -- fed by the connection -----------------------------------------
-    def _feed(self, data: bytes) -> None:
+    def feed_data(self, data: bytes) -> None:
         if self._sink is not None:
-            self.conn._consumed(self.stream_id, len(data))
+            self.conn.stream_consumed(self.stream_id, len(data))
             self._run_sink(data)
             return
         self._buf += data
         self._wake()
 
-    def _feed_eof(self) -> None:
+    def feed_eof(self) -> None:
         self._eof = True
         if self._sink is not None:
             self._run_sink(b"")
@@ -127,33 +119,33 @@ class Stream:
                 fut.set_exception(exc)
             self.reset()
 
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def cancel_negotiation_deadline(self) -> None:
+        if self.negotiation_deadline is not None:
+            self.negotiation_deadline.cancel()
+            self.negotiation_deadline = None
 
-    def _on_reset(self, reason: str) -> None:
+    def feed_reset(self, reason: str) -> None:
         # ``_eof`` stays as it is: data and a FIN that arrived before the reset
         # (or before the connection closed) are still read normally.
-        self._cancel_deadline()
+        self.cancel_negotiation_deadline()
         if not self._reset:
             self._reset = True
             self._reset_reason = reason
             self._write_closed = True
             self._wake()
-            self._wake_writer()
+            self.wake_writer()
             if self._sink_done is not None and not self._sink_done.done():
                 self._sink = None
                 self._sink_done.set_exception(StreamReset(reason))
-            if self._negotiated is not None and not self._negotiated.done():
-                self._negotiated.set_exception(StreamReset(reason))
+            if self.negotiated is not None and not self.negotiated.done():
+                self.negotiated.set_exception(StreamReset(reason))
 
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _wake_writer(self) -> None:
+    def wake_writer(self) -> None:
         w = self._writable
         if w is not None and not w.done():
             w.set_result(None)
@@ -169,7 +161,7 @@ class Stream:
         data = bytes(self._buf[:n]) if n < len(self._buf) else bytes(self._buf)
         del self._buf[: len(data)]
         if data:
-            self.conn._consumed(self.stream_id, len(data))
+            self.conn.stream_consumed(self.stream_id, len(data))
         return data
 
     # -- reading --------------------------------------------------------
@@ -241,7 +233,7 @@ class Stream:
     @property
     def queued(self) -> int:
         """Bytes written on this stream that wait for the peer's window."""
-        return self.conn._buffered(self.stream_id)
+        return self.conn.stream_buffered(self.stream_id)
 
     # -- writing --------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -250,13 +242,13 @@ class Stream:
         if self._write_closed:
             raise StreamClosed("write side closed")
         if data:
-            self.conn._send(self.stream_id, data)
+            self.conn.stream_send(self.stream_id, data)
 
     async def drain(self) -> None:
         while True:
             if self._reset:
                 raise StreamReset(self._reset_reason or "stream reset")
-            if self.conn._buffered(self.stream_id) <= WRITE_HIGH_WATER and not self.conn._write_paused:
+            if self.conn.stream_buffered(self.stream_id) <= WRITE_HIGH_WATER and not self.conn.write_paused:
                 return
             self._writable = self.conn.loop.create_future()
             try:
@@ -276,12 +268,12 @@ class Stream:
         """Half-close: no more writes; reading goes on until the peer closes."""
         if not self._write_closed and not self._reset:
             self._write_closed = True
-            self.conn._close_stream(self.stream_id)
+            self.conn.stream_close(self.stream_id)
 
     def reset(self) -> None:
         if not self._reset:
-            self.conn._reset_stream(self.stream_id)
-            self._on_reset("reset locally")
+            self.conn.stream_reset(self.stream_id)
+            self.feed_reset("reset locally")
 
     async def __aenter__(self) -> "Stream":
         return self

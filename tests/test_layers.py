@@ -1,0 +1,111 @@
+"""The package's shape: one error hierarchy, and sans-IO cores that import
+without the network stack."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kadfast
+from kadfast import errors, yamux
+
+#: exceptions that are not errors of the API: the CLI's argument error and a
+#: control-flow signal inside the kad decoder
+NOT_API_ERRORS = {"kadfast.cli.UsageError", "kadfast.kad.pb._Truncated"}
+
+
+def _modules():
+    for info in pkgutil.walk_packages(kadfast.__path__, "kadfast."):
+        if info.name.endswith(("__main__",)):
+            continue
+        yield importlib.import_module(info.name)
+
+
+def test_every_error_class_is_defined_in_errors():
+    stray = set()
+    for module in _modules():
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
+                if module.__name__ != "kadfast.errors" and f"{module.__name__}.{name}" not in NOT_API_ERRORS:
+                    stray.add(f"{module.__name__}.{name}")
+    assert not stray, f"error classes outside kadfast.errors: {sorted(stray)}"
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.KadfastError), name
+
+
+def test_events_and_errors_do_not_share_names():
+    assert not set(yamux.__all__) & set(errors.__all__)
+
+
+def test_sans_io_cores_import_without_the_network_stack():
+    cores = ["kadfast.yamux", "kadfast.multistream", "kadfast.noise", "kadfast.kad.pb", "kadfast.kad.query",
+             "kadfast.identify", "kadfast.ping", "kadfast.store", "kadfast.ipns", "kadfast.kad.validation"]
+    code = (
+        "import sys\n"
+        f"for m in {cores!r}: __import__(m)\n"
+        "print(sorted(m for m in ('asyncio', 'kadfast.net', 'kadfast.kad.node', 'kadfast.client', 'kadfast.reqresp')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_network_names_still_come_from_the_package():
+    from kadfast import Client, Host, KadNode
+
+    assert KadNode.__module__ == "kadfast.kad.node" and Host.__module__ == "kadfast.net.host"
+    assert Client.__module__ == "kadfast.client"
+    assert set(kadfast.__all__) <= set(dir(kadfast))
+
+
+def _private_crossings(package_dir: Path) -> list[str]:
+    """Uses of ``x._name`` (x not self/cls) and imports of ``_name`` where no
+    code of the same module defines ``_name``: one module reaching into
+    another's private names."""
+    trees = {p: ast.parse(p.read_text()) for p in sorted(package_dir.rglob("*.py"))}
+    # the package's private modules (the compiled ones and their twins) are
+    # the package's to import; their contents are not
+    private_modules = {p.name.split(".")[0] for p in package_dir.rglob("_*") if p.suffix in (".py", ".pyx", ".so")}
+    found = []
+    for path, tree in trees.items():
+        own: set[str] = set()
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(n.name)
+            elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store) \
+                    and isinstance(n.value, ast.Name) and n.value.id in ("self", "cls"):
+                own.add(n.attr)
+            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                own.add(n.id)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                own.add(n.value)  # __slots__ entries
+            elif isinstance(n, ast.arg):
+                own.add(n.arg)
+        where = path.relative_to(package_dir.parent)
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__"):
+                if not (isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")) and n.attr not in own:
+                    found.append(f"{where}:{n.lineno}: .{n.attr}")
+            elif isinstance(n, ast.ImportFrom):
+                for a in n.names:
+                    if a.name.startswith("_") and not a.name.startswith("__") and a.name not in private_modules:
+                        found.append(f"{where}:{n.lineno}: import {a.name}")
+    return found
+
+
+def test_no_module_uses_a_private_name_of_another():
+    assert _private_crossings(Path(kadfast.__file__).parent) == []
+
+
+def test_the_crossing_check_sees_a_crossing(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("class A:\n    def __init__(self):\n        self._secret = 1\n")
+    (pkg / "b.py").write_text("from .a import A, _hidden\n\ndef peek(a):\n    return a._secret\n")
+    assert _private_crossings(pkg) == ["pkg/b.py:1: import _hidden", "pkg/b.py:4: ._secret"]
