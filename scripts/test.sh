@@ -47,6 +47,11 @@ python -m pytest -q -p no:cacheprovider bench --benchmark-disable || rc=1
 phase "unit tests" $(( $(date +%s) - t ))
 
 t=$(date +%s)
+# the many-node and long-running tests (marked slow in tests/conftest.py)
+python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop -m slow "$@" || rc=1
+phase "slow tests (many nodes)" $(( $(date +%s) - t ))
+
+t=$(date +%s)
 # the release files: the sdist, a manylinux wheel per CPython found here,
 # each installed into a fresh virtualenv and smoke-tested from outside the tree
 ./scripts/wheels.sh || rc=1

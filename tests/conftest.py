@@ -22,3 +22,29 @@ def pytest_addoption(parser):
         help="comma list of interop peer implementations to test "
         "(rust,go,js,py,kubo; default: $KADFAST_INTEROP_IMPLS or all)",
     )
+
+
+#: the many-node and long-running tests (tens of seconds each): marked slow
+#: here, in one place, so that the quick suite stays quick (a whole file, one
+#: test, or the parameters that start with the text before "[...-")
+SLOW = (
+    "test_churn.py",
+    "test_sim_small.py",
+    "test_netns.py",
+    "test_kad_node.py::test_network_of_50_nodes",
+    "test_kad_sim.py::test_lookups_find_the_true_closest_live_nodes[1000-",
+    "test_yamux.py::test_random_operations_keep_data_intact",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        nodeid = item.nodeid.split("tests/", 1)[-1]
+        for s in SLOW:
+            # a file, a parameter prefix, or one test with all its parameters
+            prefix = s if s.endswith((".py", "[", "-")) else s + "["
+            if nodeid == s or nodeid.startswith(prefix):
+                item.add_marker(pytest.mark.slow)
+                break
