@@ -37,6 +37,12 @@ SLOW = (
 )
 
 
+def pytest_configure(config):
+    # declared here too (not only in pyproject.toml), so that a copy of the
+    # suite run against an installed wheel knows the marker
+    config.addinivalue_line("markers", "slow: a many-node or long-running test (-m slow runs them)")
+
+
 def pytest_collection_modifyitems(config, items):
     import pytest
 
