@@ -73,7 +73,7 @@ def test_answer_find_node_from_a_1000_peer_table(benchmark):
     """A KadNode's whole answer to a FIND_NODE request (the framed reply
     bytes the server writes): the 20 closest of a table filled from 1,000
     random peers, walked with their cached closerPeers fields by the
-    compiled ``RoutingTable.closest_cached``, and the reply joined."""
+    compiled ``kadfast._closer.cached_fields``, and the reply joined."""
     import os
 
     from _common import fill_table, random_peer_id

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import _routing
+from .._closer import cached_fields
 from .._xor import Key
 from ..addrbook import ip_prefix, is_public, plausible_addrs
 from ..errors import KadfastError, PeerIdError, StoreError, StoreFull
@@ -873,10 +874,10 @@ class KadNode:
         holds); only what changed is looked up again, and re-encoded only
         when its addresses or connection type did change. The walk over the
         closest entries and the cache checks run compiled
-        (``RoutingTable.closest_cached``)."""
+        (``kadfast._closer.cached_fields`` over ``RoutingTable.closest``)."""
         epoch = self.host.conn_epoch
-        out = self.table.closest_cached(
-            target, self._answer_limit(), self.config.k, self._closer_cache,
+        out = cached_fields(
+            self.table.closest(target, self._answer_limit()), self.config.k, self._closer_cache,
             None if exclude is None else self._key(exclude), self._unreachable, epoch, now,
             lambda key, peer, hit: self._peer_field(key, peer, now, epoch, hit))
         if self._crowded_groups:
@@ -906,7 +907,7 @@ class KadNode:
                     index[hit[4]] = g
 
     def _cached_field(self, e, now: float, epoch: int) -> bytes | None:
-        """The closerPeers field of table entry ``e`` as ``closest_cached``
+        """The closerPeers field of table entry ``e`` as ``cached_fields``
         gives it: the cached one while valid, else :meth:`_peer_field`."""
         hit = self._closer_cache.get(e.key)
         if hit is not None:
