@@ -328,13 +328,6 @@ class KadServer:
                 quota.forget(k)
 
     # -- answers -------------------------------------------------------------------
-    def _answer_candidates(self, target: Key):
-        """Table entries closest to ``target``, enough of them for k answers
-        after the requester and unreachable entries are skipped."""
-        u = self.withheld
-        cands = self.table.closest(target, self._answer_limit())
-        return [e for e in cands if e.key not in u] if u else cands
-
     def _answer_limit(self) -> int:
         """How many of the closest table entries an answer looks at: k and
         one for the requester, and enough for the unreachable ones."""
@@ -359,16 +352,12 @@ class KadServer:
                                            lambda e: self._kad_peer(e.value, now))
             if diverse is not None:
                 return diverse
-        out = []
-        for e in self._answer_candidates(target):
-            if e.value == exclude:
-                continue
-            kp = self._kad_peer(e.value, now)
-            if kp is not None:  # peers without addresses are left out
-                out.append(kp)
-            if len(out) >= self.config.k:
-                break
-        return out
+        # the walk of the framed path's, with nothing cached: the requester
+        # and withheld entries passed over, peers without addresses left out
+        return cached_fields(
+            self.table.closest(target, self._answer_limit()), self.config.k, {},
+            None if exclude is None else self._key(exclude), self.withheld, None, now,
+            lambda key, peer, hit: self._kad_peer(peer, now))
 
     def _find_node_target(self, key: bytes, tkey: Key, requester: PeerId, now: float) -> KadPeer | None:
         """The entry a FIND_NODE answer puts first: the target peer itself
