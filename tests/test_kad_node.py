@@ -844,7 +844,7 @@ def test_answers_draw_from_diverse_ip_groups():
     # the crowded groups are recomputed by the sweep from the table's members
     for p in sybils:
         node.table.remove(Key(p.to_bytes()))
-    node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
+    node.schedule.last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
     run_loop(lambda: node.maintenance(node.clock()))
     assert not node.server.crowded_groups and set(node.server.key_group) <= {e.key for e in node.table}
     assert not set(node.server.key_group) & {Key(p.to_bytes()) for p in sybils}

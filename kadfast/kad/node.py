@@ -42,6 +42,7 @@ from .pb import (
     encode_message,
     frame,
 )
+from .maintenance import MaintenanceSchedule
 from .query import ClosestPeersIter, QueryStats
 from .ratelimit import RateLimited
 from .server import InboundRequest, KadError, KadServer, RecordStored, ValueTooLarge  # noqa: F401 (re-exported)
@@ -400,12 +401,10 @@ class KadNode:
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
         self._started = False
-        self._last_bootstrap = None
-        self._last_replication = None
+        #: when each periodic maintenance job last ran; see maintenance()
+        self.schedule = MaintenanceSchedule(self.config)
         self._replication_round: asyncio.Task | None = None
         self._provider_round: asyncio.Task | None = None
-        self._last_provider_republish = None
-        self._last_sweep = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
         # inbound kad streams open now -> when their last whole request came
         # (their start at first), for kad_stream_idle_timeout
@@ -418,11 +417,9 @@ class KadNode:
         self._partial: dict[Any, float] = {}
         self.queued_output_bytes = 0
         self._output_over_budget = False
-        self._last_partial_check: float | None = None
         # table keys admitted per IP group (pruned of keys that left the
         # table when counted), for the diversity limits
         self._group_members: dict[str, set[Key]] = {}
-        self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
         host = self.host
@@ -985,7 +982,7 @@ class KadNode:
         farther than the closest non-empty one. Returns the routing-table size."""
         if len(self.table) == 0:
             raise NoKnownPeers("no known peers to bootstrap from; add a bootstrap address first")
-        self._last_bootstrap = self.clock()
+        self.schedule.last_bootstrap = self.clock()
         await self.get_closest_peers(self.peer_id)
         buckets = self.table.nonempty_buckets()
         if buckets:
@@ -1200,25 +1197,19 @@ class KadNode:
     async def maintenance(self, now: float) -> None:
         """One maintenance step at time ``now``: apply due pending routing
         entries, expire records and providers, and start the periodic
-        bootstrap, replication and republication when they are due."""
+        bootstrap, replication and republication when they are due (what is
+        due: :attr:`schedule`, a :class:`~kadfast.kad.maintenance.MaintenanceSchedule`)."""
         cfg = self.config
-        idle = cfg.kad_stream_idle_timeout
-        if idle and (self._last_idle_check is None or now - self._last_idle_check >= min(idle / 4, 15.0)):
-            self._last_idle_check = now
-            self._reset_idle_kad_streams(now - idle)
-        timeout = cfg.kad_message_timeout
-        if timeout and self._partial and (
-                self._last_partial_check is None or now - self._last_partial_check >= timeout / 4):
-            self._last_partial_check = now
-            self._reset_unfinished_kad_messages(now - timeout)
+        due = self.schedule.due(now, unfinished_messages=bool(self._partial), table_peers=len(self.table))
+        if due.idle_streams_before is not None:
+            self._reset_idle_kad_streams(due.idle_streams_before)
+        if due.unfinished_before is not None:
+            self._reset_unfinished_kad_messages(due.unfinished_before)
         self._measure_output()
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
-        if self._last_sweep is None or now - self._last_sweep >= cfg.sweep_interval:
-            # once per sweep_interval, not every step (a MemoryStore walks its
-            # records; SqliteStore asks its expiry index)
-            self._last_sweep = now
+        if due.sweep:
             # the diversity counts forget the keys that left the table
             self._group_members = {
                 g: live for g, members in self._group_members.items() if (live := {k for k in members if k in self.table})}
@@ -1229,32 +1220,23 @@ class KadNode:
                 self.server.forget_record(k)
                 self._emit(RecordExpired(k))
             self.server.sweep_providers(now)
-        if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
-            self._last_bootstrap = now
+        if due.bootstrap:
             self._spawn(self._quietly(self.bootstrap()))
-        if self._last_replication is None:
-            self._last_replication = now
-        elif now - self._last_replication >= cfg.replication_interval:
-            self._last_replication = now
-            if not _still_running(self._replication_round, "replication"):
-                for rec in self.store.published_by(self.peer_id):
-                    if now - self._published.get(rec.key, now) >= cfg.republish_interval:
-                        self._published[rec.key] = now
-                        rec.expires = now + cfg.record_ttl
-                        self.store.put(rec, now)  # stores may hand out copies
-                keys = self.store.record_keys()
-                self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
-        if self._last_provider_republish is None:
-            self._last_provider_republish = now
-        elif now - self._last_provider_republish >= cfg.provider_republish_interval:
-            self._last_provider_republish = now
-            if not _still_running(self._provider_round, "provider republication"):
-                keys = []
-                for rec in self.store.provided():
-                    rec.expires = now + cfg.provider_ttl
-                    self.store.add_provider(rec, now)
-                    keys.append(rec.key)
-                self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
+        if due.replication and not _still_running(self._replication_round, "replication"):
+            for rec in self.store.published_by(self.peer_id):
+                if now - self._published.get(rec.key, now) >= cfg.republish_interval:
+                    self._published[rec.key] = now
+                    rec.expires = now + cfg.record_ttl
+                    self.store.put(rec, now)  # stores may hand out copies
+            keys = self.store.record_keys()
+            self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
+        if due.provider_republish and not _still_running(self._provider_round, "provider republication"):
+            keys = []
+            for rec in self.store.provided():
+                rec.expires = now + cfg.provider_ttl
+                self.store.add_provider(rec, now)
+                keys.append(rec.key)
+            self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
 
     def _reset_idle_kad_streams(self, before: float) -> None:
         """Reset the inbound kad streams whose last whole request (or start)
