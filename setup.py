@@ -46,7 +46,7 @@ extensions = [
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in ("_xor", "_routing")
+    for name in ("_xor", "_routing", "_closer")
 ]
 
 

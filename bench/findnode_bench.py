@@ -160,7 +160,7 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
         t0 = time.perf_counter()
         size = fill_table(node, n_peers)
         fill_s = time.perf_counter() - t0
-        node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
+        node.schedule.last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
         await node.start()
         tune_gc_for_server()  # as `kadfast server` does
         done = asyncio.Event()

@@ -176,7 +176,7 @@ def serve(loop_kind: str, store_spec: str, n_peers: int, lag_probe: bool = False
         store = open_store(spec, kp.peer_id, cfg.store, group_commit=not each)
         node = KadNode(kp, config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]), store=store)
         size = fill_table(node, n_peers)
-        node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
+        node.schedule.last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
         await node.start()
         tune_gc_for_server()  # as `kadfast server` does
         done = asyncio.Event()

@@ -6,18 +6,22 @@ a memory transport.
     python bench/sim.py --quick            # 1,000 nodes, a few seconds
     python bench/sim.py --nodes 100000 --join self   # about 4 minutes, 5 GB
 
-What runs for real: every node is a compiled ``RoutingTable`` (k = 20) and a
-``MemoryStore`` under a PeerId and its ``Key``; every lookup is a
+What runs for real: every node is a compiled ``RoutingTable`` (k = 20), a
+``MemoryStore`` and a ``KadServer`` (the server ``KadNode`` runs) under a
+PeerId and its ``Key``, with one address book for all (every node's one
+address, known to every node); every lookup is a
 ``ClosestPeersIter`` (parallelism 3, request timeout 10 s, query timeout 60 s,
 rust-libp2p's defaults), FIND_NODE lookups with KadNode's repair round
 (``--repair``: a lookup that met failed peers among its closest asks the
 peers that answered for their own neighbourhoods once). What is simulated: the network. A request is a
 direct call answered after a fixed latency (``--latency``, default 10 ms, or a
-uniform ``MIN:MAX``) from the target node's table and store, with the server
-semantics of ``KadNode._handle_request``: FIND_NODE and GET_VALUE name the k
-closest peers of the responder's table without the requester (and the
-responder itself first when the target is its own key), GET_VALUE adds the
-record when held, PUT_VALUE stores it. A dead node never answers, so its
+uniform ``MIN:MAX``) by the target node's ``KadServer.handle`` (FIND_NODE,
+GET_VALUE and PUT_VALUE messages, not encoded; a bucket refresh, whose
+target is a point of the key space with no key behind it, asks
+``KadServer.closer_peers``): FIND_NODE and GET_VALUE name the k closest
+peers of the responder's table without the requester (and the responder
+itself first when the target is its own key), GET_VALUE adds the record when
+held, PUT_VALUE stores it. A dead node never answers, so its
 requests time out on a simulated clock that the driver advances from event
 to event; no Noise, no Yamux, no asyncio. Lookups run one after another.
 
@@ -86,10 +90,15 @@ from dataclasses import dataclass
 import numpy as np
 from _common import percentile  # this directory is on sys.path (run as python bench/sim.py)
 
-from kadfast import Key, RoutingTable
+from kadfast import Key, Multiaddr, RoutingTable
 from kadfast._routing import PENDING
 from kadfast._xor import closest_digests
+from kadfast.addrbook import AddressBook
+from kadfast.kad.node import Config
+from kadfast.kad.pb import KadMessage, KadRecord, MessageType
 from kadfast.kad.query import ClosestPeersIter
+from kadfast.kad.server import KadServer
+from kadfast.kad.validation import NamespacedValidator
 from kadfast.peerid import PeerId
 from kadfast.store import MemoryStore, Record, StoreConfig
 
@@ -109,7 +118,7 @@ class LookupOut:
     closest_hops: int
     requests: int
     duration: float
-    record: Record | None = None
+    record: KadRecord | Record | None = None
 
 
 @dataclass
@@ -128,16 +137,34 @@ class Sim:
         self.learn = learn
         self.remove_failed = failed == "remove"
         self.withhold_failed = failed == "withhold"
-        # node -> nodes whose request failed (KadNode._unreachable): kept in
-        # the table, left out of answers until heard from again
-        self.unreachable: dict[int, set[int]] = {}
         self.lat_lo, self.lat_hi = latency
         # PeerId-shaped identities (an inline Ed25519 key), as real peers have
         self.peer_ids = [PeerId(b"\x00\x24\x08\x01\x12\x20" + rng.randbytes(32)) for _ in range(n)]
+        self.index = {p: i for i, p in enumerate(self.peer_ids)}
         self.keys = [Key(p.to_bytes()) for p in self.peer_ids]
+        self.key_of = dict(zip(self.peer_ids, self.keys)).__getitem__
+        self.pair_of = {p: (k, i) for i, (p, k) in enumerate(zip(self.peer_ids, self.keys))}
         self.digests = np.frombuffer(b"".join(k.digest for k in self.keys), dtype=np.uint8).reshape(n, 32)
+        # the routing tables hold PeerIds, as a KadNode's does
         self.tables = [RoutingTable(k, K) for k in self.keys]
         self.stores = [MemoryStore(p, StoreConfig(max_records=1 << 20)) for p in self.peer_ids]
+        # one address book for all: every node's one (made-up) address, known to every node
+        self.addrbook = book = AddressBook(max_peers=n + 1, max_addrs_per_peer=1)
+        self.addrs = [Multiaddr(f"/ip4/10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/tcp/4001") for i in range(n)]
+        for p, a in zip(self.peer_ids, self.addrs):
+            book.add(p, [a], 0.0, ttl=1e15, source="config")
+        # the servers: no rate limits (the simulated clock runs many requests
+        # of one peer in one second) nor per-publisher quota (one node may
+        # publish many of a run's records); records as a KadNode keeps them
+        cfg = Config(k=K, record_ttl=RECORD_TTL, max_reads_per_peer_per_second=0, max_puts_per_peer_per_second=0,
+                     max_records_per_peer=0)
+        validator = NamespacedValidator()
+        # a server's withheld set (KadServer.withhold) is what --failed-peers
+        # withhold uses: peers whose request failed stay in the table but are
+        # left out of answers until heard from again
+        self.servers = [
+            KadServer(cfg, p, t, book, st, validator, own_addrs=(lambda a=a: [a]), key_of=self.key_of)
+            for p, t, st, a in zip(self.peer_ids, self.tables, self.stores, self.addrs)]
         self.alive = [True] * n
         self.live_idx = np.arange(n)
         self.live_digests = self.digests
@@ -155,35 +182,35 @@ class Sim:
         table = self.tables[a]
         key = self.keys[b]
         known = key in table
-        u = self.unreachable.get(a)
-        if u:
-            u.discard(b)
-        if table.update(key, b, self.now, True) == PENDING and not known:
+        server = self.servers[a]
+        server.heard_from(key)
+        if table.update(key, self.peer_ids[b], self.now, True) == PENDING and not known:
             head = table.bucket(self.keys[a].bucket_index(key))
             if head and not head[0].connected:   # ping the least recently seen entry
                 self.c.pings += 1
                 h = head[0]
-                if self.alive[h.value]:
+                if self.alive[self.index[h.value]]:
                     table.update(h.key, h.value, self.now, True)
-                    if u:
-                        u.discard(h.value)
+                    server.heard_from(h.key)
                 elif self.withhold_failed:
-                    self.mark_unreachable(a, h.value)
+                    server.withhold(h.key)
 
-    def mark_unreachable(self, a: int, b: int) -> None:
-        self.unreachable.setdefault(a, set()).add(b)
-
-    def serve_closest(self, responder: int, requester: int, target: Key) -> list[tuple[Key, int]]:
-        """The closer peers of a FIND_NODE / GET_VALUE answer (``_closest_kad_peers``)."""
-        u = self.unreachable.get(responder)
-        if u:
-            cand = self.tables[responder].closest(target, K + 1 + min(len(u), 4 * K))
-            out = [(e.key, e.value) for e in cand if e.value != requester and e.value not in u][:K]
-        else:
-            out = [(e.key, e.value) for e in self.tables[responder].closest(target, K + 1) if e.value != requester][:K]
-        if target == self.keys[responder]:
-            out.insert(0, (self.keys[responder], responder))
-        return out
+    def serve(self, responder: int, requester: int, target: Key, key: bytes | None,
+              get_key: bytes | None) -> tuple[list[tuple[Key, int]], KadRecord | None]:
+        """The answer of ``responder``'s KadServer to a FIND_NODE of ``key``
+        (or a GET_VALUE of ``get_key``): its closer peers, and the record."""
+        server = self.servers[responder]
+        asker = self.peer_ids[requester]
+        rec = None
+        if get_key is not None:
+            reply = server.handle(asker, KadMessage(MessageType.GET_VALUE, key=get_key), self.now)
+            closer, rec = reply.closer_peers, reply.record
+        elif key is not None:
+            closer = server.handle(asker, KadMessage(MessageType.FIND_NODE, key=key), self.now).closer_peers
+        else:  # a point of the key space (bucket refresh): no key to send
+            closer = server.closer_peers(target, asker, self.now)
+        pair = self.pair_of
+        return [pair[p.peer_id] for p in closer], rec
 
     def put_value(self, sender: int, holder: int, rec: Record) -> bool:
         self.c.puts += 1
@@ -192,12 +219,14 @@ class Sim:
         if self.learn:
             self.connect(holder, sender)
             self.connect(sender, holder)
-        self.stores[holder].put(Record(rec.key, rec.value, rec.publisher, self.now + RECORD_TTL), self.now)
+        msg = KadMessage(MessageType.PUT_VALUE, key=rec.key, record=KadRecord(rec.key, rec.value))
+        self.servers[holder].handle(self.peer_ids[sender], msg, self.now)
         return True
 
     # -- one lookup -----------------------------------------------------------------
-    def lookup(self, q: int, target: Key, get_key: bytes | None = None) -> LookupOut | None:
-        """A FIND_NODE lookup (or GET_VALUE when ``get_key``) by node ``q``."""
+    def lookup(self, q: int, target: Key, key: bytes | None = None, get_key: bytes | None = None) -> LookupOut | None:
+        """A FIND_NODE lookup of ``key`` (``target`` is its Key; None: a
+        point of the key space) or a GET_VALUE lookup of ``get_key`` by node ``q``."""
         self.c.lookups += 1
         table = self.tables[q]
         if get_key is not None:
@@ -206,7 +235,8 @@ class Sim:
                 return LookupOut([], 0, 0, 0, 0.0, local)
         table.apply_pending(self.now)
         table.pop_applied()
-        known = [(e.key, e.value) for e in table.closest(target, K)]
+        index = self.index
+        known = [(e.key, index[e.value]) for e in table.closest(target, K)]
         if not known:
             return None
         start = self.now
@@ -214,7 +244,7 @@ class Sim:
                               request_timeout=REQUEST_TIMEOUT, query_timeout=QUERY_TIMEOUT,
                               repair=self.repair and get_key is None)
         depth = {h: 0 for _, h in known}
-        heap: list[tuple[float, int, int, Key]] = []
+        heap: list[tuple[float, int, int, Key, bytes | None]] = []
         seq = 0
         dead: list[tuple[float, int]] = []
         alive = self.alive
@@ -223,7 +253,11 @@ class Sim:
         while not it.finished:
             for h in it.next(self.now):
                 if alive[h]:
-                    heapq.heappush(heap, (self.now + self.latency(), seq, h, self.keys[h] if it.is_repair(h) else target))
+                    if it.is_repair(h):  # its own neighbourhood: a FIND_NODE of its PeerId
+                        ask = (self.keys[h], self.peer_ids[h].to_bytes(), None)
+                    else:
+                        ask = (target, key, get_key)
+                    heapq.heappush(heap, (self.now + self.latency(), seq, h, ask))
                     seq += 1
                 else:
                     dead.append((self.now, h))
@@ -235,11 +269,10 @@ class Sim:
             if wake > self.now:
                 self.now = wake
             while heap and heap[0][0] <= self.now:
-                _, _, h, asked = heapq.heappop(heap)
+                _, _, h, ask = heapq.heappop(heap)
                 if learn:
                     self.connect(h, q)   # the responder sees the inbound connection
-                closer = self.serve_closest(h, q, asked)
-                rec = self.stores[h].get(get_key, self.now) if get_key is not None else None
+                closer, rec = self.serve(h, q, *ask)
                 if learn:
                     self.connect(q, h)
                 d = depth[h] + 1
@@ -259,9 +292,9 @@ class Sim:
                     if self.remove_failed:
                         table.remove(self.keys[h])
                     else:
-                        table.update(self.keys[h], h, self.now, False)
+                        table.update(self.keys[h], self.peer_ids[h], self.now, False)
                         if self.withhold_failed and self.keys[h] in table:
-                            self.mark_unreachable(q, h)
+                            self.servers[q].withhold(self.keys[h])
         result = it.result()
         hops = max((depth[p] for p in result), default=0)
         return LookupOut(result, hops, depth[result[0]] if result else 0, it.stats.requests, self.now - start, found)
@@ -277,8 +310,10 @@ class Sim:
             if self.alive[i]:
                 return i
 
-    def random_key(self) -> Key:
-        return Key.from_digest(self.rng.randbytes(32))
+    def random_key(self) -> tuple[Key, bytes]:
+        """A random lookup key and its Key."""
+        key = self.rng.randbytes(32)
+        return Key(key), key
 
     def key_in_bucket(self, local: Key, b: int) -> Key:
         t = int.from_bytes(local.digest, "big")
@@ -300,7 +335,7 @@ class Sim:
         """``KadNode.bootstrap()`` by node ``i``: a lookup of its own key, then
         (``refresh``) one of a random key in every bucket farther than its
         closest non-empty one."""
-        self.lookup(i, self.keys[i])
+        self.lookup(i, self.keys[i], self.peer_ids[i].to_bytes())
         if refresh:
             buckets = self.tables[i].nonempty_buckets()
             if buckets:
@@ -345,7 +380,7 @@ class Sim:
                 a = bisect.bisect_left(sorted_ints, lo)
                 z = bisect.bisect_left(sorted_ints, lo + (1 << b))
                 for j in self.rng.sample(range(a, z), min(K, z - a)):
-                    table.update(self.keys[order[j]], order[j], 0.0, True)
+                    table.update(self.keys[order[j]], self.peer_ids[order[j]], 0.0, True)
 
     def kill(self, fraction: float) -> list[int]:
         live = [i for i in range(self.n) if self.alive[i]]
@@ -363,8 +398,8 @@ def measure_lookups(sim: Sim, m: int) -> dict:
     ok = top = 0
     for _ in range(m):
         q = sim.random_live()
-        target = sim.random_key()
-        out = sim.lookup(q, target)
+        target, key = sim.random_key()
+        out = sim.lookup(q, target, key)
         if out is None:
             continue
         truth = sim.truth(target, q)
@@ -400,7 +435,7 @@ def put_records(sim: Sim, r: int) -> list[tuple[bytes, bytes]]:
         pub = sim.random_live()
         rec = Record(key, value, sim.peer_ids[pub], sim.now + RECORD_TTL)
         sim.stores[pub].put(rec, sim.now)
-        out = sim.lookup(pub, Key(key))
+        out = sim.lookup(pub, Key(key), key)
         for h in out.result:
             sim.put_value(pub, h, rec)
         records.append((key, value))
@@ -433,7 +468,7 @@ def republish(sim: Sim) -> dict:
     holders = [(i, rec) for i in range(sim.n) if sim.alive[i] for rec in sim.stores[i].records()]
     sim.rng.shuffle(holders)
     for i, rec in holders:
-        out = sim.lookup(i, Key(rec.key))
+        out = sim.lookup(i, Key(rec.key), rec.key)
         if out is None:
             continue
         for h in out.result:

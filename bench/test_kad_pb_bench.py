@@ -70,10 +70,10 @@ def test_decode_find_node_reply_20_peers(benchmark):
 
 
 def test_answer_find_node_from_a_1000_peer_table(benchmark):
-    """A KadNode's whole answer to a FIND_NODE request (the framed reply
+    """A KadNode's whole answer (its KadServer's) to a FIND_NODE request (the framed reply
     bytes the server writes): the 20 closest of a table filled from 1,000
     random peers, walked with their cached closerPeers fields by the
-    compiled ``RoutingTable.closest_cached``, and the reply joined."""
+    compiled ``kadfast._closer.cached_fields``, and the reply joined."""
     import os
 
     from _common import fill_table, random_peer_id
@@ -84,12 +84,13 @@ def test_answer_find_node_from_a_1000_peer_table(benchmark):
     fill_table(node, 1000)
     asker = random_peer_id()
     requests = [KadMessage(MessageType.FIND_NODE, key=os.urandom(32)) for _ in range(256)]
-    handle = node._handle_request
+    handle = node.server.handle
+    clock = node.clock
     state = [0]
 
     def run():
         i = state[0] = (state[0] + 1) & 255
-        return handle(asker, requests[i], None, True)
+        return handle(asker, requests[i], clock(), None, True)
 
     reply = benchmark(run)
     body = reply[2:]  # a 20-peer reply is over 127 and under 16,384 bytes: a two-byte length

@@ -1,11 +1,12 @@
 """kadfast: a Kademlia DHT that speaks libp2p's wire protocol, with its hot
 paths compiled by Cython.
 
-The compiled modules ``kadfast._xor`` and ``kadfast._routing`` are the real
-implementation; importing kadfast fails loudly when they are missing (build
-the package with ``pip install .``) instead of falling back to the slow
-plain-Python twins (``kadfast._xor_py``, ``kadfast._routing_py``), which exist
-for the tests and the benchmarks.
+The compiled modules ``kadfast._xor``, ``kadfast._routing`` and
+``kadfast._closer`` are the real implementation; importing kadfast fails
+loudly when they are missing (build the package with ``pip install .``)
+instead of falling back to the slow plain-Python twins (``kadfast._xor_py``,
+``kadfast._routing_py``, ``kadfast._closer_py``), which exist for the tests
+and the benchmarks.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 try:
-    from . import _routing, _xor  # noqa: F401 - only to name them when they fail
+    from . import _closer, _routing, _xor  # noqa: F401 - only to name them when they fail
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
-        "kadfast's compiled modules (kadfast._xor, kadfast._routing) are missing or "
+        "kadfast's compiled modules (kadfast._xor, kadfast._routing, kadfast._closer) are missing or "
         "were built for another Python: install the package with `pip install .` "
         "(or `pip install -e .`) so that Cython builds them. "
         f"Original error: {exc}"

@@ -11,9 +11,6 @@ cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from kadfast._xor cimport Key, bucket_of, cmp_words
 
@@ -34,13 +31,9 @@ DEFAULT_PENDING_TIMEOUT = 60.0
 MAX_K = 1024
 
 
-@cython.final
 cdef class Entry:
-    """One routing-table entry: its key, the caller's value, its status."""
-    cdef readonly Key key
-    cdef public object value
-    cdef readonly bint connected
-    cdef readonly double last_seen
+    """One routing-table entry: its key, the caller's value, its status
+    (its fields are declared in ``_routing.pxd``)."""
 
     def __repr__(self):
         return f"Entry({self.key!r}, connected={self.connected}, last_seen={self.last_seen})"
@@ -309,53 +302,6 @@ cdef class RoutingTable:
                 got = self._emit_sorted(<_Bucket>PyList_GET_ITEM(self._buckets, i), target, out, got, n)
                 if got >= n:
                     return out
-        return out
-
-    def closest_cached(self, Key target not None, Py_ssize_t limit, Py_ssize_t k, dict cache,
-                       Key skip, object unreachable, object epoch, double now, object refresh):
-        """Up to ``k`` cached values for the ``limit`` entries closest to
-        ``target``, closest first: the FIND_NODE server's closerPeers fields
-        in one compiled pass over ``closest(target, limit)``.
-
-        Entries whose key is ``skip`` or is in ``unreachable`` (a set, or
-        None) are passed over. For each other entry, ``cache[entry.key]`` is
-        a tuple ``(book, version, conn, epoch, value)``; it is used as it
-        is when its ``epoch`` is ``epoch``, ``book.version == version`` and
-        ``now < book.min_expires``. Otherwise ``refresh(key, entry.value,
-        hit)`` (``hit`` the stale tuple or None) gives the value, or None to
-        leave the entry out.
-        """
-        cdef list out = []
-        if k <= 0:
-            return out
-        cdef list cands = self.closest(target, limit)
-        cdef Py_ssize_t i, n = PyList_GET_SIZE(cands), got = 0
-        cdef Entry e
-        cdef PyObject* hit
-        cdef object t, book, value
-        cdef bint check_unreachable = unreachable is not None and len(unreachable) > 0
-        for i in range(n):
-            e = <Entry>PyList_GET_ITEM(cands, i)
-            if skip is not None and cmp_words(e.key.w, skip.w) == 0:
-                continue
-            if check_unreachable and e.key in unreachable:
-                continue
-            hit = PyDict_GetItem(cache, e.key)
-            value = None
-            if hit is not NULL and type(<object>hit) is tuple and PyTuple_GET_SIZE(<object>hit) == 5:
-                t = <object>hit
-                book = <object>PyTuple_GET_ITEM(t, 0)
-                if (<object>PyTuple_GET_ITEM(t, 3) == epoch and book.version == <object>PyTuple_GET_ITEM(t, 1)
-                        and now < book.min_expires):
-                    value = <object>PyTuple_GET_ITEM(t, 4)
-            if value is None:
-                value = refresh(e.key, e.value, None if hit is NULL else <object>hit)
-                if value is None:
-                    continue
-            out.append(value)
-            got += 1
-            if got >= k:
-                break
         return out
 
     cdef Py_ssize_t _emit_sorted(self, _Bucket bucket, Key target, list out, Py_ssize_t got, Py_ssize_t n) except -1:

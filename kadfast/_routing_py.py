@@ -218,25 +218,3 @@ class RoutingTable:
                 if len(out) >= n:
                     return out
         return out
-
-    def closest_cached(self, target, limit, k, cache, skip, unreachable, epoch, now, refresh):
-        out: list = []
-        if k <= 0:
-            return out
-        for e in self.closest(target, limit):
-            if e.key == skip or (unreachable and e.key in unreachable):
-                continue
-            hit = cache.get(e.key)
-            value = None
-            if type(hit) is tuple and len(hit) == 5:
-                book = hit[0]
-                if hit[3] == epoch and book.version == hit[1] and now < book.min_expires:
-                    value = hit[4]
-            if value is None:
-                value = refresh(e.key, e.value, hit)
-                if value is None:
-                    continue
-            out.append(value)
-            if len(out) >= k:
-                break
-        return out

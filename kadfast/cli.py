@@ -25,8 +25,8 @@ from typing import Any
 
 from . import __version__
 from .client import BootstrapError, Client, NoPeersInNamespace
-from .errors import KadfastError, KeyFileError, MultiaddrError, PeerIdError
-from .kad.node import Config, KadNode, NoKnownPeers, NotFound, QuorumFailed, ValueTooLarge
+from .errors import KadfastError, KeyFileError, MultiaddrError, NoKnownPeers, NotFound, PeerIdError, QuorumFailed, ValueTooLarge
+from .kad.node import Config, KadNode
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .loop import LOOP_KINDS, MemoryTrimmer, run as run_loop, tune_gc_for_server
 from .net import HostConfig

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import kadfast
-from kadfast import _routing, _xor
+from kadfast import _closer, _routing, _xor
 
 
 def _is_extension(module) -> bool:
@@ -19,6 +19,7 @@ def _is_extension(module) -> bool:
 def test_hot_modules_are_compiled():
     assert _is_extension(_xor), _xor.__file__
     assert _is_extension(_routing), _routing.__file__
+    assert _is_extension(_closer), _closer.__file__
     # optional in setup.py (OpenSSL's headers), built on every machine of ours
     from kadfast import _noise
 
@@ -37,7 +38,7 @@ def test_import_fails_loudly_without_compiled_modules():
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name in ("kadfast._xor", "kadfast._routing"):
+                if name in ("kadfast._xor", "kadfast._routing", "kadfast._closer"):
                     raise ImportError("blocked for the test")
         sys.meta_path.insert(0, Block())
         try:
@@ -99,7 +100,7 @@ def test_compiled_modules_are_stripped_and_name_no_build_paths():
     # search path (some Pythons' -Wl,-rpath), which would name the build machine
     from kadfast import _noise
 
-    for module in (_xor, _routing, _noise):
+    for module in (_xor, _routing, _closer, _noise):
         sections = subprocess.run(["readelf", "-S", module.__file__], capture_output=True, text=True, timeout=30).stdout
         dynamic = subprocess.run(["readelf", "-d", module.__file__], capture_output=True, text=True, timeout=30).stdout
         assert ".debug_info" not in sections and ".symtab" not in sections, module.__file__

@@ -75,7 +75,7 @@ def test_find_node_for_own_id_includes_self_and_skips_addressless_peers():
     a, b, asker = peer_ids(3)
     node.add_address(a, Multiaddr("/ip4/10.0.0.1/tcp/1"))
     node._update_peer(b, node.clock(), connected=True)  # b: no address known
-    reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=node.peer_id.to_bytes()), None)
+    reply = node.server.handle(asker, KadMessage(MessageType.FIND_NODE, key=node.peer_id.to_bytes()), node.clock())
     ids = [p.peer_id for p in reply.closer_peers]
     assert ids[0] == node.peer_id
     assert reply.closer_peers[0].addrs == [Multiaddr("/ip4/127.0.0.1/tcp/4001")]
@@ -88,7 +88,7 @@ def test_find_node_returns_the_k_closest():
     for i, p in enumerate(peers):
         node.add_address(p, Multiaddr(f"/ip4/10.0.0.{i + 1}/tcp/1"))
     target = os.urandom(32)
-    reply = node._handle_request(peers[0], KadMessage(MessageType.FIND_NODE, key=target), None)
+    reply = node.server.handle(peers[0], KadMessage(MessageType.FIND_NODE, key=target), node.clock())
     got = [p.peer_id for p in reply.closer_peers]
     in_table = node.routing_table_peers()
     t = Key(target)
@@ -113,7 +113,7 @@ def test_find_node_serves_a_known_target_first_even_when_not_in_the_table():
     assert client not in node.routing_table_peers()
 
     def ask(who, key, framed):
-        reply = node._handle_request(who, KadMessage(MessageType.FIND_NODE, key=key), None, framed)
+        reply = node.server.handle(who, KadMessage(MessageType.FIND_NODE, key=key), node.clock(), None, framed)
         if framed:
             (body,) = MessageReader(1 << 20).feed(reply)
             reply = decode_message(body)
@@ -219,7 +219,7 @@ def test_answers_with_a_large_record_fit_in_a_message():
     node.store.put(Record(key, os.urandom(MAX_VALUE_SIZE), publisher=node.peer_id, expires=node.clock() + 60), node.clock())
     asker = peer_ids(1)[0]
     for framed in (False, True):
-        reply = node._handle_request(asker, KadMessage(MessageType.GET_VALUE, key=key), None, framed)
+        reply = node.server.handle(asker, KadMessage(MessageType.GET_VALUE, key=key), node.clock(), None, framed)
         if framed:
             assert len(reply) <= MAX_MESSAGE_SIZE
             (body,) = MessageReader(MAX_MESSAGE_SIZE).feed(reply)
@@ -229,7 +229,7 @@ def test_answers_with_a_large_record_fit_in_a_message():
         assert 0 < len(reply.closer_peers) < 20
     # a small record: all 20 closer peers; FIND_NODE too
     node.store.put(Record(b"/small/k", b"v", publisher=node.peer_id, expires=node.clock() + 60), node.clock())
-    reply = node._handle_request(asker, KadMessage(MessageType.GET_VALUE, key=b"/small/k"), None)
+    reply = node.server.handle(asker, KadMessage(MessageType.GET_VALUE, key=b"/small/k"), node.clock())
     assert len(reply.closer_peers) == 20
     # peers with very many long addresses: even a FIND_NODE answer is cut to fit
     node = offline_node()
@@ -238,7 +238,7 @@ def test_answers_with_a_large_record_fit_in_a_message():
         node.host.addrbook.add(p, [Multiaddr(f"/dns4/{'b' * 60}-{i}-{j}.org/tcp/{5000 + j}") for j in range(1, 16)],
                                node.clock(), source="identify")
     for framed in (False, True):
-        reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=os.urandom(32)), None, framed)
+        reply = node.server.handle(asker, KadMessage(MessageType.FIND_NODE, key=os.urandom(32)), node.clock(), None, framed)
         if framed:
             assert len(reply) <= MAX_MESSAGE_SIZE
             (body,) = MessageReader(MAX_MESSAGE_SIZE).feed(reply)
@@ -300,7 +300,7 @@ def test_a_peer_whose_request_failed_stays_in_the_table_but_is_not_served():
     from kadfast.kad.pb import MessageReader
 
     def ids(node, asker, key, framed):
-        reply = node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=key), None, framed)
+        reply = node.server.handle(asker, KadMessage(MessageType.FIND_NODE, key=key), node.clock(), None, framed)
         if framed:
             from kadfast.kad.pb import decode_message
 
@@ -559,7 +559,7 @@ def test_put_value_echoes_and_stores_and_validates():
     sender = peer_ids(1)[0]
     events = node.subscribe()
     msg = KadMessage(MessageType.PUT_VALUE, key=b"/any/x", record=KadRecord(b"/any/x", b"v"))
-    reply = node._handle_request(sender, msg, None)
+    reply = node.server.handle(sender, msg, node.clock())
     assert reply.type == MessageType.PUT_VALUE and reply.record.key == b"/any/x" and reply.record.value == b"v"
     rec = node.store.get(b"/any/x", node.clock())
     assert rec.value == b"v" and rec.publisher == sender
@@ -567,12 +567,14 @@ def test_put_value_echoes_and_stores_and_validates():
     assert isinstance(events.get_nowait(), InboundRequest)
     # a record whose key differs from the message key
     with pytest.raises(KadError, match="differs from the message key"):
-        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/y", record=KadRecord(b"/any/x", b"v")), None)
+        node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/y",
+                                              record=KadRecord(b"/any/x", b"v")), node.clock())
     # a namespace validator refuses
     with pytest.raises(InvalidRecord):
-        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a", record=KadRecord(b"/strict/a", b"bad")), None)
-    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a", record=KadRecord(b"/strict/a", b"good")), None)
-    reply = node._handle_request(sender, KadMessage(MessageType.GET_VALUE, key=b"/strict/a"), None)
+        node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a",
+                                              record=KadRecord(b"/strict/a", b"bad")), node.clock())
+    node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=b"/strict/a", record=KadRecord(b"/strict/a", b"good")), node.clock())
+    reply = node.server.handle(sender, KadMessage(MessageType.GET_VALUE, key=b"/strict/a"), node.clock())
     assert reply.record.value == b"good"
 
 
@@ -585,24 +587,24 @@ def test_put_value_publisher_is_the_sender_not_the_claim():
     node = offline_node(config=Config(unvalidated_records="accept"))
     sender, victim = peer_ids(2)
     claim = KadRecord(b"/any/p", b"v", publisher=victim)
-    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), None)
+    node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), node.clock())
     assert node.store.get(b"/any/p", node.clock()).publisher == sender
     claim = KadRecord(b"/any/q", b"v", publisher=node.peer_id)
-    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), None)
+    node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=claim.key, record=claim), node.clock())
     assert node.store.get(b"/any/q", node.clock()).publisher == sender
     assert node.store.published_by(node.peer_id) == []
     ours = Record(b"/any/mine", b"v", publisher=node.peer_id, expires=node.clock() + 60)
     node.store.put(ours, node.clock())
     back = KadRecord(b"/any/mine", b"v", publisher=node.peer_id)
-    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=back.key, record=back), None)
+    node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=back.key, record=back), node.clock())
     assert node.store.get(b"/any/mine", node.clock()) == ours
     other = KadRecord(b"/any/mine", b"w", publisher=node.peer_id)
     owner = offline_node()
     owner.store.put(Record(b"/any/mine", b"v", publisher=owner.peer_id, expires=owner.clock() + 60), owner.clock())
     with pytest.raises(InvalidRecord, match="owner"):
-        owner._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), None)
+        owner.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), owner.clock())
     assert owner.store.get(b"/any/mine", owner.clock()).publisher == owner.peer_id
-    node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), None)
+    node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=other.key, record=other), node.clock())
     assert node.store.get(b"/any/mine", node.clock()).publisher == sender
 
 
@@ -622,7 +624,7 @@ def test_records_per_network_are_bounded():
 
     def put(key, addr, value=b"v", ttl=None):
         rec = KadRecord(key, value, ttl=ttl)
-        return node._handle_request(peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), addr)
+        return node.server.handle(peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), node.clock(), addr)
 
     for i in range(5):
         put(b"/a/%d" % i, here, ttl=10 if i == 0 else None)
@@ -653,7 +655,7 @@ def test_provider_keys_per_network_are_bounded():
     def provide(key, addr):
         p = peer_ids(1)[0]
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(p, [addr], 0)])
-        assert node._handle_request(p, msg, addr) is None
+        assert node.server.handle(p, msg, node.clock(), addr) is None
         return p
 
     for i in range(3):
@@ -681,7 +683,7 @@ def test_namespace_records_name_their_sender_and_unvalidated_keys_follow_the_pol
 
     def put(sender, key, value):
         rec = KadRecord(key, value)
-        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), None)
+        return node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), node.clock())
 
     put(alice, b"chat", alice.to_bytes())
     with pytest.raises(InvalidRecord, match="names another peer"):
@@ -692,8 +694,8 @@ def test_namespace_records_name_their_sender_and_unvalidated_keys_follow_the_pol
     put(mallory, b"/app/x", b"anything")  # no validator: stored (rust semantics)
     strict = offline_node(config=Config(unvalidated_records="refuse"))
     with pytest.raises(InvalidRecord, match="no validator"):
-        strict._handle_request(alice, KadMessage(MessageType.PUT_VALUE, key=b"/app/x", record=KadRecord(b"/app/x", b"v")), None)
-    strict._handle_request(alice, KadMessage(MessageType.PUT_VALUE, key=b"chat", record=KadRecord(b"chat", alice.to_bytes())), None)
+        strict.server.handle(alice, KadMessage(MessageType.PUT_VALUE, key=b"/app/x", record=KadRecord(b"/app/x", b"v")), strict.clock())
+    strict.server.handle(alice, KadMessage(MessageType.PUT_VALUE, key=b"chat", record=KadRecord(b"chat", alice.to_bytes())), strict.clock())
 
 
 def test_add_provider_keeps_only_plausible_addresses():
@@ -703,10 +705,10 @@ def test_add_provider_keeps_only_plausible_addresses():
     p = peer_ids(1)[0]
     own, victim = Multiaddr("/ip4/5.6.7.8/tcp/4001"), Multiaddr("/ip4/9.9.9.9/tcp/80")
     msg = KadMessage(MessageType.ADD_PROVIDER, key=b"k", provider_peers=[KadPeer(p, [victim, own], 0)])
-    node._handle_request(p, msg, Multiaddr("/ip4/5.6.7.8/tcp/50123"))
+    node.server.handle(p, msg, node.clock(), Multiaddr("/ip4/5.6.7.8/tcp/50123"))
     [rec] = node.store.providers(b"k", node.clock())
     assert list(rec.addrs) == [own] and node.host.addrbook.addrs(p, node.clock()) == [own]
-    reply = node._handle_request(peer_ids(1)[0], KadMessage(MessageType.GET_PROVIDERS, key=b"k"), None)
+    reply = node.server.handle(peer_ids(1)[0], KadMessage(MessageType.GET_PROVIDERS, key=b"k"), node.clock())
     assert [pp.addrs for pp in reply.provider_peers] == [[own]]
 
 
@@ -715,10 +717,10 @@ def test_add_provider_accepts_only_the_sender():
     sender, other = peer_ids(2)
     addr = Multiaddr("/ip4/10.1.1.1/tcp/5")
     msg = KadMessage(MessageType.ADD_PROVIDER, key=b"k", provider_peers=[KadPeer(other, [addr]), KadPeer(sender, [addr])])
-    assert node._handle_request(sender, msg, None) is None
+    assert node.server.handle(sender, msg, node.clock()) is None
     providers = node.store.providers(b"k", node.clock())
     assert [p.provider for p in providers] == [sender]
-    reply = node._handle_request(other, KadMessage(MessageType.GET_PROVIDERS, key=b"k"), None)
+    reply = node.server.handle(other, KadMessage(MessageType.GET_PROVIDERS, key=b"k"), node.clock())
     assert [(p.peer_id, p.addrs) for p in reply.provider_peers] == [(sender, [addr])]
 
 
@@ -759,7 +761,7 @@ def test_operations_without_peers_fail_clearly():
 
 def _answer(node, asker, t, key, framed):
     from kadfast.kad.pb import MessageReader, decode_message
-    reply = node._handle_request(asker, KadMessage(t, key=key), None, framed)
+    reply = node.server.handle(asker, KadMessage(t, key=key), node.clock(), None, framed)
     if framed:
         (body,) = MessageReader(1 << 20).feed(reply)
         reply = decode_message(body)
@@ -793,7 +795,7 @@ def test_answers_draw_from_diverse_ip_groups():
 
     asker = peer_ids(1)[0]
     node, sybils, others = build(40)
-    assert len(sybils) >= 20 and len(others) >= 18 and node._crowded_groups == {"1.2.0.0/16"}
+    assert len(sybils) >= 20 and len(others) >= 18 and node.server.crowded_groups == {"1.2.0.0/16"}
     for _ in range(5):
         key = os.urandom(32)
         want = _by_distance(key, _by_distance(key, sybils)[:2] + _by_distance(key, others)[:18])
@@ -812,10 +814,10 @@ def test_answers_draw_from_diverse_ip_groups():
         node.add_address(p, Multiaddr(f"/ip4/1.2.{i}.1/tcp/4001" if p in early else f"/ip4/{20 + i}.7.0.1/tcp/4001"))
     for _ in range(20):
         _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
-    assert not node._crowded_groups
+    assert not node.server.crowded_groups
     for i, p in enumerate(late):
         node.add_address(p, Multiaddr(f"/ip4/1.2.{100 + i}.1/tcp/4001"))
-    assert node._crowded_groups == {"1.2.0.0/16"}
+    assert node.server.crowded_groups == {"1.2.0.0/16"}
     for _ in range(5):
         got = _answer(node, asker, MessageType.FIND_NODE, os.urandom(32), True)
         assert len(got) == 20 and len(set(got) & set(early + late)) <= 2
@@ -828,14 +830,14 @@ def test_answers_draw_from_diverse_ip_groups():
         assert got == _by_distance(key, others + _by_distance(key, sybils)[:15])
     # off: by distance alone
     node, sybils, others = build(40, max_answer_peers_per_ip_group=0)
-    assert not node._crowded_groups
+    assert not node.server.crowded_groups
     key = os.urandom(32)
     assert _answer(node, asker, MessageType.FIND_NODE, key, True) == _by_distance(key, sybils + others)[:20]
     # private addresses: exempt by default, limited when asked
     def private(i):
         return f"/ip4/10.1.{i}.1/tcp/4001"
     node, sybils, others = build(40, sybil_addr=private)
-    assert not node._crowded_groups
+    assert not node.server.crowded_groups
     key = os.urandom(32)
     assert _answer(node, asker, MessageType.FIND_NODE, key, True) == _by_distance(key, sybils + others)[:20]
     node, sybils, others = build(40, sybil_addr=private, ip_group_limits_everywhere=True)
@@ -844,10 +846,10 @@ def test_answers_draw_from_diverse_ip_groups():
     # the crowded groups are recomputed by the sweep from the table's members
     for p in sybils:
         node.table.remove(Key(p.to_bytes()))
-    node._last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
+    node.schedule.last_bootstrap = node.clock()  # no bootstrap lookups towards the made-up peers
     run_loop(lambda: node.maintenance(node.clock()))
-    assert not node._crowded_groups and set(node._key_group) <= {e.key for e in node.table}
-    assert not set(node._key_group) & {Key(p.to_bytes()) for p in sybils}
+    assert not node.server.crowded_groups and set(node.server.key_group) <= {e.key for e in node.table}
+    assert not set(node.server.key_group) & {Key(p.to_bytes()) for p in sybils}
 
 
 def test_unvalidated_records_are_changed_by_their_owner_only():
@@ -861,7 +863,7 @@ def test_unvalidated_records_are_changed_by_their_owner_only():
     alice, bob = peer_ids(2)
 
     def put(n, sender, value, key=b"/app/x"):
-        return n._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), None)
+        return n.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), n.clock())
 
     put(node, alice, b"v1")
     with pytest.raises(InvalidRecord, match="owner"):
@@ -910,7 +912,7 @@ def test_records_per_publisher_are_bounded():
 
     def put(sender, key, value=b"v", ttl=None):
         rec = KadRecord(key, value, ttl=ttl)
-        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), lan)
+        return node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=rec), node.clock(), lan)
 
     put(alice, b"/a/0")
     for i in range(3):
@@ -948,11 +950,11 @@ def test_store_quotas_are_rebuilt_from_a_sqlite_store_on_start(tmp_path):
 
     def put(node, key, addr, sender=None, value=b"v"):
         rec = KadRecord(key, value)
-        return node._handle_request(sender or peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), addr)
+        return node.server.handle(sender or peer_ids(1)[0], KadMessage(MessageType.PUT_VALUE, key=key, record=rec), node.clock(), addr)
 
     def provide(node, key, addr):
         p = peer_ids(1)[0]
-        node._handle_request(p, KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(p, [addr], 0)]), addr)
+        node.server.handle(p, KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[KadPeer(p, [addr], 0)]), node.clock(), addr)
         return node.store.providers(key, node.clock())
 
     def new_node():
@@ -976,7 +978,7 @@ def test_store_quotas_are_rebuilt_from_a_sqlite_store_on_start(tmp_path):
 
     async def second():
         node = new_node()
-        assert node._record_quota.held_by("1.2.3.0/24") == 0  # not counted before start
+        assert node.server.record_quota.held_by("1.2.3.0/24") == 0  # not counted before start
         await node.start()
         try:
             with pytest.raises(RateLimited, match="max_records_per_ip_group"):
@@ -1012,28 +1014,28 @@ def test_read_requests_are_rate_limited_per_peer(caplog):
     flood, other = peer_ids(2)
     kinds = [MessageType.FIND_NODE, MessageType.GET_VALUE, MessageType.GET_PROVIDERS]
     for t in kinds + [MessageType.FIND_NODE]:
-        node._handle_request(flood, KadMessage(t, key=b"k"), None)
+        node.server.handle(flood, KadMessage(t, key=b"k"), node.clock())
     with caplog.at_level(logging.DEBUG, logger="kadfast.kad"):
         for t in kinds * 5:
             with pytest.raises(RateLimited, match="max_reads_per_peer_per_second"):
-                node._handle_request(flood, KadMessage(t, key=b"k"), None, True)
+                node.server.handle(flood, KadMessage(t, key=b"k"), node.clock(), None, True)
     assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
-    node._handle_request(flood, KadMessage(MessageType.PING), None)
-    node._handle_request(flood, KadMessage(MessageType.PUT_VALUE, key=b"/r", record=KadRecord(b"/r", b"v")), None)
-    node._handle_request(other, KadMessage(MessageType.FIND_NODE, key=b"k"), None)
+    node.server.handle(flood, KadMessage(MessageType.PING), node.clock())
+    node.server.handle(flood, KadMessage(MessageType.PUT_VALUE, key=b"/r", record=KadRecord(b"/r", b"v")), node.clock())
+    node.server.handle(other, KadMessage(MessageType.FIND_NODE, key=b"k"), node.clock())
     clock.t += 0.5  # one token back
-    node._handle_request(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), None)
+    node.server.handle(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), node.clock())
     with pytest.raises(RateLimited):
-        node._handle_request(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), None)
+        node.server.handle(flood, KadMessage(MessageType.GET_VALUE, key=b"k"), node.clock())
     default = offline_node()
     assert default.config.max_reads_per_peer_per_second == 200.0
     for _ in range(1000):
-        default._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
+        default.server.handle(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), default.clock(), None, True)
     with pytest.raises(RateLimited):
-        default._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
+        default.server.handle(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), default.clock(), None, True)
     off = offline_node(config=Config(max_reads_per_peer_per_second=0))
     for _ in range(2000):
-        off._handle_request(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), None, True)
+        off.server.handle(flood, KadMessage(MessageType.FIND_NODE, key=b"k"), off.clock(), None, True)
 
 
 # -- a loopback network ---------------------------------------------------------
@@ -1336,7 +1338,7 @@ def test_ipns_put_value_keeps_the_better_held_record():
     sender = peer_ids(1)[0]
 
     def put(value):
-        return node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), None)
+        return node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)), node.clock())
 
     s1 = create_record(pair, IPNS_VALUE, 1, T0 + 3600)
     assert put(s1).record.value == s1
@@ -1356,7 +1358,7 @@ def test_ipns_put_value_keeps_the_better_held_record():
     assert node.store.get(key, node.clock()).value == s0
     # unregistered namespaces keep the last put
     for v in (b"b", b"a"):
-        node._handle_request(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/k", record=KadRecord(b"/any/k", v)), None)
+        node.server.handle(sender, KadMessage(MessageType.PUT_VALUE, key=b"/any/k", record=KadRecord(b"/any/k", v)), node.clock())
     assert node.store.get(b"/any/k", node.clock()).value == b"a"
 
 

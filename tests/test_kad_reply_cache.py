@@ -1,5 +1,5 @@
 """The server's reply fast path: replies built of cached Peer encodings
-(``_handle_request(..., framed=True)``) are byte for byte the frame of the
+(``KadServer.handle(..., framed=True)``) are byte for byte the frame of the
 plain path's KadMessage, also after the address book or the connection state
 of a peer changed; and the address book's versions that key the cache."""
 
@@ -51,8 +51,8 @@ def requests(node: KadNode, peers: list[PeerId]) -> list[KadMessage]:
 
 def assert_same_as_plain(node: KadNode, peers: list[PeerId], asker: PeerId) -> None:
     for msg in requests(node, peers):
-        fast = node._handle_request(asker, msg, None, True)
-        plain = node._handle_request(asker, msg, None)
+        fast = node.server.handle(asker, msg, node.clock(), None, True)
+        plain = node.server.handle(asker, msg, node.clock())
         assert fast.__class__ is bytes
         assert fast == frame(encode_message(plain)), msg
 
@@ -61,11 +61,11 @@ def test_framed_replies_equal_the_plain_path():
     node, peers = make_node()
     now = node.clock()
     node.store.put(Record(b"/v/here", b"value", publisher=peers[1], expires=now + 100), now)
-    node._handle_request(peers[7], KadMessage(MessageType.ADD_PROVIDER, key=b"prov", provider_peers=[
-        KadPeer(peers[7], [Multiaddr("/ip4/10.9.9.9/tcp/1")])]), None)
+    node.server.handle(peers[7], KadMessage(MessageType.ADD_PROVIDER, key=b"prov", provider_peers=[
+        KadPeer(peers[7], [Multiaddr("/ip4/10.9.9.9/tcp/1")])]), node.clock())
     assert_same_as_plain(node, peers, peers[0])  # the asker is left out
     assert_same_as_plain(node, peers, random_pid())
-    assert len(node._closer_cache) > 20
+    assert len(node.server.closer_cache) > 20
 
 
 def test_cached_encodings_follow_address_and_connection_changes():
@@ -97,7 +97,7 @@ def test_cached_encodings_follow_address_and_connection_changes():
     clock.t += 10 * 3600
     assert_same_as_plain(node, peers, asker)
     key = os.urandom(32)  # every address expired: no peer is left to name
-    assert node._handle_request(asker, KadMessage(MessageType.FIND_NODE, key=key), None, True) == \
+    assert node.server.handle(asker, KadMessage(MessageType.FIND_NODE, key=key), node.clock(), None, True) == \
         frame(encode_find_node_reply(key, []))
 
 

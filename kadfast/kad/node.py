@@ -2,7 +2,9 @@
 queries, records, providers, bootstrap, maintenance and events.
 
 The network is a :class:`kadfast.net.Host`; the routing table, the store, the
-codec, the validators and the lookup state machine are the sans-IO parts.
+codec, the validators, the lookup state machine and the server's answers
+(:class:`kadfast.kad.server.KadServer`) are the sans-IO parts: the node's
+``_serve`` reads the inbound kad streams and writes what the server answers.
 Maintenance is one step function, :meth:`KadNode.maintenance`, driven by a
 periodic task in production and by a fake clock in tests.
 """
@@ -11,27 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import operator
 from collections import deque
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import _routing
 from .._xor import Key
-from ..addrbook import ip_prefix, is_public, plausible_addrs
+from ..addrbook import ip_prefix, is_public
 from ..errors import (
     KadError,
     KadfastError,
     NoKnownPeers,
     NotFound,
-    PeerIdError,
     QuorumFailed,
     StoreError,
-    StoreFull,
     ValueTooLarge,
 )
 from ..keys import Ed25519KeyPair
@@ -50,14 +48,13 @@ from .pb import (
     MessageReader,
     MessageType,
     decode_message,
-    closer_field,
-    encode_find_node_reply,
     encode_message,
-    encode_peer,
     frame,
 )
+from .maintenance import MaintenanceSchedule
 from .query import ClosestPeersIter, QueryStats
-from .ratelimit import PeerRateLimiter, RateLimited
+from .ratelimit import RateLimited
+from .server import InboundRequest, KadServer, RecordStored
 from .validation import InvalidRecord, NamespacedValidator
 
 log = logging.getLogger("kadfast.kad")
@@ -71,6 +68,7 @@ __all__ = [
     "NoKnownPeers",
     "QuorumFailed",
     "NotFound",
+    "ValueTooLarge",
     "PeerRecord",
     "GetRecordResult",
     "RoutingUpdated",
@@ -85,8 +83,6 @@ PROTOCOL = "/ipfs/kad/1.0.0"
 #: PeerId -> Key entries kept before the memo starts over
 MAX_KEY_CACHE = 16384
 HOUR = 3600.0
-#: closerPeers fields cached for replies (a routing table holds at most 256 * k)
-_CLOSER_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -290,12 +286,6 @@ class UnroutablePeer:
 
 
 @dataclass(frozen=True, slots=True)
-class InboundRequest:
-    peer: PeerId
-    type: MessageType
-
-
-@dataclass(frozen=True, slots=True)
 class QueryProgressed:
     kind: str
     key: bytes
@@ -305,19 +295,8 @@ class QueryProgressed:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordStored:
-    key: bytes
-    publisher: PeerId | None
-    from_peer: PeerId | None
-
-
-@dataclass(frozen=True, slots=True)
 class RecordExpired:
     key: bytes
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId | None:
@@ -328,74 +307,6 @@ def random_peer_id_in_bucket(local: Key, bucket: int, tries: int = 64) -> PeerId
         if local.bucket_index(Key(pid.to_bytes())) == bucket:
             return pid
     return None
-
-
-class _NetworkQuota:
-    """Keys counted per owner (a network, an IP prefix; or a publisher), at
-    most ``limit`` each. ``exclusive``: a key counts for one owner at a
-    time (a record: the last network, or publisher, that stored a value);
-    else for each owner that asked (a provider key)."""
-
-    __slots__ = ("limit", "exclusive", "_keys_of", "_networks_of")
-
-    def __init__(self, limit: int, exclusive: bool) -> None:
-        self.limit = limit
-        self.exclusive = exclusive
-        self._keys_of: dict[Any, set[bytes]] = {}
-        self._networks_of: dict[bytes, set[Any]] = {}
-
-    def allows(self, network, key: bytes) -> bool:
-        """Whether :meth:`admit` would count ``key`` for ``network`` (no change)."""
-        if not self.limit:
-            return True
-        networks = self._networks_of.get(key)
-        if networks is not None and network in networks:
-            return True
-        keys = self._keys_of.get(network)
-        return keys is None or len(keys) < self.limit
-
-    def admit(self, network, key: bytes) -> bool:
-        """Count ``key`` for ``network``; False (nothing counted) when the
-        network has its limit already. 0 admits everything."""
-        if not self.limit:
-            return True
-        if not self.allows(network, key):
-            return False
-        self.count(network, key)
-        return True
-
-    def count(self, network, key: bytes) -> None:
-        """Count ``key`` for ``network`` even over the limit (rebuilding the
-        counts from a store)."""
-        if not self.limit:
-            return
-        networks = self._networks_of.get(key)
-        if networks is not None and network in networks:
-            return
-        if self.exclusive and networks is not None:
-            self.forget(key)
-            networks = None
-        if networks is None:
-            networks = self._networks_of[key] = set()
-        networks.add(network)
-        self._keys_of.setdefault(network, set()).add(key)
-
-    def clear(self) -> None:
-        self._keys_of.clear()
-        self._networks_of.clear()
-
-    def held_by(self, network) -> int:
-        return len(self._keys_of.get(network, ()))
-
-    def forget(self, key: bytes) -> None:
-        for network in self._networks_of.pop(key, ()):
-            keys = self._keys_of[network]
-            keys.discard(key)
-            if not keys:
-                del self._keys_of[network]
-
-    def keys(self) -> list[bytes]:
-        return list(self._networks_of)
 
 
 class _HeldBytes:
@@ -418,10 +329,6 @@ class _HeldBytes:
         return v
 
 
-#: first bytes of the PeerId multihashes (identity 0x00, sha2-256 0x12)
-_MULTIHASH_STARTS = frozenset((0x00, 0x12))
-
-
 def _still_running(round_: asyncio.Task | None, what: str) -> bool:
     """Whether the previous round of ``what`` still runs (the new one is then skipped)."""
     if round_ is None or round_.done():
@@ -437,7 +344,7 @@ def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
     if fut.cancelled():
         return
     exc = fut.exception()
-    # a refusal (rate limit, quota, full store) was logged when it was made (KadNode._refused)
+    # a refusal (rate limit, quota, full store) was logged when it was made (KadServer._refused)
     if isinstance(exc, StreamReset) or getattr(exc, "kad_logged", False):
         log.debug("kad stream from %s reset: %s", peer, exc)
     elif exc is not None:  # the stream was reset because of it
@@ -480,7 +387,6 @@ class KadNode:
         self.host = host
         self.peer_id = self.host.peer_id
         self.local_key = Key(self.peer_id.to_bytes())
-        self._own_id_bytes = self.peer_id.to_bytes()
         self.table = _routing.RoutingTable(self.local_key, k=self.config.k, pending_timeout=self.config.pending_timeout)
         # a full address book never evicts the addresses of routing-table
         # peers (floods of lookup-learned addresses must not push them out)
@@ -504,19 +410,13 @@ class KadNode:
         self._subscribers: list[asyncio.Queue] = []
         # the subscribers that want an InboundRequest per request served
         self._request_subscribers: list[asyncio.Queue] = []
-        #: inbound kad requests served since start, by message type (at most
-        #: six keys: the codec refuses other types); what `kadfast server`
-        #: reports; an event per request costs far more
-        self.request_counts: dict[MessageType, int] = {}
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
         self._started = False
-        self._last_bootstrap: float | None = None
-        self._last_replication: float | None = None
+        #: when each periodic maintenance job last ran; see maintenance()
+        self.schedule = MaintenanceSchedule(self.config)
         self._replication_round: asyncio.Task | None = None
         self._provider_round: asyncio.Task | None = None
-        self._last_provider_republish: float | None = None
-        self._last_sweep: float | None = None
         self._published: dict[bytes, float] = {}  # key -> last (re)publish time
         # inbound kad streams open now -> when their last whole request came
         # (their start at first), for kad_stream_idle_timeout
@@ -529,46 +429,19 @@ class KadNode:
         self._partial: dict[Any, float] = {}
         self.queued_output_bytes = 0
         self._output_over_budget = False
-        self._last_partial_check: float | None = None
         # table keys admitted per IP group (pruned of keys that left the
         # table when counted), for the diversity limits
         self._group_members: dict[str, set[Key]] = {}
-        # keys stored from each network (max_records_per_ip_group,
-        # max_provider_keys_per_ip_group)
-        self._record_quota = _NetworkQuota(self.config.max_records_per_ip_group, exclusive=True)
-        self._provider_quota = _NetworkQuota(self.config.max_provider_keys_per_ip_group, exclusive=False)
-        # keys stored by each publisher (max_records_per_peer)
-        self._publisher_quota = _NetworkQuota(self.config.max_records_per_peer, exclusive=True)
-        # routing key -> its IP group, for the table keys that have one (not
-        # exempt), and the groups with more members in the table than an
-        # answer may hold (over-counted until the sweep prunes them): while
-        # there is none, answers cost nothing more (max_answer_peers_per_ip_group)
-        self._key_group: dict[Key, str] = {}
-        self._crowded_groups: set[str] = set()
-        # the cached closerPeers fields (see _closer_fields) of the members of
-        # those groups -> their group: one C-level set operation tells
-        # whether an answer holds more than its share of any of them
-        self._crowded_fields: dict[bytes, str] = {}
-        # peer -> when a refusal of its requests (rate limits, full store)
-        # was last logged at INFO: one line a minute per peer, not per request
-        self._refusals_logged: dict[PeerId, float] = {}
-        self._last_idle_check: float | None = None
         self.server_mode = False
         self.dropped_events = 0
-        #: routing key -> (address-book view, its version, connection type,
-        #: host connection epoch, closerPeers field of the encoded Peer); see _closer_fields
-        self._closer_cache: dict[Key, tuple] = {}
-        #: routing-table keys of peers whose last request failed (unreachable,
-        #: timed out): kept in the table, but left out of our answers until
-        #: they are heard from again; see _mark_unreachable
-        self._unreachable: set[Key] = set()
-        cfg = self.config
-        self._put_limiter = PeerRateLimiter.per_second(
-            cfg.max_puts_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
-        self._provider_limiter = PeerRateLimiter.per_second(
-            cfg.max_provider_adds_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
-        self._read_limiter = PeerRateLimiter.per_second(
-            cfg.max_reads_per_peer_per_second, cfg.rate_limit_burst_seconds, cfg.max_rate_limited_peers)
+        host = self.host
+        #: the kad server (sans-IO): answers the requests that _serve reads,
+        #: owns the reply cache, the withheld peers, the rate limits, the
+        #: store quotas and the record-acceptance rules
+        self.server = KadServer(
+            self.config, self.peer_id, self.table, host.addrbook, self.store, self.validator,
+            connection=host.connection, conn_epoch=lambda: host.conn_epoch, own_addrs=host.announce_addrs,
+            wall_clock=wall_clock, key_of=self._key, on_event=self._emit)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -580,7 +453,7 @@ class KadNode:
             raise ValueError("mode must be auto, server or client")
         if self.config.unvalidated_records not in ("owner", "accept", "refuse"):
             raise ValueError("unvalidated_records must be owner, accept or refuse")
-        self._rebuild_quotas()
+        self.server.rebuild_quotas(self.clock())
         self.server_mode = mode == "server" or (
             mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
         )
@@ -590,22 +463,6 @@ class KadNode:
         self._started = True
         loop = asyncio.get_running_loop()
         self._maint_task = loop.create_task(self._maintain())
-
-    def _rebuild_quotas(self) -> None:
-        """Count what the store holds in the store quotas (per network, per
-        publisher, provider keys per network): a persistent store's records
-        count after a restart as they did before it."""
-        now = self.clock()
-        records, publishers, providers = self._record_quota, self._publisher_quota, self._provider_quota
-        for q in (records, publishers, providers):
-            q.clear()
-        for key, publisher, network in self.store.record_origins(now):
-            if network is not None:
-                records.count(network, key)
-            if publisher is not None and publisher != self.peer_id:
-                publishers.count(publisher, key)
-        for key, network in self.store.provider_origins(now):
-            providers.count(network, key)
 
     async def stop(self) -> None:
         self.host.remove_listener(self._on_host_event)
@@ -650,12 +507,15 @@ class KadNode:
         self._subscribers.append(q)
         if inbound_requests:
             self._request_subscribers.append(q)
+            self.server.on_request = self._emit_request
         return q
 
     def unsubscribe(self, q: asyncio.Queue) -> None:
         for subs in (self._subscribers, self._request_subscribers):
             if q in subs:
                 subs.remove(q)
+        if not self._request_subscribers:
+            self.server.on_request = None
 
     async def events(self, inbound_requests: bool = True) -> AsyncIterator[Any]:
         """An async iterator over this node's events (from the moment it is called)."""
@@ -665,6 +525,16 @@ class KadNode:
                 yield await q.get()
         finally:
             self.unsubscribe(q)
+
+    def _emit_request(self, event: InboundRequest) -> None:
+        self._emit(event, self._request_subscribers)
+
+    @property
+    def request_counts(self) -> dict[MessageType, int]:
+        """Inbound kad requests served since start, by message type (at most
+        six keys: the codec refuses other types); what `kadfast server`
+        reports; an event per request costs far more."""
+        return self.server.request_counts
 
     def _emit(self, event, subscribers: list | None = None) -> None:
         for q in self._subscribers if subscribers is None else subscribers:
@@ -688,15 +558,15 @@ class KadNode:
         addr = Multiaddr(addr) if isinstance(addr, str) else addr
         now = self.clock()
         self.host.addrbook.add(peer, [addr], now, source="config")
-        self._unreachable.discard(self._key(peer))
+        self.server.heard_from(self._key(peer))
         return self._update_peer(peer, now, connected=False)
 
     def _update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
         if peer == self.peer_id:
             return _routing.SELF
         key = self._key(peer)
-        if connected and self._unreachable:
-            self._unreachable.discard(key)
+        if connected:
+            self.server.heard_from(key)
         known = key in self.table
         group = None
         if not known:
@@ -708,11 +578,7 @@ class KadNode:
         if group is not None and res in (_routing.INSERTED, _routing.PENDING):
             members = self._group_members.setdefault(group, set())
             members.add(key)
-            self._key_group[key] = group
-            share = self.config.max_answer_peers_per_ip_group
-            if share and len(members) > share and group not in self._crowded_groups:
-                self._crowded_groups.add(group)
-                self._index_crowded_fields()
+            self.server.note_group(key, group, len(members))
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if res == _routing.INSERTED or (res == _routing.UPDATED and not known):
@@ -797,213 +663,12 @@ class KadNode:
             self._update_peer(peer, now, connected=False)
 
     def _mark_unreachable(self, key: Key) -> None:
-        """A request to this table entry failed: it stays in the table (a
-        pending entry may replace it, or it comes back when heard from) but
-        is no longer handed out in FIND_NODE / GET_* answers, so that peers
-        which left stop being advertised by the nodes that noticed. (rust
-        keeps serving such entries; go removes them from its table.) The set
-        holds table keys only: it is pruned when it outgrows the table."""
-        u = self._unreachable
-        u.add(key)
-        if len(u) > len(self.table) + self.config.k:
-            self._unreachable = {x for x in u if x in self.table}
-
-    def _answer_candidates(self, target: Key):
-        """Table entries closest to ``target``, enough of them for k answers
-        after the requester and unreachable entries are skipped."""
-        u = self._unreachable
-        cands = self.table.closest(target, self._answer_limit())
-        return [e for e in cands if e.key not in u] if u else cands
-
-    def _answer_limit(self) -> int:
-        """How many of the closest table entries an answer looks at: k and
-        one for the requester, and enough for the unreachable ones."""
-        k = self.config.k
-        u = self._unreachable
-        return k + 1 + min(len(u), 4 * k) if u else k + 1
+        """A request to this table entry failed: it stays in the table but
+        answers leave it out until it is heard from again (KadServer.withhold)."""
+        self.server.withhold(key)
 
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
-
-    def _kad_peer(self, peer: PeerId, now: float) -> KadPeer | None:
-        addrs = self.host.addrbook.addrs(peer, now)
-        if not addrs:
-            return None
-        connected = self.host.connection(peer) is not None
-        return KadPeer(peer, addrs, ConnectionType.CONNECTED if connected else ConnectionType.NOT_CONNECTED)
-
-    def _closest_kad_peers(self, target: Key, exclude: PeerId | None, now: float) -> list[KadPeer]:
-        if self._crowded_groups:
-            diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
-                                           lambda e: self._kad_peer(e.value, now))
-            if diverse is not None:
-                return diverse
-        out = []
-        for e in self._answer_candidates(target):
-            if e.value == exclude:
-                continue
-            kp = self._kad_peer(e.value, now)
-            if kp is not None:  # peers without addresses are left out
-                out.append(kp)
-            if len(out) >= self.config.k:
-                break
-        return out
-
-    def _find_node_target(self, key: bytes, tkey: Key, requester: PeerId, now: float) -> KadPeer | None:
-        """The entry a FIND_NODE answer puts first: the target peer itself
-        when the key is a PeerId whose addresses we know (connected, or not
-        expired in the address book), even if it is a DHT client and not in
-        the routing table, as the spec requires of a server; ourselves when
-        the key is our own id. None when it is in the routing table (the
-        answer's closest entries start with it, or withhold it as
-        unreachable), for the requester's own id (a peer is never told about
-        itself), and when the key is not a PeerId or nothing is known."""
-        if key == self._own_id_bytes:
-            return KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED)
-        # ``tkey`` is the answer's own Key of ``key``: no second hash, and the
-        # node's PeerId -> Key cache is not filled with lookup targets
-        if not key or key[0] not in _MULTIHASH_STARTS or tkey in self.table:
-            # not a PeerId (random keys, record keys), or the closest entry of
-            # the answer already, or withheld as unreachable (stale addresses)
-            return None
-        try:
-            target = PeerId(key)
-        except PeerIdError:
-            return None
-        if target == requester:
-            return None
-        return self._kad_peer(target, now)
-
-    def _closer_fields(self, target: Key, exclude: PeerId | None, now: float) -> list[bytes]:
-        """The closerPeers fields (:func:`closer_field` of :func:`encode_peer`)
-        of :meth:`_closest_kad_peers`, byte for byte. Each is cached per routing-table key with what it was
-        made of: the peer's address-book view (valid while its version
-        holds and until its first expiry) and the host's connection epoch
-        (while no connection opened or closed, every peer's connection type
-        holds); only what changed is looked up again, and re-encoded only
-        when its addresses or connection type did change. The walk over the
-        closest entries and the cache checks run compiled
-        (``RoutingTable.closest_cached``)."""
-        epoch = self.host.conn_epoch
-        out = self.table.closest_cached(
-            target, self._answer_limit(), self.config.k, self._closer_cache,
-            None if exclude is None else self._key(exclude), self._unreachable, epoch, now,
-            lambda key, peer, hit: self._peer_field(key, peer, now, epoch, hit))
-        if self._crowded_groups:
-            # some IP group has more table entries than an answer may hold:
-            # does this answer hold more than its share of one? (the fields
-            # of their members are indexed; mostly none or a few are here)
-            share = self.config.max_answer_peers_per_ip_group
-            hits = list(filter(None, map(self._crowded_fields.get, out)))  # their groups, C loops only
-            if len(hits) > share:
-                hits.sort()  # then a group over its share is share + 1 equal neighbours
-                if any(map(operator.eq, hits, hits[share:])):
-                    diverse = self._diverse_answer(target, None if exclude is None else self._key(exclude),
-                                                   lambda e: self._cached_field(e, now, epoch))
-                    if diverse is not None:
-                        return diverse
-        return out
-
-    def _index_crowded_fields(self) -> None:
-        """Index anew the cached closerPeers fields of the members of the
-        crowded groups (their group changed, or the index outgrew them)."""
-        cache, crowded = self._closer_cache, self._crowded_groups
-        index = self._crowded_fields = {}
-        for key, g in self._key_group.items():
-            if g in crowded:
-                hit = cache.get(key)
-                if hit is not None:
-                    index[hit[4]] = g
-
-    def _cached_field(self, e, now: float, epoch: int) -> bytes | None:
-        """The closerPeers field of table entry ``e`` as ``closest_cached``
-        gives it: the cached one while valid, else :meth:`_peer_field`."""
-        hit = self._closer_cache.get(e.key)
-        if hit is not None:
-            book = hit[0]
-            if hit[3] == epoch and book.version == hit[1] and now < book.min_expires:
-                return hit[4]
-        return self._peer_field(e.key, e.value, now, epoch, hit)
-
-    def _diverse_answer(self, target: Key, exclude: Key | None, value_of) -> list | None:
-        """The closer peers of an answer when an IP group has more than
-        ``max_answer_peers_per_ip_group`` entries among the closest to
-        ``target``: from the 4k + 1 closest (the requester and unreachable
-        entries left out, and entries for which ``value_of(entry)`` is None),
-        at most that many per group in distance order first, then the
-        others of the over-represented groups fill the answer up to k; in
-        distance order. None when no group is over its share among the
-        closest (the caller answers as usual, by distance alone)."""
-        crowded = self._crowded_groups
-        groups = self._key_group
-        share = self.config.max_answer_peers_per_ip_group
-        limit = self._answer_limit()
-        seen: dict[str, int] = {}
-        over = False
-        for e in self.table.closest(target, limit):
-            g = groups.get(e.key)
-            if g is not None and g in crowded:
-                n = seen[g] = seen.get(g, 0) + 1
-                if n > share:
-                    over = True
-                    break
-        if not over:
-            return None
-        k = self.config.k
-        u = self._unreachable
-        picked: list[tuple[int, Any]] = []
-        deferred = []
-        seen.clear()
-        for i, e in enumerate(self.table.closest(target, limit + 3 * k)):
-            key = e.key
-            if key == exclude or key in u:
-                continue
-            g = groups.get(key)
-            if g is not None and seen.get(g, 0) >= share:
-                deferred.append((i, e))
-                continue
-            v = value_of(e)
-            if v is None:  # no address known
-                continue
-            if g is not None:
-                seen[g] = seen.get(g, 0) + 1
-            picked.append((i, v))
-            if len(picked) >= k:
-                return [v for _, v in picked]
-        for i, e in deferred:
-            v = value_of(e)
-            if v is not None:
-                picked.append((i, v))
-                if len(picked) >= k:
-                    break
-        picked.sort(key=lambda iv: iv[0])
-        return [v for _, v in picked]
-
-    def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
-        """Look up ``peer``'s addresses and connection type again; its cached
-        closerPeers field (re-made only if they changed), or None without
-        addresses."""
-        cache = self._closer_cache
-        book = self.host.addrbook.book(peer, now)
-        if book is None:
-            if hit is not None:
-                del cache[key]
-            return None
-        conn = 0 if self.host.connection(peer) is None else 1
-        if hit is not None and hit[0] is book and hit[1] == book.version and hit[2] == conn:
-            field = hit[4]
-        else:
-            field = closer_field(encode_peer(peer, self.host.addrbook.addrs(peer, now), conn))
-            if hit is None and len(cache) >= _CLOSER_CACHE_SIZE:
-                cache.clear()
-            if self._crowded_groups:
-                g = self._key_group.get(key)
-                if g is not None and g in self._crowded_groups:
-                    if len(self._crowded_fields) >= _CLOSER_CACHE_SIZE:  # old encodings pile up
-                        self._index_crowded_fields()
-                    self._crowded_fields[field] = g
-        cache[key] = (book, book.version, conn, epoch, field)
-        return field
 
     # -- group commit ----------------------------------------------------------------
     def _commit_soon(self) -> None:
@@ -1046,7 +711,7 @@ class KadNode:
             return
         reader = MessageReader(self.config.max_message_size)
         peer = stream.peer_id
-        handle = self._handle_request
+        handle = self.server.handle
         clock = self.clock
         active = self._kad_streams
         active[stream] = clock()
@@ -1084,7 +749,7 @@ class KadNode:
         def answer(body: bytes) -> None:
             nonlocal held
             msg = decode_message(body)
-            reply = handle(peer, msg, remote_addr, True)
+            reply = handle(peer, msg, clock(), remote_addr, True)
             if reply is not None:
                 out = reply if reply.__class__ is bytes else frame(encode_message(reply))  # type: ignore[arg-type]
                 # FIND_NODE neither reads nor changes the store: while
@@ -1212,242 +877,6 @@ class KadNode:
         done.add_done_callback(functools.partial(_log_serve_end, peer))
         done.add_done_callback(release)
 
-    def _handle_request(self, peer: PeerId, msg: KadMessage, remote_addr, framed: bool = False) -> KadMessage | bytes | None:
-        """Answer one request; raises on a request that must reset the stream.
-        With ``framed``, the replies that carry closer peers come encoded
-        and framed (bytes, from cached Peer encodings), the others as a
-        KadMessage still."""
-        now = self.clock()
-        t = msg.type
-        counts = self.request_counts
-        counts[t] = counts.get(t, 0) + 1
-        if self._request_subscribers:
-            self._emit(InboundRequest(peer, t), self._request_subscribers)
-        if t == MessageType.FIND_NODE:
-            if not self._read_limiter.allow(peer, now):
-                self._refuse_read(peer, t, now)
-            tkey = Key(msg.key)
-            target = self._find_node_target(msg.key, tkey, peer, now)
-            if framed:
-                fields = self._closer_fields(tkey, peer, now)
-                if target is not None:
-                    fields.insert(0, closer_field(encode_peer(target.peer_id, target.addrs, target.connection)))
-                out = encode_find_node_reply(msg.key, fields, MessageType.FIND_NODE, framed=True, closer_fields=True)
-                if len(out) <= self.config.max_message_size:  # the hot path: no closure
-                    return out
-                return self._fitted(len(fields) - 1, lambda n: encode_find_node_reply(
-                    msg.key, fields[:n], MessageType.FIND_NODE, framed=True, closer_fields=True))
-            closer = self._closest_kad_peers(tkey, peer, now)
-            if target is not None:
-                closer.insert(0, target)
-            return self._fitted(len(closer), lambda n: KadMessage(
-                MessageType.FIND_NODE, key=msg.key, closer_peers=closer[:n]))
-        if t == MessageType.GET_VALUE:
-            if not self._read_limiter.allow(peer, now):
-                self._refuse_read(peer, t, now)
-            held = self.store.get(msg.key, now)
-            kr = None
-            if held is not None:
-                kr = KadRecord(held.key, held.value, time_received=_rfc3339(self.wall_clock()), publisher=held.publisher)
-            if framed:
-                fields = self._closer_fields(Key(msg.key), peer, now)
-                return self._fitted(len(fields), lambda n: encode_find_node_reply(
-                    msg.key, fields[:n], MessageType.GET_VALUE, record=kr, framed=True, closer_fields=True))
-            closer = self._closest_kad_peers(Key(msg.key), peer, now)
-            return self._fitted(len(closer), lambda n: KadMessage(
-                MessageType.GET_VALUE, key=msg.key, record=kr, closer_peers=closer[:n]))
-        if t == MessageType.PUT_VALUE:
-            if not self._put_limiter.allow(peer, now):  # raising resets the stream
-                raise self._refused(peer, now, RateLimited(
-                    f"PUT_VALUE from {peer} over {self.config.max_puts_per_peer_per_second}/s"))
-            rec = msg.record
-            if rec is None or rec.key != msg.key:
-                raise KadError("PUT_VALUE whose record key differs from the message key")
-            self._check_size(rec.key, rec.value)  # as are records too large to be read back
-            self.validator.validate(rec.key, rec.value)  # InvalidRecord resets the stream
-            held = self.store.get(rec.key, now)
-            self._check_unvalidated(peer, rec.key, rec.value, held)
-            if self._held_wins(rec.key, rec.value, held):
-                # as go: the held record is kept, and the put fails (resets the stream)
-                raise InvalidRecord(f"PUT_VALUE from {peer}: the record held for {rec.key!r} is better")
-            ttl = self.config.record_ttl if rec.ttl is None else min(float(rec.ttl), self.config.record_ttl)
-            if held is not None and held.value == rec.value:
-                # a replica of what we hold costs nothing, and changes
-                # neither its publisher (the peer that stored the value) nor
-                # the network it counts under; one of our own records
-                # coming back stays ours untouched (we go on republishing it)
-                if held.publisher != self.peer_id:
-                    self.store.put(Record(rec.key, rec.value, publisher=held.publisher, expires=now + ttl,
-                                          network=held.network), now)
-            else:
-                # a new key or value. The publisher is the authenticated
-                # sender, never the message's claim (which would let any
-                # peer store records in another's name, or in ours)
-                network = self._network_of(remote_addr)
-                records, publishers = self._record_quota, self._publisher_quota
-                if network is not None and not records.allows(network, rec.key):
-                    raise self._refused(peer, now, RateLimited(
-                        f"peers of {network} have stored {records.limit} records here, "
-                        "the limit (max_records_per_ip_group)"))
-                if not publishers.allows(peer, rec.key):
-                    raise self._refused(peer, now, RateLimited(
-                        f"{peer} has stored {publishers.limit} records here, the limit (max_records_per_peer)"))
-                try:
-                    self.store.put(Record(rec.key, rec.value, publisher=peer, expires=now + ttl, network=network), now)
-                except StoreFull as exc:
-                    # an explicit refusal: the stream is reset, the putter counts this peer as failed
-                    raise self._refused(peer, now, exc) from None
-                if network is not None:
-                    records.count(network, rec.key)
-                else:
-                    records.forget(rec.key)
-                publishers.count(peer, rec.key)
-            self._emit(RecordStored(rec.key, peer, peer))
-            # echo the record (js counts any other reply as a failure), without unknown fields
-            return KadMessage(MessageType.PUT_VALUE, key=msg.key,
-                              record=KadRecord(rec.key, rec.value, publisher=rec.publisher, ttl=rec.ttl))
-        if t == MessageType.ADD_PROVIDER:
-            if not self._provider_limiter.allow(peer, now):
-                raise self._refused(peer, now, RateLimited(
-                    f"ADD_PROVIDER from {peer} over {self.config.max_provider_adds_per_peer_per_second}/s"))
-            for p in msg.provider_peers:
-                if p.peer_id != peer:
-                    log.info("ADD_PROVIDER from %s names %s as provider; ignored", peer, p.peer_id)
-                    continue
-                network = self._network_of(remote_addr)
-                quota = self._provider_quota
-                if network is not None and not quota.allows(network, msg.key):
-                    # ignored: the protocol has no answer to refuse it with
-                    self._refused(peer, now, RateLimited(
-                        f"ADD_PROVIDER from {peer} ignored: peers of {network} provide {quota.limit} keys here, "
-                        "the limit (max_provider_keys_per_ip_group)"))
-                    continue
-                addrs = plausible_addrs(p.addrs, remote_addr)  # never a victim's address
-                try:
-                    self.store.add_provider(
-                        ProviderRecord(msg.key, peer, tuple(addrs), now + self.config.provider_ttl, network), now)
-                except StoreFull as exc:
-                    raise self._refused(peer, now, exc) from None
-                if addrs:
-                    self.host.addrbook.add(peer, addrs, now, ttl=self.config.provider_ttl, source="provider")
-                if network is not None:
-                    quota.count(network, msg.key)
-            return None
-        if t == MessageType.GET_PROVIDERS:
-            if not self._read_limiter.allow(peer, now):
-                self._refuse_read(peer, t, now)
-            providers = []
-            for prov in self.store.providers(msg.key, now):
-                if prov.provider == self.peer_id:
-                    providers.append(KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED))
-                    continue
-                addrs = self.host.addrbook.addrs(prov.provider, now) or list(prov.addrs)
-                if addrs:
-                    providers.append(KadPeer(prov.provider, addrs, ConnectionType.NOT_CONNECTED))
-            if framed:
-                fields = self._closer_fields(Key(msg.key), peer, now)
-                bodies = [encode_peer(p.peer_id, p.addrs, p.connection) for p in providers]
-                return self._fitted(len(fields), lambda n: encode_find_node_reply(
-                    msg.key, fields[:n], MessageType.GET_PROVIDERS, bodies, framed=True, closer_fields=True))
-            closer = self._closest_kad_peers(Key(msg.key), peer, now)
-            return self._fitted(len(closer), lambda n: KadMessage(
-                MessageType.GET_PROVIDERS, key=msg.key, closer_peers=closer[:n], provider_peers=providers))
-        if t == MessageType.PING:
-            return KadMessage(MessageType.PING)
-        raise KadError(f"unsupported message type {t}")
-
-    def _refused(self, peer: PeerId, now: float, exc: Exception) -> Exception:
-        """Log a refused request of ``peer`` (over a rate limit or a quota,
-        or the store full) and return ``exc`` to raise (which resets the
-        stream): at INFO once a minute per peer, else at DEBUG, so that a
-        flood of refused requests is not a flood of log lines."""
-        exc.kad_logged = True  # type: ignore[attr-defined]  # a mark: logged already
-        logged = self._refusals_logged
-        last = logged.get(peer)
-        if last is None or now - last >= 60.0:
-            if len(logged) >= 1024:
-                logged.clear()
-            logged[peer] = now
-            log.info("refusing kad requests from %s (further refusals within a minute logged at debug): %s", peer, exc)
-        else:
-            log.debug("refused: %s", exc)
-        return exc
-
-    def _refuse_read(self, peer: PeerId, t: MessageType, now: float) -> None:
-        raise self._refused(peer, now, RateLimited(
-            f"{t.name} from {peer}: reads over {self.config.max_reads_per_peer_per_second}/s "
-            "(max_reads_per_peer_per_second)"))
-
-    def _fitted(self, closer: int, build):
-        """``build(n)``, the answer with its first ``n`` closer peers, for the
-        largest ``n <= closer`` whose encoding fits in ``max_message_size``
-        (rust reads and sends nothing larger): 20 closer peers with many long
-        addresses each, or a record near the value limit or many providers
-        beside them, would not. The farthest closer peers are left out first;
-        the record and the providers always go. The common case costs one
-        length check (and, unframed, one encoding)."""
-        out = build(closer)
-        limit = self.config.max_message_size
-        size = len(out) if out.__class__ is bytes else len(encode_message(out))
-        while size > limit and closer:
-            closer -= 1
-            out = build(closer)
-            size = len(out) if out.__class__ is bytes else len(encode_message(out))
-        return out
-
-    def _check_unvalidated(self, sender: PeerId, key: bytes, value: bytes, held: Record | None) -> None:
-        """The server's policy for a PUT_VALUE of a key that no registered
-        validator checks (``Config.unvalidated_records``); raises
-        :class:`InvalidRecord` (the stream is reset) when it is refused."""
-        v = self.validator
-        if not isinstance(v, NamespacedValidator) or v.validator_for(key) is not None:
-            return  # validated (or a validator of the application's own)
-        if held is not None and held.value == value:
-            return  # a replica of what is held
-        if v.namespace_of(key) is None:
-            try:
-                named = PeerId(value)
-            except PeerIdError:
-                named = None
-            if named is not None:
-                # the reference program's namespace record: key = the
-                # namespace, value = the announcing peer's own PeerId
-                if named != sender:
-                    raise InvalidRecord(f"PUT_VALUE from {sender}: the record for {key!r} names another peer ({named})")
-                return
-        mode = self.config.unvalidated_records
-        if mode == "refuse":
-            raise InvalidRecord(f"PUT_VALUE from {sender}: no validator for {key!r} (unvalidated_records='refuse')")
-        if mode == "owner" and held is not None and held.publisher != sender:
-            raise InvalidRecord(f"PUT_VALUE from {sender}: the record held for {key!r} was stored by another peer, "
-                                "the only one that may change it (unvalidated_records='owner')")
-
-    def _network_of(self, remote_addr) -> str | None:
-        """The network a request's connection comes from, for the store's
-        quotas: IPv4 /24, IPv6 /48; None when exempt (not public, unless
-        ``ip_group_limits_everywhere``) or unknown."""
-        ip = None if remote_addr is None else (remote_addr.value_for("ip4") or remote_addr.value_for("ip6"))
-        if not ip or not (self.config.ip_group_limits_everywhere or is_public(remote_addr)):
-            return None
-        return ip_prefix(ip, 24, 48)
-
-    def _held_wins(self, key: bytes, new: bytes, held: Record | None) -> bool:
-        """Whether the record held for ``key`` beats the (valid) ``new`` one:
-        go's select over [new, held]; ``held`` is what the store holds for
-        ``key`` (None: nothing). A held record that is no longer valid (an
-        expired IPNS record, or one stored before its namespace had a
-        validator) loses; so does any under a namespace without a validator."""
-        v = self.validator
-        if isinstance(v, NamespacedValidator) and v.validator_for(key) is None:
-            return False
-        if held is None or held.value == new:
-            return False
-        try:
-            v.validate(key, held.value)
-        except InvalidRecord:
-            return False
-        return v.select(key, [new, held.value]) != 0
-
     # -- client side -----------------------------------------------------------------
     async def _rpc(self, peer: PeerId, msg: KadMessage) -> KadMessage:
         """One request and its reply on a fresh stream; updates the routing
@@ -1572,7 +1001,7 @@ class KadNode:
         farther than the closest non-empty one. Returns the routing-table size."""
         if len(self.table) == 0:
             raise NoKnownPeers("no known peers to bootstrap from; add a bootstrap address first")
-        self._last_bootstrap = self.clock()
+        self.schedule.last_bootstrap = self.clock()
         await self.get_closest_peers(self.peer_id)
         buckets = self.table.nonempty_buckets()
         if buckets:
@@ -1613,33 +1042,22 @@ class KadNode:
         if isinstance(record, tuple):
             record = Record(record[0], record[1])
         need = Quorum.count(quorum, self.config.k)
-        self._check_size(record.key, record.value)
+        self.server.check_size(record.key, record.value)
         self.validator.validate(record.key, record.value)
         now = self.clock()
-        if self._held_wins(record.key, record.value, self.store.get(record.key, now)):
+        if self.server.held_wins(record.key, record.value, self.store.get(record.key, now)):
             raise InvalidRecord(f"the record held for {record.key!r} is better than the one put (as go, it is kept)")
         record = Record(record.key, record.value, publisher=record.publisher or self.peer_id,
                         expires=record.expires or now + self.config.record_ttl)
         self.store.put(record, now)
         # the key is this node's own now: no peer's or network's quota counts it
-        self._record_quota.forget(record.key)
-        self._publisher_quota.forget(record.key)
+        self.server.forget_record(record.key)
         if record.publisher == self.peer_id:
             self._published[record.key] = now
         stored = await self._replicate(record)
         if stored < need:
             raise QuorumFailed(record.key, stored, need)
         return stored
-
-    def _check_size(self, key: bytes, value: bytes) -> None:
-        cfg = self.config
-        if len(value) > cfg.max_value_size:
-            raise ValueTooLarge(
-                f"record value of {len(value)} bytes is above the limit of {cfg.max_value_size} bytes: "
-                f"a GET_VALUE answer carrying it must fit in a {cfg.max_message_size}-byte kad message "
-                f"(rust-libp2p's limit)")
-        if len(key) > cfg.max_key_size:
-            raise ValueTooLarge(f"record key of {len(key)} bytes is above the limit of {cfg.max_key_size} bytes")
 
     async def _a_few_at_a_time(self, keys: list[bytes], work) -> int:
         """A replication or provider republication round: ``work(key)`` for
@@ -1737,8 +1155,7 @@ class KadNode:
 
     def remove_record(self, key: bytes) -> Record | None:
         self._published.pop(key, None)
-        self._record_quota.forget(key)
-        self._publisher_quota.forget(key)
+        self.server.forget_record(key)
         return self.store.remove(key)
 
     async def provide(self, key: bytes) -> int:
@@ -1799,68 +1216,46 @@ class KadNode:
     async def maintenance(self, now: float) -> None:
         """One maintenance step at time ``now``: apply due pending routing
         entries, expire records and providers, and start the periodic
-        bootstrap, replication and republication when they are due."""
+        bootstrap, replication and republication when they are due (what is
+        due: :attr:`schedule`, a :class:`~kadfast.kad.maintenance.MaintenanceSchedule`)."""
         cfg = self.config
-        idle = cfg.kad_stream_idle_timeout
-        if idle and (self._last_idle_check is None or now - self._last_idle_check >= min(idle / 4, 15.0)):
-            self._last_idle_check = now
-            self._reset_idle_kad_streams(now - idle)
-        timeout = cfg.kad_message_timeout
-        if timeout and self._partial and (
-                self._last_partial_check is None or now - self._last_partial_check >= timeout / 4):
-            self._last_partial_check = now
-            self._reset_unfinished_kad_messages(now - timeout)
+        due = self.schedule.due(now, unfinished_messages=bool(self._partial), table_peers=len(self.table))
+        if due.idle_streams_before is not None:
+            self._reset_idle_kad_streams(due.idle_streams_before)
+        if due.unfinished_before is not None:
+            self._reset_unfinished_kad_messages(due.unfinished_before)
         self._measure_output()
         self.table.apply_pending(now)
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
-        if self._last_sweep is None or now - self._last_sweep >= cfg.sweep_interval:
-            # once per sweep_interval, not every step (a MemoryStore walks its
-            # records; SqliteStore asks its expiry index)
-            self._last_sweep = now
+        if due.sweep:
             # the diversity counts forget the keys that left the table
             self._group_members = {
                 g: live for g, members in self._group_members.items() if (live := {k for k in members if k in self.table})}
-            if self._key_group:
-                self._key_group = {k: g for k, g in self._key_group.items() if k in self.table}
-            share = cfg.max_answer_peers_per_ip_group
-            self._crowded_groups = {g for g, m in self._group_members.items() if len(m) > share} if share else set()
-            self._index_crowded_fields()
+            self.server.regroup(self._group_members)
             expired_keys, _ = self.store.sweep_keys(now)
             for k in expired_keys:
                 self._published.pop(k, None)
-                self._record_quota.forget(k)
-                self._publisher_quota.forget(k)
+                self.server.forget_record(k)
                 self._emit(RecordExpired(k))
-            for k in self._provider_quota.keys():  # a few hundred keys at most per network
-                if not self.store.providers(k, now):
-                    self._provider_quota.forget(k)
-        if len(self.table) and (self._last_bootstrap is None or now - self._last_bootstrap >= cfg.periodic_bootstrap_interval):
-            self._last_bootstrap = now
+            self.server.sweep_providers(now)
+        if due.bootstrap:
             self._spawn(self._quietly(self.bootstrap()))
-        if self._last_replication is None:
-            self._last_replication = now
-        elif now - self._last_replication >= cfg.replication_interval:
-            self._last_replication = now
-            if not _still_running(self._replication_round, "replication"):
-                for rec in self.store.published_by(self.peer_id):
-                    if now - self._published.get(rec.key, now) >= cfg.republish_interval:
-                        self._published[rec.key] = now
-                        rec.expires = now + cfg.record_ttl
-                        self.store.put(rec, now)  # stores may hand out copies
-                keys = self.store.record_keys()
-                self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
-        if self._last_provider_republish is None:
-            self._last_provider_republish = now
-        elif now - self._last_provider_republish >= cfg.provider_republish_interval:
-            self._last_provider_republish = now
-            if not _still_running(self._provider_round, "provider republication"):
-                keys = []
-                for prov in self.store.provided():
-                    prov.expires = now + cfg.provider_ttl
-                    self.store.add_provider(prov, now)
-                    keys.append(prov.key)
-                self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
+        if due.replication and not _still_running(self._replication_round, "replication"):
+            for rec in self.store.published_by(self.peer_id):
+                if now - self._published.get(rec.key, now) >= cfg.republish_interval:
+                    self._published[rec.key] = now
+                    rec.expires = now + cfg.record_ttl
+                    self.store.put(rec, now)  # stores may hand out copies
+            keys = self.store.record_keys()
+            self._replication_round = self._spawn(self._a_few_at_a_time(keys, self._replicate_held))
+        if due.provider_republish and not _still_running(self._provider_round, "provider republication"):
+            keys = []
+            for prov in self.store.provided():
+                prov.expires = now + cfg.provider_ttl
+                self.store.add_provider(prov, now)
+                keys.append(prov.key)
+            self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
 
     def _reset_idle_kad_streams(self, before: float) -> None:
         """Reset the inbound kad streams whose last whole request (or start)
