@@ -281,7 +281,7 @@ def fill_table(node, n: int) -> int:
         pid = random_peer_id()
         addr = f"/ip4/10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/tcp/4001"
         node.add_address(pid, addr)
-        node._update_peer(pid, now, connected=True)
+        node.update_peer(pid, now, connected=True)
     return len(node.table)
 
 

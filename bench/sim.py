@@ -178,7 +178,7 @@ class Sim:
         return self.rng.uniform(self.lat_lo, self.lat_hi)
 
     def connect(self, a: int, b: int) -> None:
-        """``a`` saw ``b`` answer or call (``KadNode._update_peer(connected=True)``)."""
+        """``a`` saw ``b`` answer or call (``KadNode.update_peer(connected=True)``)."""
         table = self.tables[a]
         key = self.keys[b]
         known = key in table
@@ -285,7 +285,7 @@ class Sim:
                     it.finish()
                     break
         # requests whose timeout passed while the lookup ran failed: the
-        # requester marks the peer disconnected (KadNode._rpc)
+        # requester marks the peer disconnected (KadNode.request)
         if learn:
             for sent, h in dead:
                 if sent + REQUEST_TIMEOUT <= self.now and self.keys[h] in table:

@@ -38,7 +38,7 @@ DEFAULT_MEMORY_LIMIT_MIB = 64.0
 HEX_PRINT_LIMIT = 4096  # hex characters printed; the full input goes to --artifacts
 
 
-def _import_targets(instrument: bool):
+def import_targets(instrument: bool):
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
     if instrument:
@@ -221,13 +221,13 @@ def run_random(runner: Runner, seeds: list[bytes], seed: int, max_len: int) -> N
 
 
 def target_names() -> list[str]:
-    return list(_import_targets(False).TARGETS)
+    return list(import_targets(False).TARGETS)
 
 
 def fuzz_in_process(name: str, seconds: float, *, memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
                     seed: int = 0, max_len: int = 4096, artifacts: str | None = None) -> dict:
     """The built-in engine in this process (used by the pytest smoke test)."""
-    tm = _import_targets(False)
+    tm = import_targets(False)
     runner = Runner(tm, name, seconds, memory_limit_mib, artifacts)
     run_random(runner, tm.TARGETS[name].seeds(), seed, max_len)
     return runner.result("random")
@@ -235,7 +235,7 @@ def fuzz_in_process(name: str, seconds: float, *, memory_limit_mib: float = DEFA
 
 def worker(args) -> int:
     engine = args.engine
-    tm = _import_targets(engine == "atheris")
+    tm = import_targets(engine == "atheris")
     t = tm.TARGETS[args.target]
     seeds = t.seeds()
     runner = Runner(tm, args.target, args.seconds_per_target, args.memory_limit_mib, args.artifacts,
@@ -339,7 +339,7 @@ def print_table(results: list[dict]) -> None:
 
 
 def replay(args) -> int:
-    tm = _import_targets(False)
+    tm = import_targets(False)
     data = bytes.fromhex(args.replay_hex) if args.replay_hex else Path(args.replay_file).read_bytes()
     t = tm.TARGETS[args.target]
     try:
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
         args.target = args.target[0]
         return replay(args)
 
-    tm = _import_targets(False)
+    tm = import_targets(False)
     names = args.target or list(tm.TARGETS)
     unknown = [n for n in names if n not in tm.TARGETS]
     if unknown:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -40,6 +41,9 @@ __all__ = [
     "is_loopback",
     "addrs_for_remote",
     "dialable_tcp",
+    "ip_prefix",
+    "ip_group",
+    "ip_subnets",
 ]
 
 #: How long an address learned from a lookup or identify is kept (go-libp2p's
@@ -322,6 +326,17 @@ class AddressBook:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def held(self, peer: PeerId) -> int:
+        """How many addresses are held for ``peer``, expired ones not yet
+        swept included: what the per-peer bound limits."""
+        book = self._peers.get(peer)
+        return 0 if book is None else len(book)
+
+    def observed_held(self) -> list[Multiaddr]:
+        """Every address of ours that some peer reported and that is held
+        (confirmed or not): what ``max_observed`` bounds."""
+        return list(self._observed)
+
     # -- our own observed addresses --------------------------------------
 
     def set_observed(self, addr: Multiaddr, reporter: PeerId, now: float) -> None:
@@ -546,3 +561,36 @@ def dialable_tcp(addr: Multiaddr) -> bool:
     if host in ("ip4", "ip6") and ipaddress.ip_address(value).is_unspecified:  # type: ignore[arg-type]
         return False
     return True
+
+
+def ip_group(ip: str) -> tuple[str | None, bool]:
+    """The key an address is counted under for the host's max_connections_per_ip (the
+    address itself; an IPv6 address's /64 prefix; an IPv4-mapped IPv6
+    address's IPv4 address) and whether it is a loopback address."""
+    if ":" not in ip and ip.count(".") == 3:
+        try:  # a socket's IPv4 address, canonical already: no ipaddress object
+            socket.inet_pton(socket.AF_INET, ip)
+        except OSError:
+            return None, False
+        return ip, ip.startswith("127.")
+    try:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+    except ValueError:
+        return None, False
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        else:
+            net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
+            return str(net), addr.is_loopback
+    return str(addr), addr.is_loopback
+
+
+def ip_subnets(ip: str, group: str) -> tuple[str | None, str | None]:
+    """The small and large subnets of an address whose :func:`ip_group` is
+    ``group``: IPv4 /24 and /16, IPv6 /48 and /32 (as
+    :func:`ip_prefix` writes them)."""
+    if "/" not in group:  # IPv4 (an IPv4-mapped address too): the dotted address, canonical
+        a, b, c, _ = group.split(".")
+        return f"{a}.{b}.{c}.0/24", f"{a}.{b}.0.0/16"
+    return ip_prefix(ip, 24, 48), ip_prefix(ip, 16, 32)

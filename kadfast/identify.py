@@ -202,6 +202,11 @@ class IdentifyEncoder:
         self.cache_size = cache_size
         self._cache: dict[tuple, tuple[bytes, bytes]] = {}
 
+    @property
+    def cached(self) -> int:
+        """Encodings held (at most ``cache_size``)."""
+        return len(self._cache)
+
     def encode(self, listen_addrs: Iterable[Multiaddr], protocols: Iterable[str],
                observed_addr: Multiaddr | None) -> bytes:
         """The length-prefixed identify message."""

@@ -47,6 +47,11 @@ class PingResponder:
         #: number of payloads echoed so far
         self.echoed = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete payload held (fewer than 32)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> bytes:
         """Take bytes read from the stream; return the bytes to write back
         (a whole number of payloads, possibly none)."""

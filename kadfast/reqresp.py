@@ -55,9 +55,9 @@ class JsonRequestResponse:
         if handler is None:
             self.host.remove_stream_handler(self.protocol)
         else:
-            self.host.set_stream_handler(self.protocol, self._serve)
+            self.host.set_stream_handler(self.protocol, self.serve_stream)
 
-    async def _serve(self, stream) -> None:
+    async def serve_stream(self, stream) -> None:
         raw = await asyncio.wait_for(stream.read_to_end(self.max_request_bytes), self.timeout)
         try:
             request = json.loads(raw)

@@ -161,6 +161,8 @@ class SqliteStore(RecordStore):
         try:
             self.journal_mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous=FULL")
+            #: the SQLite synchronous level its connection runs at (2: FULL)
+            self.synchronous: int = conn.execute("PRAGMA synchronous").fetchone()[0]
             self._init_schema(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()

@@ -402,6 +402,16 @@ class YamuxSession:
     def is_closed(self) -> bool:
         return self._closed
 
+    @property
+    def pending_pings(self) -> int:
+        """Pings sent whose pong has not come (at most MAX_PENDING_PINGS)."""
+        return len(self._pings)
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes received and held until their frame is whole."""
+        return len(self._rbuf)
+
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 

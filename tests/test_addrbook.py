@@ -159,7 +159,7 @@ def test_bounds_always_hold(ops):
             book.add(PEERS[peer_i], [tcp(addr_i)], now, ttl=ttl)
         assert len(book) <= 5
         for p in book.peers():
-            assert len(book._peers[p]) <= 4
+            assert book.held(p) <= 4
     for p in list(book.peers()):
         assert all(e.expires > now + 1 for e in book.entries(p, now + 1))
 
@@ -181,7 +181,7 @@ def test_observed_addresses():
     # bounded: a fourth address evicts the least confirmed
     for i in range(3):
         book.set_observed(M(f"/ip4/7.7.7.{i}/tcp/1"), A, now=50.0)
-    assert len(book._observed) == 3 and other in book._observed
+    assert len(book.observed_held()) == 3 and other in book.observed_held()
     book.sweep(1000.0)
     assert book.observed() == []
 

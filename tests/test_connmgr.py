@@ -19,7 +19,7 @@ from kadfast.addrbook import ip_prefix
 from kadfast.net import ConnectionClosed, DialError, Host, HostConfig
 from kadfast.net.connection import Connection
 from kadfast.net.connmgr import PRUNED_REASON, choose_prunable
-from kadfast.net.host import _ip_group, _subnets
+from kadfast.addrbook import ip_group, ip_subnets
 
 from _rawclient import RawClient, read_to_eof
 from _loops import loop_runner
@@ -98,10 +98,10 @@ def test_watermarks_and_defaults():
 
 def test_subnet_keys():
     for ip in ("10.1.2.3", "::ffff:10.1.2.3", "2001:db8:1:2:aaaa::1", "fe80::1%eth0", "127.0.1.1"):
-        group, _ = _ip_group(ip)
-        assert _subnets(ip, group) == (ip_prefix(ip, 24, 48), ip_prefix(ip, 16, 32)), ip
-    assert _subnets("10.1.2.3", "10.1.2.3") == ("10.1.2.0/24", "10.1.0.0/16")
-    assert _subnets("2001:db8:1:2::1", "2001:db8:1:2::/64") == ("2001:db8:1::/48", "2001:db8::/32")
+        group, _ = ip_group(ip)
+        assert ip_subnets(ip, group) == (ip_prefix(ip, 24, 48), ip_prefix(ip, 16, 32)), ip
+    assert ip_subnets("10.1.2.3", "10.1.2.3") == ("10.1.2.0/24", "10.1.0.0/16")
+    assert ip_subnets("2001:db8:1:2::1", "2001:db8:1:2::/64") == ("2001:db8:1::/48", "2001:db8::/32")
 
 
 def test_protect_tags():
@@ -113,7 +113,7 @@ def test_protect_tags():
     assert h.is_protected(peer) and h.is_protected(peer, "a") and not h.is_protected(peer, "c")
     assert h.unprotect(peer, "a") is True  # still protected by "b"
     assert h.unprotect(peer, "b") is False
-    assert not h.is_protected(peer) and peer not in h._protected
+    assert not h.is_protected(peer) and h.usage().protected_peers == 0
     assert h.unprotect(peer, "b") is False
 
 
@@ -154,12 +154,11 @@ def maddr(h: Host):
 
 
 def open_conns(h: Host) -> list[Connection]:
-    return [c for cs in h._conns.values() for c in cs]
+    return list(h.open_connections())
 
 
 def assert_no_leaks(h: Host) -> bool:
-    return (h.connection_count() == 0 and not h._pending and h._pending_inbound == 0 and not h._ip_conns
-            and not h._small_subnet_conns and not h._large_subnet_conns and not h._pending_per_ip and not h._large_subnet_members)
+    return h.connection_count() == 0 and h.usage().empty
 
 
 async def honest_peer(server: Host) -> Host:
@@ -180,7 +179,7 @@ def local_port(c: RawClient) -> str:
 
 
 def by_port(server: Host, port: str) -> Connection | None:
-    for c in open_conns(server) + list(server._pending):
+    for c in open_conns(server) + server.pending_connections():
         if c.remote_addr is not None and c.remote_addr.value_for("tcp") == port:
             return c
     return None
@@ -231,7 +230,7 @@ def test_over_the_high_mark_prunes_down_to_the_low_mark_idle_first(run):
         old = [await honest_peer(server) for _ in range(9)]
         new: list[Host] = []
         try:
-            await until(lambda: server._open_count == 9 and all(not c.streams for c in open_conns(server)),
+            await until(lambda: server.usage().open == 9 and all(not c.streams for c in open_conns(server)),
                         what="identify done")
             await until(lambda: all(time.monotonic() - c.opened_at > 0.5 for c in open_conns(server)),
                         what="the grace period over")
@@ -243,9 +242,9 @@ def test_over_the_high_mark_prunes_down_to_the_low_mark_idle_first(run):
             stream = await old[8].new_stream(server.peer_id, ECHO)  # a stream in use
             stream.write(b"hello")
             assert await stream.read_exactly(5) == b"hello"
-            assert server.pruned_connections == 0 and server._open_count == 9
+            assert server.pruned_connections == 0 and server.usage().open == 9
             new = [await honest_peer(server) for _ in range(2)]  # the 11th opens: a trim
-            await until(lambda: server._open_count == 6, what="the low mark")
+            await until(lambda: server.usage().open == 6, what="the low mark")
             pruned = [old[i] for i in order[:5]]
             for h in pruned:
                 await until(lambda: h.connection(server.peer_id) is None, what="the client sees the close")
@@ -287,7 +286,7 @@ def test_streamless_connections_go_before_idle_streams_and_streams_in_use_stay(r
             await until(lambda: c_s1.last_activity > c_s0.stream_activity + window, what="s1's ping")
             b0, b1, u0 = [await honest_peer(server) for _ in range(3)]
             hosts += [b0, b1, u0]
-            await until(lambda: server._open_count == 5 and all(
+            await until(lambda: server.usage().open == 5 and all(
                 not server_side(server, h).streams for h in (b0, b1, u0)), what="identify done")
             # the streamless ones were active last, yet go first
             assert server_side(server, b0).last_activity > c_s1.last_activity
@@ -299,7 +298,7 @@ def test_streamless_connections_go_before_idle_streams_and_streams_in_use_stay(r
             c_b0, c_b1 = server_side(server, b0), server_side(server, b1)
             assert server.trim() == 3  # five open, low mark two: three go
             assert [c.close_reason for c in (c_b0, c_b1, c_s0)] == [PRUNED_REASON] * 3
-            assert c_s1.is_open and c_u0.is_open and server._open_count == 2
+            assert c_s1.is_open and c_u0.is_open and server.usage().open == 2
         finally:
             await close_all(server, hosts=hosts, raws=raws)
     run(main)
@@ -311,10 +310,10 @@ def test_connections_in_their_grace_period_are_not_pruned(run):
                                     conn_trim_interval=0.0)
         hosts = [await honest_peer(server) for _ in range(6)]
         try:
-            assert server._open_count == 6 and server.pruned_connections == 0  # over the mark, all young
+            assert server.usage().open == 6 and server.pruned_connections == 0  # over the mark, all young
             await until(lambda: all(not c.streams for c in open_conns(server)), what="identify done")
             server.config.conn_grace_period = 0.0
-            assert server.trim() == 4 and server._open_count == 2
+            assert server.trim() == 4 and server.usage().open == 2
         finally:
             await close_all(server, hosts=hosts)
     run(main)
@@ -329,14 +328,12 @@ def test_trims_wait_for_the_trim_interval(run):
             hosts += [await honest_peer(server) for _ in range(4)]
             await until(lambda: all(not c.streams for c in open_conns(server)), what="identify done")
             hosts.append(await honest_peer(server))  # the fifth: a trim down to two
-            assert server._open_count == 2 and server.pruned_connections == 3
+            assert server.usage().open == 2 and server.pruned_connections == 3
             hosts += [await honest_peer(server) for _ in range(3)]  # five again: the trim waits
-            assert server._open_count == 5 and server._trim_timer is not None
+            assert server.usage().open == 5 and server.usage().trim_scheduled
             await until(lambda: all(not c.streams for c in open_conns(server)), what="identify done")
-            timer, server._trim_timer = server._trim_timer, None
-            timer.cancel()
-            server._deferred_trim()  # what the timer does when it fires
-            assert server._open_count == 2 and server.pruned_connections == 6
+            assert server.trim_if_over_high_water() == 3  # what the waiting trim does when its time comes
+            assert server.usage().open == 2 and server.pruned_connections == 6
         finally:
             await close_all(server, hosts=hosts)
     run(main)
@@ -387,7 +384,7 @@ def test_at_the_hard_limit_with_everything_protected_the_newcomer_is_refused(run
             assert all(c.is_open for _, c in attackers) and server.pruned_connections == 0
             await until(lambda: server.connection_count() == 6, what="the refused connection gone")
             # nothing was prunable: the next arrivals are refused without another search
-            assert server._hard_trim_after > time.monotonic()
+            assert server.usage().hard_trim_after > time.monotonic()
         finally:
             await newcomer.close()
             await close_all(server, raws=[r for r, _ in attackers])
@@ -410,19 +407,19 @@ def test_at_the_hard_limit_a_crowded_subnet_makes_room_for_another(run):
                 c = await RawClient.connect(server, local_ip=f"127.3.0.{1 + i}")
                 await c.upgrade()
                 raws.append(c)
-            await until(lambda: server._open_count == 6, what="six attackers open")
-            assert server._large_subnet_conns == {"127.3.0.0/16": 6}
+            await until(lambda: server.usage().open == 6, what="six attackers open")
+            assert server.usage().per_large_subnet == {"127.3.0.0/16": 6}
             hosts.append(await honest_peer(server))  # from 127.0.0.1, another /16
             assert server.connection(hosts[0].peer_id) is not None
             assert server.pruned_connections == 1
-            assert server._large_subnet_conns == {"127.3.0.0/16": 5, "127.0.0.0/16": 1}
+            assert server.usage().per_large_subnet == {"127.3.0.0/16": 5, "127.0.0.0/16": 1}
             late = await RawClient.connect(server, local_ip="127.3.0.200")
             raws.append(late)
             assert await read_to_eof(late.reader, timeout=10) == b""  # refused at once
             assert server.pruned_connections == 1
         finally:
             await close_all(server, hosts=hosts, raws=raws)
-        assert not server._large_subnet_members
+        assert not server.usage().tracked_large_subnets
     run(main)
 
 
@@ -433,21 +430,21 @@ def test_pending_handshake_cap_closes_the_next_connection_before_noise(run):
         held: list[RawClient] = []
         try:
             held += [await RawClient.connect(server) for _ in range(3)]  # TCP only, never a byte
-            await until(lambda: server._pending_inbound == 3, what="three handshakes pending")
+            await until(lambda: server.usage().pending_inbound == 3, what="three handshakes pending")
             c4 = await RawClient.connect(server)
             c4.writer.write(b"\x13/multistream/1.0.0\n")
             t0 = time.monotonic()
             assert await read_to_eof(c4.reader, timeout=10) == b""  # not even a multistream answer
             assert time.monotonic() - t0 < 5.0  # refused, not timed out
             c4.close()
-            assert server._pending_inbound == 3 and len(server._pending) == 3
+            assert server.usage().pending_inbound == 3 and server.usage().pending == 3
             # a slot freed: the next one is served
             held.pop().close()
-            await until(lambda: server._pending_inbound == 2, what="a slot freed")
+            await until(lambda: server.usage().pending_inbound == 2, what="a slot freed")
             c5 = await RawClient.connect(server)
             await c5.upgrade()
             held.append(c5)
-            await until(lambda: server._open_count == 1 and server._pending_inbound == 2, what="c5 open")
+            await until(lambda: server.usage().open == 1 and server.usage().pending_inbound == 2, what="c5 open")
         finally:
             await close_all(server, raws=held)
     run(main)
@@ -464,7 +461,7 @@ def test_pending_handshakes_per_ip_leave_slots_for_other_addresses(run):
         held: list[RawClient] = []
         try:
             held += [await RawClient.connect(server, local_ip="127.0.5.1") for _ in range(2)]
-            await until(lambda: server._pending_per_ip.get("127.0.5.1") == 2, what="two handshakes pending")
+            await until(lambda: server.usage().pending_per_ip.get("127.0.5.1") == 2, what="two handshakes pending")
             c3 = await RawClient.connect(server, local_ip="127.0.5.1")
             t0 = time.monotonic()
             assert await read_to_eof(c3.reader, timeout=10) == b""
@@ -473,11 +470,11 @@ def test_pending_handshakes_per_ip_leave_slots_for_other_addresses(run):
             other = await RawClient.connect(server, local_ip="127.0.6.1")
             await other.upgrade()
             held.append(other)
-            await until(lambda: server._open_count == 1, what="the other address's connection open")
-            assert server._pending_per_ip == {"127.0.5.1": 2}
+            await until(lambda: server.usage().open == 1, what="the other address's connection open")
+            assert server.usage().pending_per_ip == {"127.0.5.1": 2}
         finally:
             await close_all(server, raws=held)
-        await until(lambda: not server._pending_per_ip, what="pending counts back to zero")
+        await until(lambda: not server.usage().pending_per_ip, what="pending counts back to zero")
     run(main)
 
 
@@ -502,22 +499,22 @@ def test_per_subnet_connection_limits(run):
         try:
             for ip in ("127.0.1.1", "127.0.1.2", "127.0.1.3"):
                 held.append(await RawClient.connect(server, local_ip=ip))
-            await until(lambda: server._small_subnet_conns.get("127.0.1.0/24") == 3, what="three in the /24")
+            await until(lambda: server.usage().per_small_subnet.get("127.0.1.0/24") == 3, what="three in the /24")
             assert await refused("127.0.1.4")  # the /24 is full
             for ip in ("127.0.2.1", "127.0.2.2"):
                 held.append(await RawClient.connect(server, local_ip=ip))
-            await until(lambda: server._large_subnet_conns.get("127.0.0.0/16") == 5, what="five in the /16")
+            await until(lambda: server.usage().per_large_subnet.get("127.0.0.0/16") == 5, what="five in the /16")
             assert await refused("127.0.3.1")  # the /16 is full
-            assert server._small_subnet_conns == {"127.0.1.0/24": 3, "127.0.2.0/24": 2}
+            assert server.usage().per_small_subnet == {"127.0.1.0/24": 3, "127.0.2.0/24": 2}
             # another /16 is not affected, and is served to the end
             other = await RawClient.connect(server, local_ip="127.1.0.1")
             await other.upgrade()
             held.append(other)
-            await until(lambda: server._open_count == 1, what="the other /16 open")
-            assert server._large_subnet_conns == {"127.0.0.0/16": 5, "127.1.0.0/16": 1}
+            await until(lambda: server.usage().open == 1, what="the other /16 open")
+            assert server.usage().per_large_subnet == {"127.0.0.0/16": 5, "127.1.0.0/16": 1}
             # closed connections give their slots back
             held.pop(0).close()
-            await until(lambda: server._small_subnet_conns.get("127.0.1.0/24") == 2, what="a slot back")
+            await until(lambda: server.usage().per_small_subnet.get("127.0.1.0/24") == 2, what="a slot back")
             assert not await refused("127.0.1.4")
         finally:
             await close_all(server, raws=held)
@@ -529,7 +526,7 @@ def test_per_subnet_limits_exempt_loopback_by_default(run):
         server = await start_server(max_connections_per_small_subnet=1, max_connections_per_large_subnet=1)
         hosts = [await honest_peer(server) for _ in range(3)]
         try:
-            assert server._open_count == 3 and not server._small_subnet_conns and not server._large_subnet_conns
+            assert server.usage().open == 3 and not server.usage().per_small_subnet and not server.usage().per_large_subnet
         finally:
             await close_all(server, hosts=hosts)
     run(main)

@@ -47,7 +47,7 @@ def test_target_smoke(name, tmp_path):
 def test_seeds_reach_success_paths():
     """The seed corpus must hold inputs the layer accepts, or fuzzing only
     explores the first error branch."""
-    tm = run._import_targets(False)
+    tm = run.import_targets(False)
     for name, t in tm.TARGETS.items():
         labels = []
         for s in t.seeds():

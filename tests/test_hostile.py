@@ -43,7 +43,7 @@ from kadfast.kad.ratelimit import PeerRateLimiter
 from kadfast.kad.validation import InvalidRecord, Validator
 from kadfast.multistream import MultistreamDialer
 from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
-from kadfast.net.host import _ip_group
+from kadfast.addrbook import ip_group
 from kadfast.noise import STATIC_KEY_SIGNATURE_PREFIX, NoiseHandshake, NoiseStaticKey
 from kadfast.peerid import PeerId
 from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
@@ -250,13 +250,13 @@ def test_bad_noise_handshakes_are_dropped(run, attack):
 
 # -- per-IP connection limit ------------------------------------------------------------
 def test_ip_groups():
-    assert _ip_group("10.1.2.3") == ("10.1.2.3", False)
-    assert _ip_group("127.0.0.1") == ("127.0.0.1", True)
-    assert _ip_group("::ffff:10.1.2.3") == ("10.1.2.3", False)
-    assert _ip_group("2001:db8:1:2:aaaa::1")[0] == _ip_group("2001:db8:1:2:bbbb::9")[0] == "2001:db8:1:2::/64"
-    assert _ip_group("2001:db8:1:3::1")[0] != _ip_group("2001:db8:1:2::1")[0]
-    assert _ip_group("::1")[1] and _ip_group("fe80::1%eth0")[0] == "fe80::/64"
-    assert _ip_group("not an ip") == (None, False)
+    assert ip_group("10.1.2.3") == ("10.1.2.3", False)
+    assert ip_group("127.0.0.1") == ("127.0.0.1", True)
+    assert ip_group("::ffff:10.1.2.3") == ("10.1.2.3", False)
+    assert ip_group("2001:db8:1:2:aaaa::1")[0] == ip_group("2001:db8:1:2:bbbb::9")[0] == "2001:db8:1:2::/64"
+    assert ip_group("2001:db8:1:3::1")[0] != ip_group("2001:db8:1:2::1")[0]
+    assert ip_group("::1")[1] and ip_group("fe80::1%eth0")[0] == "fe80::/64"
+    assert ip_group("not an ip") == (None, False)
     c = HostConfig()
     assert c.max_connections_per_ip == 64 and c.limit_loopback is False
 
@@ -269,7 +269,7 @@ def test_per_ip_connection_limit(run):
         try:
             # three connections from 127.0.0.2 that stall in the handshake
             held = [await RawClient.connect(host, local_ip="127.0.0.2") for _ in range(3)]
-            await until_true(lambda: host._ip_conns.get("127.0.0.2") == 3)
+            await until_true(lambda: host.usage().per_ip.get("127.0.0.2") == 3)
             # a fourth from that address is closed at once, before any handshake byte
             c4 = await RawClient.connect(host, local_ip="127.0.0.2")
             c4.writer.write(b"\x13/multistream/1.0.0\n")
@@ -277,13 +277,13 @@ def test_per_ip_connection_limit(run):
             assert await read_to_eof(c4.reader, timeout=5) == b""
             assert time.monotonic() - t0 < 2.0  # refused, not timed out (handshake timeout 10 s)
             c4.close()
-            assert host._ip_conns.get("127.0.0.2") == 3
+            assert host.usage().per_ip.get("127.0.0.2") == 3
             # another address is not affected
             await assert_serves(node)
             # closed connections give their slots back
             for c in held:
                 c.close()
-            await until_true(lambda: "127.0.0.2" not in host._ip_conns)
+            await until_true(lambda: "127.0.0.2" not in host.usage().per_ip)
             c5 = await RawClient.connect(host, local_ip="127.0.0.2")
             await c5.upgrade()
             c5.close()
@@ -385,7 +385,7 @@ def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
             events = await c.events_until(lambda evs: sum(isinstance(e, y.StreamResetByPeer) for e in evs) >= 12)
             reset = {e.stream_id for e in events if isinstance(e, y.StreamResetByPeer)}
             assert reset == set(sids[8:])
-            conn = next(iter(node.host._pending | {x for cs in node.host._conns.values() for x in cs}))
+            conn = next(iter(node.host.pending_connections() + list(node.host.open_connections())))
             assert conn._inbound_streams == 8 and conn.is_open
             c.close()
             await assert_serves(node)
@@ -655,7 +655,7 @@ def test_find_node_replies_full_of_made_up_peers(run):
             assert table <= honest_ids | {liar.peer_id}
             # what was learned about them stays within the bounded tables
             assert len(victim.host.addrbook) <= victim.host.addrbook.max_peers
-            assert len(victim.host._backoff) <= victim.host.config.max_backoff_entries
+            assert victim.host.usage().backoff_entries <= victim.host.config.max_backoff_entries
             # no connection is left behind by the failed dials (uvloop creates the
             # protocol before connecting; a refused dial once leaked it as pending)
             # open connections: the honest nodes and the liar; a dial to a

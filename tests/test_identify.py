@@ -461,7 +461,7 @@ def test_identify_encoder_matches_encode_identify_byte_for_byte():
                 assert enc.encode(listen, protos, observed) == encode_identify(
                     public_key=pk, listen_addrs=listen, protocols=protos, observed_addr=observed,
                     protocol_version="ipfs/0.1.0", agent_version="kadfast/test")
-    assert len(enc._cache) <= 2
+    assert enc.cached <= 2
     # over the size limit it trims as encode_identify does (addresses from the end)
     many = [Multiaddr(f"/ip4/10.0.{i // 250}.{i % 250 + 1}/tcp/4001") for i in range(600)]
     small = IdentifyEncoder(pk, "", "", max_bytes=2048)

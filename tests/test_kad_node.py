@@ -70,11 +70,10 @@ def test_config_defaults_match_rust():
 
 # -- server handlers -----------------------------------------------------------
 def test_find_node_for_own_id_includes_self_and_skips_addressless_peers():
-    node = offline_node()
-    node.host._listen_addrs.append(Multiaddr("/ip4/127.0.0.1/tcp/4001"))
+    node = offline_node(host_config=HostConfig(external_addrs=["/ip4/127.0.0.1/tcp/4001"]))
     a, b, asker = peer_ids(3)
     node.add_address(a, Multiaddr("/ip4/10.0.0.1/tcp/1"))
-    node._update_peer(b, node.clock(), connected=True)  # b: no address known
+    node.update_peer(b, node.clock(), connected=True)  # b: no address known
     reply = node.server.handle(asker, KadMessage(MessageType.FIND_NODE, key=node.peer_id.to_bytes()), node.clock())
     ids = [p.peer_id for p in reply.closer_peers]
     assert ids[0] == node.peer_id
@@ -194,7 +193,7 @@ def test_record_size_limits_end_to_end():
             # a peer that sends one anyway (its own limits) has the stream reset
             over = KadRecord(b"/big/v", value + b"x")
             with pytest.raises(KadError):
-                await client._rpc(server.peer_id, KadMessage(MessageType.PUT_VALUE, key=over.key, record=over))
+                await client.request(server.peer_id, KadMessage(MessageType.PUT_VALUE, key=over.key, record=over))
             assert server.store.get(b"/big/v", server.clock()) is None
         finally:
             for n in (client, server):
@@ -322,13 +321,13 @@ def test_a_peer_whose_request_failed_stays_in_the_table_but_is_not_served():
                 got = ids(node, asker, key, framed)
                 assert got[0] == gone and len(got) == 5
             with pytest.raises(KadError):
-                await node._rpc(gone, KadMessage(MessageType.FIND_NODE, key=key))
+                await node.request(gone, KadMessage(MessageType.FIND_NODE, key=key))
             assert gone in node.routing_table_peers()  # kept: a pending entry may replace it
             for framed in (False, True):
                 got = ids(node, asker, key, framed)
                 assert gone not in got and len(got) == 5  # still k answers, from the others
             # heard from again (an inbound connection, a reply): served again
-            node._update_peer(gone, node.clock(), connected=True)
+            node.update_peer(gone, node.clock(), connected=True)
             for framed in (False, True):
                 assert ids(node, asker, key, framed)[0] == gone
         finally:
@@ -338,7 +337,7 @@ def test_a_peer_whose_request_failed_stays_in_the_table_but_is_not_served():
 
 
 def test_a_lookup_that_met_departed_peers_repairs_its_result():
-    """k = 2, over a scripted network that stands in for ``_rpc``. Q knows A
+    """k = 2, over a scripted network that stands in for ``request``. Q knows A
     and B; asked about the target, A and B both name two departed peers G1,
     G2 (closer than anyone live) and so never H, the closest live peer.
     Without the repair round the lookup ends with [A, B]. With it, Q asks A
@@ -366,7 +365,7 @@ def test_a_lookup_that_met_departed_peers_repairs_its_result():
             return KadMessage(MessageType.FIND_NODE, key=msg.key,
                               closer_peers=[KadPeer(p, [addr[p]]) for p in named])
 
-        node._rpc = rpc
+        node.request = rpc
         node.add_address(a, addr[a])
         node.add_address(b, addr[b])
         got = run_loop(lambda: asyncio.wait_for(node.get_closest_peers(target), 10))
@@ -383,7 +382,7 @@ def test_a_lookup_that_met_departed_peers_repairs_its_result():
 
 
 class _FakeStream:
-    """What KadNode._serve touches of an inbound stream, recording what the
+    """What KadNode.serve_stream touches of an inbound stream, recording what the
     server does with it."""
 
     class _Conn:
@@ -435,7 +434,7 @@ def test_requests_are_counted_and_request_events_are_opt_out():
     q_all = node.subscribe()
     q_quiet = node.subscribe(inbound_requests=False)
     stream = _FakeStream(peer_ids(1)[0])
-    node._serve(stream)
+    node.serve_stream(stream)
     find = frame(encode_message(KadMessage(MessageType.FIND_NODE, key=b"x" * 32)))
     rec = KadRecord(b"/k", b"v")
     put = frame(encode_message(KadMessage(MessageType.PUT_VALUE, key=rec.key, record=rec)))
@@ -466,7 +465,7 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
     store = SqliteStore(tmp_path / "s.db", me.peer_id, group_commit=True)
     node = offline_node(keypair=me, store=store)
     stream = _FakeStream(asker)
-    node._serve(stream)
+    node.serve_stream(stream)
 
     def put(i):
         rec = KadRecord(b"/k%d" % i, b"v%d" % i)
@@ -488,7 +487,7 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
     stream.sink(put(1) + find + put(2))               # a PUT changes the store: replies wait
     stream.sink(b"")                                  # and so does the close
     assert replies() == ["sink finished"]
-    assert store.dirty and len(node._commit_waiters) == 1
+    assert store.dirty and node.replies_waiting_for_commit == 1
 
     def on_disk():
         with sqlite3.connect(tmp_path / "s.db") as other:
@@ -497,18 +496,18 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
     assert on_disk() == 0
     # meanwhile a FIND_NODE on another stream neither waits nor is held
     other = _FakeStream(asker)
-    node._serve(other)
+    node.serve_stream(other)
     other.sink(find)
     assert len(other.events) == 1 and other.events[0][0] == "write"
-    assert len(node._commit_waiters) == 1
-    node._run_group_commit()
+    assert node.replies_waiting_for_commit == 1
+    node.commit()
     assert on_disk() == 2 and not store.dirty
     # in order, the close last
     assert replies() == ["sink finished", MessageType.PUT_VALUE, MessageType.FIND_NODE, MessageType.PUT_VALUE, "close"]
 
     # a commit that fails acknowledges nothing: the waiting stream is reset
     stream2 = _FakeStream(asker)
-    node._serve(stream2)
+    node.serve_stream(stream2)
     stream2.sink(put(3))
     assert stream2.events == []
 
@@ -516,7 +515,7 @@ def test_group_commit_holds_replies_until_the_store_committed(tmp_path):
         raise StoreError("disk full")
 
     store.commit = failing_commit
-    node._run_group_commit()
+    node.commit()
     assert stream2.events == ["reset"]
 
 
@@ -1248,26 +1247,26 @@ def test_a_replication_round_works_through_the_store_a_few_records_at_a_time():
         running -= 1
         return 20
 
-    node._replicate = fake_replicate
+    node.replicate = fake_replicate
     announced = []
 
     async def fake_announce(key):
         announced.append(key)
         return 20
 
-    node._announce_provider = fake_announce
+    node.announce_provider = fake_announce
 
     async def main():
         await node.maintenance(clock())           # starts the timers
         clock.t += node.config.replication_interval
         await node.maintenance(clock())           # a round starts
-        round_ = node._replication_round
+        round_ = node.replication_round
         for _ in range(20):                       # a few loop passes: the round's workers start
             await asyncio.sleep(0)
         assert running == 3 and len(seen) == 3
         clock.t += node.config.replication_interval
         await node.maintenance(clock())           # due again while it runs: not doubled
-        assert node._replication_round is round_
+        assert node.replication_round is round_
         gate.set()
         assert await asyncio.wait_for(round_, 10) == 39
         assert most == 3 and sorted(seen) == [b"/r/%02d" % i for i in range(39)]
@@ -1276,7 +1275,7 @@ def test_a_replication_round_works_through_the_store_a_few_records_at_a_time():
             node.store.add_provider(ProviderRecord(b"/p/%d" % i, me.peer_id, (), expires=1e9), clock())
         clock.t += node.config.provider_republish_interval
         await node.maintenance(clock())
-        assert await asyncio.wait_for(node._provider_round, 10) == 5
+        assert await asyncio.wait_for(node.provider_round, 10) == 5
         assert sorted(announced) == [b"/p/%d" % i for i in range(5)]
 
     run_loop(lambda: main())
@@ -1402,7 +1401,7 @@ def test_ipns_forged_stale_expired_and_oversized_puts_reset_the_stream():
 
             async def put(value):
                 msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value))
-                return await client._rpc(server.peer_id, msg)
+                return await client.request(server.peer_id, msg)
 
             def held():
                 return server.store.get(key, server.clock()).value
@@ -1424,7 +1423,7 @@ def test_ipns_forged_stale_expired_and_oversized_puts_reset_the_stream():
                 assert held() == s1, what
             s2 = create_record(pair, IPNS_VALUE, 2, T0 + 3600, v1=False)
             assert (await put(s2)).record.value == s2 and held() == s2
-            reply = await client._rpc(server.peer_id, KadMessage(MessageType.GET_VALUE, key=key))
+            reply = await client.request(server.peer_id, KadMessage(MessageType.GET_VALUE, key=key))
             assert reply.record.value == s2
         finally:
             await client.stop()
@@ -1454,7 +1453,7 @@ def test_ipns_get_record_picks_the_best_and_corrects_a_peer_that_held_a_worse_on
             for server, value in ((a, s1), (b, s2)):
                 getter.add_address(server.peer_id, server.listen_addrs[0])
                 msg = KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value))
-                await getter._rpc(server.peer_id, msg)
+                await getter.request(server.peer_id, msg)
             # the getter's own record (a higher sequence) has expired: it is left out
             getter.store.put(Record(key, create_record(pair, IPNS_VALUE, 9, T0 + 10)), getter.clock())
             wall.t = T0 + 20

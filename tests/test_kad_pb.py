@@ -335,24 +335,19 @@ def test_decode_accepts_bytearray_and_memoryview():
 
 
 def test_caches_stay_bounded(monkeypatch):
-    caches = (pb._PID_CACHE, pb._ADDR_CACHE, pb._PEER_CACHE)
-    saved = [dict(c) for c in caches]
-    monkeypatch.setattr(pb, "_CACHE_SIZE", 3)
+    monkeypatch.setattr(pb, "CACHE_SIZE", 3)
+    pb.clear_decode_caches()
     try:
-        for c in caches:
-            c.clear()
         peers = [KadPeer(PeerId(b"\x12\x20" + bytes([i]) * 32), [Multiaddr(f"/ip4/10.0.0.{i}/tcp/1")]) for i in range(10)]
         msg = KadMessage(MessageType.FIND_NODE, closer_peers=peers)
         for _ in range(2):
             assert decode_message(encode_message(msg)) == msg
-        assert all(0 < len(c) <= 3 for c in caches)
+        assert all(0 < n <= 3 for n in pb.decode_cache_sizes())
         # a decoded peer's address list is its own, not the cache's
         decode_message(encode_message(msg)).closer_peers[-1].addrs.append(ADDRS[0])
         assert decode_message(encode_message(msg)).closer_peers[-1].addrs == peers[-1].addrs
     finally:
-        for c, old in zip(caches, saved):
-            c.clear()
-            c.update(old)
+        pb.clear_decode_caches()
 
 
 # ------------------------------------------------------------------ errors

@@ -11,6 +11,7 @@ from kadfast import Ed25519KeyPair, Multiaddr, PeerId
 from kadfast.addrbook import AddressBook
 from kadfast.kad.node import Config, KadNode
 from kadfast.kad.pb import KadMessage, KadPeer, MessageType, encode_find_node_reply, encode_message, frame
+from kadfast.net import HostConfig
 from kadfast.store import Record
 
 
@@ -27,14 +28,14 @@ def random_pid() -> PeerId:
 
 
 def make_node(n: int = 300, k: int = 20) -> tuple[KadNode, list[PeerId]]:
-    node = KadNode(config=Config(k=k), clock=FakeClock(), wall_clock=lambda: 1_700_000_000.0)
-    node.host._listen_addrs.append(Multiaddr("/ip4/127.0.0.1/tcp/4001"))
+    node = KadNode(config=Config(k=k), clock=FakeClock(), wall_clock=lambda: 1_700_000_000.0,
+                   host_config=HostConfig(external_addrs=["/ip4/127.0.0.1/tcp/4001"]))
     peers = [random_pid() for _ in range(n)]
     for i, p in enumerate(peers):
         node.add_address(p, f"/ip4/10.0.{i >> 8}.{i & 255}/tcp/4001")
         if i % 3 == 0:
             node.host.addrbook.add(p, [Multiaddr(f"/ip6/::{i + 1}/tcp/5")], node.clock(), ttl=100)
-        node._update_peer(p, node.clock(), connected=i % 2 == 0)
+        node.update_peer(p, node.clock(), connected=i % 2 == 0)
     return node, peers
 
 

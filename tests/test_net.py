@@ -259,7 +259,7 @@ def test_a_cancelled_dialer_does_not_cancel_the_merged_dial(run):
             await asyncio.sleep(0)          # the first dial is under way
             others = [asyncio.ensure_future(a.dial(b.peer_id)) for _ in range(3)]
             await asyncio.sleep(0)          # ... and the others wait on it
-            assert b.peer_id in a._dialing and a.connection(b.peer_id) is None
+            assert a.dial_under_way(b.peer_id) is not None and a.connection(b.peer_id) is None
             first.cancel()
             conns = await asyncio.gather(*others)
             assert first.cancelled()
@@ -271,31 +271,41 @@ def test_a_cancelled_dialer_does_not_cancel_the_merged_dial(run):
             await asyncio.wait_for(conns[0].closed, 5)
             assert a.connection(b.peer_id) is None
             lone = asyncio.ensure_future(a.dial(maddr(b)))
-            while b.peer_id not in a._dialing or not a._dialing[b.peer_id].started:
+            while (dial := a.dial_under_way(b.peer_id)) is None or not dial.started:
                 await asyncio.sleep(0)
-            dial = a._dialing[b.peer_id]
             lone.cancel()
             await asyncio.wait_for(asyncio.shield(dial.task), 5)
-            assert a.connection(b.peer_id) is not None and b.peer_id not in a._dialing
+            assert a.connection(b.peer_id) is not None and a.dial_under_way(b.peer_id) is None
             # ... but one still waiting for a dial slot is dropped
             conn = a.connection(b.peer_id)
             conn.close("test")
             await asyncio.wait_for(conn.closed, 5)
-            await a._dial_sem.acquire()     # every dial slot taken
+            # the one dial slot taken by a dial to a listener that never answers
+            accepted: list[asyncio.StreamWriter] = []
+            silent = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+            port = silent.sockets[0].getsockname()[1]
+            mute = Ed25519KeyPair.generate().peer_id
+            stuck = asyncio.ensure_future(a.dial(Multiaddr(f"/ip4/127.0.0.1/tcp/{port}").with_peer_id(mute)))
             try:
+                while (held := a.dial_under_way(mute)) is None or not held.started:
+                    await asyncio.sleep(0)
                 waiting = [asyncio.ensure_future(a.dial(maddr(b))) for _ in range(2)]
                 await asyncio.sleep(0)
-                dial = a._dialing[b.peer_id]
-                assert dial.waiters == 2 and not dial.started
+                dial = a.dial_under_way(b.peer_id)
+                assert dial is not None and dial.waiters == 2 and not dial.started
                 waiting[0].cancel()
                 await asyncio.sleep(0)
                 assert not dial.task.done()  # one caller still waits
                 waiting[1].cancel()
                 await asyncio.gather(*waiting, return_exceptions=True)
                 await asyncio.gather(dial.task, return_exceptions=True)
-                assert dial.task.cancelled() and b.peer_id not in a._dialing
+                assert dial.task.cancelled() and a.dial_under_way(b.peer_id) is None
             finally:
-                a._dial_sem.release()
+                stuck.cancel()
+                await asyncio.gather(stuck, return_exceptions=True)
+                silent.close()
+                for w in accepted:  # the stuck dial fails at once and frees its slot
+                    w.close()
             assert a.connection(b.peer_id) is None
             assert (await a.dial(maddr(b))).is_open   # a later dial starts afresh
         finally:

@@ -38,7 +38,7 @@ def test_responder_output_is_input_prefix(data, cuts):
     for n in cuts + [len(data)]:
         out += r.feed(data[pos:pos + n])
         pos += n
-        assert len(r._buf) < PING_SIZE  # bounded buffer
+        assert r.buffered < PING_SIZE  # bounded buffer
     whole = len(data) - len(data) % PING_SIZE
     assert out == data[:whole]
     if whole == len(data):

@@ -51,8 +51,8 @@ def test_a_request_read_after_serving_stopped_is_reset():
         rr = JsonRequestResponse(host, echo)
         served = _Stream()
         stopped = _Stream()
-        answered = asyncio.ensure_future(rr._serve(served))
-        refused = asyncio.ensure_future(rr._serve(stopped))
+        answered = asyncio.ensure_future(rr.serve_stream(served))
+        refused = asyncio.ensure_future(rr.serve_stream(stopped))
         served.release.set()
         await answered
         assert served.written == b'{"q": 1}' and not served.was_reset

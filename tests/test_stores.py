@@ -384,7 +384,7 @@ def test_an_empty_store_is_truthy(tmp_path):
 def test_uses_wal_and_full_sync(tmp_path):
     with SqliteStore(tmp_path / "s.db", peers(1)[0]) as s:
         assert s.journal_mode == "wal"
-        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert s.synchronous == 2  # FULL
 
 
 def test_garbage_file_is_a_clear_store_error(tmp_path):

@@ -326,7 +326,7 @@ def test_pending_pings_are_bounded():
     first = c.ping(0.0)
     for i in range(MAX_PENDING_PINGS + 5):
         c.ping(float(i))
-    assert len(c._pings) == MAX_PENDING_PINGS
+    assert c.pending_pings == MAX_PENDING_PINGS
     # the oldest was forgotten: its pong is ignored
     assert c.receive_data(frame(TYPE_PING, FLAG_ACK, 0, first)) == []
 
@@ -574,7 +574,7 @@ def test_input_types_and_partial_frames():
         ev = s.receive_data(conv(wire[:10])) + s.receive_data(conv(wire[10:20])) + s.receive_data(conv(wire[20:]))
         assert ev == expected
         assert all(type(e.data) is bytes for e in ev if isinstance(e, StreamData))
-        assert len(s._rbuf) == 0
+        assert s.buffered_input == 0
 
 
 # --- traffic feeding: whole vs byte by byte ---------------------------------
@@ -648,7 +648,7 @@ def _feed_checked(session: YamuxSession, chunks) -> None:
             assert exc.remote and exc.code == 1
             assert session.is_closed
             return
-        assert len(session._rbuf) <= _RBUF_BOUND
+        assert session.buffered_input <= _RBUF_BOUND
         assert len(session.stream_ids()) <= 8
         session.data_to_send()
 

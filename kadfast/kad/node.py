@@ -4,7 +4,7 @@ queries, records, providers, bootstrap, maintenance and events.
 The network is a :class:`kadfast.net.Host`; the routing table, the store, the
 codec, the validators, the lookup state machine and the server's answers
 (:class:`kadfast.kad.server.KadServer`) are the sans-IO parts: the node's
-``_serve`` reads the inbound kad streams and writes what the server answers.
+``serve_stream`` reads the inbound kad streams and writes what the server answers.
 Maintenance is one step function, :meth:`KadNode.maintenance`, driven by a
 periodic task in production and by a fake clock in tests.
 """
@@ -435,7 +435,7 @@ class KadNode:
         self.server_mode = False
         self.dropped_events = 0
         host = self.host
-        #: the kad server (sans-IO): answers the requests that _serve reads,
+        #: the kad server (sans-IO): answers the requests that serve_stream reads,
         #: owns the reply cache, the withheld peers, the rate limits, the
         #: store quotas and the record-acceptance rules
         self.server = KadServer(
@@ -458,7 +458,7 @@ class KadNode:
             mode == "auto" and bool(self.host.listen_addrs or self.host.config.external_addrs)
         )
         if self.server_mode:
-            self.host.set_stream_handler(self.config.protocol, self._serve, inline=True)
+            self.host.set_stream_handler(self.config.protocol, self.serve_stream, inline=True)
         self.host.add_listener(self._on_host_event)
         self._started = True
         loop = asyncio.get_running_loop()
@@ -471,7 +471,7 @@ class KadNode:
                 t.cancel()
         await asyncio.gather(*[t for t in (self._maint_task, *self._tasks) if t], return_exceptions=True)
         if self._group_commit:
-            self._run_group_commit()
+            self.commit()
         await self.host.close()
 
     async def __aenter__(self) -> "KadNode":
@@ -480,6 +480,16 @@ class KadNode:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+    @property
+    def replication_round(self) -> asyncio.Task | None:
+        """The task of the last replication round (running or done), if any."""
+        return self._replication_round
+
+    @property
+    def provider_round(self) -> asyncio.Task | None:
+        """The task of the last provider republication round, if any."""
+        return self._provider_round
 
     @property
     def listen_addrs(self) -> list[Multiaddr]:
@@ -559,9 +569,14 @@ class KadNode:
         now = self.clock()
         self.host.addrbook.add(peer, [addr], now, source="config")
         self.server.heard_from(self._key(peer))
-        return self._update_peer(peer, now, connected=False)
+        return self.update_peer(peer, now, connected=False)
 
-    def _update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
+    def update_peer(self, peer: PeerId, now: float, connected: bool) -> int:
+        """Tell the routing table that ``peer`` was seen at ``now``: it
+        answered or called (``connected``), or a request to it failed (not
+        connected). A new peer enters only if its bucket and its IP group
+        have room; the table's outcome (``kadfast._routing`` INSERTED,
+        UPDATED, PENDING, FULL, SELF ...)."""
         if peer == self.peer_id:
             return _routing.SELF
         key = self._key(peer)
@@ -634,7 +649,7 @@ class KadNode:
 
     async def _probe(self, peer: PeerId) -> None:
         try:
-            await self._rpc(peer, KadMessage(MessageType.FIND_NODE, key=self.peer_id.to_bytes()))
+            await self.request(peer, KadMessage(MessageType.FIND_NODE, key=self.peer_id.to_bytes()))
         except Exception:
             pass
 
@@ -643,7 +658,7 @@ class KadNode:
         identify feeds the routing table, closed connections mark entries."""
         if isinstance(ev, PeerIdentified):
             if self.config.protocol in ev.info.protocols:
-                self._update_peer(ev.peer_id, self.clock(), connected=True)
+                self.update_peer(ev.peer_id, self.clock(), connected=True)
             elif self._key(ev.peer_id) in self.table:
                 # it stopped serving kad (e.g. became a client)
                 self.table.remove(self._key(ev.peer_id))
@@ -660,7 +675,7 @@ class KadNode:
         for applied in self.table.pop_applied():
             self._emit_routing(applied.inserted.value, True, applied.evicted.value if applied.evicted else None)
         if self._key(peer) in self.table:
-            self._update_peer(peer, now, connected=False)
+            self.update_peer(peer, now, connected=False)
 
     def _mark_unreachable(self, key: Key) -> None:
         """A request to this table entry failed: it stays in the table but
@@ -682,10 +697,16 @@ class KadNode:
         except RuntimeError:  # no loop (a store changed before start): the next commit takes it
             return
         self._commit_scheduled = True
-        loop.call_soon(self._run_group_commit)
+        loop.call_soon(self.commit)
 
-    def _run_group_commit(self) -> None:
-        """Commit the store, then release the replies that waited for it (or
+    @property
+    def replies_waiting_for_commit(self) -> int:
+        """Streams whose replies wait for the group commit of the store."""
+        return len(self._commit_waiters)
+
+    def commit(self) -> None:
+        """Commit the store now (the node does so once per loop pass after
+        a change), then release the replies that waited for it (or
         reset their streams if the commit failed: nothing is acknowledged
         that is not on disk)."""
         self._commit_scheduled = False
@@ -700,7 +721,7 @@ class KadNode:
             flush(ok)
 
     # -- server side ---------------------------------------------------------------
-    def _serve(self, stream) -> None:
+    def serve_stream(self, stream) -> None:
         """The kad server of one inbound stream, inline (no task): called in
         the connection's read callback once the protocol is negotiated."""
         # per-connection count of open kad streams, uncounted when a stream ends
@@ -878,9 +899,10 @@ class KadNode:
         done.add_done_callback(release)
 
     # -- client side -----------------------------------------------------------------
-    async def _rpc(self, peer: PeerId, msg: KadMessage) -> KadMessage:
-        """One request and its reply on a fresh stream; updates the routing
-        table with the outcome."""
+    async def request(self, peer: PeerId, msg: KadMessage) -> KadMessage:
+        """Send one kad request to ``peer`` and return its reply, on a fresh
+        stream within the request timeout; the routing table learns the
+        outcome. Raises :class:`KadError` on failure."""
         async def exchange():
             stream = await self.host.new_stream(peer, self.config.protocol)
             try:
@@ -909,7 +931,7 @@ class KadNode:
                     if key in self.table:
                         self._mark_unreachable(key)
             raise KadError(f"request to {peer} failed: {type(exc).__name__}: {exc}") from exc
-        self._update_peer(peer, self.clock(), connected=True)
+        self.update_peer(peer, self.clock(), connected=True)
         return reply
 
     async def _send_only(self, peer: PeerId, msg: KadMessage) -> None:
@@ -955,7 +977,7 @@ class KadNode:
             while not it.finished:
                 for peer in it.next(self.clock()):
                     m = KadMessage(MessageType.FIND_NODE, key=peer.to_bytes()) if it.is_repair(peer) else msg
-                    inflight[loop.create_task(self._rpc(peer, m))] = peer
+                    inflight[loop.create_task(self.request(peer, m))] = peer
                 if it.finished:
                     break
                 deadline = it.next_deadline()
@@ -1054,7 +1076,7 @@ class KadNode:
         self.server.forget_record(record.key)
         if record.publisher == self.peer_id:
             self._published[record.key] = now
-        stored = await self._replicate(record)
+        stored = await self.replicate(record)
         if stored < need:
             raise QuorumFailed(record.key, stored, need)
         return stored
@@ -1083,9 +1105,11 @@ class KadNode:
         """Replicate the record held for ``key``; None if it is gone (expired
         or removed since the round began)."""
         rec = self.store.get(key, self.clock())
-        return None if rec is None else await self._replicate(rec)
+        return None if rec is None else await self.replicate(rec)
 
-    async def _replicate(self, record: Record) -> int:
+    async def replicate(self, record: Record) -> int:
+        """Put ``record`` to the k peers closest to its key (what the
+        replication rounds do for each record held); how many took it."""
         try:
             peers = await self.get_closest_peers(record.key)
         except NoKnownPeers:
@@ -1094,7 +1118,7 @@ class KadNode:
         msg = KadMessage(MessageType.PUT_VALUE, key=record.key, record=kr)
 
         async def put_one(peer):
-            reply = await self._rpc(peer, msg)
+            reply = await self.request(peer, msg)
             return reply.record is not None and reply.record.key == record.key and reply.record.value == record.value
 
         results = await asyncio.gather(*[put_one(p) for p in peers], return_exceptions=True)
@@ -1148,7 +1172,7 @@ class KadNode:
         request timeout); failures are logged at debug."""
         kr = KadRecord(best.key, best.value, publisher=best.publisher)
         msg = KadMessage(MessageType.PUT_VALUE, key=best.key, record=kr)
-        results = await asyncio.gather(*[self._rpc(p, msg) for p in peers], return_exceptions=True)
+        results = await asyncio.gather(*[self.request(p, msg) for p in peers], return_exceptions=True)
         for peer, res in zip(peers, results):
             if isinstance(res, BaseException):
                 log.debug("correcting the record %r held by %s failed: %s", best.key, peer, res)
@@ -1167,9 +1191,12 @@ class KadNode:
         do not. Check with :meth:`get_providers`."""
         now = self.clock()
         self.store.add_provider(ProviderRecord(key, self.peer_id, (), now + self.config.provider_ttl), now)
-        return await self._announce_provider(key)
+        return await self.announce_provider(key)
 
-    async def _announce_provider(self, key: bytes) -> int:
+    async def announce_provider(self, key: bytes) -> int:
+        """Send ADD_PROVIDER for ``key`` (this node) to its k closest peers,
+        as :meth:`provide` and the provider republication rounds do; to how
+        many it was sent."""
         peers = await self.get_closest_peers(key)
         me = KadPeer(self.peer_id, self.host.announce_addrs(), ConnectionType.CONNECTED)
         msg = KadMessage(MessageType.ADD_PROVIDER, key=key, provider_peers=[me])
@@ -1255,7 +1282,7 @@ class KadNode:
                 prov.expires = now + cfg.provider_ttl
                 self.store.add_provider(prov, now)
                 keys.append(prov.key)
-            self._provider_round = self._spawn(self._a_few_at_a_time(keys, self._announce_provider))
+            self._provider_round = self._spawn(self._a_few_at_a_time(keys, self.announce_provider))
 
     def _reset_idle_kad_streams(self, before: float) -> None:
         """Reset the inbound kad streams whose last whole request (or start)

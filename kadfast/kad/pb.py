@@ -99,7 +99,7 @@ _U32 = (1 << 32) - 1
 #: Bounded caches of decoded PeerIds, multiaddrs and whole Peer messages
 #: (keyed by their encodings, so a hit decodes exactly as a miss would);
 #: each is cleared when full. Only short encodings are cached.
-_CACHE_SIZE = 4096
+CACHE_SIZE = 4096
 _MAX_CACHED_ID = 64
 _MAX_CACHED_ADDR = 128
 _MAX_CACHED_PEER = 512
@@ -401,6 +401,19 @@ _ADDR_CACHE: dict[bytes, tuple[Multiaddr | None, bytes | None]] = {}
 _PEER_CACHE: dict[bytes, tuple[PeerId, tuple[Multiaddr, ...], ConnectionType]] = {}
 
 
+def decode_cache_sizes() -> tuple[int, int, int]:
+    """Entries in the decode caches of PeerIds, addresses and Peer
+    messages now (each at most ``CACHE_SIZE``)."""
+    return len(_PID_CACHE), len(_ADDR_CACHE), len(_PEER_CACHE)
+
+
+def clear_decode_caches() -> None:
+    """Empty the decode caches (they fill again as messages are decoded)."""
+    _PID_CACHE.clear()
+    _ADDR_CACHE.clear()
+    _PEER_CACHE.clear()
+
+
 def _peer_id(raw: bytes) -> PeerId | None:
     pid = _PID_CACHE.get(raw)
     if pid is None:
@@ -409,7 +422,7 @@ def _peer_id(raw: bytes) -> PeerId | None:
         except PeerIdError:
             return None
         if len(raw) <= _MAX_CACHED_ID:
-            if len(_PID_CACHE) >= _CACHE_SIZE:
+            if len(_PID_CACHE) >= CACHE_SIZE:
                 _PID_CACHE.clear()
             _PID_CACHE[raw] = pid
     return pid
@@ -428,7 +441,7 @@ def _parse_addr(raw: bytes) -> tuple[Multiaddr | None, bytes | None] | None:
         base = addr.without_peer_id()
         entry = (base if len(base) else None, tail.to_bytes())
     if len(raw) <= _MAX_CACHED_ADDR:
-        if len(_ADDR_CACHE) >= _CACHE_SIZE:
+        if len(_ADDR_CACHE) >= CACHE_SIZE:
             _ADDR_CACHE.clear()
         _ADDR_CACHE[raw] = entry
     return entry
@@ -441,7 +454,7 @@ def _decode_peer(data: bytes) -> KadPeer | None:
         if entry is None:
             return None
         if len(data) <= _MAX_CACHED_PEER:
-            if len(_PEER_CACHE) >= _CACHE_SIZE:
+            if len(_PEER_CACHE) >= CACHE_SIZE:
                 _PEER_CACHE.clear()
             _PEER_CACHE[data] = entry
     return KadPeer(entry[0], list(entry[1]), entry[2])

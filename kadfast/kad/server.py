@@ -15,7 +15,7 @@ two callbacks: ``on_event`` (a :class:`RecordStored` per record taken) and
 ``on_request`` (an :class:`InboundRequest` per request, while set). The
 store's own ``on_dirty`` asks for the group commit.
 
-``KadNode`` runs one for its inline server (``KadNode._serve`` reads the
+``KadNode`` runs one for its inline server (``KadNode.serve_stream`` reads the
 streams and writes the replies); ``bench/sim.py`` runs one per simulated node.
 """
 

@@ -13,13 +13,14 @@ from .errors import (
     DialWrongPeer,
     ProtocolNotSupported,
 )
-from .host import ConnectionClosed, ConnectionEstablished, Host, HostConfig, PeerIdentified
+from .host import ConnectionClosed, ConnectionEstablished, Host, HostConfig, HostUsage, PeerIdentified
 from .stream import Stream, StreamClosed, StreamReset
 
 __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionEstablished",
+    "HostUsage",
     "DialBackoff",
     "DialError",
     "DialLimitReached",

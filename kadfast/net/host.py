@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import os
 import socket
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
-from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_prefix, is_loopback, plausible_addrs
+from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_group, ip_subnets, is_loopback, plausible_addrs
 from ..errors import KadfastError, MultiaddrError, ProtocolError
 from ..identify import (
     MAX_IDENTIFY_BYTES,
@@ -171,6 +170,37 @@ class HostConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HostUsage:
+    """What the host's connection limits count at one moment (copies): see
+    :meth:`Host.usage`. The per-IP and per-subnet maps hold inbound
+    connections (IPv6 grouped by /64), as the limits of the same names."""
+
+    open: int
+    pending: int
+    pending_inbound: int
+    pending_per_ip: dict[str, int]
+    per_ip: dict[str, int]
+    per_small_subnet: dict[str, int]
+    per_large_subnet: dict[str, int]
+    #: large subnets whose members are tracked for pruning at the hard limit
+    tracked_large_subnets: int
+    dialing: int
+    backoff_entries: int
+    protected_peers: int
+    #: a trim waits for the trim interval
+    trim_scheduled: bool
+    #: no search for prunable connections at the hard limit before this
+    #: time (one found nothing to prune); on the host's clock
+    hard_trim_after: float
+
+    @property
+    def empty(self) -> bool:
+        """Nothing is open, under way or counted against any limit."""
+        return not (self.open or self.pending or self.pending_inbound or self.pending_per_ip or self.per_ip
+                    or self.per_small_subnet or self.per_large_subnet or self.tracked_large_subnets)
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionEstablished:
     peer_id: PeerId
     remote_addr: Multiaddr | None
@@ -245,7 +275,7 @@ class Host:
         self._handshakes_per_subnet = PeerRateLimiter.per_second(
             cfg.max_handshakes_per_subnet_per_second, cfg.handshake_burst_seconds)
         self._ping_limiter = PeerRateLimiter(cfg.max_pings_per_second, cfg.ping_burst)
-        self._dialing: dict[PeerId, _Dial] = {}
+        self._dialing: dict[PeerId, Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
         self._identified: dict[PeerId, asyncio.Future] = {}
@@ -487,10 +517,10 @@ class Host:
         connection limit, which has the connection manager prune if need
         be); counts it when it may."""
         cfg = self.config
-        group, loopback = _ip_group(ip) if ip else (None, False)
+        group, loopback = ip_group(ip) if ip else (None, False)
         small = large = None
         if ip and group is not None and (not loopback or cfg.limit_loopback):
-            small, large = _subnets(ip, group)
+            small, large = ip_subnets(ip, group)
             now = self.clock()
             # refusals of a flood are logged at debug: a line each would cost more than the refusal
             if not self._handshakes_per_ip.allow(group, now):
@@ -561,6 +591,35 @@ class Host:
 
     def connection_count(self) -> int:
         return len(self._pending) + self._open_count
+
+    def usage(self) -> HostUsage:
+        """What the connection limits count now: for metrics, and for
+        checking that nothing leaks once connections are gone."""
+        return HostUsage(
+            open=self._open_count,
+            pending=len(self._pending),
+            pending_inbound=self._pending_inbound,
+            pending_per_ip=dict(self._pending_per_ip),
+            per_ip=dict(self._ip_conns),
+            per_small_subnet=dict(self._small_subnet_conns),
+            per_large_subnet=dict(self._large_subnet_conns),
+            tracked_large_subnets=len(self._large_subnet_members),
+            dialing=len(self._dialing),
+            backoff_entries=len(self._backoff),
+            protected_peers=len(self._protected),
+            trim_scheduled=self._trim_timer is not None,
+            hard_trim_after=self._hard_trim_after,
+        )
+
+    def dial_under_way(self, peer: PeerId) -> "Dial | None":
+        """The dial to ``peer`` that callers of :meth:`dial` share now:
+        its task, how many callers wait on it, whether it holds a dial slot
+        (``max_concurrent_dials``) yet; None when no dial is under way."""
+        return self._dialing.get(peer)
+
+    def pending_connections(self) -> list[Connection]:
+        """The connections whose upgrade is under way."""
+        return list(self._pending)
 
     def connections(self, peer: PeerId) -> list[Connection]:
         return list(self._conns.get(peer, ()))
@@ -708,9 +767,16 @@ class Host:
 
     def _deferred_trim(self) -> None:
         self._trim_timer = None
+        self.trim_if_over_high_water()
+
+    def trim_if_over_high_water(self) -> int:
+        """Trim (see :meth:`trim`) if more connections are open than the
+        high mark allows, as the trim that waited for the trim interval
+        does when its time comes; how many were closed."""
         high, _ = self.watermarks()
         if high and self._open_count > high and not self._closing:
-            self.trim()
+            return self.trim()
+        return 0
 
     def _make_room(self, needed: int, subnet: str | None = None) -> bool:
         """At the hard limit: prune at once (no trim interval) so that
@@ -818,7 +884,7 @@ class Host:
             # this peer meanwhile: one caller giving up (a lookup cancelling
             # its requests) neither cancels the others' dial nor hands them
             # its cancellation
-            dial = self._dialing[peer] = _Dial()
+            dial = self._dialing[peer] = Dial()
             dial.task = self._spawn(self._dial_shared(peer, dial))
             dial.task.add_done_callback(_retrieve_exception)
         dial.waiters += 1
@@ -834,7 +900,7 @@ class Host:
                 if self._dialing.get(peer) is dial:
                     del self._dialing[peer]
 
-    async def _dial_shared(self, peer: PeerId, dial: "_Dial") -> Connection:
+    async def _dial_shared(self, peer: PeerId, dial: "Dial") -> Connection:
         try:
             conn = await self._dial_new(peer, dial)
         except DialError:
@@ -855,7 +921,7 @@ class Host:
         while len(self._backoff) > cfg.max_backoff_entries:
             self._backoff.popitem(last=False)
 
-    async def _dial_new(self, peer: PeerId, dial: "_Dial") -> Connection:
+    async def _dial_new(self, peer: PeerId, dial: "Dial") -> Connection:
         over = self.connection_count() - self.config.max_connections
         if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
@@ -1067,39 +1133,6 @@ async def _read_identify(stream: Stream) -> IdentifyInfo:
         reader.feed(data)
 
 
-def _ip_group(ip: str) -> tuple[str | None, bool]:
-    """The key an address is counted under for max_connections_per_ip (the
-    address itself; an IPv6 address's /64 prefix; an IPv4-mapped IPv6
-    address's IPv4 address) and whether it is a loopback address."""
-    if ":" not in ip and ip.count(".") == 3:
-        try:  # a socket's IPv4 address, canonical already: no ipaddress object
-            socket.inet_pton(socket.AF_INET, ip)
-        except OSError:
-            return None, False
-        return ip, ip.startswith("127.")
-    try:
-        addr = ipaddress.ip_address(ip.split("%")[0])
-    except ValueError:
-        return None, False
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        else:
-            net = ipaddress.IPv6Network((int(addr) >> 64 << 64, 64))
-            return str(net), addr.is_loopback
-    return str(addr), addr.is_loopback
-
-
-def _subnets(ip: str, group: str) -> tuple[str | None, str | None]:
-    """The small and large subnets of an address whose :func:`_ip_group` is
-    ``group``: IPv4 /24 and /16, IPv6 /48 and /32 (as
-    :func:`~kadfast.addrbook.ip_prefix` writes them)."""
-    if "/" not in group:  # IPv4 (an IPv4-mapped address too): the dotted address, canonical
-        a, b, c, _ = group.split(".")
-        return f"{a}.{b}.{c}.0/24", f"{a}.{b}.0.0/16"
-    return ip_prefix(ip, 24, 48), ip_prefix(ip, 16, 32)
-
-
 def _uncount(counts: dict[str, int], key: str) -> None:
     n = counts.get(key, 0) - 1
     if n > 0:
@@ -1108,8 +1141,9 @@ def _uncount(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)
 
 
-class _Dial:
-    """A dial to one peer shared by the callers that want it meanwhile."""
+class Dial:
+    """A dial to one peer shared by the callers that want it meanwhile
+    (see :meth:`Host.dial_under_way`)."""
     __slots__ = ("task", "waiters", "started")
 
     def __init__(self) -> None:

@@ -55,7 +55,7 @@ async def go_record(go, **args) -> tuple[bytes, bytes]:
 
 async def put_to(client: KadNode, peer: PeerId, key: bytes, value: bytes):
     """One PUT_VALUE from ``client`` to ``peer``; the echo, or KadError."""
-    return await client._rpc(peer, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)))
+    return await client.request(peer, KadMessage(MessageType.PUT_VALUE, key=key, record=KadRecord(key, value)))
 
 
 async def refused_by(client: KadNode, peer: PeerId, key: bytes, value: bytes) -> None:
@@ -114,7 +114,7 @@ def test_records_made_by_go_are_accepted_and_selected_alike(spawn_peer, interop_
             # a go-made V2-only record, put from kadfast, is stored by the
             # kadfast server and read back
             assert (await put_to(client, server.peer_id, key, s0_v2)).record.value == s0_v2
-            reply = await client._rpc(server.peer_id, KadMessage(MessageType.GET_VALUE, key=key))
+            reply = await client.request(server.peer_id, KadMessage(MessageType.GET_VALUE, key=key))
             assert reply.record.value == s0_v2
 
             # go puts seq 1 through its DHT: the kadfast server takes it
