@@ -23,12 +23,11 @@ import hashlib
 import logging
 from typing import Any, Awaitable, Callable, Iterable
 
-from .errors import BootstrapError, NoPeersInNamespace, PeerIdError
+from .errors import BootstrapError, DialError, NoPeersInNamespace, PeerIdError
 from .kad.node import Config, KadError, KadNode, NoKnownPeers, NotFound, Quorum
 from .keys import Ed25519KeyPair, load_or_create_keypair
 from .multiaddr import Multiaddr
 from .net import HostConfig
-from .net.errors import DialError
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, JsonRequestResponse
 from .store import Record, RecordStore

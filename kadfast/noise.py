@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -67,6 +68,7 @@ __all__ = [
     "NoiseTransport",
     "TRANSPORT_IMPL",
     "TRANSPORT_DESCRIPTION",
+    "name_fallback_once",
 ]
 
 #: The one Noise protocol libp2p's ``/noise`` speaks.
@@ -604,6 +606,19 @@ class NoiseTransport:
         if not out:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
+
+
+_fallback_named = False
+
+
+def name_fallback_once(log: logging.Logger) -> None:
+    """Warn on ``log``, once per process, when the transport handshakes
+    hand out is the plain-Python one (a build without the compiled
+    module): a slower node is never a silent one."""
+    global _fallback_named
+    if TRANSPORT_IMPL != "compiled" and not _fallback_named:
+        _fallback_named = True
+        log.warning("Noise transport: %s", TRANSPORT_DESCRIPTION)
 
 
 #: what a completed handshake hands out (see :data:`TRANSPORT_IMPL`)

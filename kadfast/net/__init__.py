@@ -2,7 +2,7 @@
 and Yamux, streams, protocol handlers, identify and ping."""
 
 from .connection import Connection
-from .errors import (
+from ..errors import (
     DialBackoff,
     DialError,
     DialLimitReached,

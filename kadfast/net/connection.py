@@ -18,7 +18,7 @@ from ..multiaddr import Multiaddr
 from ..multistream import MultistreamDialer, MultistreamListener
 from ..noise import NoiseHandshake
 from .. import yamux as y
-from .errors import ProtocolNotSupported
+from ..errors import ProtocolNotSupported
 from .stream import Stream, StreamReset
 
 if TYPE_CHECKING:  # pragma: no cover

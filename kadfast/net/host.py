@@ -27,14 +27,14 @@ from ..identify import (
     merge_push,
 )
 from ..keys import Ed25519KeyPair
-from ..noise import TRANSPORT_DESCRIPTION, TRANSPORT_IMPL, NoisePeerIdMismatch, NoiseStaticKey
+from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
 from ..ratelimit import PeerRateLimiter
 from .connection import Connection
 from .connmgr import PRUNED_REASON, choose_prunable
-from .errors import (
+from ..errors import (
     DialBackoff,
     DialError,
     DialLimitReached,
@@ -47,9 +47,8 @@ from .errors import (
 from .stream import Stream, StreamReset
 
 log = logging.getLogger("kadfast.net")
-_fallback_named = False
 
-__all__ = ["Host", "HostConfig", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
+__all__ = ["Host", "HostConfig", "HostUsage", "Dial", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
 
 Handler = Callable[[Stream], Awaitable[None]]
 
@@ -297,10 +296,7 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
-        global _fallback_named
-        if TRANSPORT_IMPL != "compiled" and not _fallback_named:
-            _fallback_named = True  # once per process, however many hosts it runs
-            log.warning("Noise transport: %s", TRANSPORT_DESCRIPTION)
+        name_fallback_once(log)  # once per process, however many hosts it runs
         self.loop = asyncio.get_running_loop()
         self._dial_sem = asyncio.Semaphore(self.config.max_concurrent_dials)
         for a in self.config.listen_addrs:
