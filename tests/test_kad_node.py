@@ -4,6 +4,7 @@ loopback network of 50 nodes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import random
@@ -436,7 +437,7 @@ def test_lookups_of_a_node_run_side_by_side_in_its_query_pool():
         assert 2 <= most[t] <= 4   # a stalled lookup may wait on max(k, parallelism)
 
 
-def test_cancelling_a_lookup_cancels_its_query_and_its_requests():
+def test_cancelling_a_lookup_cancels_its_query_and_its_requests(caplog):
     started: list[PeerId] = []
     cancelled: list[PeerId] = []
 
@@ -460,12 +461,19 @@ def test_cancelling_a_lookup_cancels_its_query_and_its_requests():
         with pytest.raises(asyncio.CancelledError):
             await lookup
         assert len(node.queries) == 1 and len(cancelled) == 3 and len(node._tasks) == 3
+        spawned = node.spawn(node.get_closest_peers(b"w" * 32))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(node.queries) == 2 and len(started) == 9
         await node.stop()   # the other lookup, waited for outside the node's tasks, fails
         with pytest.raises(KadError, match="stopped"):
             await other
-        assert len(node.queries) == 0 and len(cancelled) == 6 and not node._tasks
+        assert spawned.cancelled()
+        assert len(node.queries) == 0 and len(cancelled) == 9 and not node._tasks
 
     run_loop(lambda: asyncio.wait_for(main(), 10))
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 def test_request_and_query_timeouts_come_from_the_pool_timer():

@@ -499,6 +499,7 @@ class KadNode:
             self.queries.cancel(qid)
             if q is not None and not q.info.future.done():
                 q.info.future.set_exception(KadError("the node stopped"))
+                q.info.future.exception()   # read: a waiter cancelled meanwhile never will
         self._cancel_query_timer()
         await asyncio.gather(*[t for t in (self._maint_task, *self._tasks) if t], return_exceptions=True)
         if self._group_commit:
