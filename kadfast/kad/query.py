@@ -673,21 +673,21 @@ class QueryPool:
         requests to send now, then the queries that ended (removed from the
         pool), each in the order the queries were added."""
         self._seen(now)
-        sends: list[SendRequest | QueryFinished] = []
+        actions: list[SendRequest | QueryFinished] = []
         ended: list[Query] = []
         for q in self._queries.values():
             it = q.iter
             if not it.finished and (q.dirty or (q.deadline is not None and now >= q.deadline)):
                 q.dirty = False
                 for peer in it.next(now):
-                    sends.append(SendRequest(q.id, peer, it.is_repair(peer)))
+                    actions.append(SendRequest(q.id, peer, it.is_repair(peer)))
                 q.deadline = it.next_deadline()
             if it.finished:
                 ended.append(q)
         for q in ended:
             del self._queries[q.id]
-            sends.append(QueryFinished(q.id, q.iter.result(), q.iter.stats, q.info))
-        return sends
+            actions.append(QueryFinished(q.id, q.iter.result(), q.iter.stats, q.info))
+        return actions
 
     def next_deadline(self) -> float | None:
         """When to :meth:`poll` again if no input comes: the earliest request
