@@ -9,8 +9,8 @@ a memory transport.
 What runs for real: every node is a compiled ``RoutingTable`` (k = 20), a
 ``MemoryStore`` and a ``KadServer`` (the server ``KadNode`` runs) under a
 PeerId and its ``Key``, with one address book for all (every node's one
-address, known to every node); every lookup is a
-``ClosestPeersIter`` (parallelism 3, request timeout 10 s, query timeout 60 s,
+address, known to every node); every lookup is a query of a
+``QueryPool`` (parallelism 3, request timeout 10 s, query timeout 60 s,
 rust-libp2p's defaults), FIND_NODE lookups with KadNode's repair round
 (``--repair``: a lookup that met failed peers among its closest asks the
 peers that answered for their own neighbourhoods once). What is simulated: the network. A request is a
@@ -96,7 +96,7 @@ from kadfast._xor import closest_digests
 from kadfast.addrbook import AddressBook
 from kadfast.kad.node import Config
 from kadfast.kad.pb import KadMessage, KadRecord, MessageType
-from kadfast.kad.query import ClosestPeersIter
+from kadfast.kad.query import QueryPool, SendRequest
 from kadfast.kad.server import KadServer
 from kadfast.kad.validation import NamespacedValidator
 from kadfast.peerid import PeerId
@@ -166,6 +166,8 @@ class Sim:
             KadServer(cfg, p, t, book, st, validator, own_addrs=(lambda a=a: [a]), key_of=self.key_of)
             for p, t, st, a in zip(self.peer_ids, self.tables, self.stores, self.addrs)]
         self.alive = [True] * n
+        # the lookups: the requester's query pool (they run one at a time)
+        self.queries = QueryPool()
         self.live_idx = np.arange(n)
         self.live_digests = self.digests
         self.now = 0.0
@@ -240,20 +242,26 @@ class Sim:
         if not known:
             return None
         start = self.now
-        it = ClosestPeersIter(target, known, now=start, k=K, parallelism=ALPHA,
-                              request_timeout=REQUEST_TIMEOUT, query_timeout=QUERY_TIMEOUT,
-                              repair=self.repair and get_key is None)
+        pool = self.queries
+        qid = pool.add(target, known, start, k=K, parallelism=ALPHA,
+                       request_timeout=REQUEST_TIMEOUT, query_timeout=QUERY_TIMEOUT,
+                       repair=self.repair and get_key is None)
         depth = {h: 0 for _, h in known}
-        heap: list[tuple[float, int, int, Key, bytes | None]] = []
+        heap: list[tuple[float, int, int, tuple[Key, bytes | None, bytes | None]]] = []
         seq = 0
         dead: list[tuple[float, int]] = []
         alive = self.alive
         learn = self.learn
         found = None
-        while not it.finished:
-            for h in it.next(self.now):
+        end = None
+        while end is None:
+            for act in pool.poll(self.now):
+                if not isinstance(act, SendRequest):   # QueryFinished
+                    end = act
+                    break
+                h = act.peer
                 if alive[h]:
-                    if it.is_repair(h):  # its own neighbourhood: a FIND_NODE of its PeerId
+                    if act.repair:  # its own neighbourhood: a FIND_NODE of its PeerId
                         ask = (self.keys[h], self.peer_ids[h].to_bytes(), None)
                     else:
                         ask = (target, key, get_key)
@@ -261,9 +269,10 @@ class Sim:
                     seq += 1
                 else:
                     dead.append((self.now, h))
-            if it.finished:
+            if end is not None:
                 break
-            wake = it.next_deadline()
+            wake = pool.next_deadline()
+            assert wake is not None
             if heap and heap[0][0] < wake:
                 wake = heap[0][0]
             if wake > self.now:
@@ -279,10 +288,10 @@ class Sim:
                 for _, p in closer:
                     if p not in depth:
                         depth[p] = d
-                it.on_success(h, [c for c in closer if c[1] != q], self.now)
+                pool.on_success(qid, h, [c for c in closer if c[1] != q], self.now)
                 if rec is not None:
                     found = rec
-                    it.finish()
+                    pool.finish(qid)
                     break
         # requests whose timeout passed while the lookup ran failed: the
         # requester marks the peer disconnected (KadNode.request)
@@ -295,9 +304,9 @@ class Sim:
                         table.update(self.keys[h], self.peer_ids[h], self.now, False)
                         if self.withhold_failed and self.keys[h] in table:
                             self.servers[q].withhold(self.keys[h])
-        result = it.result()
+        result = end.result
         hops = max((depth[p] for p in result), default=0)
-        return LookupOut(result, hops, depth[result[0]] if result else 0, it.stats.requests, self.now - start, found)
+        return LookupOut(result, hops, depth[result[0]] if result else 0, end.stats.requests, self.now - start, found)
 
     def truth(self, target: Key, exclude: int, n: int = K) -> list[int]:
         idx = closest_digests(target, self.live_digests, n + 1)

@@ -53,6 +53,7 @@ __all__ = [
     "QuorumFailed",
     "NotFound",
     "ValueTooLarge",
+    "TooManyQueries",
     "BootstrapError",
     "NoPeersInNamespace",
     "RequestError",
@@ -238,6 +239,10 @@ class NotFound(KadError):
 class ValueTooLarge(KadError):
     """A record whose key or value is above the limits that let it reach
     peers and be read back (``Config.max_value_size``, ``max_key_size``)."""
+
+
+class TooManyQueries(KadError):
+    """A query pool already runs as many lookups as its limit allows."""
 
 
 class BootstrapError(KadfastError):

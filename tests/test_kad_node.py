@@ -4,9 +4,12 @@ loopback network of 50 nodes."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import os
 import random
 import sqlite3
+import time
 from dataclasses import replace as dataclass_replace
 
 import pytest
@@ -379,6 +382,121 @@ def test_a_lookup_that_met_departed_peers_repairs_its_result():
     own = [(p, k) for p, k in asked if k != target]
     assert len(own) == 2 and set(own) == {(a, a.to_bytes()), (b, b.to_bytes())}   # once each
     assert (h, target) in asked
+
+
+def _scripted_node(n_peers: int, rpc, **config) -> tuple[KadNode, list[PeerId]]:
+    """An offline node on the real clock whose request is ``rpc``, knowing ``n_peers`` peers."""
+    node = offline_node(config=Config(**config), clock=time.monotonic)
+    node.request = rpc
+    peers = peer_ids(n_peers)
+    for i, p in enumerate(peers):
+        node.add_address(p, Multiaddr(f"/ip4/10.8.{i // 200}.{i % 200 + 1}/tcp/4001"))
+    return node, peers
+
+
+def test_lookups_of_a_node_run_side_by_side_in_its_query_pool():
+    """Five lookups at once share node.queries; each starts with parallelism
+    requests in flight, and each ends with its own result."""
+    in_flight: dict[bytes, int] = {}
+    most: dict[bytes, int] = {}
+    universe: list[PeerId] = []
+
+    async def rpc(peer, msg):
+        in_flight[msg.key] = in_flight.get(msg.key, 0) + 1
+        most[msg.key] = max(most.get(msg.key, 0), in_flight[msg.key])
+        try:
+            await asyncio.sleep(0.005 * (1 + peer.to_bytes()[-1] % 7))
+        finally:
+            in_flight[msg.key] -= 1
+        t = Key(msg.key)
+        named = sorted(universe, key=lambda p: Key(p.to_bytes()).distance(t))[:4]
+        return KadMessage(MessageType.FIND_NODE, key=msg.key,
+                          closer_peers=[KadPeer(p, [Multiaddr("/ip4/10.7.0.1/tcp/1")]) for p in named])
+
+    node, peers = _scripted_node(30, rpc, k=4, parallelism=2, max_queries=5)
+    universe.extend(peers)
+    targets = [random.Random(i).randbytes(32) for i in range(5)]
+
+    async def main():
+        tasks = [asyncio.ensure_future(node.get_closest_peers(t)) for t in targets]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(node.queries) == 5
+        assert [in_flight[t] for t in targets] == [2] * 5   # parallelism, per lookup
+        with pytest.raises(KadError, match="5 queries"):   # TooManyQueries
+            await node.get_closest_peers(targets[0])
+        got = await asyncio.gather(*tasks)
+        assert len(node.queries) == 0 and not node.tasks
+        return got
+
+    got = run_loop(lambda: asyncio.wait_for(main(), 10))
+    for t, result in zip(targets, got):
+        tk = Key(t)
+        assert result == sorted(peers, key=lambda p: Key(p.to_bytes()).distance(tk))[:4]
+        assert 2 <= most[t] <= 4   # a stalled lookup may wait on max(k, parallelism)
+
+
+def test_cancelling_a_lookup_cancels_its_query_and_its_requests(caplog):
+    started: list[PeerId] = []
+    cancelled: list[PeerId] = []
+
+    async def rpc(peer, msg):
+        started.append(peer)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(peer)
+            raise
+
+    node, _ = _scripted_node(10, rpc, k=5, parallelism=3)
+
+    async def main():
+        lookup = asyncio.ensure_future(node.get_closest_peers(b"x" * 32))
+        other = asyncio.ensure_future(node.get_closest_peers(b"y" * 32))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(node.queries) == 2 and len(started) == 6
+        lookup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
+        assert len(node.queries) == 1 and len(cancelled) == 3 and len(node.tasks) == 3
+        spawned = node.spawn(node.get_closest_peers(b"w" * 32))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(node.queries) == 2 and len(started) == 9
+        await node.stop()   # the other lookup, waited for outside the node's tasks, fails
+        with pytest.raises(KadError, match="stopped"):
+            await other
+        assert spawned.cancelled()
+        assert len(node.queries) == 0 and len(cancelled) == 9 and not node.tasks
+
+    run_loop(lambda: asyncio.wait_for(main(), 10))
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+def test_request_and_query_timeouts_come_from_the_pool_timer():
+    """Peers that never answer: the lookup moves on after request_timeout
+    (parallelism 1: one peer after another) and ends at query_timeout."""
+    asked: list[tuple[float, PeerId]] = []
+
+    async def rpc(peer, msg):
+        asked.append((time.monotonic(), peer))
+        await asyncio.Event().wait()
+
+    node, _ = _scripted_node(10, rpc, k=10, parallelism=1, request_timeout=0.05, query_timeout=0.3)
+
+    async def main():
+        t0 = time.monotonic()
+        assert await node.get_closest_peers(b"z" * 32) == []
+        took = time.monotonic() - t0
+        assert 0.29 <= took < 3.0
+        assert 3 <= len(asked) <= 6          # one every 50 ms (or a little more)
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(asked)]
+        assert min(gaps) >= 0.045
+        assert len(node.queries) == 0 and not node.tasks
+
+    run_loop(lambda: asyncio.wait_for(main(), 10))
 
 
 class _FakeStream:

@@ -52,7 +52,7 @@ from .pb import (
     frame,
 )
 from .maintenance import MaintenanceSchedule
-from .query import ClosestPeersIter, QueryStats
+from .query import QueryFinished, QueryPool, QueryStats, SendRequest
 from .ratelimit import RateLimited
 from .server import InboundRequest, KadServer, RecordStored
 from .validation import InvalidRecord, NamespacedValidator
@@ -123,6 +123,9 @@ class Config:
     repair_lookups: bool = True
     #: a routing-table entry replaced by a pending one after this long disconnected
     pending_timeout: float = 60.0
+    #: lookups the node runs at once (its query pool, ``node.queries``); one
+    #: more raises TooManyQueries
+    max_queries: int = 1024
     #: seconds between two runs of the maintenance step
     maintenance_period: float = 1.0
     #: seconds between two sweeps of expired records and providers (each a
@@ -351,6 +354,21 @@ def _log_serve_end(peer: PeerId, fut: asyncio.Future) -> None:
         log.info("kad stream from %s: bad input: %s: %s", peer, type(exc).__name__, exc)
 
 
+class _Lookup:
+    """The node's side of one query of its pool: what to send, the hook,
+    the future the waiting _iterate awaits, the requests in flight."""
+
+    __slots__ = ("kind", "key", "msg", "on_reply", "future", "requests")
+
+    def __init__(self, kind: str, key: bytes, msg: KadMessage, on_reply, future: asyncio.Future) -> None:
+        self.kind = kind
+        self.key = key
+        self.msg = msg
+        self.on_reply = on_reply
+        self.future = future
+        self.requests: dict[asyncio.Task, PeerId] = {}
+
+
 class KadNode:
     """A Kademlia DHT node over a libp2p host.
 
@@ -412,6 +430,11 @@ class KadNode:
         self._request_subscribers: list[asyncio.Queue] = []
         self._tasks: set[asyncio.Task] = set()
         self._maint_task: asyncio.Task | None = None
+        #: every lookup of the node: one pool, driven by _drive_queries (after
+        #: each answer, and by one timer at the pool's next deadline)
+        self.queries = QueryPool(self.config.max_queries)
+        self._query_timer: asyncio.TimerHandle | None = None
+        self._query_timer_at: float | None = None
         self._started = False
         #: when each periodic maintenance job last ran; see maintenance()
         self.schedule = MaintenanceSchedule(self.config)
@@ -469,6 +492,15 @@ class KadNode:
         for t in (self._maint_task, *self._tasks):
             if t is not None:
                 t.cancel()
+        # the lookups still waited for (by callers outside the node's tasks)
+        # end with an error; their requests were among the tasks cancelled
+        for qid in self.queries.ids():
+            q = self.queries.get(qid)
+            self.queries.cancel(qid)
+            if q is not None and not q.info.future.done():
+                q.info.future.set_exception(KadError("the node stopped"))
+                q.info.future.exception()   # read: a waiter cancelled meanwhile never will
+        self._cancel_query_timer()
         await asyncio.gather(*[t for t in (self._maint_task, *self._tasks) if t], return_exceptions=True)
         if self._group_commit:
             self.commit()
@@ -480,6 +512,12 @@ class KadNode:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task]:
+        """The node's tasks still running (lookup requests, rounds, what
+        :meth:`spawn` started): :meth:`stop` cancels them."""
+        return frozenset(self._tasks)
 
     @property
     def replication_round(self) -> asyncio.Task | None:
@@ -956,59 +994,113 @@ class KadNode:
 
     async def _iterate(self, kind: str, key: bytes, msg: KadMessage, on_reply=None, num_results=None,
                        repair: bool = False):
-        """Drive one iterative lookup; ``on_reply(peer, reply, it)`` may call
-        ``it.finish()``; ``repair`` allows the iterator's repair round (its
-        requests are FIND_NODEs for the asked peer's own key, not ``msg``).
-        Returns (closest succeeded peers, stats)."""
+        """Run one iterative lookup in the node's query pool and wait for its
+        end; ``on_reply(peer, reply, it)`` may call ``it.finish()``;
+        ``repair`` allows the iterator's repair round (its requests are
+        FIND_NODEs for the asked peer's own key, not ``msg``). Cancelling it
+        cancels the query and its requests. Returns (closest succeeded
+        peers, stats)."""
         cfg = self.config
         target = Key(key)
         now = self.clock()
         known = [(e.key, e.value) for e in self.table.closest(target, cfg.k)]
         if not known:
             raise NoKnownPeers("the routing table is empty; add a bootstrap address first")
-        it = ClosestPeersIter(
-            target, known, now=now, k=cfg.k, parallelism=cfg.parallelism,
-            num_results=num_results, request_timeout=cfg.request_timeout, query_timeout=cfg.query_timeout,
-            repair=repair,
+        lookup = _Lookup(kind, key, msg, on_reply, asyncio.get_running_loop().create_future())
+        qid = self.queries.add(
+            target, known, now, k=cfg.k, parallelism=cfg.parallelism, num_results=num_results,
+            request_timeout=cfg.request_timeout, query_timeout=cfg.query_timeout, repair=repair, info=lookup,
         )
-        inflight: dict[asyncio.Task, PeerId] = {}
-        loop = asyncio.get_running_loop()
+        self._drive_queries()
         try:
-            while not it.finished:
-                for peer in it.next(self.clock()):
-                    m = KadMessage(MessageType.FIND_NODE, key=peer.to_bytes()) if it.is_repair(peer) else msg
-                    inflight[loop.create_task(self.request(peer, m))] = peer
-                if it.finished:
-                    break
-                deadline = it.next_deadline()
-                if not inflight:
-                    if deadline is None:
-                        break
-                    await asyncio.sleep(max(0.0, deadline - self.clock()))
-                    continue
-                wait = None if deadline is None else max(0.001, deadline - self.clock())
-                done, _ = await asyncio.wait(inflight, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    peer = inflight.pop(task)
-                    now = self.clock()
-                    try:
-                        reply = task.result()
-                    except KadError:
-                        it.on_failure(peer, now)
-                        continue
-                    it.on_success(peer, self._learn_peers(reply.closer_peers, now), now)
-                    if on_reply is not None:
-                        on_reply(peer, reply, it)
-                if done and self._subscribers:
-                    self._emit(QueryProgressed(kind, key, it.stats, False))
+            result, stats = await lookup.future
         finally:
-            for task in inflight:
+            if self.queries.cancel(qid):   # still there only if this was cancelled
+                self._arm_query_timer()
+            pending = list(lookup.requests)
+            for task in pending:
                 task.cancel()
-            if inflight:  # collect them, so that no failure goes unretrieved
-                await asyncio.gather(*inflight, return_exceptions=True)
-        result = it.result()
-        self._emit(QueryProgressed(kind, key, it.stats, True, result))
-        return result, it.stats
+            if pending:  # collect them, so that no failure goes unretrieved
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._emit(QueryProgressed(kind, key, stats, True, result))
+        return result, stats
+
+    def _drive_queries(self) -> None:
+        """Carry out what the query pool says now: send its requests (each
+        a request task of the node), resolve the lookups that ended; then set
+        the one timer at the pool's next deadline."""
+        queries = self.queries
+        for action in queries.poll(self.clock()):
+            if isinstance(action, SendRequest):
+                q = queries.get(action.query_id)
+                if q is None:
+                    continue
+                lookup: _Lookup = q.info
+                peer = action.peer
+                m = KadMessage(MessageType.FIND_NODE, key=peer.to_bytes()) if action.repair else lookup.msg
+                task = self._spawn(self.request(peer, m))
+                lookup.requests[task] = peer
+                task.add_done_callback(functools.partial(self._on_request_done, action.query_id, lookup))
+            elif isinstance(action, QueryFinished):
+                lookup = action.info
+                for task in lookup.requests:
+                    task.cancel()
+                if not lookup.future.done():
+                    lookup.future.set_result((action.result, action.stats))
+        self._arm_query_timer()
+
+    def _on_request_done(self, qid: int, lookup: _Lookup, task: asyncio.Task) -> None:
+        """A request of query ``qid`` ended: feed its outcome to the pool,
+        call the lookup's on_reply, and drive the pool."""
+        peer = lookup.requests.pop(task, None)
+        if task.cancelled():
+            return
+        exc = task.exception()   # retrieved, whatever becomes of the query
+        q = self.queries.get(qid)
+        if q is None or peer is None or q.iter.finished:
+            return   # the query ended: a late answer is ignored
+        now = self.clock()
+        try:
+            if exc is None:
+                reply = task.result()
+                self.queries.on_success(qid, peer, self._learn_peers(reply.closer_peers, now), now)
+                if lookup.on_reply is not None:
+                    lookup.on_reply(peer, reply, q.iter)
+            elif isinstance(exc, KadError):
+                self.queries.on_failure(qid, peer, now)
+            else:
+                raise exc
+        except Exception as err:  # not a failed request: the lookup fails with it
+            self.queries.cancel(qid)
+            for t in lookup.requests:
+                t.cancel()
+            if not lookup.future.done():
+                lookup.future.set_exception(err)
+        else:
+            if self._subscribers:
+                self._emit(QueryProgressed(lookup.kind, lookup.key, q.stats, False))
+        self._drive_queries()
+
+    def _arm_query_timer(self) -> None:
+        deadline = self.queries.next_deadline()
+        if deadline == self._query_timer_at:
+            return
+        self._cancel_query_timer()
+        if deadline is not None:
+            delay = max(0.001, deadline - self.clock())
+            self._query_timer = asyncio.get_running_loop().call_later(delay, self._on_query_timer)
+            self._query_timer_at = deadline
+
+    def _cancel_query_timer(self) -> None:
+        if self._query_timer is not None:
+            self._query_timer.cancel()
+        self._query_timer = None
+        self._query_timer_at = None
+
+    def _on_query_timer(self) -> None:
+        self._query_timer = None
+        self._query_timer_at = None
+        self._drive_queries()
 
     # -- public operations ---------------------------------------------------------------
     async def get_closest_peers(self, key: bytes | PeerId) -> list[PeerId]:

@@ -6,6 +6,13 @@ back. It does no I/O and reads no clock: every call that depends on time takes
 ``now`` (seconds on the caller's monotonic clock), and :meth:`next_deadline`
 tells the caller when to call :meth:`next` again if nothing else happens.
 
+:class:`QueryPool` runs many lookups side by side, as rust-libp2p's
+``QueryPool`` does: each query is a ``ClosestPeersIter`` under an integer id,
+``poll(now)`` returns the actions due over all of them (:class:`SendRequest`,
+:class:`QueryFinished`), the answers are fed back by query id, and
+``next_deadline()`` is the one timer the caller needs. The pool holds at most
+``max_queries`` queries (:class:`~kadfast.errors.TooManyQueries` past it).
+
 The behaviour follows rust-libp2p's ``ClosestPeersIter``:
 
 * Candidates are kept sorted by XOR distance to the target and contacted
@@ -58,12 +65,19 @@ import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..errors import TooManyQueries
+
 if TYPE_CHECKING:  # only for annotations: either key-space twin works
     from .._xor import Key
 
 __all__ = [
     "ClosestPeersIter",
     "QueryStats",
+    "QueryPool",
+    "Query",
+    "SendRequest",
+    "QueryFinished",
+    "DEFAULT_MAX_QUERIES",
     "DEFAULT_K",
     "DEFAULT_PARALLELISM",
     "DEFAULT_REQUEST_TIMEOUT",
@@ -518,3 +532,213 @@ class ClosestPeersIter:
                 return
         # n closest answered, or nothing left to ask and nothing in flight
         self._done(now)
+
+
+# -- the pool of lookups ----------------------------------------------------------
+
+#: Lookups a :class:`QueryPool` runs at once unless told otherwise.
+DEFAULT_MAX_QUERIES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Ask ``peer`` on behalf of query ``query_id``: about the query's
+    target, or, when ``repair`` is True, about the peer's *own* key (a
+    request of the repair round). Report the outcome with
+    :meth:`QueryPool.on_success` or :meth:`QueryPool.on_failure`."""
+
+    query_id: int
+    peer: Any
+    repair: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFinished:
+    """Query ``query_id`` ended (its termination rule, its timeout or
+    :meth:`QueryPool.finish`) and left the pool. ``result`` holds the
+    handles of up to ``num_results`` peers that answered, closest first;
+    ``info`` is what was given to :meth:`QueryPool.add`."""
+
+    query_id: int
+    result: list[Any]
+    stats: QueryStats
+    info: Any = None
+
+
+class Query:
+    """One lookup of a :class:`QueryPool`: its id, its
+    :class:`ClosestPeersIter` and the caller's ``info``."""
+
+    __slots__ = ("id", "iter", "info", "dirty", "deadline")
+
+    def __init__(self, query_id: int, it: ClosestPeersIter, info: Any) -> None:
+        self.id = query_id
+        self.iter = it
+        self.info = info
+        # dirty: an input arrived since the query was last polled; deadline:
+        # its next_deadline() as of that poll (an input can only move it later)
+        self.dirty = True
+        self.deadline: float | None = None
+
+    @property
+    def stats(self) -> QueryStats:
+        return self.iter.stats
+
+    def __repr__(self) -> str:
+        return f"Query({self.id}, {self.iter!r})"
+
+
+class QueryPool:
+    """The lookups of one node, driven from one place.
+
+    Each query is a :class:`ClosestPeersIter`; the pool hands out ids,
+    bounds how many queries run at once, and turns the state of them all into
+    actions. It does no I/O and reads no clock: the caller passes ``now`` on
+    one clock to every call. The caller's loop:
+
+    * after :meth:`add`, and after every input (:meth:`on_success`,
+      :meth:`on_failure`, :meth:`finish`), call :meth:`poll` and carry out
+      what it returns: a :class:`SendRequest` per request to send, a
+      :class:`QueryFinished` per query that ended (it has left the pool);
+    * when no input comes, call :meth:`poll` again at :meth:`next_deadline`
+      (the earliest request or query deadline over all queries).
+
+    Inputs for a query that is no longer in the pool (finished, cancelled or
+    unknown) are ignored. Queries are polled in the order they were added,
+    so the same inputs at the same instants give the same actions.
+    """
+
+    __slots__ = ("max_queries", "_queries", "_next_id", "_now")
+
+    def __init__(self, max_queries: int = DEFAULT_MAX_QUERIES) -> None:
+        if max_queries < 1:
+            raise ValueError("max_queries must be >= 1")
+        self.max_queries = max_queries
+        self._queries: dict[int, Query] = {}
+        self._next_id = 1
+        self._now = float("-inf")   # the latest instant seen
+
+    def __len__(self) -> int:
+        """Queries in the pool: running, or ended and not yet reported by :meth:`poll`."""
+        return len(self._queries)
+
+    def __contains__(self, query_id: object) -> bool:
+        return query_id in self._queries
+
+    def __repr__(self) -> str:
+        return f"QueryPool({len(self._queries)} queries, max {self.max_queries})"
+
+    def get(self, query_id: int) -> Query | None:
+        """The query ``query_id`` (its iterator, stats and info), or None
+        once it has left the pool."""
+        return self._queries.get(query_id)
+
+    def ids(self) -> list[int]:
+        """The ids of the queries in the pool, oldest first."""
+        return list(self._queries)
+
+    def add(
+        self,
+        target: Key,
+        known: Iterable[tuple[Key, Any]],
+        now: float,
+        *,
+        k: int = DEFAULT_K,
+        parallelism: int = DEFAULT_PARALLELISM,
+        num_results: int | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        query_timeout: float = DEFAULT_QUERY_TIMEOUT,
+        repair: bool = False,
+        info: Any = None,
+    ) -> int:
+        """Start a lookup of ``target`` from the ``known`` ``(key, handle)``
+        pairs (see :class:`ClosestPeersIter` for them and for the settings);
+        returns its id. Its first requests come from the next :meth:`poll`.
+        Raises :class:`~kadfast.errors.TooManyQueries` when the pool holds
+        ``max_queries`` queries."""
+        if len(self._queries) >= self.max_queries:
+            raise TooManyQueries(f"the query pool already runs {self.max_queries} queries")
+        it = ClosestPeersIter(
+            target, known, now=now, k=k, parallelism=parallelism, num_results=num_results,
+            request_timeout=request_timeout, query_timeout=query_timeout, repair=repair,
+        )
+        self._seen(now)
+        query_id = self._next_id
+        self._next_id += 1
+        self._queries[query_id] = Query(query_id, it, info)
+        return query_id
+
+    def poll(self, now: float) -> list[SendRequest | QueryFinished]:
+        """Apply the passage of time and the inputs since the last poll: the
+        requests to send now, then the queries that ended (removed from the
+        pool), each in the order the queries were added."""
+        self._seen(now)
+        actions: list[SendRequest | QueryFinished] = []
+        ended: list[Query] = []
+        for q in self._queries.values():
+            it = q.iter
+            if not it.finished and (q.dirty or (q.deadline is not None and now >= q.deadline)):
+                q.dirty = False
+                for peer in it.next(now):
+                    actions.append(SendRequest(q.id, peer, it.is_repair(peer)))
+                q.deadline = it.next_deadline()
+            if it.finished:
+                ended.append(q)
+        for q in ended:
+            del self._queries[q.id]
+            actions.append(QueryFinished(q.id, q.iter.result(), q.iter.stats, q.info))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """When to :meth:`poll` again if no input comes: the earliest request
+        or query deadline over all queries; the latest instant seen if some
+        query has had an input since it was last polled; None when the pool is
+        empty."""
+        deadline: float | None = None
+        for q in self._queries.values():
+            d = self._now if q.dirty or q.iter.finished else q.deadline
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        return deadline
+
+    def on_success(self, query_id: int, peer: Any, closer: Iterable[tuple[Key, Any]], now: float) -> bool:
+        """``peer`` answered query ``query_id`` with the ``closer`` peers it
+        named (the caller leaves out its own key). False if the query is no
+        longer in the pool or did not expect that answer."""
+        q = self._input(query_id, now)
+        return q is not None and q.iter.on_success(peer, closer, now)
+
+    def on_failure(self, query_id: int, peer: Any, now: float) -> bool:
+        """The request of query ``query_id`` to ``peer`` failed. False if the
+        query is no longer in the pool or did not expect it."""
+        q = self._input(query_id, now)
+        return q is not None and q.iter.on_failure(peer, now)
+
+    def finish(self, query_id: int) -> bool:
+        """End query ``query_id`` now with the results it has (e.g. a record
+        lookup that found what it needs); the next :meth:`poll` reports it.
+        False if it is no longer in the pool."""
+        q = self._queries.get(query_id)
+        if q is None:
+            return False
+        q.iter.finish()
+        q.dirty = True
+        return True
+
+    def cancel(self, query_id: int) -> bool:
+        """Drop query ``query_id`` without a :class:`QueryFinished`; its
+        requests in flight are the caller's to abandon. False if it was no
+        longer in the pool."""
+        return self._queries.pop(query_id, None) is not None
+
+    def _input(self, query_id: int, now: float) -> Query | None:
+        q = self._queries.get(query_id)
+        if q is None or q.iter.finished:
+            return None
+        self._seen(now)
+        q.dirty = True
+        return q
+
+    def _seen(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
