@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ..keys import Ed25519KeyPair
 from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..ping import PROTOCOL_ID as PING_PROTOCOL, PING_SIZE
+from ..ping import PROTOCOL_ID as PING_PROTOCOL
 from ..ratelimit import PeerRateLimiter
 from .connection import Connection
 from .connmgr import PRUNED_REASON, choose_prunable
@@ -44,6 +43,7 @@ from ..errors import (
     DialTimeout,
     DialWrongPeer,
 )
+from .services import PingService
 from .stream import Stream, StreamReset
 
 log = logging.getLogger("kadfast.net")
@@ -273,7 +273,8 @@ class Host:
             cfg.max_handshakes_per_ip_per_second, cfg.handshake_burst_seconds)
         self._handshakes_per_subnet = PeerRateLimiter.per_second(
             cfg.max_handshakes_per_subnet_per_second, cfg.handshake_burst_seconds)
-        self._ping_limiter = PeerRateLimiter(cfg.max_pings_per_second, cfg.ping_burst)
+        #: answers the peers' pings and pings them (on kadfast.ping's cores)
+        self.ping_service = PingService(cfg, clock)
         self._dialing: dict[PeerId, Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
@@ -292,7 +293,7 @@ class Host:
         self._paused: list[Connection] = []
         self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify, inline=True)
         self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_identify_push)
-        self.set_stream_handler(PING_PROTOCOL, self._serve_ping)
+        self.set_stream_handler(PING_PROTOCOL, self.ping_service.serve)
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -1078,44 +1079,9 @@ class Host:
         return await asyncio.wait_for(asyncio.shield(fut), timeout or self.config.identify_timeout)
 
     # -- ping --------------------------------------------------------------
-    async def _serve_ping(self, stream: Stream) -> None:
-        conn = stream.conn
-        limit = self.config.max_ping_streams
-        if limit and not conn.count_inbound(stream, limit):
-            log.debug("%s opened more than %d ping streams on one connection; resetting one", stream.peer_id, limit)
-            stream.reset()
-            return
-        limiter = self._ping_limiter
-        while True:
-            try:
-                payload = await stream.read_exactly(PING_SIZE)
-            except asyncio.IncompleteReadError:
-                return
-            if not limiter.allow(stream.peer_id, self.clock()):
-                log.debug("pings from %s over %s/s; resetting the stream",
-                          stream.peer_id, self.config.max_pings_per_second)
-                stream.reset()
-                return
-            stream.write(payload)
-            await stream.drain()  # a peer that does not read its pongs gets no more
-
     async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
         """Round-trip time in seconds over ``/ipfs/ping/1.0.0``."""
-        stream = await self.new_stream(peer, PING_PROTOCOL)
-        payload = os.urandom(PING_SIZE)
-        try:
-            t0 = self.clock()
-            stream.write(payload)
-            echo = await asyncio.wait_for(stream.read_exactly(PING_SIZE), timeout)
-            rtt = self.clock() - t0
-        except BaseException:
-            stream.reset()
-            raise
-        stream.close()
-        if echo != payload:
-            stream.reset()
-            raise ProtocolError("ping payload came back altered")
-        return rtt
+        return await self.ping_service.ping(await self.new_stream(peer, PING_PROTOCOL), timeout)
 
 
 async def _read_identify(stream: Stream) -> IdentifyInfo:
