@@ -14,17 +14,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
-from ..addrbook import AddressBook, addrs_for_remote, dialable_tcp, ip_group, ip_subnets, is_loopback, plausible_addrs
+from ..addrbook import AddressBook, dialable_tcp, ip_group, ip_subnets, is_loopback
 from ..errors import KadfastError, MultiaddrError, ProtocolError
-from ..identify import (
-    MAX_IDENTIFY_BYTES,
-    PROTOCOL_ID as IDENTIFY_PROTOCOL,
-    PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL,
-    IdentifyEncoder,
-    IdentifyInfo,
-    IdentifyReader,
-    merge_push,
-)
+from ..identify import PROTOCOL_ID as IDENTIFY_PROTOCOL, PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL, IdentifyInfo
 from ..keys import Ed25519KeyPair
 from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
 from ..multiaddr import Multiaddr
@@ -43,7 +35,7 @@ from ..errors import (
     DialTimeout,
     DialWrongPeer,
 )
-from .services import PingService
+from .services import IdentifyService, PingService
 from .stream import Stream, StreamReset
 
 log = logging.getLogger("kadfast.net")
@@ -231,11 +223,8 @@ class Host:
         self.config = config or HostConfig()
         #: config.external_addrs (text) and their parsed form
         self._external: tuple[tuple, list[Multiaddr]] = ((), [])
-        self._identify_encoder = IdentifyEncoder(self.keypair.public_key, self.config.protocol_version,
-                                                 self.config.agent_version)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.addrbook = AddressBook()
-        self.peer_info: dict[PeerId, IdentifyInfo] = {}
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()  # protocols whose handler runs inline (set_stream_handler)
         self._servers: list[asyncio.AbstractServer] = []
@@ -278,7 +267,6 @@ class Host:
         self._dialing: dict[PeerId, Dial] = {}
         self._dial_sem: asyncio.Semaphore | None = None
         self._backoff: collections.OrderedDict[PeerId, tuple[float, int]] = collections.OrderedDict()
-        self._identified: dict[PeerId, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self._subscribers: list[asyncio.Queue] = []
         self._listeners: list[Callable[[object], None]] = []
@@ -291,8 +279,14 @@ class Host:
         self.turn = 0
         self._turn_armed = False
         self._paused: list[Connection] = []
-        self.set_stream_handler(IDENTIFY_PROTOCOL, self._serve_identify, inline=True)
-        self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_identify_push)
+        #: identify of every connection (on kadfast.identify's cores)
+        self.identify_service = IdentifyService(
+            self.keypair.public_key, self.config, clock, self.addrbook, self.announce_addrs,
+            lambda: self.protocols, lambda peer, info: self._emit(PeerIdentified(peer, info)))
+        #: what each connected peer told by identify
+        self.peer_info = self.identify_service.peer_info
+        self.set_stream_handler(IDENTIFY_PROTOCOL, self.identify_service.serve, inline=True)
+        self.set_stream_handler(IDENTIFY_PUSH_PROTOCOL, self.identify_service.serve_push)
         self.set_stream_handler(PING_PROTOCOL, self.ping_service.serve)
 
     # -- lifecycle -------------------------------------------------------
@@ -648,7 +642,7 @@ class Host:
         if conn.initiator and conn.remote_addr is not None:
             self.addrbook.mark_connected(peer, conn.remote_addr, self.clock())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
-        self._spawn(self._identify_connection(conn))
+        self._spawn(self.identify_service.identify_connection(conn))
         high, _ = self.watermarks()
         if high and self._open_count > high:
             self._trim_soon()
@@ -678,11 +672,7 @@ class Host:
             self.conn_epoch += 1
             if not conns:
                 del self._conns[peer]
-                self.peer_info.pop(peer, None)  # bounded by the live connections
-                fut = self._identified.pop(peer, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(ConnectionError(conn.close_reason))
-                    fut.exception()
+                self.identify_service.forget(peer, conn.close_reason)
             self._emit(ConnectionClosed(peer, conn.close_reason))
 
     async def _reap_idle(self) -> None:
@@ -1005,94 +995,15 @@ class Host:
         return await conn.open_stream(protocols)
 
     # -- identify ----------------------------------------------------------
-    def _identify_payload(self, conn: Connection) -> bytes:
-        remote = conn.remote_addr
-        addrs = self.announce_addrs()
-        if remote is not None:
-            addrs = addrs_for_remote(addrs, remote)
-        enc = self._identify_encoder
-        cfg = self.config
-        if enc.protocol_version != cfg.protocol_version or enc.agent_version != cfg.agent_version:
-            enc = self._identify_encoder = IdentifyEncoder(self.keypair.public_key, cfg.protocol_version,
-                                                           cfg.agent_version)
-        return enc.encode(addrs, self.protocols, remote)
-
-    def _serve_identify(self, stream: Stream) -> None:
-        stream.write(self._identify_payload(stream.conn))
-        stream.close()
-
-    async def _serve_identify_push(self, stream: Stream) -> None:
-        info = await asyncio.wait_for(_read_identify(stream), self.config.identify_timeout)
-        peer = stream.peer_id
-        old = self.peer_info.get(peer)
-        self._learn_identify(stream.conn, merge_push(old, info) if old is not None else info)
-
-    async def _identify_connection(self, conn: Connection) -> None:
-        peer = conn.remote_peer_id
-        fut = self._identified.get(peer)
-        if fut is None or fut.done():
-            fut = self._identified[peer] = self.loop.create_future()
-        try:
-            stream = await conn.open_stream([IDENTIFY_PROTOCOL])
-            stream.close()
-            async with asyncio.timeout(self.config.identify_timeout):  # no extra task, unlike wait_for
-                info = await _read_identify(stream)
-            if info.public_key is None:
-                raise ProtocolError("identify message without a public key")
-        except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            log.info("identify of %s failed: %s", peer, exc)
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"identify failed: {exc}"))
-                fut.exception()
-            return
-        self._learn_identify(conn, info)
-
-    def _learn_identify(self, conn: Connection, info: IdentifyInfo) -> None:
-        if not conn.is_open:
-            return  # the connection closed while its identify was read: keep no state for it
-        peer = conn.remote_peer_id
-        if info.peer_id is not None and info.peer_id != peer:
-            log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)
-            return
-        now = self.clock()
-        self.peer_info[peer] = info
-        listen = plausible_addrs(info.listen_addrs, conn.remote_addr)
-        if len(listen) < len(info.listen_addrs):
-            log.debug("identify of %s: %d of its listen addresses are not on the IP it came from; not kept",
-                      peer, len(info.listen_addrs) - len(listen))
-        if listen:
-            self.addrbook.add(peer, listen, now, source="identify")
-        if info.observed_addr is not None:
-            self.addrbook.set_observed(info.observed_addr, peer, now)
-        fut = self._identified.get(peer)
-        if fut is None or fut.done():
-            fut = self._identified[peer] = self.loop.create_future()
-        fut.set_result(info)
-        self._emit(PeerIdentified(peer, info))
-
     async def identify(self, peer: PeerId, timeout: float | None = None) -> IdentifyInfo:
         """What ``peer`` told us by identify (dialing it when needed)."""
         await self.dial(peer)
-        fut = self._identified.get(peer)
-        if fut is None:
-            fut = self._identified[peer] = self.loop.create_future()
-        return await asyncio.wait_for(asyncio.shield(fut), timeout or self.config.identify_timeout)
+        return await self.identify_service.wait(peer, timeout)
 
     # -- ping --------------------------------------------------------------
     async def ping(self, peer: PeerId, timeout: float = 10.0) -> float:
         """Round-trip time in seconds over ``/ipfs/ping/1.0.0``."""
         return await self.ping_service.ping(await self.new_stream(peer, PING_PROTOCOL), timeout)
-
-
-async def _read_identify(stream: Stream) -> IdentifyInfo:
-    """Every length-prefixed part until the end of the stream (go splits a
-    large identify message in two), merged."""
-    reader = IdentifyReader(max_bytes=MAX_IDENTIFY_BYTES)
-    while True:
-        data = await stream.read()
-        if not data:
-            return reader.eof()
-        reader.feed(data)
 
 
 def _uncount(counts: dict[str, int], key: str) -> None:

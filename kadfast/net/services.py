@@ -1,9 +1,11 @@
 """The host's own protocols as services over their sans-IO cores: ping
 (``/ipfs/ping/1.0.0``, :mod:`kadfast.ping`'s :class:`PingResponder` and
-:class:`PingInitiator`). Each service moves a stream's bytes to its core and
-the core's bytes back; the rules (payload size, echo, what a wrong echo is)
-are the core's, the limits (streams per connection, pings per second) the
-host's configuration."""
+:class:`PingInitiator`) and identify (``/ipfs/id/1.0.0`` and its push,
+:mod:`kadfast.identify`'s encoder, reader and merge). Each service moves a
+stream's bytes to its core and the core's bytes back; the rules (payload
+size, echo, message fields and limits) are the core's, the limits of the
+host (streams per connection, pings per second, timeouts) its
+configuration."""
 
 from __future__ import annotations
 
@@ -11,9 +13,22 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import ProtocolError
+from ..addrbook import AddressBook, addrs_for_remote, plausible_addrs
+from ..errors import KadfastError, ProtocolError
+from ..identify import (
+    MAX_IDENTIFY_BYTES,
+    PROTOCOL_ID as IDENTIFY_PROTOCOL,
+    IdentifyEncoder,
+    IdentifyInfo,
+    IdentifyReader,
+    merge_push,
+)
+from ..keys import PublicKey
+from ..multiaddr import Multiaddr
+from ..peerid import PeerId
 from ..ping import PING_SIZE, PROTOCOL_ID, PingInitiator, PingResponder, new_payload
 from ..ratelimit import PeerRateLimiter
+from .connection import Connection
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -21,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kadfast.net")
 
-__all__ = ["PingService"]
+__all__ = ["PingService", "IdentifyService", "read_identify"]
 
 
 class PingService:
@@ -87,3 +102,130 @@ class PingService:
             raise
         stream.close()
         return rtt
+
+
+async def read_identify(stream: Stream) -> IdentifyInfo:
+    """Every length-prefixed part until the end of the stream (go splits a
+    large identify message in two), merged."""
+    reader = IdentifyReader(max_bytes=MAX_IDENTIFY_BYTES)
+    while True:
+        data = await stream.read()
+        if not data:
+            return reader.eof()
+        reader.feed(data)
+
+
+class IdentifyService:
+    """Identify of a host's connections: answers ``/ipfs/id/1.0.0`` (the
+    host's announced addresses as the remote can reach them, its
+    protocols, the address it sees the remote at), takes pushes, and asks
+    every new connection's peer once. What a peer tells is kept while it
+    has a connection (``peer_info``); of its listen addresses only those
+    plausible for the address it came from reach the address book, and
+    its observation of us counts towards our observed addresses.
+    ``on_identified(peer, info)`` is told of each peer identified."""
+
+    def __init__(self, public_key: PublicKey, config: HostConfig, clock: Callable[[], float],
+                 addrbook: AddressBook, announce_addrs: Callable[[], list[Multiaddr]],
+                 protocols: Callable[[], list[str]],
+                 on_identified: Callable[[PeerId, IdentifyInfo], None]) -> None:
+        self.public_key = public_key
+        self.config = config
+        self.clock = clock
+        self.addrbook = addrbook
+        self.announce_addrs = announce_addrs
+        self.protocols = protocols
+        self.on_identified = on_identified
+        #: what each connected peer told by identify
+        self.peer_info: dict[PeerId, IdentifyInfo] = {}
+        self._identified: dict[PeerId, asyncio.Future[IdentifyInfo]] = {}
+        self._encoder = IdentifyEncoder(public_key, config.protocol_version, config.agent_version)
+
+    def payload(self, conn: Connection) -> bytes:
+        """The identify message for the peer of ``conn``."""
+        remote = conn.remote_addr
+        addrs = self.announce_addrs()
+        if remote is not None:
+            addrs = addrs_for_remote(addrs, remote)
+        enc = self._encoder
+        cfg = self.config
+        if enc.protocol_version != cfg.protocol_version or enc.agent_version != cfg.agent_version:
+            enc = self._encoder = IdentifyEncoder(self.public_key, cfg.protocol_version, cfg.agent_version)
+        return enc.encode(addrs, self.protocols(), remote)
+
+    def serve(self, stream: Stream) -> None:
+        """The inline handler of ``/ipfs/id/1.0.0``."""
+        stream.write(self.payload(stream.conn))
+        stream.close()
+
+    async def serve_push(self, stream: Stream) -> None:
+        """The handler of ``/ipfs/id/push/1.0.0``: a push updates what the
+        peer told before."""
+        info = await asyncio.wait_for(read_identify(stream), self.config.identify_timeout)
+        peer = stream.peer_id
+        old = self.peer_info.get(peer)
+        self._learn(stream.conn, merge_push(old, info) if old is not None else info)
+
+    def _future(self, peer: PeerId) -> asyncio.Future[IdentifyInfo]:
+        fut = self._identified.get(peer)
+        if fut is None or fut.done():
+            fut = self._identified[peer] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def identify_connection(self, conn: Connection) -> None:
+        """Ask the peer of a new connection who it is (within the identify
+        timeout); a failure is logged and fails the peer's waiters."""
+        peer = conn.remote_peer_id
+        assert peer is not None  # an open connection's peer is known
+        fut = self._future(peer)
+        try:
+            stream = await conn.open_stream([IDENTIFY_PROTOCOL])
+            stream.close()
+            async with asyncio.timeout(self.config.identify_timeout):  # no extra task, unlike wait_for
+                info = await read_identify(stream)
+            if info.public_key is None:
+                raise ProtocolError("identify message without a public key")
+        except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("identify of %s failed: %s", peer, exc)
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"identify failed: {exc}"))
+                fut.exception()
+            return
+        self._learn(conn, info)
+
+    def _learn(self, conn: Connection, info: IdentifyInfo) -> None:
+        if not conn.is_open:
+            return  # the connection closed while its identify was read: keep no state for it
+        peer = conn.remote_peer_id
+        assert peer is not None
+        if info.peer_id is not None and info.peer_id != peer:
+            log.warning("identify from %s carries the key of %s; ignored", peer, info.peer_id)
+            return
+        now = self.clock()
+        self.peer_info[peer] = info
+        listen = plausible_addrs(info.listen_addrs, conn.remote_addr)
+        if len(listen) < len(info.listen_addrs):
+            log.debug("identify of %s: %d of its listen addresses are not on the IP it came from; not kept",
+                      peer, len(info.listen_addrs) - len(listen))
+        if listen:
+            self.addrbook.add(peer, listen, now, source="identify")
+        if info.observed_addr is not None:
+            self.addrbook.set_observed(info.observed_addr, peer, now)
+        self._future(peer).set_result(info)
+        self.on_identified(peer, info)
+
+    async def wait(self, peer: PeerId, timeout: float | None = None) -> IdentifyInfo:
+        """What ``peer`` (connected) told, once it has."""
+        fut = self._identified.get(peer)
+        if fut is None:
+            fut = self._identified[peer] = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(asyncio.shield(fut), timeout or self.config.identify_timeout)
+
+    def forget(self, peer: PeerId, reason: str) -> None:
+        """``peer``'s last connection closed: drop what it told (bounded by
+        the live connections) and fail its waiters with ``reason``."""
+        self.peer_info.pop(peer, None)
+        fut = self._identified.pop(peer, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionError(reason))
+            fut.exception()
