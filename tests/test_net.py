@@ -636,13 +636,16 @@ def test_a_flush_after_the_transport_closed_drops_the_output():
 
     async def main():
         host = Host()
-        host.loop = asyncio.get_running_loop()
-        conn = Connection(host, initiator=True)
-        conn.transport = ClosedTransport()
-        conn._crypto = types.SimpleNamespace(encrypt=lambda plain: plain)  # so only the write could fail
-        conn._out_plain.append(b"late")
-        conn._flush()
-        assert not conn._out_plain
+        await host.start()  # no listen address: only the loop and the reaper
+        try:
+            conn = Connection(host, initiator=True)
+            conn.transport = ClosedTransport()
+            conn._crypto = types.SimpleNamespace(encrypt=lambda plain: plain)  # so only the write could fail
+            conn._out_plain.append(b"late")
+            conn._flush()
+            assert not conn._out_plain
+        finally:
+            await host.close()
 
     asyncio.run(main())
 

@@ -38,11 +38,12 @@ class ConnectionOwner(Protocol):
     handlers, and being told when the connection opens and closes."""
 
     config: "HostConfig"
-    loop: asyncio.AbstractEventLoop
     clock: Callable[[], float]
     keypair: "Ed25519KeyPair"
     noise_static: "NoiseStaticKey"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
     def admit_inbound(self, conn: "Connection", ip: str | None) -> bool: ...
     def current_turn(self) -> int: ...
     def defer_to_next_turn(self, conn: "Connection") -> None: ...

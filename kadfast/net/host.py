@@ -223,7 +223,7 @@ class Host:
         self.config = config or HostConfig()
         #: config.external_addrs (text) and their parsed form
         self._external: tuple[tuple, list[Multiaddr]] = ((), [])
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.addrbook = AddressBook()
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()  # protocols whose handler runs inline (set_stream_handler)
@@ -292,11 +292,19 @@ class Host:
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
         name_fallback_once(log)  # once per process, however many hosts it runs
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._dial_sem = asyncio.Semaphore(self.config.max_concurrent_dials)
         for a in self.config.listen_addrs:
             await self.listen(Multiaddr(a))
         self._reaper = self.loop.create_task(self._reap_idle())
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the host was started on."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the host is not started (await host.start() first)")
+        return loop
 
     async def __aenter__(self) -> "Host":
         await self.start()
@@ -354,7 +362,7 @@ class Host:
         for a in self._listen_addrs:
             ip = a.value_for("ip4") or a.value_for("ip6")
             port = a.value_for("tcp")
-            if ip in ("0.0.0.0", "::"):
+            if ip in ("0.0.0.0", "::") and port is not None:
                 out.extend(_local_addrs(ip == "::", port))
             else:
                 out.append(a)
@@ -399,7 +407,7 @@ class Host:
         return protocol in self._handlers
 
     def spawn_handler(self, stream: Stream) -> None:
-        handler = self._handlers.get(stream.protocol)
+        handler = None if stream.protocol is None else self._handlers.get(stream.protocol)
         if handler is None:  # removed while negotiating
             stream.reset()
             return
@@ -632,6 +640,7 @@ class Host:
     def connection_opened(self, conn: Connection) -> None:
         self._unpend(conn)
         peer = conn.remote_peer_id
+        assert peer is not None  # an upgraded connection knows its peer
         conns = self._conns.setdefault(peer, [])
         if len(conns) >= self.config.max_connections_per_peer:
             conn.close("too many connections to this peer")
@@ -665,8 +674,8 @@ class Host:
                     del self._large_subnet_members[conn.large_subnet]
             conn.large_subnet = None
         peer = conn.remote_peer_id
-        conns = self._conns.get(peer)
-        if conns and conn in conns:
+        conns = None if peer is None else self._conns.get(peer)
+        if peer is not None and conns and conn in conns:
             conns.remove(conn)
             self._open_count -= 1
             self.conn_epoch += 1
@@ -717,7 +726,7 @@ class Host:
         """Whether ``peer`` has protection ``tag`` (any tag when None); the
         :attr:`keep` callback is not asked."""
         tags = self._protected.get(peer)
-        return bool(tags) and (tag is None or tag in tags)
+        return tags is not None and bool(tags) and (tag is None or tag in tags)
 
     def watermarks(self) -> tuple[int, int]:
         """The connection manager's (high, low) marks in effect; (0, 0) when off."""
@@ -916,7 +925,9 @@ class Host:
         if not addrs:
             raise DialNoAddresses(f"no TCP address known for {peer}")
         errors: list[DialError] = []
-        async with self._dial_sem:
+        sem = self._dial_sem
+        assert sem is not None  # set by start(); dial() needs a started host
+        async with sem:
             dial.started = True
             for addr in addrs:
                 try:
@@ -952,7 +963,7 @@ class Host:
                 )
                 if not infos:
                     raise DialRefused(f"{host} does not resolve")
-                host = infos[0][4][0]
+                host = str(infos[0][4][0])
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(factory, host, port),
                 max(0.01, deadline - self.clock()),
@@ -1047,7 +1058,7 @@ def _local_addrs(ipv6: bool, port: str) -> list[Multiaddr]:
     except OSError:
         infos = []
     for info in infos:
-        ip = info[4][0].split("%")[0]
+        ip = str(info[4][0]).split("%")[0]
         a = Multiaddr(f"/{'ip6' if ipv6 else 'ip4'}/{ip}/tcp/{port}")
         if a not in out and not is_loopback(a):
             out.append(a)
