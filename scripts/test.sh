@@ -41,7 +41,9 @@ python -m mypy || rc=1
 phase "lint and types" $(( $(date +%s) - t ))
 
 t=$(date +%s)
-python -m pytest -q -p no:cacheprovider tests --ignore=tests/interop "$@" || rc=1
+# the quick unit suite on two worker processes (pytest-xdist): one per core
+# of our machines; KADFAST_TEST_WORKERS=0 runs it in this process
+python -m pytest -q -p no:cacheprovider -n "${KADFAST_TEST_WORKERS:-2}" tests --ignore=tests/interop "$@" || rc=1
 # the benchmark files once each, untimed: they assert what they measure
 python -m pytest -q -p no:cacheprovider bench --benchmark-disable || rc=1
 phase "unit tests" $(( $(date +%s) - t ))
