@@ -145,6 +145,76 @@ def test_the_tests_use_public_interfaces():
     assert WHITE_BOX - found == set(), "WHITE_BOX entries no longer used"
 
 
+def _import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports when
+    it is imported (module-level imports; not those inside functions or
+    under ``if TYPE_CHECKING``)."""
+    root = package_dir.parent
+    files = {}
+    for p in package_dir.rglob("*.py"):
+        parts = list(p.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        files[".".join(parts)] = p
+    top = package_dir.name
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                continue
+            for st in node.body if isinstance(node, ast.Try) else [node]:
+                if isinstance(st, ast.ImportFrom):
+                    base = here[:len(here) - st.level + 1] if st.level else []
+                    target = ".".join(base + ([st.module] if st.module else []))
+                    for a in st.names:
+                        full = f"{target}.{a.name}"
+                        deps.add(full if full in files else target)
+                elif isinstance(st, ast.Import):
+                    deps.update(a.name for a in st.names)
+        graph[name] = {d for d in deps if d in files and d != name and d.split(".")[0] == top}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    found: list[list[str]] = []
+
+    def visit(u: str, path: list[str]) -> None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                found.append(path[path.index(v):] + [v])
+            elif v not in state:
+                visit(v, path)
+        path.pop()
+        state[u] = 2
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u, [])
+    return found
+
+
+def test_no_import_cycle_in_the_package():
+    graph = _import_graph(Path(kadfast.__file__).parent)
+    assert graph["kadfast.net.host"] >= {"kadfast.net.connection", "kadfast.net.services"}  # the graph is real
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\nfrom ..c import C\nif TYPE_CHECKING:\n    from .. import a\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    assert _cycles(_import_graph(pkg)) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+
+
 def test_the_crossing_check_sees_a_crossing(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
