@@ -16,7 +16,8 @@ from kadfast.kad.node import Config
 from kadfast.kad.pb import KadMessage, KadPeer, KadRecord, MessageType, encode_message, frame
 from kadfast.kad.ratelimit import RateLimited
 from kadfast.errors import ValueTooLarge
-from kadfast.kad.server import InboundRequest, KadServer, RecordStored
+from kadfast.kad.events import InboundRequest, RecordStored
+from kadfast.kad.server import KadServer
 from kadfast.kad.validation import InvalidRecord, NamespacedValidator
 from kadfast.store import MemoryStore
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -45,30 +44,18 @@ from .pb import (
     encode_message,
     encode_peer,
 )
+from .events import InboundRequest, RecordStored
 from .ratelimit import PeerRateLimiter, RateLimited
 from .validation import InvalidRecord, NamespacedValidator
 
 log = logging.getLogger("kadfast.kad")
 
-__all__ = ["KadServer", "InboundRequest", "RecordStored"]
+__all__ = ["KadServer"]
 
 #: closerPeers fields cached for replies (a routing table holds at most 256 * k)
 _CLOSER_CACHE_SIZE = 8192
 #: first bytes of the PeerId multihashes (identity 0x00, sha2-256 0x12)
 _MULTIHASH_STARTS = frozenset((0x00, 0x12))
-
-
-@dataclass(frozen=True, slots=True)
-class InboundRequest:
-    peer: PeerId
-    type: MessageType
-
-
-@dataclass(frozen=True, slots=True)
-class RecordStored:
-    key: bytes
-    publisher: PeerId | None
-    from_peer: PeerId | None
 
 
 def _rfc3339(ts: float) -> str:
