@@ -174,7 +174,7 @@ class Quorum:
     ALL = "all"
 
     @staticmethod
-    def count(quorum, k: int) -> int:
+    def count(quorum: str | int, k: int) -> int:
         if quorum == Quorum.ONE:
             return 1
         if quorum == Quorum.MAJORITY:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from .pb import MessageType
 from .query import QueryStats
@@ -17,7 +18,7 @@ __all__ = ["RoutingUpdated", "UnroutablePeer", "QueryProgressed", "RecordExpired
 @dataclass(frozen=True, slots=True)
 class RoutingUpdated:
     peer: PeerId
-    addrs: tuple
+    addrs: tuple[Multiaddr, ...]
     is_new_peer: bool
     bucket: int
     evicted: PeerId | None = None

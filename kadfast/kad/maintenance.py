@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import Config
+
 __all__ = ["Due", "MaintenanceSchedule"]
 
 
@@ -40,7 +42,7 @@ class MaintenanceSchedule:
     __slots__ = ("config", "last_idle_check", "last_partial_check", "last_sweep", "last_bootstrap",
                  "last_replication", "last_provider_republish")
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.last_idle_check: float | None = None
         self.last_partial_check: float | None = None

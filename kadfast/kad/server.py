@@ -25,12 +25,13 @@ import logging
 import operator
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .._closer import cached_fields
 from .._xor import Key
 from ..addrbook import AddressBook, ip_prefix, is_public, plausible_addrs
 from ..errors import KadError, PeerIdError, StoreFull, ValueTooLarge
+from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..store import ProviderRecord, Record, RecordStore
 from .pb import (
@@ -44,11 +45,20 @@ from .pb import (
     encode_message,
     encode_peer,
 )
+from .config import Config
 from .events import InboundRequest, RecordStored
 from .ratelimit import PeerRateLimiter, RateLimited
 from .validation import InvalidRecord, NamespacedValidator
 
+if TYPE_CHECKING:
+    from .._routing import Entry, RoutingTable
+
 log = logging.getLogger("kadfast.kad")
+_T = TypeVar("_T")
+_A = TypeVar("_A", bytes, KadMessage, "KadMessage | bytes")
+#: a closerPeers cache entry: (address-book view, its version, connection
+#: type, connection epoch, the encoded field)
+_CacheEntry = tuple[Any, int, int, int, bytes]
 
 __all__ = ["KadServer"]
 
@@ -66,7 +76,7 @@ def _no_connection(peer: PeerId) -> None:
     return None
 
 
-def _no_addrs() -> list:
+def _no_addrs() -> list[Multiaddr]:
     return []
 
 
@@ -88,7 +98,7 @@ class _NetworkQuota:
         self._keys_of: dict[Any, set[bytes]] = {}
         self._networks_of: dict[bytes, set[Any]] = {}
 
-    def allows(self, network, key: bytes) -> bool:
+    def allows(self, network: Any, key: bytes) -> bool:
         """Whether :meth:`admit` would count ``key`` for ``network`` (no change)."""
         if not self.limit:
             return True
@@ -98,7 +108,7 @@ class _NetworkQuota:
         keys = self._keys_of.get(network)
         return keys is None or len(keys) < self.limit
 
-    def admit(self, network, key: bytes) -> bool:
+    def admit(self, network: Any, key: bytes) -> bool:
         """Count ``key`` for ``network``; False (nothing counted) when the
         network has its limit already. 0 admits everything."""
         if not self.limit:
@@ -108,7 +118,7 @@ class _NetworkQuota:
         self.count(network, key)
         return True
 
-    def count(self, network, key: bytes) -> None:
+    def count(self, network: Any, key: bytes) -> None:
         """Count ``key`` for ``network`` even over the limit (rebuilding the
         counts from a store)."""
         if not self.limit:
@@ -128,7 +138,7 @@ class _NetworkQuota:
         self._keys_of.clear()
         self._networks_of.clear()
 
-    def held_by(self, network) -> int:
+    def held_by(self, network: Any) -> int:
         return len(self._keys_of.get(network, ()))
 
     def forget(self, key: bytes) -> None:
@@ -163,16 +173,16 @@ class KadServer:
 
     def __init__(
         self,
-        config,
+        config: Config,
         peer_id: PeerId,
-        table,
+        table: RoutingTable,
         addrbook: AddressBook,
         store: RecordStore,
         validator: NamespacedValidator,
         *,
         connection: Callable[[PeerId], Any] = _no_connection,
         conn_epoch: Callable[[], int] = _epoch_zero,
-        own_addrs: Callable[[], list] = _no_addrs,
+        own_addrs: Callable[[], list[Multiaddr]] = _no_addrs,
         wall_clock: Callable[[], float] = time.time,
         key_of: Callable[[PeerId], Key] | None = None,
         on_event: Callable[[Any], None] | None = None,
@@ -209,7 +219,7 @@ class KadServer:
         self.request_counts: dict[MessageType, int] = {}
         #: routing key -> (address-book view, its version, connection type,
         #: connection epoch, closerPeers field of the encoded Peer); see _closer_fields
-        self.closer_cache: dict[Key, tuple] = {}
+        self.closer_cache: dict[Key, _CacheEntry] = {}
         #: routing-table keys of peers whose last request failed (unreachable,
         #: timed out): kept in the table, but left out of our answers until
         #: they are heard from again; see :meth:`withhold`
@@ -404,7 +414,7 @@ class KadServer:
                 if hit is not None:
                     index[hit[4]] = g
 
-    def _cached_field(self, e, now: float, epoch: int) -> bytes | None:
+    def _cached_field(self, e: Entry, now: float, epoch: int) -> bytes | None:
         """The closerPeers field of table entry ``e`` as ``cached_fields``
         gives it: the cached one while valid, else :meth:`_peer_field`."""
         hit = self.closer_cache.get(e.key)
@@ -414,7 +424,8 @@ class KadServer:
                 return hit[4]
         return self._peer_field(e.key, e.value, now, epoch, hit)
 
-    def _diverse_answer(self, target: Key, exclude: Key | None, value_of) -> list | None:
+    def _diverse_answer(self, target: Key, exclude: Key | None,
+                        value_of: Callable[[Entry], _T | None]) -> list[_T] | None:
         """The closer peers of an answer when an IP group has more than
         ``max_answer_peers_per_ip_group`` entries among the closest to
         ``target``: from the 4k + 1 closest (the requester and unreachable
@@ -468,7 +479,8 @@ class KadServer:
         picked.sort(key=lambda iv: iv[0])
         return [v for _, v in picked]
 
-    def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int, hit) -> bytes | None:
+    def _peer_field(self, key: Key, peer: PeerId, now: float, epoch: int,
+                    hit: _CacheEntry | None) -> bytes | None:
         """Look up ``peer``'s addresses and connection type again; its cached
         closerPeers field (re-made only if they changed), or None without
         addresses."""
@@ -494,7 +506,7 @@ class KadServer:
         cache[key] = (book, book.version, conn, epoch, field)
         return field
 
-    def handle(self, peer: PeerId, msg: KadMessage, now: float, remote_addr=None,
+    def handle(self, peer: PeerId, msg: KadMessage, now: float, remote_addr: Multiaddr | None = None,
                framed: bool = False) -> KadMessage | bytes | None:
         """The answer to request ``msg`` of ``peer`` at time ``now`` (None:
         the request has no answer, ADD_PROVIDER); raises on a request that
@@ -666,7 +678,7 @@ class KadServer:
             f"{t.name} from {peer}: reads over {self.config.max_reads_per_peer_per_second}/s "
             "(max_reads_per_peer_per_second)"))
 
-    def _fitted(self, closer: int, build):
+    def _fitted(self, closer: int, build: Callable[[int], _A]) -> _A:
         """``build(n)``, the answer with its first ``n`` closer peers, for the
         largest ``n <= closer`` whose encoding fits in ``max_message_size``
         (rust reads and sends nothing larger): 20 closer peers with many long
@@ -676,11 +688,11 @@ class KadServer:
         length check (and, unframed, one encoding)."""
         out = build(closer)
         limit = self.config.max_message_size
-        size = len(out) if out.__class__ is bytes else len(encode_message(out))
+        size = len(out) if out.__class__ is bytes else len(encode_message(out))  # type: ignore[arg-type]
         while size > limit and closer:
             closer -= 1
             out = build(closer)
-            size = len(out) if out.__class__ is bytes else len(encode_message(out))
+            size = len(out) if out.__class__ is bytes else len(encode_message(out))  # type: ignore[arg-type]
         return out
 
     def _check_unvalidated(self, sender: PeerId, key: bytes, value: bytes, held: Record | None) -> None:
@@ -710,11 +722,13 @@ class KadServer:
             raise InvalidRecord(f"PUT_VALUE from {sender}: the record held for {key!r} was stored by another peer, "
                                 "the only one that may change it (unvalidated_records='owner')")
 
-    def _network_of(self, remote_addr) -> str | None:
+    def _network_of(self, remote_addr: Multiaddr | None) -> str | None:
         """The network a request's connection comes from, for the store's
         quotas: IPv4 /24, IPv6 /48; None when exempt (not public, unless
         ``ip_group_limits_everywhere``) or unknown."""
-        ip = None if remote_addr is None else (remote_addr.value_for("ip4") or remote_addr.value_for("ip6"))
+        if remote_addr is None:
+            return None
+        ip = remote_addr.value_for("ip4") or remote_addr.value_for("ip6")
         if not ip or not (self.config.ip_group_limits_everywhere or is_public(remote_addr)):
             return None
         return ip_prefix(ip, 24, 48)
