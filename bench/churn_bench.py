@@ -206,22 +206,24 @@ def serve(loop_kind: str) -> int:
         done = asyncio.Event()
 
         def stats() -> dict:
+            usage = host.usage()
+            waited = host.identify_service.waited_for()
             return {
                 "connections": host.connection_count(),
-                "open": sum(len(v) for v in host._conns.values()),
-                "pending": len(host._pending),
+                "open": usage.open,
+                "pending": usage.pending,
                 "established": counts["established"],
                 "identified": counts["identified"],
                 "closed": counts["closed"],
                 "close_reasons": dict(close_reasons.most_common(8)),
                 "dropped_events": host.dropped_events,
                 "peer_info": len(host.peer_info),
-                "identified_futures": len(host._identified),
-                "identified_futures_pending": sum(1 for f in host._identified.values() if not f.done()),
-                "identified_futures_without_conn": sum(1 for p in host._identified if p not in host._conns),
+                "identified_futures": len(waited),
+                "identified_futures_pending": host.identify_service.waits_pending(),
+                "identified_futures_without_conn": sum(1 for p in waited if not host.connections(p)),
                 "addrbook_peers": len(host.addrbook),
-                "backoff": len(host._backoff),
-                "tasks": len(host._tasks),
+                "backoff": usage.backoff_entries,
+                "tasks": usage.tasks,
                 "routing_table": len(node.table),
                 "rss_kib": proc_rss_kib(),
                 "gc_objects": len(gc.get_objects()),

@@ -114,15 +114,12 @@ def record_key(i: int) -> bytes:
 def sqlite_prefill(store, n: int, value_size: int, publishers: list, expires: float) -> None:
     """Records ``record_key(0..n-1)`` with random values into a SqliteStore
     in one transaction (its ``put`` would commit, and fsync, per record)."""
-    db = store._conn
-    wall = store._to_disk(expires)
-    pub_bytes = [p.to_bytes() for p in publishers]
-    db.execute("BEGIN IMMEDIATE")
-    db.executemany(
-        "INSERT INTO records (key, value, publisher, expires) VALUES (?, ?, ?, ?)",
-        ((record_key(i), os.urandom(value_size), pub_bytes[i % len(pub_bytes)], wall) for i in range(n)),
-    )
-    db.execute("COMMIT")
+    from kadfast.store import Record
+
+    store.put_many(Record(record_key(i), os.urandom(value_size), publisher=publishers[i % len(publishers)],
+                          expires=expires) for i in range(n))
+    if store.group_commit:
+        store.commit()
 
 
 def prefill(node, store_spec: str, n: int, value_size: int) -> dict:

@@ -381,6 +381,28 @@ def test_an_empty_store_is_truthy(tmp_path):
         assert len(s) == 0 and bool(s) is True
 
 
+@pytest.mark.parametrize("group_commit", [False, True])
+def test_put_many_stores_in_one_transaction_within_the_limits(tmp_path, group_commit):
+    pub = peers(1)[0]
+    with SqliteStore(tmp_path / "s.db", pub, config=StoreConfig(max_records=5, max_value_bytes=8),
+                     group_commit=group_commit) as s:
+        assert s.put_many(Record(b"/k%d" % i, b"v", publisher=pub, expires=100.0) for i in range(3)) == 3
+        s.put(Record(b"/k0", b"w"), 1.0)
+        # over the limit: nothing of them is stored
+        with pytest.raises(StoreFull):
+            s.put_many(Record(b"/n%d" % i, b"v") for i in range(3))
+        # a value over the limit is refused before anything is written
+        with pytest.raises(RecordTooLarge):
+            s.put_many([Record(b"/n0", b"v"), Record(b"/n1", b"x" * 9)])
+        # a key already held is updated, not counted again
+        assert s.put_many([Record(b"/k1", b"new"), Record(b"/n0", b"v"), Record(b"/n1", b"v")]) == 3
+        if group_commit:
+            s.commit()
+        assert sorted(s.record_keys()) == [b"/k0", b"/k1", b"/k2", b"/n0", b"/n1"]
+        assert s.get(b"/k1", 1.0).value == b"new" and s.get(b"/k0", 1.0).value == b"w"
+        assert s.get(b"/k2", 1.0).publisher == pub and s.get(b"/k2", 1.0).expires == pytest.approx(100.0)
+
+
 def test_uses_wal_and_full_sync(tmp_path):
     with SqliteStore(tmp_path / "s.db", peers(1)[0]) as s:
         assert s.journal_mode == "wal"

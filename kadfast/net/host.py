@@ -178,6 +178,8 @@ class HostUsage:
     dialing: int
     backoff_entries: int
     protected_peers: int
+    #: the host's own tasks still running (handlers, identify, the reaper)
+    tasks: int
     #: a trim waits for the trim interval
     trim_scheduled: bool
     #: no search for prunable connections at the hard limit before this
@@ -606,6 +608,7 @@ class Host:
             dialing=len(self._dialing),
             backoff_entries=len(self._backoff),
             protected_peers=len(self._protected),
+            tasks=len(self._tasks),
             trim_scheduled=self._trim_timer is not None,
             hard_trim_after=self._hard_trim_after,
         )

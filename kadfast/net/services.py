@@ -221,6 +221,15 @@ class IdentifyService:
             fut = self._identified[peer] = asyncio.get_running_loop().create_future()
         return await asyncio.wait_for(asyncio.shield(fut), timeout or self.config.identify_timeout)
 
+    def waited_for(self) -> list[PeerId]:
+        """The peers whose identify is (or was) waited for: one entry each,
+        dropped with the peer's last connection."""
+        return list(self._identified)
+
+    def waits_pending(self) -> int:
+        """Of those, the identifies not yet answered."""
+        return sum(1 for f in self._identified.values() if not f.done())
+
     def forget(self, peer: PeerId, reason: str) -> None:
         """``peer``'s last connection closed: drop what it told (bounded by
         the live connections) and fail its waiters with ``reason``."""
