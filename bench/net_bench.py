@@ -222,7 +222,7 @@ async def bench_handshakes(server: Server, maddr, pid, duration: float, dialers:
         return fut
 
     def wrap_identify(h) -> None:
-        inner = h._serve_identify
+        inner = h.identify_service.serve
 
         async def serve_identify(stream) -> None:
             try:
@@ -484,7 +484,7 @@ def start_watchdog(budget: float) -> None:
             peers = list(_LIVE_PEERS)
         for p in peers:
             with contextlib.suppress(Exception):
-                p._kill(9)
+                p.kill(9)
         os._exit(3)
 
     t = threading.Timer(budget, fire)
@@ -606,7 +606,7 @@ METRICS = [
 ]
 
 
-def _get(res: dict, path) -> Any:
+def get_path(res: dict, path) -> Any:
     if path[-1] == "_util":
         ph = res.get(path[0]) if isinstance(res, dict) else None
         if isinstance(ph, dict) and ph.get("server_cpu_util") is not None:
@@ -644,12 +644,12 @@ def ratios(results: dict) -> dict:
     if not isinstance(base, dict):
         return out
     for label, path, _, _ in METRICS:
-        b = _get(base, path)
+        b = get_path(base, path)
         if not isinstance(b, (int, float)) or not b or "errors" in label or "util" in label:
             continue
         row = {}
         for name, res in results.items():
-            v = _get(res, path)
+            v = get_path(res, path)
             if isinstance(v, (int, float)) and name != bl:
                 row[name] = round(v / b, 3)
         out[label.strip()] = row
@@ -677,12 +677,12 @@ def print_table(report: dict) -> None:
         cells = []
         for n in names:
             res = results[n]
-            v = _get(res, path)
+            v = get_path(res, path)
             if isinstance(v, str):
                 text = v
             elif isinstance(v, (int, float)):
                 text = fmt.format(v)
-                b = _get(base, path)
+                b = get_path(base, path)
                 if n != bl and isinstance(b, (int, float)) and b and "errors" not in label and "util" not in label:
                     text += f" ({v / b:.2f}x)"
             else:

@@ -25,7 +25,7 @@ def test_net_bench_quick(benchmark):
     assert "error" not in base, base
     for label, path, _, _ in net_bench.METRICS:
         for server, res in report["servers"].items():
-            v = net_bench._get(res, path)
+            v = net_bench.get_path(res, path)
             if isinstance(v, (int, float)):
                 benchmark.extra_info[f"{server} {label.strip()}"] = v
-    assert net_bench._get(base, ("handshake", "per_s")), base
+    assert net_bench.get_path(base, ("handshake", "per_s")), base

@@ -761,11 +761,11 @@ class Peer:
         try:
             proc.wait(timeout=timeout if graceful else 0.5)
         except subprocess.TimeoutExpired:
-            self._kill(signal.SIGTERM)
+            self.kill(signal.SIGTERM)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self._kill(signal.SIGKILL)
+                self.kill(signal.SIGKILL)
                 proc.wait()
         _close_pipes(proc, self._threads)
         self._fail_pending(PeerDied(f"[{self.name}] stopped"))
@@ -780,7 +780,7 @@ class Peer:
             if thread is not threading.current_thread():
                 thread.join(timeout=timeout)
 
-    def _kill(self, sig: int) -> None:
+    def kill(self, sig: int) -> None:
         # The peer runs in a process group of its own (start_new_session), so
         # this reaches anything it spawned and nothing else.
         assert self.proc is not None
