@@ -15,7 +15,7 @@ one), each in a child process of its own:
   ``stats``, ``stop``) as in ``bench/net_bench.py``. Before it starts
   listening it has met ``--peers`` random peers (default 1,000): each one
   added with an address (``add_address``) and marked connected
-  (``_update_peer(..., connected=True)``), so its routing table is as full
+  (``update_peer(..., connected=True)``), so its routing table is as full
   as random peers make it (~150 entries) and every FIND_NODE reply carries
   20 peers with an address. Its periodic bootstrap is pushed out of the run
   (it would dial the made-up addresses), and its per-peer read limit
