@@ -386,7 +386,7 @@ def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
             reset = {e.stream_id for e in events if isinstance(e, y.StreamResetByPeer)}
             assert reset == set(sids[8:])
             conn = next(iter(node.host._pending | {x for cs in node.host._conns.values() for x in cs}))
-            assert conn._inbound_streams == 8 and conn.is_open
+            assert conn.core.inbound_streams == 8 and conn.is_open
             c.close()
             await assert_serves(node)
         finally:
@@ -865,11 +865,11 @@ def test_inbound_stream_that_never_negotiates_is_reset():
             conn._schedule_flush()
             sconn = None
             deadline = asyncio.get_running_loop().time() + 5
-            while sconn is None or sid not in sconn.streams:
+            while sconn is None or not sconn.core.negotiating(sid):
                 sconn = server.connection(client.peer_id)
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.01)
-            while sid in sconn.streams:
+            while sconn.core.negotiating(sid):
                 assert asyncio.get_running_loop().time() < deadline, "never reset"
                 await asyncio.sleep(0.05)
             assert await client.ping(server.peer_id) > 0
