@@ -125,6 +125,7 @@ class Connection(asyncio.Protocol):
         self._state = _NEW
         #: the upgrade and the session, from connection_made on
         self.core: ConnectionCore | None = None
+        self._session: YamuxSession | None = None  # the core's, once open
         self.streams: dict[int, Stream] = {}
         self._flush_scheduled = False
         self._receiving = False  # inside data_received: its closing flush sends
@@ -279,8 +280,8 @@ class Connection(asyncio.Protocol):
             self._receiving = False
         self.stream_activity = core.stream_activity
         self._flush()
-        if self._timer is None and core.get_timer() is not None:
-            self._arm_timer()
+        if self._timer is None and core.negotiations:
+            self._arm_timer()  # a stream negotiating beyond this read
 
     def _defer(self, rest: bytes) -> None:
         if self._deferred is None:
@@ -425,6 +426,8 @@ class Connection(asyncio.Protocol):
     def _upgraded(self, ev: Upgraded) -> None:
         self.remote_peer_id = ev.remote_peer_id
         self.remote_public_key = ev.remote_public_key
+        # the stream flow-control calls (consumed, buffered) go to it directly
+        self._session = self.core.session if self.core is not None else None
         self._state = _OPEN
         self._cancel_timer()  # the handshake's
         if not self.ready.done():
@@ -487,8 +490,9 @@ class Connection(asyncio.Protocol):
             raise
 
     def stream_consumed(self, stream_id: int, n: int) -> None:
-        if self.core is not None and stream_id in self.streams:
-            self.core.consumed(stream_id, n)
+        session = self._session
+        if session is not None and stream_id in self.streams:
+            session.consumed(stream_id, n)
             self._schedule_flush()
 
     def stream_send(self, stream_id: int, data: bytes) -> None:
@@ -508,9 +512,10 @@ class Connection(asyncio.Protocol):
         self._schedule_flush()
 
     def stream_buffered(self, stream_id: int) -> int:
-        if self.core is None or stream_id not in self.streams:
+        session = self._session
+        if session is None or stream_id not in self.streams:
             return 0
-        return self.core.buffered(stream_id)
+        return session.buffered(stream_id)
 
     def stream_close(self, stream_id: int) -> None:
         if self.core is not None and self._state == _OPEN:
@@ -567,10 +572,15 @@ class Connection(asyncio.Protocol):
             self._drained()
 
     # -- closing ---------------------------------------------------------
-    def _fail(self, reason: str) -> None:
+    def _authenticated(self) -> None:
+        """A connection closing during the upgrade: the peer Noise
+        authenticated, if it got that far."""
         if self.remote_peer_id is None and self.core is not None:
-            self.remote_peer_id = self.core.remote_peer_id  # authenticated before the failure
+            self.remote_peer_id = self.core.remote_peer_id
             self.remote_public_key = self.core.remote_public_key
+
+    def _fail(self, reason: str) -> None:
+        self._authenticated()
         log.info("%r: closing: %s", self, reason)
         try:
             self._flush()  # a GoAway the session queued on the error
@@ -597,6 +607,7 @@ class Connection(asyncio.Protocol):
             return
         self._state = _CLOSED
         self.close_reason = reason
+        self._authenticated()
         self._cancel_timer()
         for s in list(self.streams.values()):
             s.feed_reset(f"connection closed: {reason}")

@@ -20,6 +20,11 @@ negotiation produces one of :class:`InboundStreamNegotiated`,
 queued between two :meth:`~ConnectionCore.data_to_send` calls is encrypted
 at once, in one Noise frame sequence.
 
+The Yamux session is public (``session``, once open): flow-control calls
+that leave this core's state alone (``consumed``, ``buffered``) may go to it
+directly, as :meth:`~ConnectionCore.consumed` and
+:meth:`~ConnectionCore.buffered` do.
+
 The inbound stream limits are kept here too: at most ``max_inbound_streams``
 inbound streams at once (negotiating or negotiated; a stream beyond it is
 reset), and the per-protocol counts of :meth:`~ConnectionCore.count_inbound`.
@@ -32,7 +37,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from ..errors import KadfastError, MultistreamError, StreamReset
+from ..errors import KadfastError, MultistreamError, StreamReset, YamuxError
 from ..keys import Ed25519KeyPair, PublicKey
 from ..multistream import MultistreamDialer, MultistreamListener
 from ..noise import NoiseHandshake, NoiseStaticKey
@@ -201,7 +206,7 @@ class ConnectionCore:
         "_raw",
         "_plain",
         "_handshake_deadline",
-        "_negotiating",
+        "negotiations",
         "_deadlines",
         "_local_parity",
         "_inbound",
@@ -245,8 +250,11 @@ class ConnectionCore:
         self._raw: list[bytes] = []  # handshake bytes, sent as they are
         self._plain: list[bytes] = []  # plaintext waiting for encryption
         self._handshake_deadline: float | None = now + handshake_timeout
-        # streams negotiating their protocol, and when each must be done
-        self._negotiating: dict[int, _Negotiator] = {}
+        #: the streams still agreeing on a protocol, by id (not to be
+        #: modified): each has a deadline, so the timer is due iff it is not
+        #: empty once the connection is open
+        self.negotiations: dict[int, _Negotiator] = {}
+        # when each negotiation must be done
         self._deadlines: list[tuple[float, int]] = []
         # the parity of the stream ids we open (the dialer's are odd)
         self._local_parity = 1 if initiator else 0
@@ -290,7 +298,7 @@ class ConnectionCore:
 
     def negotiating(self, stream_id: int) -> bool:
         """Whether the stream is still agreeing on its protocol."""
-        return stream_id in self._negotiating
+        return stream_id in self.negotiations
 
     def buffered(self, stream_id: int) -> int:
         """Bytes written on the stream that wait for the remote's window."""
@@ -401,7 +409,7 @@ class ConnectionCore:
         """Append the session's ``events`` to ``out`` as the connection's:
         negotiations run here, the events of negotiated streams pass as they
         are."""
-        neg = self._negotiating
+        neg = self.negotiations
         data_seen = False
         ev: Any  # one of the YamuxEvent types, told apart by the exact type
         for ev in events:
@@ -436,7 +444,7 @@ class ConnectionCore:
             self.stream_activity = now
 
     def _session_closed(self) -> None:
-        self._negotiating.clear()
+        self.negotiations.clear()
         self._deadlines.clear()
         self._inbound.clear()
         self._counted.clear()
@@ -452,11 +460,11 @@ class ConnectionCore:
             session.reset_stream(stream_id)
             return
         self._inbound[stream_id] = ""
-        self._negotiating[stream_id] = MultistreamListener(self._supports)
+        self.negotiations[stream_id] = MultistreamListener(self._supports)
         heapq.heappush(self._deadlines, (now + self._negotiation_timeout, stream_id))
 
     def _negotiate(self, sid: int, data: bytes, out: list[ConnectionEvent]) -> None:
-        ms = self._negotiating[sid]
+        ms = self.negotiations[sid]
         session = self.session
         assert session is not None
         # The peer may have reset the stream later in the same read (a
@@ -469,7 +477,7 @@ class ConnectionCore:
             if reply and session.has_stream(sid):
                 session.send(sid, reply)
             log.debug("stream %d negotiation failed: %s", sid, exc)
-            del self._negotiating[sid]
+            del self.negotiations[sid]
             session.reset_stream(sid)
             if sid in self._inbound:
                 self._forget_inbound(sid)
@@ -482,7 +490,7 @@ class ConnectionCore:
         if not ms.done:
             session.consumed(sid, len(data))
             return
-        del self._negotiating[sid]
+        del self.negotiations[sid]
         protocol = ms.selected
         assert protocol is not None
         rest = ms.unused
@@ -497,7 +505,7 @@ class ConnectionCore:
 
     def _end_negotiation(self, sid: int, reason: str, out: list[ConnectionEvent]) -> None:
         """A stream that can no longer agree on a protocol: reset it."""
-        del self._negotiating[sid]
+        del self.negotiations[sid]
         session = self.session
         if session is not None:
             session.reset_stream(sid)
@@ -545,7 +553,7 @@ class ConnectionCore:
         if self._state != _OPEN:
             return self._handshake_deadline
         heap = self._deadlines
-        neg = self._negotiating
+        neg = self.negotiations
         while heap:
             when, sid = heap[0]
             if sid in neg:
@@ -569,7 +577,7 @@ class ConnectionCore:
         assert session is not None
         session.handle_timer(now)
         heap = self._deadlines
-        neg = self._negotiating
+        neg = self.negotiations
         out = self._events
         self._events = []
         while heap and heap[0][0] <= now:
@@ -608,7 +616,7 @@ class ConnectionCore:
         session = self._open_session()
         ms = MultistreamDialer(list(protocols))
         sid = session.open_stream()
-        self._negotiating[sid] = ms
+        self.negotiations[sid] = ms
         heapq.heappush(self._deadlines, (now + self._negotiation_timeout, sid))
         session.send(sid, ms.data_to_send())
         return sid
@@ -618,11 +626,16 @@ class ConnectionCore:
         the session no longer has the stream (the remote reset it in events
         not handed out yet): the stream is forgotten, the connection goes on."""
         session = self.session
-        if session is None or not session.has_stream(stream_id):
+        if session is None:
+            raise StreamReset("connection is not open")
+        try:
+            session.send(stream_id, data)
+        except YamuxError:
+            if session.has_stream(stream_id):
+                raise  # half-closed by us, or over the buffer limit
             if stream_id in self._inbound:
                 self._forget_inbound(stream_id)
-            raise StreamReset("reset by peer")
-        session.send(stream_id, data)
+            raise StreamReset("reset by peer") from None
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The application took ``n`` received bytes of the stream."""
@@ -640,7 +653,7 @@ class ConnectionCore:
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset the stream (RST; buffered data dropped), negotiated or not."""
-        self._negotiating.pop(stream_id, None)
+        self.negotiations.pop(stream_id, None)
         if stream_id in self._inbound:
             self._forget_inbound(stream_id)
         session = self.session
