@@ -462,6 +462,15 @@ def test_a_yamux_protocol_error_from_the_peer():
     assert b.receive_data(crypto.encrypt(b"more"), 0.0) == []  # ignored once failed
 
 
+def test_a_yamux_protocol_error_right_behind_the_yamux_proposal():
+    b = core(False)
+    crypto, _ = _noise_peer(True, b)
+    bad = struct.pack(">BBHII", 7, 0, 0, 0, 0)
+    events = b.receive_data(crypto.encrypt(MultistreamDialer(["/yamux/1.0.0"]).data_to_send() + bad), 0.0)
+    assert [type(e) for e in events] == [Upgraded, ConnectionFailed] and events[1].remote
+    assert b.is_closed
+
+
 def test_operations_before_the_upgrade():
     a = core(True)
     with pytest.raises(StreamReset):

@@ -399,7 +399,10 @@ class ConnectionCore:
                 events = self.events()
                 events.append(Upgraded(self.remote_peer_id, self.remote_public_key))
                 if rest:
-                    self._translate(session.receive_data(rest, now), now, events)
+                    try:
+                        self._translate(session.receive_data(rest, now), now, events)
+                    except KadfastError as exc:
+                        events += self._failed(exc, now)
                 return events
             else:  # pragma: no cover - the callers handle the other states
                 break
