@@ -345,6 +345,29 @@ def test_stalled_handshake_is_dropped(run):
     run(main)
 
 
+def test_an_outbound_negotiation_times_out_on_the_connection_timer(run):
+    """The peer never answers the proposal: open_stream fails after
+    negotiation_timeout, the stream is reset, the connection goes on."""
+    async def main():
+        a, b = await pair(config_a=HostConfig(negotiation_timeout=0.3))
+        try:
+            conn = await a.dial(maddr(b))
+            b.connection(a.peer_id).transport.pause_reading()  # the proposal is never read
+            t0 = time.monotonic()
+            with pytest.raises(StreamReset, match="protocol negotiation timed out"):
+                await conn.open_stream([ECHO])
+            assert 0.25 < time.monotonic() - t0 < 3
+            assert conn.is_open and not conn.streams and conn.core.get_timer() is None
+            b.connection(a.peer_id).transport.resume_reading()
+            s = await a.new_stream(b.peer_id, ECHO)
+            s.write(b"hi")
+            assert await s.read_exactly(2) == b"hi"
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
 def test_garbage_instead_of_handshake(run):
     async def main():
         b = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
