@@ -258,20 +258,8 @@ class Connection(asyncio.Protocol):
         self._receiving = True
         try:
             events = core.receive_data(data, now)
-            streams = self.streams
-            ev: Any  # the events of negotiated streams first, the rest in _on_event
-            for ev in events:
-                t = type(ev)
-                if t is StreamData:
-                    s = streams.get(ev.stream_id)
-                    if s is not None:
-                        s.feed_data(ev.data)
-                elif t is StreamEnded:
-                    s = streams.get(ev.stream_id)
-                    if s is not None:
-                        s.feed_eof()
-                else:
-                    self._on_event(ev)
+            if events:
+                self._handle(events)
         except KadfastError as exc:
             self.error = exc
             self._fail(f"{type(exc).__name__}: {exc}")
@@ -324,7 +312,8 @@ class Connection(asyncio.Protocol):
         """Bytes written on this connection and not yet taken by the kernel:
         what the Yamux session queued since the last flush and what the
         transport holds."""
-        n = self.core.pending_output if self.core is not None else 0
+        session = self._session
+        n = session.pending_output if session is not None else 0
         tr = self.transport
         return n if tr is None else n + tr.get_write_buffer_size()
 
@@ -353,7 +342,7 @@ class Connection(asyncio.Protocol):
     # -- the core's events -------------------------------------------------
     def _handle(self, events: list[ConnectionEvent]) -> None:
         streams = self.streams
-        ev: Any
+        ev: Any  # told apart by the exact type; the frequent ones first
         for ev in events:
             t = type(ev)
             if t is StreamData:
@@ -364,64 +353,58 @@ class Connection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.feed_eof()
-            else:
-                self._on_event(ev)
-
-    def _on_event(self, ev: Any) -> None:
-        t = type(ev)
-        streams = self.streams
-        s: Stream | None
-        if t is InboundStreamNegotiated:
-            new = Stream(self, ev.stream_id, inbound=True)
-            new.protocol = ev.protocol
-            streams[ev.stream_id] = new
-            if ev.data:
-                new.feed_data(ev.data)
-            self.host.spawn_handler(new)
-        elif t is StreamFreed:
-            streams.pop(ev.stream_id, None)
-        elif t is StreamWritable:
-            s = streams.get(ev.stream_id)
-            if s is not None:
-                s.wake_writer()
-                self._drained()
-        elif t is StreamResetByPeer:
-            s = streams.pop(ev.stream_id, None)
-            if s is not None:
-                s.feed_reset("reset by peer")
-        elif t is OutboundStreamNegotiated:
-            s = streams.get(ev.stream_id)
-            if s is not None:
-                s.protocol = ev.protocol
+            elif t is InboundStreamNegotiated:
+                new = Stream(self, ev.stream_id, inbound=True)
+                new.protocol = ev.protocol
+                streams[ev.stream_id] = new
                 if ev.data:
-                    s.feed_data(ev.data)
-                fut = s.negotiated
-                if fut is not None and not fut.done():
-                    fut.set_result(s)
-        elif t is OutboundStreamFailed:
-            s = streams.pop(ev.stream_id, None)
-            if s is not None:
-                if ev.error is not None:
-                    log.debug("%r: stream %d negotiation failed: %s", self, ev.stream_id, ev.error)
+                    new.feed_data(ev.data)
+                self.host.spawn_handler(new)
+            elif t is StreamFreed:
+                streams.pop(ev.stream_id, None)
+            elif t is StreamWritable:
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.wake_writer()
+                    self._drained()
+            elif t is StreamResetByPeer:
+                s = streams.pop(ev.stream_id, None)
+                if s is not None:
+                    s.feed_reset("reset by peer")
+            elif t is OutboundStreamNegotiated:
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.protocol = ev.protocol
+                    if ev.data:
+                        s.feed_data(ev.data)
                     fut = s.negotiated
                     if fut is not None and not fut.done():
-                        fut.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {ev.error}"))
-                s.feed_reset(ev.reason)
-        elif t is PongReceived:
-            pong = self._pings.pop(ev.opaque, None)
-            if pong is not None and not pong.done():
-                pong.set_result(ev.rtt)
-        elif t is Upgraded:
-            self._upgraded(ev)
-        elif t is GoAwayReceived:
-            log.debug("%r: peer sent GoAway(%s)", self, ev.code)
-        elif t is SessionClosed:
-            if not self._closing:
-                self.close(f"yamux session closed: {ev.reason}")
-        elif t is ConnectionFailed:
-            if ev.error is not None:
-                self.error = ev.error
-            self._fail(ev.reason)
+                        fut.set_result(s)
+            elif t is OutboundStreamFailed:
+                s = streams.pop(ev.stream_id, None)
+                if s is not None:
+                    if ev.error is not None:
+                        log.debug("%r: stream %d negotiation failed: %s", self, ev.stream_id, ev.error)
+                        fut = s.negotiated
+                        if fut is not None and not fut.done():
+                            fut.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {ev.error}"))
+                    s.feed_reset(ev.reason)
+            elif t is PongReceived:
+                pong = self._pings.pop(ev.opaque, None)
+                if pong is not None and not pong.done():
+                    pong.set_result(ev.rtt)
+            elif t is Upgraded:
+                self._upgraded(ev)
+            elif t is GoAwayReceived:
+                log.debug("%r: peer sent GoAway(%s)", self, ev.code)
+            elif t is SessionClosed:
+                if not self._closing:
+                    self.close(f"yamux session closed: {ev.reason}")
+            elif t is ConnectionFailed:
+                if ev.error is not None:
+                    self.error = ev.error
+                self._fail(ev.reason)
+                return
 
     def _upgraded(self, ev: Upgraded) -> None:
         self.remote_peer_id = ev.remote_peer_id

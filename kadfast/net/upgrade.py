@@ -163,6 +163,9 @@ ConnectionEvent = (
 )
 
 
+_new = object.__new__
+
+
 class _Cipher(Protocol):
     def encrypt(self, plaintext: bytes) -> bytes: ...
     def decrypt(self, data: bytes) -> bytes: ...
@@ -327,7 +330,40 @@ class ConnectionCore:
                 self._events = []
             else:
                 out = []
-            self._translate(events, now, out)
+            # the loop of _translate, inlined on the hot path
+            neg = self.negotiations
+            data_seen = False
+            ev: Any  # one of the YamuxEvent types, told apart by the exact type
+            for ev in events:
+                t = type(ev)
+                if t is StreamData:
+                    data_seen = True
+                    if ev.stream_id in neg:
+                        self._negotiate(ev.stream_id, ev.data, out)
+                        continue
+                elif t is StreamOpened:
+                    self._on_inbound_stream(ev.stream_id, now)
+                    continue
+                elif t is StreamResetByPeer or t is StreamFreed:
+                    sid = ev.stream_id
+                    if sid in self._inbound:
+                        self._forget_inbound(sid)
+                    if neg.pop(sid, None) is not None:
+                        if (sid & 1) == self._local_parity:
+                            out.append(OutboundStreamFailed(sid, "reset by peer"))
+                        continue
+                elif t is StreamEnded:
+                    sid = ev.stream_id
+                    if sid in neg:
+                        self._end_negotiation(sid, "stream ended during protocol negotiation", out)
+                        continue
+                elif t is PingReceived:
+                    continue  # answered by the session already
+                elif t is SessionClosed:
+                    self._session_closed()
+                out.append(ev)
+            if data_seen:
+                self.stream_activity = now
             return out
         if self._state == _CLOSED:
             return self.events()
@@ -411,7 +447,7 @@ class ConnectionCore:
     def _translate(self, events: list[YamuxEvent], now: float, out: list[ConnectionEvent]) -> None:
         """Append the session's ``events`` to ``out`` as the connection's:
         negotiations run here, the events of negotiated streams pass as they
-        are."""
+        are. (The same loop is inlined in :meth:`receive_data`.)"""
         neg = self.negotiations
         data_seen = False
         ev: Any  # one of the YamuxEvent types, told apart by the exact type
@@ -499,12 +535,17 @@ class ConnectionCore:
         rest = ms.unused
         # negotiation bytes are consumed now; the rest when the application takes it
         session.consumed(sid, len(data) - len(rest))
+        # one event per stream: made without the dataclass __init__ (a call)
         if (sid & 1) == self._local_parity:
-            out.append(OutboundStreamNegotiated(sid, protocol, rest))
+            ev: OutboundStreamNegotiated | InboundStreamNegotiated = _new(OutboundStreamNegotiated)
         else:
             if sid in self._inbound:
                 self._inbound[sid] = protocol
-            out.append(InboundStreamNegotiated(sid, protocol, rest))
+            ev = _new(InboundStreamNegotiated)
+        ev.stream_id = sid
+        ev.protocol = protocol
+        ev.data = rest
+        out.append(ev)
 
     def _end_negotiation(self, sid: int, reason: str, out: list[ConnectionEvent]) -> None:
         """A stream that can no longer agree on a protocol: reset it."""
@@ -601,7 +642,15 @@ class ConnectionCore:
         if session is not None:
             local = session.events()
             if local:
-                self._translate(local, self.stream_activity, out)
+                neg = self.negotiations
+                for ev in local:
+                    # the usual one: a negotiated stream freed by our half-close
+                    if type(ev) is StreamFreed and ev.stream_id not in neg:
+                        if ev.stream_id in self._inbound:
+                            self._forget_inbound(ev.stream_id)
+                        out.append(ev)
+                    else:
+                        self._translate([ev], self.stream_activity, out)
         return out
 
     def _open_session(self) -> YamuxSession:
