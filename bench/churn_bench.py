@@ -261,8 +261,6 @@ def serve(loop_kind: str) -> int:
 # the raw dialer (worker processes)
 # --------------------------------------------------------------------------
 
-_SEC, _NOISE, _MUX, _OPEN, _CLOSED = range(5)
-
 
 class Identity:
     __slots__ = ("keypair", "static", "identify_msg")
@@ -286,7 +284,8 @@ class Identity:
 
 
 class RawConn(asyncio.Protocol):
-    """One dialed connection, driven through the sans-IO cores."""
+    """One dialed connection, driven through the sans-IO connection core
+    (kadfast.net.upgrade): the upgrade, identify both ways, one ping."""
 
     def __init__(self, w: "Worker", ident: Identity, hold: bool) -> None:
         self.w = w
@@ -295,14 +294,10 @@ class RawConn(asyncio.Protocol):
         self.loop = w.loop
         self.done: asyncio.Future = self.loop.create_future()
         self.tr = None
-        self.state = _SEC
-        self.ms = None
-        self.hs = None
-        self.crypto = None
-        self.session = None
+        self.core = None
+        self.closed = False
         self.id_sid = None
-        self.id_ms = None
-        self.in_ms: dict[int, Any] = {}
+        self.id_data = bytearray()  # the server's identify message
         self.got_identify = False
         self.answered = False
         self.ping_opaque = None
@@ -310,15 +305,29 @@ class RawConn(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, tr) -> None:
-        from kadfast.multistream import MultistreamDialer
+        from kadfast.net.upgrade import ConnectionCore
 
         self.tr = tr
-        self.ms = MultistreamDialer(["/noise"])
-        tr.write(self.ms.data_to_send())
+        # the deadlines are the worker's (connect's timeout): no timer here
+        self.core = ConnectionCore(
+            self.ident.keypair,
+            initiator=True,
+            now=0.0,
+            expected_peer=self.w.server_pid,
+            static_key=self.ident.static,
+            supports_protocol=IDENTIFY_PROTOCOL.__eq__,
+        )
+        self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         try:
-            self._on_data(data)
+            self._events(self.core.receive_data(data, 0.0))
+            if self.closed:
+                return
+            self._progress()
+            self._flush()
         except Exception as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
 
@@ -327,12 +336,12 @@ class RawConn(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
-        if self.state != _CLOSED:
+        if not self.closed:
             self._fail(f"connection lost: {exc}" if exc else "connection closed")
 
     def _fail(self, reason: str) -> None:
         was_open = self.finished
-        self.state = _CLOSED
+        self.closed = True
         if not self.done.done():
             self.done.set_exception(ConnectionError(reason[:160]))
         if was_open and self.hold:
@@ -341,137 +350,52 @@ class RawConn(asyncio.Protocol):
         if self.tr is not None:
             self.tr.abort()
 
-    def _write_plain(self, data: bytes) -> None:
-        if data:
-            self.tr.write(self.crypto.encrypt(data))
-
     def _flush(self) -> None:
-        out = self.session.data_to_send()
+        out = self.core.data_to_send()
         if out:
-            self.tr.write(self.crypto.encrypt(out))
-
-    def _on_data(self, data: bytes) -> None:
-        st = self.state
-        if st == _OPEN:
-            plain = self.crypto.decrypt(data)
-            if plain:
-                self._events(self.session.receive_data(plain))
-                self._progress()
-                self._flush()
-            return
-        if st == _SEC:
-            from kadfast.noise import NoiseHandshake
-
-            ms = self.ms
-            ms.receive_data(data)
-            if not ms.done:
-                return
-            if ms.selected != "/noise":
-                raise RuntimeError("server refused /noise")
-            rest = ms.unused
-            w = self.w
-            self.hs = NoiseHandshake(self.ident.keypair, initiator=True, expected_peer=w.server_pid,
-                                     static_key=self.ident.static)
-            self.state = _NOISE
-            self.tr.write(self.hs.data_to_send())
-            if rest:
-                self._on_data(rest)
-            return
-        if st == _NOISE:
-            from kadfast.multistream import MultistreamDialer
-
-            hs = self.hs
-            hs.receive_data(data)
-            out = hs.data_to_send()
-            if not hs.complete:
-                if out:
-                    self.tr.write(out)
-                return
-            self.crypto = hs.transport()
-            rest = hs.unused
-            self.hs = None
-            self.ms = MultistreamDialer(["/yamux/1.0.0"])
-            self.state = _MUX
-            # Noise message 3 and the Yamux proposal in one write
-            self.tr.write(out + self.crypto.encrypt(self.ms.data_to_send()))
-            if rest:
-                self._on_data(rest)
-            return
-        if st == _MUX:
-            from kadfast.multistream import MultistreamDialer
-            from kadfast.yamux import YamuxSession
-
-            plain = self.crypto.decrypt(data)
-            if not plain:
-                return
-            ms = self.ms
-            ms.receive_data(plain)
-            if not ms.done:
-                return
-            if ms.selected != "/yamux/1.0.0":
-                raise RuntimeError("server refused yamux")
-            rest = ms.unused
-            self.ms = None
-            s = self.session = YamuxSession(True)
-            self.state = _OPEN
-            # our identify of the server: proposal and FIN at once
-            sid = self.id_sid = s.open_stream()
-            self.id_ms = MultistreamDialer([IDENTIFY_PROTOCOL])
-            s.send(sid, self.id_ms.data_to_send())
-            s.close_stream(sid)
-            if rest:
-                self._events(s.receive_data(rest))
-                self._progress()
-            self._flush()
-            return
+            self.tr.write(out)
 
     def _events(self, events) -> None:
-        from kadfast import yamux as y
-        from kadfast.multistream import MultistreamListener
+        from kadfast.net import upgrade as u
 
-        s = self.session
+        core = self.core
         for ev in events:
             t = type(ev)
-            if t is y.StreamData:
-                sid = ev.stream_id
-                if sid == self.id_sid:
-                    self.id_ms.receive_data(ev.data)
-                else:
-                    ms = self.in_ms.get(sid)
-                    if ms is None:
-                        continue
-                    ms.receive_data(ev.data)
-                    out = ms.data_to_send()
-                    if ms.done:
-                        del self.in_ms[sid]
-                        if ms.selected == IDENTIFY_PROTOCOL:
-                            s.send(sid, out + self.ident.identify_msg)
-                            s.close_stream(sid)
-                            self.answered = True
-                        else:
-                            s.reset_stream(sid)
-                    elif out:
-                        s.send(sid, out)
-            elif t is y.StreamOpened:
-                self.in_ms[ev.stream_id] = MultistreamListener([IDENTIFY_PROTOCOL])
-            elif t is y.StreamEnded:
+            if t is u.StreamData:
                 if ev.stream_id == self.id_sid:
-                    if not self.id_ms.done or not self.id_ms.unused:
+                    self.id_data += ev.data
+            elif t is u.Upgraded:
+                # our identify of the server: proposal and FIN at once
+                sid = self.id_sid = core.open_stream([IDENTIFY_PROTOCOL], 0.0)
+                core.close_stream(sid)
+            elif t is u.OutboundStreamNegotiated:
+                self.id_data += ev.data
+            elif t is u.InboundStreamNegotiated:  # the server's identify of us
+                core.send(ev.stream_id, self.ident.identify_msg)
+                core.close_stream(ev.stream_id)
+                self.answered = True
+            elif t is u.StreamEnded:
+                if ev.stream_id == self.id_sid:
+                    if not self.id_data:
                         raise RuntimeError("server's identify stream ended without an identify message")
                     if not self.w.checked_identify:
-                        self.w.check_identify(self.id_ms.unused)
+                        self.w.check_identify(bytes(self.id_data))
                     self.got_identify = True
-            elif t is y.StreamResetByPeer:
+            elif t is u.OutboundStreamFailed:
+                raise RuntimeError(f"identify stream {ev.stream_id}: {ev.reason}")
+            elif t is u.StreamResetByPeer:
                 raise RuntimeError(f"server reset stream {ev.stream_id}")
-            elif t is y.PongReceived:
+            elif t is u.PongReceived:
                 if ev.opaque == self.ping_opaque:
                     self._finish()
-            elif t is y.SessionClosed:
+            elif t is u.SessionClosed:
                 raise RuntimeError(f"yamux session closed: {ev.reason}")
+            elif t is u.ConnectionFailed:
+                raise RuntimeError(ev.reason)
 
     def _progress(self) -> None:
         if self.got_identify and self.answered and self.ping_opaque is None:
-            self.ping_opaque = self.session.ping(0.0)
+            self.ping_opaque = self.core.ping(0.0)
 
     def _finish(self) -> None:
         self.finished = True
@@ -481,13 +405,12 @@ class RawConn(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if self.state == _CLOSED:
+        if self.closed:
             return
-        if self.state == _OPEN:
-            with contextlib.suppress(Exception):
-                self.session.go_away(0)
-                self._flush()
-        self.state = _CLOSED
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.core.close()
+            self._flush()
         self.tr.close()
 
 
@@ -518,8 +441,8 @@ class Worker:
         self.checked_identify = True
 
     def init(self, maddr: str, peer_id: str, n_churn: int, n_hold: int) -> dict:
-        from kadfast import Multiaddr, PeerId
         import kadfast.noise as kn
+        from kadfast import Multiaddr, PeerId
 
         # the server's payload never changes: verify its signature once
         orig = kn._verify_payload
@@ -617,7 +540,7 @@ class Worker:
                 "errors": dict(errors.most_common(5)), "error_count": sum(errors.values())}
 
     def held_status(self) -> dict:
-        alive = sum(1 for c in self.held if c.state == _OPEN)
+        alive = sum(1 for c in self.held if not c.closed and c.core.is_open)
         return {"held": len(self.held), "alive": alive, "lost": self.held_lost,
                 "lost_reasons": dict(self.held_lost_reasons.most_common(3)), "rss_kib": proc_rss_kib()}
 

@@ -28,7 +28,9 @@ import tempfile
 import time
 
 from _common import percentile
-from records_bench import RECORD_TTL as TTL, record_key as key, sqlite_prefill  # the same records
+from records_bench import RECORD_TTL as TTL  # the same records
+from records_bench import record_key as key
+from records_bench import sqlite_prefill
 
 from kadfast import Ed25519KeyPair
 from kadfast.sqlite_store import SqliteStore

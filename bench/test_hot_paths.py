@@ -5,7 +5,6 @@ one run so that pytest-benchmark's comparison table shows the ratio.
 """
 
 import pytest
-
 from workloads import WORKLOADS
 
 

@@ -5,7 +5,16 @@
 Per-frame cost = the reported time / ``extra_info["frames_per_call"]``.
 """
 
-from kadfast.yamux import DEFAULT_WINDOW, MAX_WINDOW, TYPE_DATA, TYPE_WINDOW_UPDATE, FLAG_FIN, FLAG_SYN, YamuxSession, encode_header
+from kadfast.yamux import (
+    DEFAULT_WINDOW,
+    FLAG_FIN,
+    FLAG_SYN,
+    MAX_WINDOW,
+    TYPE_DATA,
+    TYPE_WINDOW_UPDATE,
+    YamuxSession,
+    encode_header,
+)
 
 FRAMES = 64
 PAYLOAD = b"k" * 100

@@ -29,7 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from kadfast import _routing, _routing_py, _xor, _xor_py
+from kadfast import _routing, _routing_py, _xor, _xor_py, ipns
+from kadfast import yamux as ym
+from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.errors import (
     CryptoKeyError,
     IdentifyError,
@@ -44,18 +46,15 @@ from kadfast.errors import (
     RoutingError,
     YamuxError,
 )
-from kadfast import ipns
 from kadfast.identify import IdentifyReader, decode_identify, encode_identify
 from kadfast.kad import pb
 from kadfast.keys import Ed25519KeyPair, PublicKey, load_keypair
 from kadfast.multiaddr import Multiaddr, decode_many
 from kadfast.multistream import MultistreamDialer, MultistreamListener, encode_message
-from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
 from kadfast.peerid import PeerId
 from kadfast.ping import PING_SIZE, PingInitiator, PingResponder
 from kadfast.protobuf import field_bytes
-from kadfast import yamux as ym
 
 KadCodecError = pb.KadCodecError
 

@@ -3,8 +3,8 @@ the tests as an oracle and by the benchmarks as the baseline."""
 
 from __future__ import annotations
 
-from .errors import RoutingError
 from ._xor_py import Key
+from .errors import RoutingError
 
 INSERTED = 1
 UPDATED = 2

@@ -25,10 +25,20 @@ from typing import Any
 
 from . import __version__
 from .client import BootstrapError, Client, NoPeersInNamespace
-from .errors import KadfastError, KeyFileError, MultiaddrError, NoKnownPeers, NotFound, PeerIdError, QuorumFailed, ValueTooLarge
+from .errors import (
+    KadfastError,
+    KeyFileError,
+    MultiaddrError,
+    NoKnownPeers,
+    NotFound,
+    PeerIdError,
+    QuorumFailed,
+    ValueTooLarge,
+)
 from .kad.node import Config, KadNode
 from .keys import Ed25519KeyPair, load_or_create_keypair
-from .loop import LOOP_KINDS, MemoryTrimmer, run as run_loop, tune_gc_for_server
+from .loop import LOOP_KINDS, MemoryTrimmer, tune_gc_for_server
+from .loop import run as run_loop
 from .net import HostConfig
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError

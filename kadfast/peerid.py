@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 from functools import total_ordering
 
-from .errors import CryptoKeyError, DecodeError, PeerIdError
+from .errors import CryptoKeyError, DecodeError, PeerIdError, VarintError
 from .keys import PublicKey
 from .multibase import b58decode, b58encode, multibase_decode, multibase_encode
 from .varint import decode_uvarint, encode_uvarint
-from .errors import VarintError
 
 __all__ = ["PeerId"]
 

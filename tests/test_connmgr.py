@@ -14,15 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from _loops import loop_runner
+from _rawclient import RawClient, read_to_eof
 
-from kadfast.addrbook import ip_prefix
+from kadfast.addrbook import ip_group, ip_prefix, ip_subnets
 from kadfast.net import ConnectionClosed, DialError, Host, HostConfig
 from kadfast.net.connection import Connection
 from kadfast.net.connmgr import PRUNED_REASON, choose_prunable
-from kadfast.addrbook import ip_group, ip_subnets
-
-from _rawclient import RawClient, read_to_eof
-from _loops import loop_runner
 
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
 ECHO = "/test/echo/1.0.0"

@@ -24,8 +24,12 @@ import socket
 import time
 
 import pytest
+from _loops import loop_runner
+from _rawclient import RawClient, read_to_eof, tcp_port
 
 from kadfast import Ed25519KeyPair, Multiaddr
+from kadfast import yamux as y
+from kadfast.addrbook import ip_group
 from kadfast.identify import PROTOCOL_ID as IDENTIFY_PROTOCOL
 from kadfast.kad.node import Config, KadNode, Quorum
 from kadfast.kad.pb import (
@@ -43,16 +47,11 @@ from kadfast.kad.ratelimit import PeerRateLimiter
 from kadfast.kad.validation import InvalidRecord, Validator
 from kadfast.multistream import MultistreamDialer
 from kadfast.net import ConnectionEstablished, Host, HostConfig, StreamReset
-from kadfast.addrbook import ip_group
 from kadfast.noise import STATIC_KEY_SIGNATURE_PREFIX, NoiseHandshake, NoiseStaticKey
 from kadfast.peerid import PeerId
 from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 from kadfast.protobuf import field_bytes
 from kadfast.store import Record
-from kadfast import yamux as y
-
-from _rawclient import RawClient, read_to_eof, tcp_port
-from _loops import loop_runner
 
 KAD = "/ipfs/kad/1.0.0"
 LISTEN = ["/ip4/127.0.0.1/tcp/0"]
@@ -386,7 +385,7 @@ def test_raw_yamux_stream_flood_beyond_the_inbound_stream_limit(run):
             reset = {e.stream_id for e in events if isinstance(e, y.StreamResetByPeer)}
             assert reset == set(sids[8:])
             conn = next(iter(node.host.pending_connections() + list(node.host.open_connections())))
-            assert conn._inbound_streams == 8 and conn.is_open
+            assert conn.core.inbound_streams == 8 and conn.is_open
             c.close()
             await assert_serves(node)
         finally:
@@ -861,15 +860,14 @@ def test_inbound_stream_that_never_negotiates_is_reset():
             conn = await client.dial(server.listen_addrs[0].with_peer_id(server.peer_id))
             # open a Yamux stream by hand and never send a multistream header
             sid = conn.session.open_stream()
-            conn.session.send(sid, b"\x13")  # a length prefix, then silence: never a whole message
-            conn._schedule_flush()
+            conn.stream_send(sid, b"\x13")  # a length prefix, then silence: never a whole message
             sconn = None
             deadline = asyncio.get_running_loop().time() + 5
-            while sconn is None or sid not in sconn.streams:
+            while sconn is None or not sconn.core.negotiating(sid):
                 sconn = server.connection(client.peer_id)
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.01)
-            while sid in sconn.streams:
+            while sconn.core.negotiating(sid):
                 assert asyncio.get_running_loop().time() < deadline, "never reset"
                 await asyncio.sleep(0.05)
             assert await client.ping(server.peer_id) > 0

@@ -11,12 +11,12 @@ import pytest
 
 from kadfast import Key, Multiaddr, PeerId, RoutingTable
 from kadfast.addrbook import AddressBook
+from kadfast.errors import ValueTooLarge
 from kadfast.kad import server as server_module
+from kadfast.kad.events import InboundRequest, RecordStored
 from kadfast.kad.node import Config
 from kadfast.kad.pb import KadMessage, KadPeer, KadRecord, MessageType, encode_message, frame
 from kadfast.kad.ratelimit import RateLimited
-from kadfast.errors import ValueTooLarge
-from kadfast.kad.events import InboundRequest, RecordStored
 from kadfast.kad.server import KadServer
 from kadfast.kad.validation import InvalidRecord, NamespacedValidator
 from kadfast.store import MemoryStore

@@ -10,10 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kadfast import Ed25519KeyPair
+from kadfast import Ed25519KeyPair, ipns
 from kadfast.errors import KadfastError
-from kadfast.keys import KeyType, PublicKey
-from kadfast import ipns
 from kadfast.kad.validation import (
     AcceptAllValidator,
     InvalidRecord,
@@ -23,6 +21,7 @@ from kadfast.kad.validation import (
     Validator,
     split_key,
 )
+from kadfast.keys import KeyType, PublicKey
 from kadfast.peerid import PeerId
 
 ED = [Ed25519KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(2)]

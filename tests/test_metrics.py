@@ -7,7 +7,6 @@ import pytest
 
 import kadfast.loop
 from kadfast.loop import uvloop_available
-
 from kadfast.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, MAX_REQUEST_HEAD, Metrics, serve_metrics
 
 # one sample line of the text format: name, optional labels, value

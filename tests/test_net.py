@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import types
 import os
 import time
 
 import pytest
 
 from kadfast import Ed25519KeyPair, Multiaddr
-from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 from kadfast.net import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -23,6 +21,7 @@ from kadfast.net import (
     ProtocolNotSupported,
     StreamReset,
 )
+from kadfast.ping import PROTOCOL_ID as PING_PROTOCOL
 
 ECHO = "/test/echo/1.0.0"
 
@@ -356,6 +355,29 @@ def test_stalled_handshake_is_dropped(run):
     run(main)
 
 
+def test_an_outbound_negotiation_times_out_on_the_connection_timer(run):
+    """The peer never answers the proposal: open_stream fails after
+    negotiation_timeout, the stream is reset, the connection goes on."""
+    async def main():
+        a, b = await pair(config_a=HostConfig(negotiation_timeout=0.3))
+        try:
+            conn = await a.dial(maddr(b))
+            b.connection(a.peer_id).transport.pause_reading()  # the proposal is never read
+            t0 = time.monotonic()
+            with pytest.raises(StreamReset, match="protocol negotiation timed out"):
+                await conn.open_stream([ECHO])
+            assert 0.25 < time.monotonic() - t0 < 3
+            assert conn.is_open and not conn.streams and conn.core.get_timer() is None
+            b.connection(a.peer_id).transport.resume_reading()
+            s = await a.new_stream(b.peer_id, ECHO)
+            s.write(b"hi")
+            assert await s.read_exactly(2) == b"hi"
+        finally:
+            await a.close()
+            await b.close()
+    run(main)
+
+
 def test_garbage_instead_of_handshake(run):
     async def main():
         b = Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
@@ -624,26 +646,39 @@ def test_json_request_response_refuses_absurdly_nested_json(run):
 def test_a_flush_after_the_transport_closed_drops_the_output():
     """A flush scheduled before the peer reset the connection runs after the
     transport closed: uvloop raises on such a write; the output is dropped."""
+    from kadfast.multistream import MultistreamListener
     from kadfast.net.connection import Connection
     from kadfast.net.host import Host
 
-    class ClosedTransport:
+    class Transport:
+        def __init__(self):
+            self.closing = False
+            self.written = []
+
+        def get_extra_info(self, name):
+            return None
+
         def is_closing(self):
-            return True
+            return self.closing
 
         def write(self, data):
-            raise RuntimeError("the handler is closed")
+            if self.closing:
+                raise RuntimeError("the handler is closed")
+            self.written.append(data)
 
     async def main():
         host = Host()
         await host.start()  # no listen address: only the loop and the reaper
         try:
             conn = Connection(host, initiator=True)
-            conn.transport = ClosedTransport()
-            conn._crypto = types.SimpleNamespace(encrypt=lambda plain: plain)  # so only the write could fail
-            conn._out_plain.append(b"late")
-            conn._flush()
-            assert not conn._out_plain
+            tr = Transport()
+            conn.connection_made(tr)
+            assert tr.written  # the /noise proposal
+            listener = MultistreamListener(["/noise"])
+            listener.receive_data(tr.written[0])
+            tr.closing = True
+            conn.data_received(listener.data_to_send())  # queues Noise message 1; the flush drops it
+            assert len(tr.written) == 1
         finally:
             await host.close()
 
@@ -720,7 +755,7 @@ def test_a_closed_connection_is_freed_at_once(run):
             s.write(b"hi")
             assert await s.read_exactly(2) == b"hi"
             inbound = b.connection(a.peer_id)
-            assert all(st.negotiation_deadline is None for st in inbound.streams.values())  # negotiated
+            assert inbound.core.get_timer() is None  # every stream negotiated: no deadline left
             ref = weakref.ref(inbound)
             del inbound
             await a.close()

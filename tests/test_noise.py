@@ -15,6 +15,7 @@ from kadfast import Ed25519KeyPair, noise
 from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.errors import NoiseError, ProtocolError
 from kadfast.noise import (
+    _NONCE_LIMIT,
     MAX_FRAME_LEN,
     MAX_PLAINTEXT_LEN,
     STATIC_KEY_SIGNATURE_PREFIX,
@@ -23,7 +24,6 @@ from kadfast.noise import (
     NoiseStaticKey,
     NoiseTransport,
     _hkdf2,
-    _NONCE_LIMIT,
     _XXHandshakeState,
 )
 from kadfast.protobuf import field_bytes

@@ -22,6 +22,7 @@ import sqlite3
 import time
 
 from _procs import KadfastProc
+
 from kadfast import Multiaddr, PeerId
 from kadfast.kad.node import Config, KadError, KadNode, NotFound
 from kadfast.loop import run as run_loop

@@ -21,6 +21,7 @@ import itertools
 import os
 
 import pytest
+from _rawclient import RawClient
 
 from kadfast import yamux as y
 from kadfast.kad.node import Config, KadNode
@@ -29,8 +30,6 @@ from kadfast.loop import new_event_loop, uvloop_available
 from kadfast.multistream import MultistreamDialer
 from kadfast.net import HostConfig
 from kadfast.varint import decode_uvarint
-
-from _rawclient import RawClient
 
 KAD = "/ipfs/kad/1.0.0"
 LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])

@@ -27,9 +27,9 @@ from kadfast.yamux import (
     PingReceived,
     PongReceived,
     SessionClosed,
-    StreamFreed,
     StreamData,
     StreamEnded,
+    StreamFreed,
     StreamOpened,
     StreamResetByPeer,
     StreamWritable,
@@ -196,7 +196,7 @@ def test_a_ping_flood_without_a_pause_is_a_protocol_error():
     """Over MAX_IGNORED_PINGS_IN_A_ROW unanswered pings with none answered
     between them: GoAway(protocol error) and the session closes. A flood
     that pauses long enough for the bucket to answer one starts over."""
-    from kadfast.yamux import MAX_IGNORED_PINGS_IN_A_ROW, GO_AWAY_PROTOCOL_ERROR
+    from kadfast.yamux import GO_AWAY_PROTOCOL_ERROR, MAX_IGNORED_PINGS_IN_A_ROW
     s = YamuxSession(False, max_pings_per_second=10, ping_burst=1)
     burst = b"".join(frame(TYPE_PING, FLAG_SYN, 0, i) for i in range(MAX_IGNORED_PINGS_IN_A_ROW + 1))
     s.receive_data(burst, now=0.0)  # one answered, 1,000 ignored: still fine

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import deque
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable
 
@@ -37,20 +37,20 @@ from ..multiaddr import Multiaddr
 from ..net import ConnectionClosed, Host, HostConfig, PeerIdentified, ProtocolNotSupported, StreamReset
 from ..peerid import PeerId
 from ..store import MemoryStore, ProviderRecord, Record, RecordStore
+from .config import HOUR, PROTOCOL, Config, Quorum  # noqa: F401 - HOUR, PROTOCOL: their old home
+from .events import InboundRequest, QueryProgressed, RecordExpired, RecordStored, RoutingUpdated, UnroutablePeer
+from .maintenance import MaintenanceSchedule
 from .pb import (
+    ConnectionType,
     KadMessage,
     KadPeer,
     KadRecord,
-    ConnectionType,
     MessageReader,
     MessageType,
     decode_message,
     encode_message,
     frame,
 )
-from .config import HOUR, PROTOCOL, Config, Quorum  # noqa: F401 - HOUR, PROTOCOL: their old home
-from .events import InboundRequest, QueryProgressed, RecordExpired, RecordStored, RoutingUpdated, UnroutablePeer
-from .maintenance import MaintenanceSchedule
 from .query import QueryFinished, QueryPool, QueryStats, SendRequest
 from .ratelimit import RateLimited
 from .server import KadServer

@@ -34,6 +34,8 @@ from ..errors import KadError, PeerIdError, StoreFull, ValueTooLarge
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..store import ProviderRecord, Record, RecordStore
+from .config import Config
+from .events import InboundRequest, RecordStored
 from .pb import (
     ConnectionType,
     KadMessage,
@@ -45,8 +47,6 @@ from .pb import (
     encode_message,
     encode_peer,
 )
-from .config import Config
-from .events import InboundRequest, RecordStored
 from .ratelimit import PeerRateLimiter, RateLimited
 from .validation import InvalidRecord, NamespacedValidator
 

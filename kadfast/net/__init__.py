@@ -1,7 +1,6 @@
 """The asyncio layer: TCP connections upgraded with multistream-select, Noise
 and Yamux, streams, protocol handlers, identify and ping."""
 
-from .connection import Connection
 from ..errors import (
     DialBackoff,
     DialError,
@@ -13,6 +12,7 @@ from ..errors import (
     DialWrongPeer,
     ProtocolNotSupported,
 )
+from .connection import Connection
 from .host import ConnectionClosed, ConnectionEstablished, Host, HostConfig, HostUsage, PeerIdentified
 from .stream import Stream, StreamClosed, StreamReset
 

@@ -1,30 +1,49 @@
-"""One libp2p connection over TCP: an ``asyncio.Protocol`` that drives the
-sans-IO cores (multistream-select, Noise, multistream-select, Yamux).
+"""One libp2p connection over TCP: an ``asyncio.Protocol`` over the sans-IO
+:class:`~kadfast.net.upgrade.ConnectionCore` (the upgrade, the Yamux session,
+the negotiation of streams and their deadlines).
 
-Every ``data_received`` call decrypts all complete Noise frames and parses
-all complete Yamux frames in one pass, dispatches the events, and writes
-whatever the cores produced in one ``transport.write``. Writes made by
-application tasks between two callbacks are batched by one ``call_soon``.
+Every ``data_received`` call hands the bytes to the core, which decrypts all
+complete Noise frames and parses all complete Yamux frames in one pass;
+their events feed the :class:`Stream` objects, and whatever the core
+produced leaves in one ``transport.write``. Writes made by application tasks
+between two callbacks are batched by one ``call_soon``. The core's deadlines
+are kept by one loop timer, armed for the earliest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
-from ..errors import KadfastError, MultistreamError
+from ..errors import KadfastError, ProtocolNotSupported
 from ..multiaddr import Multiaddr
-from ..multistream import MultistreamDialer, MultistreamListener
-from ..noise import NoiseHandshake
-from .. import yamux as y
-from ..errors import ProtocolNotSupported
 from .stream import Stream, StreamReset
+from .upgrade import (
+    NOISE_PROTOCOL,
+    YAMUX_PROTOCOL,
+    ConnectionCore,
+    ConnectionEvent,
+    ConnectionFailed,
+    GoAwayReceived,
+    InboundStreamNegotiated,
+    OutboundStreamFailed,
+    OutboundStreamNegotiated,
+    PongReceived,
+    SessionClosed,
+    StreamData,
+    StreamEnded,
+    StreamFreed,
+    StreamResetByPeer,
+    StreamWritable,
+    Upgraded,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..keys import Ed25519KeyPair
+    from ..keys import Ed25519KeyPair, PublicKey
     from ..noise import NoiseStaticKey
     from ..peerid import PeerId
+    from ..yamux import YamuxSession
     from .host import HostConfig
 
 log = logging.getLogger("kadfast.net")
@@ -52,16 +71,13 @@ class ConnectionOwner(Protocol):
     def connection_opened(self, conn: "Connection") -> None: ...
     def connection_closed(self, conn: "Connection") -> None: ...
 
-NOISE_PROTOCOL = "/noise"
-YAMUX_PROTOCOL = "/yamux/1.0.0"
-
-_SEC, _NOISE, _MUX, _OPEN, _CLOSED = range(5)
+_NEW, _UPGRADING, _OPEN, _CLOSED = range(4)
 
 
-_LOCAL_ADDRS: dict[tuple, Multiaddr | None] = {}
+_LOCAL_ADDRS: dict[tuple[Any, Any], Multiaddr | None] = {}
 
 
-def _sock_multiaddr(addr) -> Multiaddr | None:
+def _sock_multiaddr(addr: Any) -> Multiaddr | None:
     if not addr:
         return None
     try:
@@ -70,7 +86,7 @@ def _sock_multiaddr(addr) -> Multiaddr | None:
         return None
 
 
-def _local_multiaddr(addr) -> Multiaddr | None:
+def _local_multiaddr(addr: Any) -> Multiaddr | None:
     """The local end of an accepted connection is one of few listen
     addresses: remembered (bounded) instead of rebuilt per connection."""
     if not addr:
@@ -95,37 +111,34 @@ class Connection(asyncio.Protocol):
         self.initiator = initiator
         self.expected_peer = expected_peer
         self.remote_peer_id: "PeerId | None" = None
-        self.remote_public_key = None
+        self.remote_public_key: "PublicKey | None" = None
         self.remote_addr: Multiaddr | None = None
         self.local_addr: Multiaddr | None = None
         self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future = self.loop.create_future()
-        self.closed: asyncio.Future = self.loop.create_future()
+        self.ready: asyncio.Future[Connection] = self.loop.create_future()
+        self.closed: asyncio.Future[str] = self.loop.create_future()
         self.opened_at = self._clock()
         self.last_activity = self.opened_at
         #: when data last came in on one of its streams (0.0: never); the
         #: connection manager keeps a connection whose streams are in use
         self.stream_activity = 0.0
-        self._state = _SEC
-        self._ms = None
-        self._noise: NoiseHandshake | None = None
-        self._crypto = None
-        self.session: y.YamuxSession | None = None
+        self._state = _NEW
+        #: the upgrade and the session, from connection_made on
+        self.core: ConnectionCore | None = None
+        self._session: YamuxSession | None = None  # the core's, once open
         self.streams: dict[int, Stream] = {}
-        self._out_plain: list[bytes] = []  # plaintext waiting for encryption
         self._flush_scheduled = False
         self._receiving = False  # inside data_received: its closing flush sends
+        # a local call (a half-close, the goodbye) may have left events in the core
+        self._local_events = False
         self.write_paused = False
         # callbacks waiting for the output to drain (see when_output_drains)
-        self._drain_waiters: list = []
+        self._drain_waiters: list[Callable[[], object]] = []
         self._drain_scheduled = False
-        self._handshake_timer: asyncio.TimerHandle | None = None
-        self._pings: dict[int, asyncio.Future] = {}
-        self._inbound_streams = 0
-        #: inbound streams counted per protocol by count_inbound, and which
-        #: stream ids were counted under which protocol
-        self._inbound_by_protocol: dict[str, int] = {}
-        self._counted: dict[int, str] = {}
+        # the loop timer of the core's deadlines, and the deadline it is armed for
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._pings: dict[int, asyncio.Future[float]] = {}
         #: the key this inbound connection is counted under by the host's
         #: per-IP limit (None: not counted), and by its per-subnet limits
         self.ip_group: str | None = None
@@ -138,7 +151,6 @@ class Connection(asyncio.Protocol):
         self.error: Exception | None = None
         #: set by the host when it refuses an inbound connection on accept:
         #: why (the connection is then closed at once in connection_made)
-        #: why an inbound connection is refused before its handshake (see refuse())
         self.refusal = ""
         self._closing = False
         # fairness (HostConfig.max_read_bytes_per_turn): the loop turn this
@@ -159,25 +171,24 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._state == _OPEN
 
+    @property
+    def session(self) -> "YamuxSession | None":
+        """The Yamux session, once the upgrade is done."""
+        return self.core.session if self.core is not None else None
+
     def count_inbound(self, stream: Stream, limit: int) -> bool:
         """Count an inbound ``stream`` against a limit on the streams of its
         protocol open at once on this connection (a handler calls this first
         thing). False, and nothing counted, when ``limit`` are counted already.
         A counted stream is uncounted when it leaves the connection: closed by
         both sides, or reset."""
-        if self.streams.get(stream.stream_id) is not stream:
+        if self.streams.get(stream.stream_id) is not stream or self.core is None:
             return True  # already gone (reset before its handler ran): nothing to count
-        p = stream.protocol
-        n = self._inbound_by_protocol.get(p, 0)
-        if n >= limit:
-            return False
-        self._inbound_by_protocol[p] = n + 1
-        self._counted[stream.stream_id] = p
-        return True
+        return self.core.count_inbound(stream.stream_id, limit)
 
     def inbound_streams_for(self, protocol: str) -> int:
         """Inbound streams of ``protocol`` counted by :meth:`count_inbound` and still open."""
-        return self._inbound_by_protocol.get(protocol, 0)
+        return self.core.inbound_streams_for(protocol) if self.core is not None else 0
 
     def refuse(self, reason: str) -> None:
         """Have the connection close at once when its socket arrives (the
@@ -185,8 +196,9 @@ class Connection(asyncio.Protocol):
         self.refusal = reason
 
     # -- asyncio.Protocol ------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a TCP transport (uvloop's is not an asyncio.Transport subclass)
+        self.transport = transport = cast(asyncio.Transport, transport)
         if self.refusal:
             # a flood of them: logged at debug, a line each would cost more than the refusal
             log.debug("refusing inbound connection from %s: %s", transport.get_extra_info("peername"), self.refusal)
@@ -201,14 +213,24 @@ class Connection(asyncio.Protocol):
         self.remote_addr = _sock_multiaddr(transport.get_extra_info("peername"))
         sockname = transport.get_extra_info("sockname")
         self.local_addr = _sock_multiaddr(sockname) if self.initiator else _local_multiaddr(sockname)
-        self._handshake_timer = self.loop.call_later(
-            self.host.config.handshake_timeout, self._handshake_timed_out
+        host = self.host
+        cfg = host.config
+        self.core = ConnectionCore(
+            host.keypair,
+            initiator=self.initiator,
+            now=self._clock(),
+            expected_peer=self.expected_peer,
+            static_key=host.noise_static,
+            supports_protocol=host.supports_protocol,
+            handshake_timeout=cfg.handshake_timeout,
+            negotiation_timeout=cfg.negotiation_timeout,
+            max_streams=cfg.max_streams_per_connection,
+            max_pings_per_second=cfg.max_yamux_pings_per_second,
+            max_inbound_streams=cfg.max_inbound_streams,
         )
-        if self.initiator:
-            self._ms = MultistreamDialer([NOISE_PROTOCOL])
-            self._raw_write(self._ms.data_to_send())
-        else:
-            self._ms = MultistreamListener([NOISE_PROTOCOL])
+        self._state = _UPGRADING
+        self._flush()  # the dialer's proposal
+        self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = now = self._clock()
@@ -228,18 +250,26 @@ class Connection(asyncio.Protocol):
                 data = data[:room]
             self._turn_bytes += len(data)
         self.bytes_in += len(data)
+        core = self.core
+        if core is None or self._state == _CLOSED:
+            return
         # what the handlers write while this runs leaves in the one flush
         # below, not in a call_soon flush (an extra loop pass per read)
         self._receiving = True
         try:
-            self._on_data(data, now)
+            events = core.receive_data(data, now)
+            if events:
+                self._handle(events)
         except KadfastError as exc:
             self.error = exc
             self._fail(f"{type(exc).__name__}: {exc}")
             return
         finally:
             self._receiving = False
+        self.stream_activity = core.stream_activity
         self._flush()
+        if self._timer is None and core.negotiations:
+            self._arm_timer()  # a stream negotiating beyond this read
 
     def _defer(self, rest: bytes) -> None:
         if self._deferred is None:
@@ -261,7 +291,7 @@ class Connection(asyncio.Protocol):
         if self._deferred is None and self._state != _CLOSED and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self._teardown("remote closed the connection")
         return False
 
@@ -282,11 +312,12 @@ class Connection(asyncio.Protocol):
         """Bytes written on this connection and not yet taken by the kernel:
         what the Yamux session queued since the last flush and what the
         transport holds."""
-        n = self.session.pending_output if self.session is not None else 0
+        session = self._session
+        n = session.pending_output if session is not None else 0
         tr = self.transport
         return n if tr is None else n + tr.get_write_buffer_size()
 
-    def when_output_drains(self, callback) -> None:
+    def when_output_drains(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` (once) the next time output may have drained:
         after a flush that left the transport below its high-water mark,
         when the transport resumes writing, or when a stream's send window
@@ -308,227 +339,133 @@ class Connection(asyncio.Protocol):
             except Exception:  # pragma: no cover - a waiter handles its own errors
                 log.exception("%r: output-drain callback failed", self)
 
-    # -- the upgrade -----------------------------------------------------
-    def _raw_write(self, data: bytes) -> None:
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def _on_data(self, data: bytes, now: float) -> None:
-        state = self._state
-        if state == _OPEN:
-            plain = self._crypto.decrypt(data)
-            if plain:
-                self._dispatch(self.session.receive_data(plain, now))
-            return
-        if state == _SEC:
-            ms = self._ms
-            ms.receive_data(data)
-            self._raw_write(ms.data_to_send())
-            if not ms.done:
-                return
-            if ms.selected != NOISE_PROTOCOL:
-                raise MultistreamError("peer does not speak /noise", remote=True)
-            rest = ms.unused
-            self._state = _NOISE
-            self._noise = NoiseHandshake(
-                self.host.keypair,
-                initiator=self.initiator,
-                expected_peer=self.expected_peer,
-                static_key=self.host.noise_static,
-            )
-            self._raw_write(self._noise.data_to_send())
-            if rest:
-                self._on_data(rest, now)
-            return
-        if state == _NOISE:
-            hs = self._noise
-            hs.receive_data(data)
-            self._raw_write(hs.data_to_send())
-            if not hs.complete:
-                return
-            self.remote_peer_id = hs.remote_peer_id
-            self.remote_public_key = hs.remote_public_key
-            self._crypto = hs.transport()
-            rest = hs.unused
-            self._noise = None
-            self._state = _MUX
-            if self.initiator:
-                self._ms = MultistreamDialer([YAMUX_PROTOCOL])
-                self._write_plain(self._ms.data_to_send())
-            else:
-                self._ms = MultistreamListener([YAMUX_PROTOCOL])
-            if rest:
-                self._on_data(rest, now)
-            return
-        if state == _MUX:
-            plain = self._crypto.decrypt(data)
-            if not plain:
-                return
-            ms = self._ms
-            ms.receive_data(plain)
-            self._write_plain(ms.data_to_send())
-            if not ms.done:
-                return
-            if ms.selected != YAMUX_PROTOCOL:
-                raise MultistreamError("peer does not speak /yamux/1.0.0", remote=True)
-            rest = ms.unused
-            self._ms = None
-            cfg = self.host.config
-            self.session = y.YamuxSession(
-                self.initiator,
-                max_streams=cfg.max_streams_per_connection,
-                max_pings_per_second=cfg.max_yamux_pings_per_second,
-            )
-            self._state = _OPEN
-            if self._handshake_timer is not None:
-                self._handshake_timer.cancel()
-                self._handshake_timer = None
-            if not self.ready.done():
-                self.ready.set_result(self)
-            self.host.connection_opened(self)
-            if rest:
-                self._dispatch(self.session.receive_data(rest, now))
-            return
-        # closed: ignore
-
-    # -- Yamux events ----------------------------------------------------
-    def _dispatch(self, events) -> None:
+    # -- the core's events -------------------------------------------------
+    def _handle(self, events: list[ConnectionEvent]) -> None:
         streams = self.streams
+        ev: Any  # told apart by the exact type; the frequent ones first
         for ev in events:
             t = type(ev)
-            if t is y.StreamData:
+            if t is StreamData:
                 s = streams.get(ev.stream_id)
-                if s is None:
-                    continue
-                self.stream_activity = self.last_activity
-                if s.negotiator is not None:
-                    self._negotiate_data(s, ev.data)
-                else:
+                if s is not None:
                     s.feed_data(ev.data)
-            elif t is y.StreamOpened:
-                self._on_inbound_stream(ev.stream_id)
-            elif t is y.StreamEnded:
+            elif t is StreamEnded:
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.feed_eof()
-                    if s.negotiator is not None:
-                        s.feed_reset("stream ended during protocol negotiation")
-            elif t is y.StreamWritable:
+            elif t is InboundStreamNegotiated:
+                new = Stream(self, ev.stream_id, inbound=True)
+                new.protocol = ev.protocol
+                streams[ev.stream_id] = new
+                if ev.data:
+                    new.feed_data(ev.data)
+                self.host.spawn_handler(new)
+            elif t is StreamFreed:
+                streams.pop(ev.stream_id, None)
+            elif t is StreamWritable:
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.wake_writer()
                     self._drained()
-            elif t is y.StreamResetByPeer:
+            elif t is StreamResetByPeer:
                 s = streams.pop(ev.stream_id, None)
                 if s is not None:
-                    if s.inbound:
-                        self._forget_inbound(s)
                     s.feed_reset("reset by peer")
-            elif t is y.StreamFreed:
+            elif t is OutboundStreamNegotiated:
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.protocol = ev.protocol
+                    if ev.data:
+                        s.feed_data(ev.data)
+                    fut = s.negotiated
+                    if fut is not None and not fut.done():
+                        fut.set_result(s)
+            elif t is OutboundStreamFailed:
                 s = streams.pop(ev.stream_id, None)
-                if s is not None and s.inbound:
-                    self._forget_inbound(s)
-            elif t is y.PongReceived:
-                fut = self._pings.pop(ev.opaque, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(ev.rtt)
-            elif t is y.GoAwayReceived:
+                if s is not None:
+                    if ev.error is not None:
+                        log.debug("%r: stream %d negotiation failed: %s", self, ev.stream_id, ev.error)
+                        fut = s.negotiated
+                        if fut is not None and not fut.done():
+                            fut.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {ev.error}"))
+                    s.feed_reset(ev.reason)
+            elif t is PongReceived:
+                pong = self._pings.pop(ev.opaque, None)
+                if pong is not None and not pong.done():
+                    pong.set_result(ev.rtt)
+            elif t is Upgraded:
+                self._upgraded(ev)
+            elif t is GoAwayReceived:
                 log.debug("%r: peer sent GoAway(%s)", self, ev.code)
-            elif t is y.SessionClosed:
+            elif t is SessionClosed:
                 if not self._closing:
                     self.close(f"yamux session closed: {ev.reason}")
+            elif t is ConnectionFailed:
+                if ev.error is not None:
+                    self.error = ev.error
+                self._fail(ev.reason)
+                return
 
-    def _on_inbound_stream(self, stream_id: int) -> None:
-        cfg = self.host.config
-        if self._inbound_streams >= cfg.max_inbound_streams:
-            log.info("%r: inbound stream limit (%d) reached; resetting stream", self, cfg.max_inbound_streams)
-            self.session.reset_stream(stream_id)
+    def _upgraded(self, ev: Upgraded) -> None:
+        self.remote_peer_id = ev.remote_peer_id
+        self.remote_public_key = ev.remote_public_key
+        # the stream flow-control calls (consumed, buffered) go to it directly
+        self._session = self.core.session if self.core is not None else None
+        self._state = _OPEN
+        self._cancel_timer()  # the handshake's
+        if not self.ready.done():
+            self.ready.set_result(self)
+        self.host.connection_opened(self)
+
+    # -- the core's deadlines ------------------------------------------------
+    def _arm_timer(self) -> None:
+        """Have the loop timer fire by the core's next deadline."""
+        core = self.core
+        if core is None or self._state == _CLOSED:
             return
-        s = Stream(self, stream_id, inbound=True)
-        s.negotiator = MultistreamListener(self.host.supports_protocol)
-        self.streams[stream_id] = s
-        self._inbound_streams += 1
-        s.negotiation_deadline = self.loop.call_later(cfg.negotiation_timeout, self._negotiation_deadline, s)
+        when = core.get_timer()
+        if when is None:
+            return  # an armed timer may fire for nothing; it is not worth cancelling
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_later(max(0.0, when - self._clock()), self._on_timer)
 
-    def _negotiation_deadline(self, s: Stream) -> None:
-        """An inbound stream still negotiating its protocol after the timeout
-        is reset, so that it holds no slot (and no idle connection) forever."""
-        s.negotiation_deadline = None
-        if s.negotiator is not None and self.streams.get(s.stream_id) is s:
-            log.info("%r: stream %d did not negotiate a protocol in time; resetting", self, s.stream_id)
-            s.reset()
-            self._schedule_flush()
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _forget_inbound(self, s: Stream) -> None:
-        """An inbound stream left ``streams``: uncount it."""
-        self._inbound_streams -= 1
-        p = self._counted.pop(s.stream_id, None)
-        if p is not None:
-            n = self._inbound_by_protocol.get(p, 0) - 1
-            if n > 0:
-                self._inbound_by_protocol[p] = n
-            else:
-                self._inbound_by_protocol.pop(p, None)
-
-    def _negotiate_data(self, s: Stream, data: bytes) -> None:
-        ms = s.negotiator
-        sid = s.stream_id
-        # The peer may have reset the stream later in the same read (a
-        # cancelled request): the session then no longer has it, and what
-        # negotiation would answer is dropped; the data before the reset is
-        # still handled, and the reset event that follows ends the stream.
-        session = self.session
-        try:
-            ms.receive_data(data)
-        except MultistreamError as exc:
-            out = ms.data_to_send()
-            if out and session.has_stream(sid):
-                session.send(sid, out)
-            log.debug("%r: stream %d negotiation failed: %s", self, sid, exc)
-            if s.negotiated is not None and not s.negotiated.done():
-                s.negotiated.set_exception(ProtocolNotSupported(f"{self.remote_peer_id}: {exc}"))
-            self.streams.pop(sid, None)
-            if s.inbound:
-                self._forget_inbound(s)
-            session.reset_stream(sid)
-            s.feed_reset(f"protocol negotiation failed: {exc}")
+    def _on_timer(self) -> None:
+        self._timer = None
+        core = self.core
+        if core is None or self._state == _CLOSED:
             return
-        out = ms.data_to_send()
-        if out and session.has_stream(sid):
-            session.send(sid, out)
-        if not ms.done:
-            session.consumed(sid, len(data))
-            return
-        s.negotiator = None
-        s.cancel_negotiation_deadline()
-        s.protocol = ms.selected
-        rest = ms.unused
-        # negotiation bytes are consumed now; the rest when the application reads it
-        session.consumed(sid, len(data) - len(rest))
-        if rest:
-            s.feed_data(rest)
-        if s.inbound:
-            self.host.spawn_handler(s)
-        elif s.negotiated is not None and not s.negotiated.done():
-            s.negotiated.set_result(s)
+        # the loop's timers may run a little early on the clock
+        events = core.handle_timer(max(self._clock(), self._timer_at))
+        if events:
+            self._handle(events)
+        if self._state != _CLOSED:
+            self._flush()  # the resets
+            self._arm_timer()
 
     # -- streams, from the host and from Stream ----------------------------
     async def open_stream(self, protocols: list[str]) -> Stream:
-        if self._state != _OPEN:
+        core = self.core
+        if self._state != _OPEN or core is None:
             raise StreamReset("connection is not open")
-        sid = self.session.open_stream()
+        sid = core.open_stream(protocols, self._clock())
         s = Stream(self, sid, inbound=False)
-        s.negotiator = MultistreamDialer(list(protocols))
-        s.negotiated = self.loop.create_future()
+        fut: asyncio.Future[Stream] = self.loop.create_future()
+        s.negotiated = fut
         self.streams[sid] = s
-        self.session.send(sid, s.negotiator.data_to_send())
         self._schedule_flush()
+        if self._timer is None:
+            self._arm_timer()
         try:
-            async with asyncio.timeout(self.host.config.negotiation_timeout):
-                return await s.negotiated
-        except TimeoutError:
-            s.reset()
-            raise StreamReset("protocol negotiation timed out") from None
+            return await fut
         except (StreamReset, ProtocolNotSupported):
             raise
         except BaseException:
@@ -536,54 +473,53 @@ class Connection(asyncio.Protocol):
             raise
 
     def stream_consumed(self, stream_id: int, n: int) -> None:
-        if self.session is not None and stream_id in self.streams:
-            self.session.consumed(stream_id, n)
+        session = self._session
+        if session is not None and stream_id in self.streams:
+            session.consumed(stream_id, n)
             self._schedule_flush()
 
     def stream_send(self, stream_id: int, data: bytes) -> None:
-        session = self.session
-        if not session.has_stream(stream_id):
-            # reset by the peer in the read being dispatched (its StreamReset
-            # event comes after the data that is being answered): only this
-            # stream ends, never the connection
-            s = self.streams.get(stream_id)
+        core = self.core
+        if core is None:
+            raise StreamReset("connection is not open")
+        try:
+            core.send(stream_id, data)
+        except StreamReset:
+            # reset by the peer in the read being dispatched (its reset event
+            # comes after the data that is being answered): only this stream
+            # ends, never the connection
+            s = self.streams.pop(stream_id, None)
             if s is not None:
-                self._gone(s)
-            raise StreamReset("reset by peer")
-        session.send(stream_id, data)
+                s.feed_reset("reset by peer")
+            raise
         self._schedule_flush()
 
-    def _gone(self, s: Stream) -> None:
-        """The session no longer has ``s`` (the peer reset it, or both sides
-        closed it, in events not yet dispatched): forget it now."""
-        if self.streams.get(s.stream_id) is s:
-            del self.streams[s.stream_id]
-            if s.inbound:
-                self._forget_inbound(s)
-        s.feed_reset("reset by peer")
-
     def stream_buffered(self, stream_id: int) -> int:
-        if self.session is None or stream_id not in self.streams:
+        session = self._session
+        if session is None or stream_id not in self.streams:
             return 0
-        return self.session.buffered(stream_id)
+        return session.buffered(stream_id)
 
     def stream_close(self, stream_id: int) -> None:
-        if self.session is not None and self._state == _OPEN:
-            self.session.close_stream(stream_id)
+        if self.core is not None and self._state == _OPEN:
+            self.core.close_stream(stream_id)
+            self._local_events = True
             self._schedule_flush()
 
     def stream_reset(self, stream_id: int) -> None:
-        s = self.streams.pop(stream_id, None)
-        if s is not None and s.inbound:
-            self._forget_inbound(s)
-        if self.session is not None and self._state == _OPEN:
-            self.session.reset_stream(stream_id)
-            self._schedule_flush()
+        self.streams.pop(stream_id, None)
+        if self.core is not None:
+            self.core.reset_stream(stream_id)
+            if self._state == _OPEN:
+                self._schedule_flush()
 
     async def ping(self, timeout: float = 10.0) -> float:
         """A Yamux-level ping; returns the round-trip time in seconds."""
-        opaque = self.session.ping(self._clock())
-        fut = self.loop.create_future()
+        core = self.core
+        if core is None:
+            raise StreamReset("connection is not open")
+        opaque = core.ping(self._clock())
+        fut: asyncio.Future[float] = self.loop.create_future()
         self._pings[opaque] = fut
         self._schedule_flush()
         try:
@@ -592,10 +528,6 @@ class Connection(asyncio.Protocol):
             self._pings.pop(opaque, None)
 
     # -- output ----------------------------------------------------------
-    def _write_plain(self, data: bytes) -> None:
-        if data:
-            self._out_plain.append(data)
-
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and not self._receiving:
             self._flush_scheduled = True
@@ -603,40 +535,40 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.transport is None or self._crypto is None:
+        tr = self.transport
+        core = self.core
+        if tr is None or core is None:
             return
-        if self.transport.is_closing():
+        if tr.is_closing():
             # closed under us (peer reset, abort) before this flush ran:
             # nothing can be sent any more (uvloop raises on a write)
-            self._out_plain.clear()
             return
-        if self.session is not None:
-            local = self.session.events()  # produced by local calls (close_stream, go_away)
+        if self._local_events:
+            self._local_events = False
+            local = core.events()  # produced by local calls (a half-close, the goodbye)
             if local:
-                self._dispatch(local)
-            out = self.session.data_to_send()
-            if out:
-                self._out_plain.append(out)
-        if self._out_plain:
-            plain = b"".join(self._out_plain) if len(self._out_plain) > 1 else self._out_plain[0]
-            self._out_plain.clear()
-            self.transport.write(self._crypto.encrypt(plain))
+                self._handle(local)
+        out = core.data_to_send()
+        if out:
+            tr.write(out)
         if self._drain_waiters and not self.write_paused:
             self._drained()
 
     # -- closing ---------------------------------------------------------
-    def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        if self._state != _OPEN:
-            self._fail("handshake timed out")
+    def _authenticated(self) -> None:
+        """A connection closing during the upgrade: the peer Noise
+        authenticated, if it got that far."""
+        if self.remote_peer_id is None and self.core is not None:
+            self.remote_peer_id = self.core.remote_peer_id
+            self.remote_public_key = self.core.remote_public_key
 
     def _fail(self, reason: str) -> None:
+        self._authenticated()
         log.info("%r: closing: %s", self, reason)
-        if self.session is not None and self._state == _OPEN:
-            try:
-                self._flush()  # a GoAway the session queued on the error
-            except Exception:  # pragma: no cover - best effort on a failing connection
-                pass
+        try:
+            self._flush()  # a GoAway the session queued on the error
+        except Exception:  # pragma: no cover - best effort on a failing connection
+            pass
         if self.transport is not None:
             self.transport.abort()
         self._teardown(reason)
@@ -645,8 +577,9 @@ class Connection(asyncio.Protocol):
         if self._state == _CLOSED or self._closing:
             return
         self._closing = True
-        if self.session is not None and self._state == _OPEN:
-            self.session.go_away(0)
+        if self.core is not None and self._state == _OPEN:
+            self.core.close()  # a GoAway
+            self._local_events = True
             self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -657,9 +590,8 @@ class Connection(asyncio.Protocol):
             return
         self._state = _CLOSED
         self.close_reason = reason
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        self._authenticated()
+        self._cancel_timer()
         for s in list(self.streams.values()):
             s.feed_reset(f"connection closed: {reason}")
         self.streams.clear()

@@ -15,16 +15,6 @@ from typing import Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..addrbook import AddressBook, dialable_tcp, ip_group, ip_subnets, is_loopback
-from ..errors import KadfastError, MultiaddrError, ProtocolError
-from ..identify import PROTOCOL_ID as IDENTIFY_PROTOCOL, PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL, IdentifyInfo
-from ..keys import Ed25519KeyPair
-from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
-from ..multiaddr import Multiaddr
-from ..peerid import PeerId
-from ..ping import PROTOCOL_ID as PING_PROTOCOL
-from ..ratelimit import PeerRateLimiter
-from .connection import Connection
-from .connmgr import PRUNED_REASON, choose_prunable
 from ..errors import (
     DialBackoff,
     DialError,
@@ -34,7 +24,21 @@ from ..errors import (
     DialRefused,
     DialTimeout,
     DialWrongPeer,
+    KadfastError,
+    MultiaddrError,
+    ProtocolError,
 )
+from ..identify import PROTOCOL_ID as IDENTIFY_PROTOCOL
+from ..identify import PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL
+from ..identify import IdentifyInfo
+from ..keys import Ed25519KeyPair
+from ..multiaddr import Multiaddr
+from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
+from ..peerid import PeerId
+from ..ping import PROTOCOL_ID as PING_PROTOCOL
+from ..ratelimit import PeerRateLimiter
+from .connection import Connection
+from .connmgr import PRUNED_REASON, choose_prunable
 from .services import IdentifyService, PingService
 from .stream import Stream, StreamReset
 

@@ -17,11 +17,13 @@ from ..addrbook import AddressBook, addrs_for_remote, plausible_addrs
 from ..errors import KadfastError, ProtocolError
 from ..identify import (
     MAX_IDENTIFY_BYTES,
-    PROTOCOL_ID as IDENTIFY_PROTOCOL,
     IdentifyEncoder,
     IdentifyInfo,
     IdentifyReader,
     merge_push,
+)
+from ..identify import (
+    PROTOCOL_ID as IDENTIFY_PROTOCOL,
 )
 from ..keys import PublicKey
 from ..multiaddr import Multiaddr

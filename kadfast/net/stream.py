@@ -31,8 +31,8 @@ class Stream:
 
     __slots__ = (
         "conn", "stream_id", "protocol", "inbound", "_buf", "_eof", "_reset",
-        "_reset_reason", "_waiter", "_write_closed", "_writable", "negotiator",
-        "negotiated", "_sink", "_sink_done", "negotiation_deadline", "__weakref__",
+        "_reset_reason", "_waiter", "_write_closed", "_writable",
+        "negotiated", "_sink", "_sink_done", "__weakref__",
     )
 
     def __init__(self, conn: "Connection", stream_id: int, inbound: bool) -> None:
@@ -47,11 +47,7 @@ class Stream:
         self._waiter: asyncio.Future | None = None
         self._write_closed = False
         self._writable: asyncio.Future | None = None
-        self.negotiator = None  # multistream state while the protocol is negotiated
-        # an inbound stream's negotiation deadline (a TimerHandle), cancelled
-        # once it is negotiated or reset: a pending timer would keep the
-        # stream and its connection alive after they closed
-        self.negotiation_deadline = None
+        # an outbound stream's: done once its protocol is agreed on
         self.negotiated: asyncio.Future | None = None
         self._sink: Callable[[bytes], object] | None = None  # see consume_with()
         self._sink_done: asyncio.Future | None = None
@@ -119,15 +115,9 @@ class Stream:
                 fut.set_exception(exc)
             self.reset()
 
-    def cancel_negotiation_deadline(self) -> None:
-        if self.negotiation_deadline is not None:
-            self.negotiation_deadline.cancel()
-            self.negotiation_deadline = None
-
     def feed_reset(self, reason: str) -> None:
         # ``_eof`` stays as it is: data and a FIN that arrived before the reset
         # (or before the connection closed) are still read normally.
-        self.cancel_negotiation_deadline()
         if not self._reset:
             self._reset = True
             self._reset_reason = reason

@@ -105,6 +105,8 @@ async def amain(args: argparse.Namespace) -> None:
     from libp2p.records.validator import Validator
     from libp2p.security.noise.transport import (
         PROTOCOL_ID as NOISE_PROTOCOL_ID,
+    )
+    from libp2p.security.noise.transport import (
         Transport as NoiseTransport,
     )
     from libp2p.tools.anyio_service import background_trio_service
