@@ -104,6 +104,17 @@ def _local_multiaddr(addr: Any) -> Multiaddr | None:
 class Connection(asyncio.Protocol):
     """A connection being upgraded, then open. Created by :class:`Host`."""
 
+    # slots, not an instance dict: a server holds tens of thousands of idle
+    # connections
+    __slots__ = (
+        "_clock", "_closing", "_deferred", "_drain_scheduled", "_drain_waiters", "_flush_scheduled",
+        "_local_events", "_pings", "_read_budget", "_receiving", "_session", "_state", "_timer", "_timer_at",
+        "_turn", "_turn_bytes", "bytes_in", "close_reason", "closed", "core", "error", "expected_peer",
+        "host", "initiator", "ip_group", "large_subnet", "last_activity", "local_addr", "loop", "opened_at",
+        "pending_group", "ready", "refusal", "remote_addr", "remote_peer_id", "remote_public_key",
+        "small_subnet", "stream_activity", "streams", "transport", "write_paused", "__weakref__",
+    )
+
     def __init__(self, host: ConnectionOwner, *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
         self.host = host
         self._clock = host.clock

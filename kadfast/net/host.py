@@ -578,7 +578,9 @@ class Host:
         schedules its end (one callback per turn, for all connections)."""
         if not self._turn_armed:
             self._turn_armed = True
-            self.loop.call_soon(self._next_turn)
+            loop = self._loop  # reads come only on a started host
+            assert loop is not None
+            loop.call_soon(self._next_turn)
         return self.turn
 
     def defer_to_next_turn(self, conn: Connection) -> None:
