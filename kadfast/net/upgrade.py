@@ -330,40 +330,7 @@ class ConnectionCore:
                 self._events = []
             else:
                 out = []
-            # the loop of _translate, inlined on the hot path
-            neg = self.negotiations
-            data_seen = False
-            ev: Any  # one of the YamuxEvent types, told apart by the exact type
-            for ev in events:
-                t = type(ev)
-                if t is StreamData:
-                    data_seen = True
-                    if ev.stream_id in neg:
-                        self._negotiate(ev.stream_id, ev.data, out)
-                        continue
-                elif t is StreamOpened:
-                    self._on_inbound_stream(ev.stream_id, now)
-                    continue
-                elif t is StreamResetByPeer or t is StreamFreed:
-                    sid = ev.stream_id
-                    if sid in self._inbound:
-                        self._forget_inbound(sid)
-                    if neg.pop(sid, None) is not None:
-                        if (sid & 1) == self._local_parity:
-                            out.append(OutboundStreamFailed(sid, "reset by peer"))
-                        continue
-                elif t is StreamEnded:
-                    sid = ev.stream_id
-                    if sid in neg:
-                        self._end_negotiation(sid, "stream ended during protocol negotiation", out)
-                        continue
-                elif t is PingReceived:
-                    continue  # answered by the session already
-                elif t is SessionClosed:
-                    self._session_closed()
-                out.append(ev)
-            if data_seen:
-                self.stream_activity = now
+            self._translate(events, now, out)
             return out
         if self._state == _CLOSED:
             return self.events()
@@ -447,7 +414,7 @@ class ConnectionCore:
     def _translate(self, events: list[YamuxEvent], now: float, out: list[ConnectionEvent]) -> None:
         """Append the session's ``events`` to ``out`` as the connection's:
         negotiations run here, the events of negotiated streams pass as they
-        are. (The same loop is inlined in :meth:`receive_data`.)"""
+        are."""
         neg = self.negotiations
         data_seen = False
         ev: Any  # one of the YamuxEvent types, told apart by the exact type
