@@ -163,7 +163,8 @@ class IdentifyService:
     async def serve_push(self, stream: Stream) -> None:
         """The handler of ``/ipfs/id/push/1.0.0``: a push updates what the
         peer told before."""
-        info = await asyncio.wait_for(read_identify(stream), self.config.identify_timeout)
+        async with asyncio.timeout(self.config.identify_timeout):  # no extra task, unlike wait_for
+            info = await read_identify(stream)
         peer = stream.peer_id
         old = self.peer_info.get(peer)
         self._learn(stream.conn, merge_push(old, info) if old is not None else info)
