@@ -6,6 +6,7 @@ idle connections held.
     python bench/churn_bench.py [--quick] [--json] [--dialer go|raw] [--hold 10000]
                                 [--duration S] [--concurrency N] [--identities N]
                                 [--workers 2] [--loop uvloop|asyncio]
+    python bench/churn_bench.py --compare kadfast,rust[,go] [--runs 5] [--duration S] [--json]
 
 Targets: at least 1,000 connections per second per server core (server CPU
 per connection <= 1 ms) and at most 32 KiB of server memory per idle
@@ -77,6 +78,17 @@ Phases, on one fresh server:
    after one ``malloc_trim`` (what ``kadfast server``'s ``MemoryTrimmer`` does
    once the connection count fell by 1,000).
 
+``--compare IMPLS`` runs only churn phases with nothing held, against
+several servers in the same run: ``kadfast`` (the server above) and the
+interop peers ``rust`` (rust-libp2p: kad, identify, ping on a
+current-thread tokio runtime, one core) and ``go`` (go-libp2p with
+go-libp2p-kad-dht), each started once and measured in turn, ``--runs``
+times (default 5), with the go dialer. Per server: the medians of server
+CPU per connection and of accepted connections per server-CPU-second
+(client-counted completions over the server process's CPU, all its
+threads), and each kadfast figure over rust-libp2p's. Target: kadfast at
+least 1.5x rust-libp2p's connections per server-CPU-second.
+
 Per churn phase: connections per second (client-counted, and the server's
 ``ConnectionEstablished``/``PeerIdentified`` events in the same window),
 server CPU (``/proc/<pid>/stat`` utime+stime) per connection, connections
@@ -100,6 +112,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -867,6 +880,117 @@ def churn_phase(peer, dialer, duration: float, label: str) -> dict:
     return out
 
 
+def compare_phase(pid: int, maddr: str, dialer: "GoDialer", duration: float) -> dict:
+    """One churn phase against the server process ``pid`` at ``maddr``,
+    counted by the dialer (the same figure for every implementation)."""
+    lead = 0.5
+    start_at = time.time() + lead
+    stop_at = start_at + duration
+    pool = ThreadPoolExecutor(1)
+    fut = pool.submit(dialer.peer.call, "churn", addr=maddr, start_at=start_at, stop_at=stop_at,
+                      concurrency=dialer.concurrency, timeout=duration + lead + 60)
+    pool.shutdown(wait=False)
+    sleep_until(start_at)
+    cs0, cw0, t0 = proc_cpu(pid), dialer.cpu(), time.time()
+    sleep_until(stop_at)
+    cs1, cw1, t1 = proc_cpu(pid), dialer.cpu(), time.time()
+    r = fut.result()
+    n = r["in_window"]
+    dt = t1 - t0
+    s_cpu = (cs1 or 0.0) - (cs0 or 0.0)
+    errors = collections.Counter(r.get("errors", {}))
+    return {
+        "conn_per_s": round(n / dt, 1),
+        "server_cpu_ms_per_conn": round(s_cpu / n * 1e3, 3) if n else None,
+        "conn_per_server_cpu_s": round(n / s_cpu, 1) if s_cpu > 0 else None,
+        "server_util": round(s_cpu / dt, 2),
+        "dialer_util": round((cw1 - cw0) / dt, 2),
+        "errors": sum(errors.values()),
+    }
+
+
+def run_compare(opts) -> dict:
+    """Churn (nothing held) against each server of ``opts.compare``, in turn,
+    ``opts.runs`` times; medians and ratios over rust-libp2p."""
+    harness = load_harness()
+    raise_nofile()
+    impls = [i.strip() for i in opts.compare.split(",") if i.strip()]
+    report: dict[str, Any] = {"config": {"cpus": os.cpu_count(), "runs": opts.runs, "churn_seconds": opts.duration,
+                                         "concurrency": opts.concurrency, "impls": impls}, "servers": {}}
+    servers: dict[str, tuple[Any, int]] = {}
+    dialers: dict[str, GoDialer] = {}  # one each: a go-churn dialer serves one server
+    t_start = time.monotonic()
+    try:
+        for impl in impls:
+            if impl == "kadfast":
+                peer = kadfast_server_peer(harness, __file__, "churn-server", "--loop", opts.loop)
+                peer.start(timeout=60)
+                desc = f"kadfast KadNode/{opts.loop}"
+            else:
+                build = harness.build_for(impl).ensure()
+                peer = harness.Peer(impl, build.argv, cwd=build.cwd, name=f"churn-server-{impl}")
+                peer.start(timeout=120)
+                desc = {"rust": "rust-libp2p", "go": "go-libp2p"}.get(impl, impl)
+            servers[impl] = (peer, peer.proc.pid)
+            report["servers"][impl] = {"description": desc, "runs": []}
+            dialer = GoDialer(opts, harness)
+            dialers[impl] = dialer
+            report["config"]["dialer"] = dialer.describe()
+            dialer.prepare(peer.maddr, peer.peer_id, 0)
+            dialer.warm_up(1.0)
+        for run in range(opts.runs):
+            for impl, (peer, pid) in servers.items():
+                res = compare_phase(pid, peer.maddr, dialers[impl], opts.duration)
+                report["servers"][impl]["runs"].append(res)
+                log_progress(f"  run {run + 1}/{opts.runs} {impl}: {res['conn_per_s']:.0f} conn/s, server "
+                             f"{res['server_cpu_ms_per_conn']} ms CPU/conn = {res['conn_per_server_cpu_s']} "
+                             f"conn/server-CPU-s (util {res['server_util']}), errors {res['errors']}")
+                time.sleep(0.5)
+    except Exception as exc:
+        report["error"] = short_error(exc)
+    finally:
+        for d in dialers.values():
+            d.stop()
+        for peer, _ in servers.values():
+            with contextlib.suppress(Exception):
+                peer.stop(timeout=10)
+    for entry in report["servers"].values():
+        runs = [r for r in entry["runs"] if r.get("conn_per_server_cpu_s")]
+        for f in ("conn_per_s", "server_cpu_ms_per_conn", "conn_per_server_cpu_s", "server_util"):
+            vals = [r[f] for r in runs if r.get(f) is not None]
+            if vals:
+                entry[f] = round(statistics.median(vals), 3)
+    base = report["servers"].get("rust", {}).get("conn_per_server_cpu_s")
+    kf = report["servers"].get("kadfast", {}).get("conn_per_server_cpu_s")
+    if base and kf:
+        report["kadfast_over_rust"] = round(kf / base, 2)
+        report["target_met"] = {"kadfast >= 1.5x rust-libp2p's connections per server-CPU-second": kf / base >= 1.5}
+    report["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    return report
+
+
+def print_compare(r: dict) -> None:
+    cfg = r["config"]
+    print(f"\nchurn_bench --compare: {cfg['cpus']} CPUs, {cfg['runs']} runs of {cfg['churn_seconds']} s per server, "
+          f"nothing held, {cfg['concurrency']} connections in flight")
+    print(f"dialer: {cfg.get('dialer', '-')}")
+    if r.get("error"):
+        print(f"\nERROR: {r['error']}")
+    head = f"\n{'server':<24}{'conn/s':>9}{'srv ms/conn':>13}{'conn/srv-CPU-s':>16}{'srv util':>10}"
+    print(head)
+    print("-" * (len(head) - 2))
+    for impl, e in r["servers"].items():
+        def f(k, fmt):
+            v = e.get(k)
+            return fmt.format(v) if isinstance(v, (int, float)) else "-"
+        print(f"{e['description']:<24}{f('conn_per_s', '{:.0f}'):>9}{f('server_cpu_ms_per_conn', '{:.3f}'):>13}"
+              f"{f('conn_per_server_cpu_s', '{:.0f}'):>16}{f('server_util', '{:.2f}'):>10}")
+    if "kadfast_over_rust" in r:
+        print(f"\nkadfast / rust-libp2p connections per server-CPU-second: {r['kadfast_over_rust']}x "
+              f"(target >= 1.5x: {'met' if r['target_met'] and all(r['target_met'].values()) else 'MISSED'})")
+    print(f"(run took {r.get('elapsed_s')} s)\n")
+
+
 def run_bench(opts) -> dict:
     harness = load_harness()
     install_log_counter()
@@ -1080,8 +1204,13 @@ def parse_args(argv=None):
                     help="identities the dialer rotates through while churning (distinct peers to the server): "
                          "per worker process for the raw dialer, go-libp2p hosts in all for the go dialer")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server's event loop")
+    ap.add_argument("--compare", default=None,
+                    help="comma list of servers (kadfast, rust, go): churn phases only, each server in turn")
+    ap.add_argument("--runs", type=int, default=5, help="runs per server with --compare (medians reported)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
+    if opts.compare and opts.dialer != "go":
+        ap.error("--compare uses the go dialer")
     if opts.hold is None:
         opts.hold = 2000 if opts.quick else 10000
     if opts.duration is None:
@@ -1097,6 +1226,13 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     if opts.serve:
         return serve(opts.loop)
+    if opts.compare:
+        rep = run_compare(opts)
+        if opts.json:
+            print(json.dumps(rep, indent=1))
+        else:
+            print_compare(rep)
+        return 0 if "error" not in rep else 1
     report = run_bench(opts)
     if opts.json:
         print(json.dumps(report, indent=1))
