@@ -979,7 +979,7 @@ def print_compare(r: dict) -> None:
     head = f"\n{'server':<24}{'conn/s':>9}{'srv ms/conn':>13}{'conn/srv-CPU-s':>16}{'srv util':>10}"
     print(head)
     print("-" * (len(head) - 2))
-    for impl, e in r["servers"].items():
+    for e in r["servers"].values():
         def f(k, fmt):
             v = e.get(k)
             return fmt.format(v) if isinstance(v, (int, float)) else "-"
