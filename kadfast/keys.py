@@ -86,8 +86,18 @@ class PublicKey:
 
     @classmethod
     def decode(cls, data: bytes) -> "PublicKey":
-        key_type, key_data = _decode_key_proto(data)
-        return cls(key_type, key_data)
+        """The key of a libp2p key protobuf. A key decoded lately is handed
+        out again (a connection's key comes in its Noise payload and again
+        in identify): keys are immutable, and the memo is bounded."""
+        data = bytes(data)
+        key = _DECODED.get(data)
+        if key is None:
+            key_type, key_data = _decode_key_proto(data)
+            key = cls(key_type, key_data)
+            if len(_DECODED) >= _DECODED_MAX:
+                _DECODED.clear()
+            _DECODED[data] = key
+        return key
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """True when ``signature`` is valid for ``message``; never raises on bad input."""
@@ -107,6 +117,11 @@ class PublicKey:
         """Like :meth:`verify` but raises :class:`SignatureError` on a bad signature."""
         if not self.verify(message, signature):
             raise SignatureError(f"invalid {self.key_type.name} signature")
+
+
+#: the keys :meth:`PublicKey.decode` made lately, by their encoding
+_DECODED: dict[bytes, PublicKey] = {}
+_DECODED_MAX = 1024
 
 
 def _parse_public(key_type: KeyType, data: bytes) -> Any:

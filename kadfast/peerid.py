@@ -23,6 +23,12 @@ CODEC_LIBP2P_KEY = 0x72
 MAX_PEER_ID_BYTES = 4096
 
 
+#: the PeerIds :meth:`PeerId.from_public_key` made lately (a connection's
+#: key is seen in its Noise payload and again in identify); bounded
+_FROM_KEY: dict[PublicKey, "PeerId"] = {}
+_FROM_KEY_MAX = 1024
+
+
 @total_ordering
 class PeerId:
     """An immutable PeerId; compares, hashes and sorts by its bytes."""
@@ -37,12 +43,19 @@ class PeerId:
 
     @classmethod
     def from_public_key(cls, key: PublicKey) -> "PeerId":
+        known = _FROM_KEY.get(key)
+        if known is not None and type(known) is cls:
+            return known
         encoded = key.encode()
         if len(encoded) <= MAX_INLINE_KEY_LENGTH:
             mh = bytes([MH_IDENTITY]) + encode_uvarint(len(encoded)) + encoded
         else:
             mh = bytes([MH_SHA2_256, 32]) + hashlib.sha256(encoded).digest()
-        return cls(mh)
+        pid = cls(mh)
+        if len(_FROM_KEY) >= _FROM_KEY_MAX:
+            _FROM_KEY.clear()
+        _FROM_KEY[key] = pid
+        return pid
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "PeerId":

@@ -1,6 +1,8 @@
 """Address book: /p2p suffixes, expiry, ordering, bounds and eviction order,
 observed addresses; address scopes, what to announce, what we can dial."""
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -320,3 +322,22 @@ def test_announced_addresses_must_be_plausible():
     for local in (M("/ip4/127.0.0.1/tcp/9"), M("/ip4/192.168.1.2/tcp/9"), None):
         assert plausible_addrs(mine + victim, local) == mine + victim
 
+
+
+_ORACLE_NETS = {
+    "loopback": [ipaddress.ip_network("127.0.0.0/8")],
+    "private": [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                  "100.64.0.0/10", "169.254.0.0/16")],
+    "unroutable": [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15",
+                                                     "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4",
+                                                     "240.0.0.0/4")],
+}
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_ipv4_scopes_match_the_ipaddress_networks(n):
+    # the IPv4 scope is worked out on integers; ipaddress is the oracle
+    ip = ipaddress.IPv4Address(n)
+    kind = next((k for k, nets in _ORACLE_NETS.items() if any(ip in net for net in nets)), "public")
+    a = M(f"/ip4/{ip}/tcp/1")
+    assert (is_loopback(a), is_private(a), is_public(a)) == (kind == "loopback", kind == "private", kind == "public")
