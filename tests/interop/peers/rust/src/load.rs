@@ -392,6 +392,14 @@ pub async fn reused_worker(
             Ok(Ok(())) => {
                 stats.answered(t0, || count_closer_peers(&buf).unwrap_or(0));
             }
+            // yamux's "connection is closed": the stream can no longer be
+            // written, the remote reset it (or the connection ended)
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WriteZero => {
+                stats.failed(format!(
+                    "request failed: stream reset before the request was written ({e})"
+                ));
+                stream = None;
+            }
             Ok(Err(e)) => {
                 stats.failed(format!("request failed: {e}"));
                 stream = None;
