@@ -3,9 +3,13 @@
 //! Speaks the JSON-lines control protocol described in `../PROTOCOL.md`:
 //! requests on stdin, replies and events on stdout, logs on stderr.
 
-use std::collections::{HashMap, HashSet};
+mod load;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,6 +26,9 @@ use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtoco
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use load::{LoadGuard, LoadStats, NewLoad};
 
 const IMPL: &str = "rust";
 const JSON_PROTOCOL: &str = "/kadfast/json/1.0.0";
@@ -31,10 +38,14 @@ const IDENTIFY_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First: while a `kad_load` runs, it denies dials before the others see them.
+    guard: LoadGuard,
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     rr: request_response::json::Behaviour<Value, Value>,
+    /// `kad_load` `mode: "reused"` opens its streams through it.
+    stream: libp2p_stream::Behaviour,
 }
 
 /// What a pending Kademlia query will answer once it progresses.
@@ -80,6 +91,36 @@ struct PendingRequest {
     deadline: Instant,
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum LoadMode {
+    New,
+    Reused,
+}
+
+enum LoadPhase {
+    /// Dialing the server (`conn`), then waiting (up to IDENTIFY_GRACE) for its identify.
+    Connecting {
+        conn: Option<ConnectionId>,
+        connected_at: Option<Instant>,
+    },
+    /// `mode: "new"`: kad queries driven from the swarm loop.
+    New(NewLoad),
+    /// `mode: "reused"`: worker tasks; their merged statistics arrive on `load_done`.
+    Reused,
+}
+
+/// The one `kad_load` that may run at a time.
+struct KadLoad {
+    id: Value,
+    deadline: Instant,
+    target: PeerId,
+    mode: LoadMode,
+    inflight: usize,
+    duration: Duration,
+    keys: Vec<PeerId>,
+    phase: LoadPhase,
+}
+
 struct Peer {
     swarm: Swarm<Behaviour>,
     local: PeerId,
@@ -91,6 +132,10 @@ struct Peer {
     identified: HashMap<PeerId, identify::Info>,
     /// Bootstrap queries of ours that are finished at every step (see `kad_fill`).
     quiet: HashSet<QueryId>,
+    load: Option<KadLoad>,
+    /// The `reused` workers' merged statistics come back on it.
+    load_done: mpsc::UnboundedSender<LoadStats>,
+    stream_control: libp2p_stream::Control,
     debug: bool,
 }
 
@@ -449,20 +494,12 @@ impl Peer {
                 }
                 self.log(format!("kad_fill: {count} peers, {refused} refused by kad"));
                 // The first inserts (table below k entries) scheduled an automatic
-                // bootstrap, which would dial the made-up peers. Starting a bootstrap
-                // by hand cancels that schedule (and pushes the periodic one 5 min
-                // out); this one is finished at once, and so is each of its bucket
-                // refresh steps (see `on_kad`), before it dials anybody.
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                if let Ok(qid) = kad.bootstrap() {
-                    if let Some(mut q) = kad.query_mut(&qid) {
-                        q.finish();
-                    }
-                    self.quiet.insert(qid);
-                }
+                // bootstrap, which would dial the made-up peers (see `quiet_bootstrap`).
+                self.quiet_bootstrap();
                 let size = self.routing_table().len();
                 reply_ok(&id, json!({ "routing_table": size }));
             }
+            "kad_load" => self.kad_load(req, id, deadline)?,
             "routing_table" => {
                 let peers = self.routing_table();
                 reply_ok(&id, json!({ "peers": peers }));
@@ -478,6 +515,289 @@ impl Peer {
             other => return Err(format!("unsupported: {other}")),
         }
         Ok(())
+    }
+
+    /// A bootstrap that sends nothing: starting one by hand cancels the
+    /// automatic bootstrap that inserting a peer into a small routing table
+    /// scheduled (500 ms later), and pushes the periodic one 5 minutes out.
+    /// It is finished at once, and so is each of its bucket refresh steps
+    /// (see `on_kad`), before it sends a request or dials anybody.
+    fn quiet_bootstrap(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Ok(qid) = kad.bootstrap() {
+            if let Some(mut q) = kad.query_mut(&qid) {
+                q.finish();
+            }
+            self.quiet.insert(qid);
+        }
+    }
+
+    /// `kad_load`: check the arguments, connect to the server; `check_load`
+    /// starts the load once connected.
+    fn kad_load(&mut self, req: &Map<String, Value>, id: Value, deadline: Instant) -> Result<(), String> {
+        if self.load.is_some() {
+            return Err("kad_load: another kad_load is running".into());
+        }
+        let addr: Multiaddr = arg_str(req, "addr")?
+            .parse()
+            .map_err(|e| format!("bad multiaddr: {e}"))?;
+        let target = match addr.iter().last() {
+            Some(Protocol::P2p(p)) => p,
+            _ => return Err("addr must end in /p2p/<peer id>".into()),
+        };
+        let mode = match arg_str(req, "mode")? {
+            "new" => LoadMode::New,
+            "reused" => LoadMode::Reused,
+            other => return Err(format!("kad_load: mode must be \"new\" or \"reused\", not {other:?}")),
+        };
+        let inflight = req.get("inflight").and_then(Value::as_u64).unwrap_or(1) as usize;
+        if !(1..=load::MAX_INFLIGHT).contains(&inflight) {
+            return Err(format!("kad_load: inflight must be 1..{}", load::MAX_INFLIGHT));
+        }
+        let duration = req
+            .get("duration")
+            .and_then(Value::as_f64)
+            .filter(|d| d.is_finite() && *d >= 0.0)
+            .ok_or("kad_load: duration (seconds) missing or invalid")?;
+        let seed = req.get("seed").and_then(Value::as_u64);
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&target, addr.clone());
+        // a new routing table entry schedules a bootstrap (a FIND_NODE of our
+        // own id to the server, then its bucket refreshes) that would run
+        // during the load
+        self.quiet_bootstrap();
+        self.swarm.behaviour_mut().guard.target = Some(target);
+        let mut conn = None;
+        if !self.swarm.is_connected(&target) {
+            let opts = DialOpts::peer_id(target)
+                .addresses(vec![addr])
+                .allocate_new_port()
+                .build();
+            let c = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => conn = Some(c),
+                // a dial is under way already; wait for its connection
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    self.swarm.behaviour_mut().guard.target = None;
+                    return Err(format!("kad_load: dial: {e}"));
+                }
+            }
+        }
+        self.load = Some(KadLoad {
+            id,
+            deadline,
+            target,
+            mode,
+            inflight,
+            duration: Duration::from_secs_f64(duration),
+            keys: load::key_pool(seed),
+            phase: LoadPhase::Connecting {
+                conn,
+                connected_at: None,
+            },
+        });
+        self.check_load();
+        Ok(())
+    }
+
+    /// Reply to the running `kad_load` and end it.
+    fn end_load(&mut self, result: Result<Value, String>) {
+        let Some(load) = self.load.take() else {
+            return;
+        };
+        self.swarm.behaviour_mut().guard.target = None;
+        match result {
+            Ok(v) => reply_ok(&load.id, v),
+            Err(e) => reply_err(&load.id, e),
+        }
+    }
+
+    /// Progress of the running `kad_load` that is not driven by a query
+    /// result: the connection (and identify) before it starts, timeouts of
+    /// `new` requests.
+    fn check_load(&mut self) {
+        let now = Instant::now();
+        let Some(load) = self.load.as_mut() else {
+            return;
+        };
+        match &mut load.phase {
+            LoadPhase::Connecting { connected_at, .. } => {
+                if connected_at.is_none() && self.swarm.is_connected(&load.target) {
+                    *connected_at = Some(now);
+                }
+                match *connected_at {
+                    Some(t) if self.identified.contains_key(&load.target) || now >= t + IDENTIFY_GRACE => {
+                        self.start_load()
+                    }
+                    _ if now >= load.deadline => {
+                        self.end_load(Err("kad_load: timeout: no connection to the server".into()))
+                    }
+                    _ => {}
+                }
+            }
+            LoadPhase::New(nl) => {
+                let deadline = load.deadline;
+                let mut expired = Vec::new();
+                nl.running.retain(|(qid, t0)| {
+                    if now >= (*t0 + load::REQUEST_TIMEOUT).min(deadline) {
+                        expired.push(*qid);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for _ in &expired {
+                    nl.stats.failed("no reply within 10 s");
+                }
+                for qid in &expired {
+                    // its result, should it still come, is not ours any more
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(qid) {
+                        q.finish();
+                    }
+                }
+                for _ in &expired {
+                    self.load_next();
+                }
+            }
+            LoadPhase::Reused => {}
+        }
+    }
+
+    /// Connected: start the `inflight` requests (`new`) or workers (`reused`).
+    fn start_load(&mut self) {
+        let Some(load) = self.load.as_mut() else {
+            return;
+        };
+        let end = Instant::now() + load.duration;
+        match load.mode {
+            LoadMode::New => {
+                let target = load.target;
+                let others = self
+                    .routing_table()
+                    .into_iter()
+                    .filter(|p| *p != target.to_string())
+                    .count();
+                if others > 0 {
+                    // each query would also ask (or dial) those
+                    self.end_load(Err(format!(
+                        "kad_load: mode new needs the server to be the only peer in the routing table; \
+                         it also holds {others} other(s)"
+                    )));
+                    return;
+                }
+                let Some(load) = self.load.as_mut() else {
+                    return;
+                };
+                load.phase = LoadPhase::New(NewLoad {
+                    end,
+                    next: 0,
+                    running: VecDeque::new(),
+                    stats: LoadStats::default(),
+                });
+                for _ in 0..load.inflight {
+                    self.load_next();
+                }
+            }
+            LoadMode::Reused => {
+                let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+                    load.keys
+                        .iter()
+                        .map(|k| load::find_node_frame(&k.to_bytes()))
+                        .collect(),
+                );
+                let next = Arc::new(AtomicUsize::new(0));
+                let workers: Vec<_> = (0..load.inflight)
+                    .map(|_| {
+                        tokio::spawn(load::reused_worker(
+                            self.stream_control.clone(),
+                            load.target,
+                            frames.clone(),
+                            next.clone(),
+                            end,
+                            load.deadline,
+                        ))
+                    })
+                    .collect();
+                let done = self.load_done.clone();
+                tokio::spawn(async move {
+                    let mut all = LoadStats::default();
+                    for w in workers {
+                        match w.await {
+                            Ok(s) => all.merge(s),
+                            Err(e) => all.failed(format!("worker: {e}")),
+                        }
+                    }
+                    let _ = done.send(all);
+                });
+                load.phase = LoadPhase::Reused;
+            }
+        }
+    }
+
+    /// `new`: start another query while the load lasts; reply once the last
+    /// one finished after that.
+    fn load_next(&mut self) {
+        let Some(KadLoad {
+            keys,
+            phase: LoadPhase::New(nl),
+            ..
+        }) = self.load.as_mut()
+        else {
+            return;
+        };
+        if Instant::now() < nl.end {
+            let key = keys[nl.next % keys.len()];
+            nl.next += 1;
+            let t0 = Instant::now();
+            let qid = self.swarm.behaviour_mut().kad.get_closest_peers(key);
+            nl.running.push_back((qid, t0));
+        } else if nl.running.is_empty() {
+            let stats = std::mem::take(&mut nl.stats);
+            self.end_load(stats.result());
+        }
+    }
+
+    /// `new`: a query of the load finished; false if it is not one of ours.
+    fn on_load_result(&mut self, qid: QueryId, result: &QueryResult, stats: &kad::QueryStats) -> bool {
+        let Some(KadLoad {
+            phase: LoadPhase::New(nl),
+            ..
+        }) = self.load.as_mut()
+        else {
+            return false;
+        };
+        let Some(pos) = nl.running.iter().position(|(q, _)| *q == qid) else {
+            return false;
+        };
+        let (_, t0) = nl.running.remove(pos).expect("position found");
+        match result {
+            // The server answered: the query's one successful request. Each of
+            // its other requests went to a peer of that reply (the server is
+            // the only peer in the routing table) and failed at once (the dial
+            // denied by the guard); so they count the reply's closer peers.
+            QueryResult::GetClosestPeers(Ok(_)) if stats.num_successes() > 0 => {
+                nl.stats.answered(t0, || {
+                    stats.num_requests().saturating_sub(stats.num_successes()) as usize
+                });
+            }
+            QueryResult::GetClosestPeers(Ok(_)) => {
+                nl.stats.failed("FIND_NODE failed: libp2p-kad got no reply from the server")
+            }
+            QueryResult::GetClosestPeers(Err(e)) => nl.stats.failed(format!("kad query: {e}")),
+            other => nl.stats.failed(format!("unexpected kad result: {other:?}")),
+        }
+        self.load_next();
+        true
+    }
+
+    /// `reused`: the workers are done.
+    fn on_load_done(&mut self, stats: LoadStats) {
+        if matches!(&self.load, Some(KadLoad { phase: LoadPhase::Reused, .. })) {
+            self.end_load(stats.result());
+        }
     }
 
     /// Reply to dials that connected and either saw identify or waited long enough for it.
@@ -504,6 +824,7 @@ impl Peer {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.check_dials();
+        self.check_load();
         for list in [&mut self.pings, &mut self.idents] {
             list.retain(|p| {
                 if now >= p.deadline {
@@ -579,6 +900,7 @@ impl Peer {
                     }
                 }
                 self.check_dials();
+                self.check_load();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
@@ -594,6 +916,18 @@ impl Peer {
                         true
                     }
                 });
+                if let Some(KadLoad {
+                    target,
+                    phase: LoadPhase::Connecting { conn, .. },
+                    ..
+                }) = &self.load
+                {
+                    if (*conn == Some(connection_id) || peer_id == Some(*target))
+                        && !self.swarm.is_connected(target)
+                    {
+                        self.end_load(Err(format!("kad_load: cannot reach the server: {error}")));
+                    }
+                }
                 if let Some(p) = peer_id {
                     if !self.swarm.is_connected(&p) {
                         for list in [&mut self.pings, &mut self.idents] {
@@ -646,6 +980,7 @@ impl Peer {
                     }
                 });
                 self.check_dials();
+                self.check_load();
             }
             identify::Event::Error { peer_id, error, .. } => {
                 self.log(format!("identify error with {peer_id}: {error}"));
@@ -715,6 +1050,14 @@ impl Peer {
     }
 
     fn on_kad(&mut self, ev: kad::Event) {
+        if let kad::Event::OutboundQueryProgressed {
+            id, result, stats, ..
+        } = &ev
+        {
+            if self.on_load_result(*id, result, stats) {
+                return;
+            }
+        }
         let (qid, result, step) = match ev {
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
@@ -971,10 +1314,12 @@ fn build_swarm(keypair: Keypair, mode: Mode) -> Result<Swarm<Behaviour>, String>
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
             );
             Behaviour {
+                guard: LoadGuard::default(),
                 kad,
                 identify,
                 ping,
                 rr,
+                stream: libp2p_stream::Behaviour::new(),
             }
         })
         .map_err(|e| format!("behaviour: {e}"))?
@@ -1021,6 +1366,8 @@ async fn main() {
     }
     emit(&json!({"event": "ready", "impl": IMPL, "peer_id": local.to_string(), "addrs": addrs}));
 
+    let (load_done, mut load_done_rx) = mpsc::unbounded_channel();
+    let stream_control = swarm.behaviour().stream.new_control();
     let mut peer = Peer {
         swarm,
         local,
@@ -1031,6 +1378,9 @@ async fn main() {
         requests: HashMap::new(),
         identified: HashMap::new(),
         quiet: HashSet::new(),
+        load: None,
+        load_done,
+        stream_control,
         debug: std::env::var_os("KADFAST_INTEROP_DEBUG").is_some_and(|v| !v.is_empty()),
     };
 
@@ -1047,6 +1397,7 @@ async fn main() {
                 Ok(None) | Err(_) => break,
             },
             ev = peer.swarm.select_next_some() => peer.on_event(ev),
+            Some(stats) = load_done_rx.recv() => peer.on_load_done(stats),
             _ = tick.tick() => peer.on_tick(),
         }
     }
