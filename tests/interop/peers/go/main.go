@@ -145,6 +145,10 @@ type request struct {
 	Seq        *uint64  `json:"seq"`
 	EOLSeconds *float64 `json:"eol_seconds"`
 	V1         *bool    `json:"v1"`
+	// kad_load arguments
+	Mode     string   `json:"mode"`
+	Inflight *int     `json:"inflight"`
+	Duration *float64 `json:"duration"`
 }
 
 func seedKey(seed uint64) (crypto.PrivKey, error) {
@@ -189,8 +193,13 @@ func main() {
 		fatal(fmt.Errorf("identity: %w", err))
 	}
 
+	rm, err := resourceManager()
+	if err != nil {
+		fatal(fmt.Errorf("resource manager: %w", err))
+	}
 	h, err := libp2p.New(
 		libp2p.Identity(priv),
+		libp2p.ResourceManager(rm),
 		libp2p.ListenAddrStrings(*listen),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Security(noise.ID, noise.New),
@@ -236,6 +245,8 @@ func main() {
 		dht.AddressFilter(passAll),
 		dht.QueryFilter(func(_ any, ai peer.AddrInfo) bool { return len(ai.Addrs) > 0 }),
 		dht.RoutingTableFilter(func(any, peer.ID) bool { return true }),
+		// last: sees the config as the options above left it (see load.go)
+		grabSenderBuilder,
 	)
 	if err != nil {
 		fatal(fmt.Errorf("dht: %w", err))
@@ -411,6 +422,8 @@ func (n *node) handle(ctx context.Context, req *request) (any, error) {
 		return map[string]any{"peers": idStrings(n.h.Network().Peers())}, nil
 	case "cancel_requests":
 		return n.cmdCancelRequests(ctx, req)
+	case "kad_load":
+		return n.cmdKadLoad(ctx, req)
 	default:
 		return nil, fmt.Errorf("unsupported: %s", req.Cmd)
 	}

@@ -90,7 +90,9 @@ try {
     { fromString: u8FromString },
     { toString: u8ToString },
     { createHash },
-    readline
+    readline,
+    { setMaxListeners },
+    { lpStream }
   ] = await Promise.all([
     import('libp2p'),
     import('@libp2p/tcp'),
@@ -107,12 +109,15 @@ try {
     import('uint8arrays/from-string'),
     import('uint8arrays/to-string'),
     import('node:crypto'),
-    import('node:readline')
+    import('node:readline'),
+    import('node:events'),
+    // kad-dht's own framing helper (its network's pbStream wraps it)
+    import('@libp2p/utils')
   ])
   lib = {
     createLibp2p, tcp, noise, yamux, identify, identifyPush, ping, kadDHT,
     generateKeyPairFromSeed, generateKeyPair, peerIdFromString, peerIdFromPrivateKey, multiaddr, CID,
-    sha256, u8FromString, u8ToString, createHash, readline
+    sha256, u8FromString, u8ToString, createHash, readline, setMaxListeners, lpStream
   }
 } catch (err) {
   emit({ event: 'fatal', error: `cannot load libp2p modules: ${errMessage(err)}` })
@@ -179,6 +184,149 @@ async function readAll (stream) {
   return out
 }
 
+// ---- kad_load: a FIND_NODE load generator (see ../PROTOCOL.md) -------------
+// The benchmark that drives it measures the server's CPU per request, so the
+// client side stays lean: the requests are encoded once, nothing is logged
+// per request, and only the first reply is decoded (to count its peers).
+
+const KAD_PROTOCOL = '/ipfs/kad/1.0.0'
+const LOAD_POOL_SIZE = 256
+const LOAD_MAX_INFLIGHT = 256
+const LOAD_REQUEST_TIMEOUT_MS = 10_000
+// js-libp2p allows 64 outbound streams of a protocol per connection (kad-dht's
+// maxOutboundStreams in server mode, the registrar's default in client mode);
+// a load opens up to LOAD_MAX_INFLIGHT at once, plus `new` streams that are
+// closed on our side and wait for the server's close
+const LOAD_MAX_STREAMS = 1024
+
+// The i-th request's key: the PeerId bytes of a random Ed25519 identity, or
+// with a seed of the one whose secret key is sha256("kadfast-interop-load-
+// <seed>-<i>") (as the rust and go peers do).
+async function loadKey (seed, i) {
+  let key
+  if (seed === undefined) {
+    key = await lib.generateKeyPair('Ed25519')
+  } else {
+    const secret = lib.createHash('sha256').update(`kadfast-interop-load-${seed}-${i}`, 'utf8').digest()
+    key = await lib.generateKeyPairFromSeed('Ed25519', new Uint8Array(secret))
+  }
+  return lib.peerIdFromPrivateKey(key).toMultihash().bytes
+}
+
+// A kad Message of type FIND_NODE (field 1 = 4) for `key` (field 2), encoded
+// by hand (kad-dht does not export its codec): the bytes kad-dht's own
+// FIND_NODE requests carry (it sets no clusterLevel).
+function findNodeMessage (key) {
+  const len = []
+  for (let n = key.length; ; n >>>= 7) {
+    if (n < 0x80) { len.push(n); break }
+    len.push((n & 0x7f) | 0x80)
+  }
+  const out = new Uint8Array(3 + len.length + key.length)
+  out.set([0x08, 0x04, 0x12, ...len])
+  out.set(key, 3 + len.length)
+  return out
+}
+
+// The closer peers (field 8) in an encoded kad Message, by a walk over its
+// top-level fields; -1 if it does not parse.
+function countCloserPeers (buf) {
+  let pos = 0
+  let count = 0
+  const varint = () => {
+    let v = 0
+    for (let shift = 0; shift < 64; shift += 7) {
+      if (pos >= buf.length) return -1
+      const b = buf[pos++]
+      v += (b & 0x7f) * 2 ** shift
+      if ((b & 0x80) === 0) return v
+    }
+    return -1
+  }
+  while (pos < buf.length) {
+    const tag = varint()
+    if (tag < 0) return -1
+    switch (tag % 8) {
+      case 0: if (varint() < 0) return -1; break
+      case 1: pos += 8; break
+      case 2: {
+        const len = varint()
+        if (len < 0) return -1
+        pos += len
+        if (Math.floor(tag / 8) === 8) count++
+        break
+      }
+      case 5: pos += 4; break
+      default: return -1
+    }
+    if (pos > buf.length) return -1
+  }
+  return count
+}
+
+// What a kad_load measured (one object for all its workers: one thread).
+class LoadStats {
+  latencies = [] // milliseconds, one per answered request
+  errors = 0
+  firstError = undefined
+  closerPeers = undefined // in the first reply
+  firstStart = undefined // of the answered requests: the earliest start
+  lastReply = undefined
+
+  answered (t0, t1, reply) {
+    this.latencies.push(t1 - t0)
+    if (this.firstStart === undefined || t0 < this.firstStart) this.firstStart = t0
+    if (this.lastReply === undefined || t1 > this.lastReply) this.lastReply = t1
+    if (this.closerPeers === undefined) this.closerPeers = countCloserPeers(reply.subarray())
+  }
+
+  failed (err) {
+    this.errors++
+    if (this.firstError === undefined) this.firstError = errMessage(err)
+  }
+
+  result () {
+    const n = this.latencies.length
+    if (n === 0) {
+      throw new Error(`kad_load: no request answered (${this.errors} failed): ${this.firstError ?? 'no request was sent'}`)
+    }
+    const sorted = Float64Array.from(this.latencies).sort()
+    // nearest rank: the smallest value with at least p% of all at or below it
+    const rank = (p) => sorted[Math.min(Math.max(Math.ceil((p / 100) * n), 1), n) - 1]
+    let sum = 0
+    for (const l of sorted) sum += l
+    const out = {
+      requests: n,
+      elapsed: (this.lastReply - this.firstStart) / 1000,
+      p50_ms: rank(50),
+      p99_ms: rank(99),
+      mean_ms: sum / n,
+      errors: this.errors,
+      closer_peers: this.closerPeers
+    }
+    if (this.errors > 0) out.error = this.firstError
+    return out
+  }
+}
+
+// A signal that aborts after LOAD_REQUEST_TIMEOUT_MS or with `parent`; done()
+// clears its timer and listener.
+function requestSignal (parent) {
+  const controller = new AbortController()
+  const onAbort = () => controller.abort(parent.reason)
+  parent.addEventListener('abort', onAbort, { once: true })
+  const timer = setTimeout(() => {
+    controller.abort(new Error(`no reply within ${LOAD_REQUEST_TIMEOUT_MS / 1000} s`))
+  }, LOAD_REQUEST_TIMEOUT_MS)
+  return {
+    signal: controller.signal,
+    done () {
+      clearTimeout(timer)
+      parent.removeEventListener('abort', onAbort)
+    }
+  }
+}
+
 async function main () {
   let opts
   try {
@@ -221,6 +369,9 @@ async function main () {
         protocol: '/ipfs/kad/1.0.0',
         // --client: kad-dht does not serve the protocol (nor lists it in identify)
         clientMode: opts.client,
+        // in server mode its handler's limit is the one kad_load's streams
+        // meet (see LOAD_MAX_STREAMS)
+        maxOutboundStreams: LOAD_MAX_STREAMS,
         // keep loopback / private addresses (the default mapper drops them)
         peerInfoMapper: (peerInfo) => peerInfo,
         validators: {
@@ -579,6 +730,120 @@ async function main () {
         if (kb.get(kadId) == null) await node.peerStore.delete(peerId, { signal })
       }
       return { routing_table: dht.routingTable.size }
+    },
+
+    // `inflight` workers send FIND_NODE requests to the server at `addr` for
+    // `duration` seconds over one connection, each stream opened the way
+    // kad-dht's network opens its streams (libp2p.dialProtocol by PeerId:
+    // connectionManager.openStream on the existing connection, full
+    // multistream-select negotiation) and framed with kad-dht's own
+    // length-prefix helper (@libp2p/utils lpStream, which its pbStream wraps).
+    async kad_load (req, signal) {
+      const ma = lib.multiaddr(requireString(req, 'addr'))
+      const idText = ma.getComponents().findLast(c => c.code === P2P_CODE)?.value
+      if (idText == null) throw new Error('addr must end with /p2p/<peer id>')
+      const peerId = toPeerId(idText)
+      const mode = req.mode
+      if (mode !== 'new' && mode !== 'reused') {
+        throw new Error(`kad_load: mode must be "new" or "reused", not ${JSON.stringify(mode)}`)
+      }
+      const inflight = req.inflight == null ? 1 : Number(req.inflight)
+      if (!Number.isInteger(inflight) || inflight < 1 || inflight > LOAD_MAX_INFLIGHT) {
+        throw new Error(`kad_load: inflight must be 1..${LOAD_MAX_INFLIGHT}`)
+      }
+      const duration = Number(req.duration)
+      if (req.duration == null || !Number.isFinite(duration) || duration < 0) {
+        throw new Error('kad_load: duration (seconds) missing or invalid')
+      }
+      const seed = req.seed == null ? undefined : String(req.seed)
+      const bodies = []
+      for (let i = 0; i < LOAD_POOL_SIZE; i++) bodies.push(findNodeMessage(await loadKey(seed, i)))
+
+      // one connection, kept for later loads
+      let conn = node.getConnections(peerId).find(c => c.status === 'open')
+      if (conn == null) {
+        try {
+          conn = await node.dial(ma, { signal })
+        } catch (err) {
+          throw new Error(`kad_load: cannot reach the server: ${errMessage(err)}`)
+        }
+        // dialProtocol by PeerId redials from the peer store should it close
+        await node.peerStore.merge(peerId, { multiaddrs: [ma.decapsulateCode(P2P_CODE)] }, { signal })
+      }
+      try {
+        await waitIdentify(peerId, conn, signal)
+      } catch (err) {
+        log('kad_load: identify of the server failed:', errMessage(err))
+      }
+
+      // each worker's request listens to the command's signal
+      lib.setMaxListeners(Infinity, signal)
+      const stats = new LoadStats()
+      const end = performance.now() + duration * 1000
+      const streamOptions = (s) => ({ signal: s, maxOutboundStreams: LOAD_MAX_STREAMS })
+      let next = 0
+
+      // a new stream per request: open, write, read one framed reply, close
+      // (half-close, not awaited: what kad-dht's sendRequest does)
+      async function newWorker () {
+        while (!signal.aborted && performance.now() < end) {
+          const body = bodies[next++ % bodies.length]
+          const rs = requestSignal(signal)
+          let stream
+          try {
+            const t0 = performance.now()
+            stream = await node.dialProtocol(peerId, KAD_PROTOCOL, streamOptions(rs.signal))
+            const lp = lib.lpStream(stream)
+            await lp.write(body, { signal: rs.signal })
+            const reply = await lp.read({ signal: rs.signal })
+            stats.answered(t0, performance.now(), reply)
+            const s = stream
+            s.close().catch((err) => s.abort(err))
+          } catch (err) {
+            stats.failed(err)
+            stream?.abort(err)
+          } finally {
+            rs.done()
+          }
+        }
+      }
+
+      // one stream, every request on it in turn (a new one after a failure);
+      // half-closed at the end
+      async function reusedWorker () {
+        let stream
+        let lp
+        while (!signal.aborted && performance.now() < end) {
+          const body = bodies[next++ % bodies.length]
+          const rs = requestSignal(signal)
+          try {
+            if (stream == null) {
+              stream = await node.dialProtocol(peerId, KAD_PROTOCOL, streamOptions(rs.signal))
+              lp = lib.lpStream(stream)
+            }
+            const t0 = performance.now()
+            await lp.write(body, { signal: rs.signal })
+            const reply = await lp.read({ signal: rs.signal })
+            stats.answered(t0, performance.now(), reply)
+          } catch (err) {
+            stats.failed(err)
+            stream?.abort(err)
+            stream = undefined
+          } finally {
+            rs.done()
+          }
+        }
+        if (stream != null) {
+          const s = stream
+          s.close().catch((err) => s.abort(err))
+        }
+      }
+
+      const worker = mode === 'new' ? newWorker : reusedWorker
+      const workers = []
+      for (let i = 0; i < inflight; i++) workers.push(worker())
+      await Promise.all(workers)
+      return stats.result()
     },
 
     async routing_table () {
