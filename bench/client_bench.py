@@ -168,33 +168,40 @@ def median_cells(samples: list[dict]) -> dict:
 
 
 def run_client(harness, client_impl: str, opts) -> dict:
+    """Every case of one client implementation against every server: one
+    client process per server (rust's kad client must have that server
+    alone in its routing table), each server started once."""
     res: dict[str, Any] = {"servers": {}}
     servers: dict[str, Server] = {}
-    client = None
+    clients: dict[str, Any] = {}
     try:
         build = harness.build_for(client_impl).ensure()
-        client = harness.Peer(client_impl, build.argv + ["--client"], cwd=build.cwd, name=f"{client_impl}-client")
-        client.start(timeout=120)
         res["client"] = findnode_bench.impl_description(harness, client_impl)
         for impl in opts.servers:
             try:
                 servers[impl] = Server(harness, impl, opts)
+                client = harness.Peer(client_impl, [*build.argv, "--client"], cwd=build.cwd,
+                                      name=f"{client_impl}-client-{impl}")
+                clients[impl] = client
+                client.start(timeout=120)
                 res["servers"][impl] = {"description": servers[impl].description, **servers[impl].info,
                                         "samples": []}
             except Exception as exc:
                 res["servers"][impl] = {"error": short_error(exc)}
+                servers.pop(impl, None)
         for run in range(opts.runs):
             for case in opts.cases:
                 for impl, server in servers.items():
                     entry = res["servers"][impl]
                     try:
-                        s = measure(client, server, case, opts.duration, opts.warmup, seed=run)
+                        s = measure(clients[impl], server, case, opts.duration, opts.warmup, seed=run)
                     except Exception as exc:
                         s = {"case": case, "error": short_error(exc)}
                     entry["samples"].append(s)
                     log_progress(f"  {client_impl} client, run {run + 1}/{opts.runs}, {case} -> {impl}: "
                                  + (s.get("error") or f"{s['per_s']:.0f} req/s, server {s.get('server_cpu_us')} "
-                                    f"us/req, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, errors {s['errors']}"))
+                                    f"us/req, p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms, "
+                                    f"errors {s['errors']}"))
         for entry in res["servers"].values():
             if "samples" in entry:
                 entry["cases"] = {case: median_cells([s for s in entry["samples"] if s["case"] == case])
@@ -202,11 +209,11 @@ def run_client(harness, client_impl: str, opts) -> dict:
     except Exception as exc:
         res["error"] = short_error(exc)
     finally:
-        for server in servers.values():
-            server.stop()
-        if client is not None:
+        for client in clients.values():
             with contextlib.suppress(Exception):
                 client.stop(timeout=10)
+        for server in servers.values():
+            server.stop()
     return res
 
 

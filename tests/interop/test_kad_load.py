@@ -19,7 +19,7 @@ from .kadnodes import call, node_maddr
 
 pytestmark = pytest.mark.interop
 
-#: the peers of this branch that have kad_load
+#: the rust peer's kad_load has a file of its own (test_kad_load_rust.py)
 LOAD_IMPLS = ("go", "js")
 DURATION_S = 0.5
 
