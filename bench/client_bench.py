@@ -105,7 +105,7 @@ class Server:
 
     @property
     def addr(self) -> str:
-        return f"{self.peer.maddr}/p2p/{self.peer.peer_id}"
+        return self.peer.maddr  # with its /p2p/ suffix
 
     def stop(self) -> None:
         if self.peer is not None:

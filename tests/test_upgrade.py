@@ -421,6 +421,23 @@ def test_count_inbound_per_protocol():
     assert b.count_inbound(999, 0)  # gone: nothing to count
 
 
+def test_a_stream_we_closed_counts_no_more_against_its_protocol():
+    # go-libp2p-kad-dht closes its side only once it has read the answer:
+    # the server is done with the stream when it closes its own
+    a, b = upgraded()
+    s1, s2 = (a.open_stream([ECHO], 0.0) for _ in range(2))
+    pump(a, b)
+    assert b.count_inbound(s1, 1) and not b.count_inbound(s2, 1)
+    b.close_stream(s1)
+    pump(a, b)
+    assert b.inbound_streams_for(ECHO) == 0 and b.inbound_streams == 2  # still open on the peer's side
+    assert b.count_inbound(s1, 1)  # closed by us: not counted again
+    assert b.count_inbound(s2, 1) and b.inbound_streams_for(ECHO) == 1
+    a.close_stream(s1)
+    _, eb = pump(a, b)
+    assert StreamFreed(s1) in eb and b.inbound_streams == 1 and b.inbound_streams_for(ECHO) == 1
+
+
 def test_ping_and_pong():
     a, b = upgraded()
     opaque = a.ping(1.0)

@@ -527,6 +527,9 @@ class ConnectionCore:
 
     def _forget_inbound(self, sid: int) -> None:
         del self._inbound[sid]
+        self._uncount(sid)
+
+    def _uncount(self, sid: int) -> None:
         p = self._counted.pop(sid, None)
         if p is not None:
             n = self._by_protocol[p] - 1
@@ -539,8 +542,12 @@ class ConnectionCore:
         """Count a negotiated inbound stream against a limit on the streams
         of its protocol open at once. False, and nothing counted, when
         ``limit`` are counted already; True for a stream already gone (or
-        counted). A counted stream is uncounted when it leaves the session:
-        closed both ways, or reset."""
+        counted, or closed by us). A counted stream is uncounted when we
+        half-close it (the handler is done with it: a client that closes its
+        side only after reading the answer, as go-libp2p-kad-dht's does,
+        would otherwise hold its count for a round trip more) or when it is
+        reset. It still counts against ``max_inbound_streams`` until it
+        leaves the session."""
         p = self._inbound.get(stream_id)
         if not p or stream_id in self._counted:
             return True
@@ -669,6 +676,9 @@ class ConnectionCore:
         session = self.session
         if session is not None and self._state == _OPEN:
             session.close_stream(stream_id)
+        if stream_id in self._inbound:
+            self._uncount(stream_id)
+            self._inbound[stream_id] = ""  # done: count_inbound counts it no more
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset the stream (RST; buffered data dropped), negotiated or not."""
