@@ -62,7 +62,7 @@ async def filled_node(trap_port: int, n: int = 1000) -> KadNode:
     cfg = Config(periodic_bootstrap_interval=1e12, max_reads_per_peer_per_second=0)
     node = KadNode(config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
     now = node.clock()
-    for i in range(n):
+    for _ in range(n):
         pid = random_peer_id()
         node.add_address(pid, f"/ip4/127.0.0.1/tcp/{trap_port}")
         node.update_peer(pid, now, connected=True)
