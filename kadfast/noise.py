@@ -318,9 +318,35 @@ class NoiseStaticKey:
         return cls(identity)
 
 
-def _verify_payload(payload: bytes, remote_static: bytes) -> PublicKey:
+_EXTENSIONS_CACHE: dict[tuple[str, ...], bytes] = {}
+
+
+def _extensions(muxers: tuple[str, ...]) -> bytes:
+    """The encoded ``extensions`` field (4) of a NoiseHandshakePayload
+    offering ``muxers`` (NoiseExtensions.stream_muxers, field 2)."""
+    enc = _EXTENSIONS_CACHE.get(muxers)
+    if enc is None:
+        ext = b"".join(field_bytes(2, m.encode()) for m in muxers)
+        enc = field_bytes(4, ext)
+        if len(_EXTENSIONS_CACHE) < 16:  # a process uses one or two lists
+            _EXTENSIONS_CACHE[muxers] = enc
+    return enc
+
+
+def _stream_muxers(extensions: bytes) -> list[bytes] | None:
+    """NoiseExtensions.stream_muxers, as bytes (compared, never decoded);
+    None when there are none. (Its length is bounded by the handshake
+    message's, 65535 bytes; matching it is one pass.)"""
+    muxers = [value for number, wt, value in iter_fields(extensions) if number == 2 and wt == WT_LEN]
+    return muxers or None
+
+
+def _verify_payload(payload: bytes, remote_static: bytes) -> tuple[PublicKey, list[bytes] | None]:
+    """The remote's identity key, proven by its signature of ``remote_static``,
+    and the stream multiplexers its extensions offer (None: no list)."""
     key_bytes = None
     signature = None
+    muxers = None
     try:
         for number, wt, value in iter_fields(payload):
             if wt != WT_LEN:
@@ -329,7 +355,9 @@ def _verify_payload(payload: bytes, remote_static: bytes) -> PublicKey:
                 key_bytes = value
             elif number == 2:
                 signature = value
-            # 4 (extensions) and unknown fields are skipped
+            elif number == 4:
+                muxers = _stream_muxers(value)
+            # unknown fields are skipped
     except ProtobufError as exc:
         raise NoiseError(f"malformed handshake payload: {exc}") from None
     if not key_bytes or not signature:
@@ -340,7 +368,7 @@ def _verify_payload(payload: bytes, remote_static: bytes) -> PublicKey:
         raise NoiseError(f"handshake payload carries a bad identity key: {exc}") from None
     if not key.verify(STATIC_KEY_SIGNATURE_PREFIX + remote_static, signature):
         raise NoiseError("remote's signature of its Noise static key does not verify")
-    return key
+    return key, muxers
 
 
 _HS_RUNNING = 0
@@ -362,6 +390,14 @@ class NoiseHandshake:
     :class:`NoiseError`), with ``remote_peer_id`` set to the proven identity.
     ``static_key``: a :class:`NoiseStaticKey` of this identity to reuse; a
     fresh one is generated when omitted.
+
+    ``muxers``: the stream multiplexers to offer in the handshake (the
+    inlined muxer negotiation of libp2p's connections spec: the responder's
+    list in message 2, the initiator's in message 3, both in the payload's
+    NoiseExtensions). When both sides sent a list, ``muxer`` is the first of
+    the initiator's that both support once the handshake is complete, and
+    no common one fails the handshake; otherwise ``muxer`` stays None and the
+    multiplexer is negotiated with multistream-select after the handshake.
     """
 
     __slots__ = (
@@ -375,6 +411,8 @@ class NoiseHandshake:
         "remote_peer_id",
         "remote_public_key",
         "unused",
+        "_muxers",
+        "muxer",
     )
 
     def __init__(
@@ -384,11 +422,15 @@ class NoiseHandshake:
         initiator: bool,
         expected_peer: PeerId | None = None,
         static_key: NoiseStaticKey | None = None,
+        muxers: tuple[str, ...] = (),
     ) -> None:
         if static_key is None:
             static_key = NoiseStaticKey(keypair)
         self._hs = _XXHandshakeState(initiator=initiator, static=static_key.private)
-        self._payload = static_key.payload
+        self._payload = static_key.payload + _extensions(muxers) if muxers else static_key.payload
+        self._muxers = muxers
+        #: the stream multiplexer agreed in the handshake (None: negotiate it after)
+        self.muxer: str | None = None
         self._expected = expected_peer
         self._buf = bytearray()
         self._out: list[bytes] = []
@@ -481,13 +523,29 @@ class NoiseHandshake:
     def _authenticate(self, payload: bytes) -> None:
         rs = self._hs.rs
         assert rs is not None  # read with this message
-        key = _verify_payload(payload, rs)
+        key, offered = _verify_payload(payload, rs)
         peer = PeerId.from_public_key(key)
         # set even when it is not the expected peer: the remote did prove this identity
         self.remote_public_key = key
         self.remote_peer_id = peer
         if self._expected is not None and peer != self._expected:
             raise NoisePeerIdMismatch(self._expected, peer)
+        if offered is not None and self._muxers:
+            self.muxer = self._match_muxer(offered)
+
+    def _match_muxer(self, offered: list[bytes]) -> str:
+        """The first of the initiator's muxers that both sides support."""
+        ours = self._muxers
+        if self._hs.initiator:
+            for m in ours:
+                if m.encode() in offered:
+                    return m
+        else:
+            for raw in offered:
+                for m in ours:
+                    if raw == m.encode():
+                        return m
+        raise NoiseError("no stream multiplexer in common (inlined muxer negotiation)")
 
     def _finish(self) -> None:
         k1, k2 = self._hs.split()

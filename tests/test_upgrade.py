@@ -121,7 +121,8 @@ def test_the_byte_stream_split_anywhere(chunks):
 
 
 def test_the_initiator_writes_first_and_the_last_handshake_message_travels_with_the_yamux_proposal():
-    a, b = core(True), core(False)
+    # without the inlined muxer negotiation on one side (rust-libp2p, js-libp2p)
+    a, b = core(True), core(False, early_muxer=False)
     first = a.data_to_send()
     assert first == MultistreamDialer(["/noise"]).data_to_send()
     assert b.data_to_send() == b""  # the listener waits for the proposal
@@ -134,6 +135,61 @@ def test_the_initiator_writes_first_and_the_last_handshake_message_travels_with_
     assert b.remote_peer_id == KA.peer_id and b.is_open and not a.is_open  # the listener echoed
     a.receive_data(b.data_to_send(), 0.0)  # the /yamux echo
     assert a.is_open
+    assert not a.early_muxer and not b.early_muxer
+
+
+@pytest.mark.parametrize("initiator_offers", [True, False])
+def test_a_muxer_offered_by_one_side_only_is_negotiated_with_multistream_select(initiator_offers):
+    a, b = core(True, early_muxer=initiator_offers), core(False, early_muxer=not initiator_offers)
+    ea, eb = pump(a, b)
+    assert a.is_open and b.is_open and of(ea, Upgraded) and of(eb, Upgraded)
+    assert not a.early_muxer and not b.early_muxer
+
+
+def test_yamux_agreed_in_the_handshake_skips_its_negotiation():
+    a, b = core(True), core(False)
+    b.receive_data(a.data_to_send(), 0.0)  # /noise proposal
+    a.receive_data(b.data_to_send(), 0.0)  # the echo
+    b.receive_data(a.data_to_send(), 0.0)  # Noise message 1
+    ea = a.receive_data(b.data_to_send(), 0.0)  # Noise message 2: the responder's muxers
+    assert a.is_open and a.early_muxer and of(ea, Upgraded)  # the initiator at once
+    sid = a.open_stream([ECHO], 0.0)
+    a.send(sid, b"ping")
+    out = a.data_to_send()  # Noise message 3 and the first stream, one write
+    eb = b.receive_data(out, 0.0)
+    assert b.is_open and b.early_muxer and of(eb, Upgraded)
+    neg = of(eb, InboundStreamNegotiated)
+    assert [(n.stream_id, n.protocol) for n in neg] == [(sid, ECHO)]
+    assert neg[0].data + b"".join(e.data for e in of(eb, StreamData)) == b"ping"
+
+
+def _noise_pair(initiator_muxers, responder_muxers):
+    a = NoiseHandshake(KA, initiator=True, static_key=SA, muxers=initiator_muxers)
+    b = NoiseHandshake(KB, initiator=False, static_key=SB, muxers=responder_muxers)
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())
+    b.receive_data(a.data_to_send())
+    assert a.complete and b.complete
+    return a, b
+
+
+def test_the_initiators_preference_decides_the_muxer():
+    # the spec's example: the client prefers yamux, the server mplex
+    a, b = _noise_pair(("/yamux/1.0.0", "/mplex/6.7.0"), ("/mplex/6.7.0", "/yamux/1.0.0"))
+    assert a.muxer == b.muxer == "/yamux/1.0.0"
+    a, b = _noise_pair(("/other/1", "/yamux/1.0.0"), ("/yamux/1.0.0", "/other/1"))
+    assert a.muxer == b.muxer == "/other/1"
+    a, b = _noise_pair((), ("/yamux/1.0.0",))  # one list only: negotiated afterwards
+    assert a.muxer is None and b.muxer is None
+
+
+def test_no_muxer_in_common_fails_the_handshake():
+    # both offer a list, with nothing in common: the spec's MUST fail
+    a = NoiseHandshake(KA, initiator=True, static_key=SA, muxers=("/mplex/6.7.0",))
+    b = NoiseHandshake(KB, initiator=False, static_key=SB, muxers=("/yamux/1.0.0",))
+    b.receive_data(a.data_to_send())
+    with pytest.raises(NoiseError, match="multiplexer in common"):
+        a.receive_data(b.data_to_send())
 
 
 def test_handshake_timeout():

@@ -238,6 +238,7 @@ class Connection(asyncio.Protocol):
             max_streams=cfg.max_streams_per_connection,
             max_pings_per_second=cfg.max_yamux_pings_per_second,
             max_inbound_streams=cfg.max_inbound_streams,
+            early_muxer=cfg.early_muxer_negotiation,
         )
         self._state = _UPGRADING
         self._flush()  # the dialer's proposal

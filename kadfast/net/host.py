@@ -123,6 +123,11 @@ class HostConfig:
     max_inbound_streams: int = 256
     #: Yamux streams per session, both directions
     max_streams_per_connection: int = 512
+    #: offer Yamux inside the Noise handshake (libp2p's inlined muxer
+    #: negotiation): with a peer that offers it too (go-libp2p) a connection
+    #: skips the multistream-select round trip for ``/yamux/1.0.0``; with
+    #: any other peer nothing changes
+    early_muxer_negotiation: bool = True
     #: Yamux pings of the peer answered per second (burst 20); the rest go
     #: unanswered. 0: every ping is answered
     max_yamux_pings_per_second: float = 10.0

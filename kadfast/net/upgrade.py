@@ -81,6 +81,7 @@ __all__ = [
 
 NOISE_PROTOCOL = "/noise"
 YAMUX_PROTOCOL = "/yamux/1.0.0"
+_EARLY_MUXERS = (YAMUX_PROTOCOL,)
 
 
 # --- events -----------------------------------------------------------------
@@ -186,7 +187,10 @@ class ConnectionCore:
     seconds a stream may take to agree on a protocol; ``supports_protocol``:
     whether an inbound stream may have a protocol; ``max_streams`` and
     ``max_pings_per_second``: the Yamux session's limits;
-    ``max_inbound_streams``: inbound streams open at once.
+    ``max_inbound_streams``: inbound streams open at once;
+    ``early_muxer``: offer Yamux in the Noise handshake (the inlined muxer
+    negotiation), which saves the multistream-select round trip for
+    ``/yamux/1.0.0`` with peers that offer it too (go-libp2p does).
 
     The dialer's first bytes are ready in :meth:`data_to_send` at once.
     """
@@ -219,6 +223,8 @@ class ConnectionCore:
         "remote_peer_id",
         "remote_public_key",
         "stream_activity",
+        "_early_muxer",
+        "early_muxer",
     )
 
     def __init__(
@@ -235,8 +241,12 @@ class ConnectionCore:
         max_streams: int = 512,
         max_pings_per_second: float = 10.0,
         max_inbound_streams: int = 256,
+        early_muxer: bool = True,
     ) -> None:
         self.initiator = initiator
+        self._early_muxer = early_muxer
+        #: whether Yamux was agreed in the Noise handshake (no multistream-select for it)
+        self.early_muxer = False
         self._keypair = keypair
         self._static_key = static_key
         self._expected = expected_peer
@@ -359,6 +369,7 @@ class ConnectionCore:
                     initiator=self.initiator,
                     expected_peer=self._expected,
                     static_key=self._static_key,
+                    muxers=_EARLY_MUXERS if self._early_muxer else (),
                 )
                 self._raw.append(noise.data_to_send())
             elif state == _NOISE:
@@ -374,6 +385,10 @@ class ConnectionCore:
                 data = hs.unused
                 self._noise = None
                 self._state = _MUX
+                if hs.muxer is not None:  # agreed in the handshake: Yamux at once
+                    self.early_muxer = True
+                    plain = self._crypto.decrypt(data) if data else b""
+                    return self._open(plain, now)
                 if self.initiator:
                     self._ms = MultistreamDialer([YAMUX_PROTOCOL])
                     self._plain.append(self._ms.data_to_send())
@@ -391,25 +406,29 @@ class ConnectionCore:
                     break
                 if ms.selected != YAMUX_PROTOCOL:
                     raise MultistreamError("peer does not speak /yamux/1.0.0", remote=True)
-                rest = ms.unused
                 self._ms = None
-                session = self.session = YamuxSession(
-                    self.initiator, max_streams=self._max_streams, max_pings_per_second=self._max_pings
-                )
-                self._state = _OPEN
-                self._handshake_deadline = None
-                assert self.remote_peer_id is not None and self.remote_public_key is not None
-                events = self.events()
-                events.append(Upgraded(self.remote_peer_id, self.remote_public_key))
-                if rest:
-                    try:
-                        self._translate(session.receive_data(rest, now), now, events)
-                    except KadfastError as exc:
-                        events += self._failed(exc, now)
-                return events
+                return self._open(ms.unused, now)
             else:  # pragma: no cover - the callers handle the other states
                 break
         return self.events()
+
+    def _open(self, rest: bytes, now: float) -> list[ConnectionEvent]:
+        """Yamux agreed: the session starts, ``rest`` (plaintext that came
+        behind the agreement) is its first input."""
+        session = self.session = YamuxSession(
+            self.initiator, max_streams=self._max_streams, max_pings_per_second=self._max_pings
+        )
+        self._state = _OPEN
+        self._handshake_deadline = None
+        assert self.remote_peer_id is not None and self.remote_public_key is not None
+        events = self.events()
+        events.append(Upgraded(self.remote_peer_id, self.remote_public_key))
+        if rest:
+            try:
+                self._translate(session.receive_data(rest, now), now, events)
+            except KadfastError as exc:
+                events += self._failed(exc, now)
+        return events
 
     def _translate(self, events: list[YamuxEvent], now: float, out: list[ConnectionEvent]) -> None:
         """Append the session's ``events`` to ``out`` as the connection's:

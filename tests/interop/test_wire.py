@@ -1,5 +1,7 @@
 """kadfast's wire stack against real peers: TCP, multistream-select, Noise,
-Yamux, identify, ping and many concurrent streams, in both directions.
+Yamux (agreed inside the Noise handshake with a peer that offers it there,
+with multistream-select otherwise), identify, ping and many concurrent
+streams, in both directions.
 
 For each implementation (rust, go, js, py) a kadfast host and one peer of that
 implementation connect (kadfast dials it, or it dials kadfast). Each side
@@ -33,6 +35,11 @@ AGENTS = {
     "js": "js-libp2p",
     "py": "",  # py-libp2p's agent string varies by version; only non-empty is checked
 }
+
+
+#: which peers offer Yamux inside the Noise handshake (the inlined muxer
+#: negotiation): with them the connection skips multistream-select for it
+EARLY_MUXER = {"rust": False, "go": True, "js": True, "py": False}
 
 
 def pytest_generate_tests(metafunc):
@@ -80,6 +87,7 @@ def test_wire_stack(spawn_peer, impl, direction):
                 assert res["peer_id"] == str(host.peer_id)
                 conn = await wait_connected(host, remote_id)
             assert conn.remote_peer_id == remote_id
+            assert conn.core is not None and conn.core.early_muxer == EARLY_MUXER[impl], impl
 
             # -- identify, as kadfast saw the peer
             info = await host.identify(remote_id, timeout=20)
