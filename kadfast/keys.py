@@ -89,7 +89,8 @@ class PublicKey:
         """The key of a libp2p key protobuf. A key decoded lately is handed
         out again (a connection's key comes in its Noise payload and again
         in identify): keys are immutable, and the memo is bounded."""
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)  # a memoryview or bytearray: a hashable copy
         key = _DECODED.get(data)
         if key is None:
             key_type, key_data = _decode_key_proto(data)

@@ -196,3 +196,17 @@ def test_ordering():
     ids = sorted(Ed25519KeyPair.generate().peer_id for _ in range(10))
     assert [i.to_bytes() for i in ids] == sorted(i.to_bytes() for i in ids)
     assert PeerId(ids[0].to_bytes()) == ids[0] and ids[0] != ids[1]
+
+
+def test_a_decoded_key_is_handed_out_again_from_any_buffer():
+    pub = Ed25519KeyPair.generate().public
+    raw = pub.encode()
+    first = PublicKey.decode(raw)
+    assert first == pub
+    # the same encoding from a memoryview or a bytearray is the same object
+    assert PublicKey.decode(memoryview(raw)) is first
+    buf = bytearray(raw)
+    again = PublicKey.decode(buf)
+    assert again is first
+    buf[-1] ^= 1  # the memo keeps its own copy: changing the buffer changes nothing
+    assert PublicKey.decode(raw) is first and first.data == pub.data

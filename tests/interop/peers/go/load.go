@@ -30,7 +30,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-msgio"
-	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -194,19 +193,9 @@ func (st *loadStats) result() (any, error) {
 // cmdKadLoad: `inflight` workers send FIND_NODE requests to the server at
 // `addr` for `duration` seconds, on streams of one connection to it.
 func (n *node) cmdKadLoad(ctx context.Context, req *request) (any, error) {
-	if req.Addr == "" {
-		return nil, errors.New("missing argument: addr")
-	}
-	maddr, err := ma.NewMultiaddr(req.Addr)
+	ai, err := n.parseP2pAddr(req.Addr, "load")
 	if err != nil {
-		return nil, fmt.Errorf("bad multiaddr: %w", err)
-	}
-	ai, err := peer.AddrInfoFromP2pAddr(maddr)
-	if err != nil {
-		return nil, fmt.Errorf("addr must end in /p2p/<id>: %w", err)
-	}
-	if ai.ID == n.h.ID() {
-		return nil, errors.New("cannot load self")
+		return nil, err
 	}
 	reused := false
 	switch req.Mode {

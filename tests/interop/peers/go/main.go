@@ -536,11 +536,14 @@ func (n *node) collectIdentify(sub event.Subscription) {
 
 // ---------------------------------------------------------------- commands
 
-func (n *node) cmdDial(ctx context.Context, req *request) (any, error) {
-	if req.Addr == "" {
+// parseP2pAddr: the peer of a command's `addr` argument, which must be a
+// multiaddr ending in /p2p/<id> of a peer other than this one; verb names
+// the command in the error ("cannot dial self").
+func (n *node) parseP2pAddr(addr, verb string) (*peer.AddrInfo, error) {
+	if addr == "" {
 		return nil, errors.New("missing argument: addr")
 	}
-	maddr, err := ma.NewMultiaddr(req.Addr)
+	maddr, err := ma.NewMultiaddr(addr)
 	if err != nil {
 		return nil, fmt.Errorf("bad multiaddr: %w", err)
 	}
@@ -549,7 +552,15 @@ func (n *node) cmdDial(ctx context.Context, req *request) (any, error) {
 		return nil, fmt.Errorf("addr must end in /p2p/<id>: %w", err)
 	}
 	if ai.ID == n.h.ID() {
-		return nil, errors.New("cannot dial self")
+		return nil, fmt.Errorf("cannot %s self", verb)
+	}
+	return ai, nil
+}
+
+func (n *node) cmdDial(ctx context.Context, req *request) (any, error) {
+	ai, err := n.parseP2pAddr(req.Addr, "dial")
+	if err != nil {
+		return nil, err
 	}
 	n.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.PermanentAddrTTL)
 	if err := n.h.Connect(ctx, *ai); err != nil {
