@@ -199,7 +199,7 @@ def test_ordering():
 
 
 def test_a_decoded_key_is_handed_out_again_from_any_buffer():
-    pub = Ed25519KeyPair.generate().public
+    pub = Ed25519KeyPair.generate().public_key
     raw = pub.encode()
     first = PublicKey.decode(raw)
     assert first == pub

@@ -772,3 +772,58 @@ def test_a_closed_connection_is_freed_at_once(run):
             await a.close()
             await b.close()
     run(main)
+
+
+def test_identify_streams_leave_with_the_handshake_output(run, monkeypatch):
+    """Each side opens its identify stream while it handles the read that
+    completed the handshake, so the proposal leaves with that read's output
+    (for the listener: with its answer to the dialer's identify), and
+    half-closes it as soon as it is agreed, in the read that agreed it: from
+    the dialer's first flight to both identifies done, every write either
+    side makes is the output of a read (no write of its own per stream),
+    and nothing of either identify stays open."""
+    from kadfast.net.connection import Connection
+    from kadfast.net.upgrade import ConnectionCore
+
+    reading: list[Connection] = []
+    writes: list[tuple[int, bool]] = []  # (the core, whether inside a read)
+    data_received = Connection.data_received
+    data_to_send = ConnectionCore.data_to_send
+
+    def in_read(self, data):
+        reading.append(self)
+        try:
+            return data_received(self, data)
+        finally:
+            reading.pop()
+
+    def recorded(self):
+        out = data_to_send(self)
+        if out:
+            writes.append((id(self), bool(reading)))
+        return out
+
+    monkeypatch.setattr(Connection, "data_received", in_read)
+    monkeypatch.setattr(ConnectionCore, "data_to_send", recorded)
+
+    async def main():
+        a, b = await pair()
+        qa, qb = a.subscribe(), b.subscribe()
+        try:
+            conn = await a.dial(maddr(b))
+            await wait_for_event(qa, PeerIdentified)
+            await wait_for_event(qb, PeerIdentified)
+            conn_b = b.connection(a.peer_id)
+            assert conn_b is not None and conn.core is not None and conn_b.core is not None
+            mine = [w for w in writes if w[0] in (id(conn.core), id(conn_b.core))]
+            # the dialer's first flight (the /noise proposal and Noise
+            # message 1) is written when it connects; all else answers a read
+            assert mine[0] == (id(conn.core), False) and all(r for _, r in mine[1:]), mine
+            # a Yamux ping each way: every FIN sent before it has arrived
+            await conn.ping(5)
+            await conn_b.ping(5)
+            assert not conn.streams and not conn_b.streams  # both identify streams freed
+        finally:
+            await a.close()
+            await b.close()
+    run(main)

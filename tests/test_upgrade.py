@@ -556,3 +556,54 @@ def test_operations_before_the_upgrade():
     a.close_stream(1)
     a.consumed(1, 1)
     assert a.buffered(1) == 0 and a.pending_output == 0
+
+
+def test_a_stream_closed_when_negotiated_sends_its_fin_with_the_read_that_agreed_it():
+    a, b = upgraded()
+    sid = a.open_stream([ECHO], 0.0, close_when_negotiated=True)
+    eb = b.receive_data(a.data_to_send(), 0.0)
+    assert eb == [InboundStreamNegotiated(sid, ECHO, b"")]  # no FIN yet: nothing agreed
+    b.send(sid, b"who I am")
+    b.close_stream(sid)  # the echo, the answer and b's FIN in one write
+    ea = a.receive_data(b.data_to_send(), 0.0)
+    # the stream is freed by our FIN after the read's own events
+    assert ea == [OutboundStreamNegotiated(sid, ECHO, b""), StreamData(sid, b"who I am"), StreamEnded(sid),
+                  StreamFreed(sid)]
+    assert a.session.stream_ids() == []
+    eb = b.receive_data(a.data_to_send(), 0.0)  # a's FIN left with that read's output
+    assert eb == [StreamEnded(sid), StreamFreed(sid)] and b.inbound_streams == 0
+
+
+def test_a_stream_closed_when_negotiated_stays_open_to_read():
+    a, b = upgraded()
+    sid = a.open_stream([ECHO], 0.0, close_when_negotiated=True)
+    b.receive_data(a.data_to_send(), 0.0)
+    ea = a.receive_data(b.data_to_send(), 0.0)  # only the echo
+    assert ea == [OutboundStreamNegotiated(sid, ECHO, b"")]
+    eb = b.receive_data(a.data_to_send(), 0.0)
+    assert eb == [StreamEnded(sid)]  # a half-closed: b may still answer
+    b.send(sid, b"late answer")
+    b.close_stream(sid)
+    ea, eb = pump(a, b)
+    assert ea == [StreamData(sid, b"late answer"), StreamEnded(sid), StreamFreed(sid)] and of(eb, StreamFreed)
+
+
+@pytest.mark.parametrize("how", ["refused", "reset", "timeout"])
+def test_a_stream_to_close_when_negotiated_that_fails_leaves_nothing_behind(how):
+    if how == "reset":
+        a, crypto, peer = _dialer_and_hand_peer()
+        sid = a.open_stream([ECHO], 0.0, close_when_negotiated=True)
+        peer.receive_data(crypto.decrypt(a.data_to_send()))
+        peer.reset_stream(sid)  # before any answer
+        ea = a.receive_data(crypto.encrypt(peer.data_to_send()), 0.0)
+    else:
+        a, b = upgraded()
+        protocols = ["/nope/1"] if how == "refused" else [ECHO]
+        sid = a.open_stream(protocols, 0.0, close_when_negotiated=True)
+        if how == "timeout":
+            ea = a.handle_timer(10.0)
+        else:
+            b.receive_data(a.data_to_send(), 0.0)
+            ea = a.receive_data(b.data_to_send(), 0.0)
+    assert [type(e) for e in ea] == [OutboundStreamFailed] and ea[0].stream_id == sid
+    assert not a._close_on_select and a.is_open

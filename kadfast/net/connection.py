@@ -465,17 +465,9 @@ class Connection(asyncio.Protocol):
 
     # -- streams, from the host and from Stream ----------------------------
     async def open_stream(self, protocols: list[str]) -> Stream:
-        core = self.core
-        if self._state != _OPEN or core is None:
-            raise StreamReset("connection is not open")
-        sid = core.open_stream(protocols, self._clock())
-        s = Stream(self, sid, inbound=False)
-        fut: asyncio.Future[Stream] = self.loop.create_future()
-        s.negotiated = fut
-        self.streams[sid] = s
-        self._schedule_flush()
-        if self._timer is None:
-            self._arm_timer()
+        s = self.start_stream(protocols)
+        fut = s.negotiated
+        assert fut is not None
         try:
             return await fut
         except (StreamReset, ProtocolNotSupported):
@@ -483,6 +475,24 @@ class Connection(asyncio.Protocol):
         except BaseException:
             s.reset()
             raise
+
+    def start_stream(self, protocols: list[str], *, close_when_negotiated: bool = False) -> Stream:
+        """Open a stream and propose ``protocols`` on it, without waiting:
+        its ``negotiated`` future gives the outcome (as :meth:`open_stream`
+        does). Called while a read is handled, the proposal leaves with that
+        read's output. ``close_when_negotiated`` half-closes it once a
+        protocol is agreed (a stream only read from)."""
+        core = self.core
+        if self._state != _OPEN or core is None:
+            raise StreamReset("connection is not open")
+        sid = core.open_stream(protocols, self._clock(), close_when_negotiated=close_when_negotiated)
+        s = Stream(self, sid, inbound=False)
+        s.negotiated = self.loop.create_future()
+        self.streams[sid] = s
+        self._schedule_flush()
+        if self._timer is None:
+            self._arm_timer()
+        return s
 
     def stream_consumed(self, stream_id: int, n: int) -> None:
         session = self._session

@@ -665,7 +665,9 @@ class Host:
         if conn.initiator and conn.remote_addr is not None:
             self.addrbook.mark_connected(peer, conn.remote_addr, self.clock())
         self._emit(ConnectionEstablished(peer, conn.remote_addr, not conn.initiator))
-        self._spawn(self.identify_service.identify_connection(conn))
+        job = self.identify_service.identify_connection(conn)
+        if job is not None:
+            self._spawn(job)
         high, _ = self.watermarks()
         if high and self._open_count > high:
             self._trim_soon()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from ..addrbook import AddressBook, addrs_for_remote, plausible_addrs
 from ..errors import KadfastError, ProtocolError
@@ -175,26 +175,45 @@ class IdentifyService:
             fut = self._identified[peer] = asyncio.get_running_loop().create_future()
         return fut
 
-    async def identify_connection(self, conn: Connection) -> None:
-        """Ask the peer of a new connection who it is (within the identify
-        timeout); a failure is logged and fails the peer's waiters."""
+    def identify_connection(self, conn: Connection) -> Coroutine[Any, Any, None] | None:
+        """Ask the peer of a new connection who it is: the identify stream is
+        opened now (called while a read is handled, its proposal leaves with
+        that read's output) and half-closed once agreed; the returned
+        coroutine reads the answer within the identify timeout. A failure is
+        logged and fails the peer's waiters (None: it failed at once)."""
         peer = conn.remote_peer_id
         assert peer is not None  # an open connection's peer is known
         fut = self._future(peer)
         try:
-            stream = await conn.open_stream([IDENTIFY_PROTOCOL])
-            stream.close()
+            stream = conn.start_stream([IDENTIFY_PROTOCOL], close_when_negotiated=True)
+        except (KadfastError, ConnectionError) as exc:
+            self._identify_failed(peer, fut, exc)
+            return None
+        return self._read_identify(conn, stream, fut)
+
+    async def _read_identify(self, conn: Connection, stream: Stream, fut: asyncio.Future[IdentifyInfo]) -> None:
+        peer = conn.remote_peer_id
+        assert peer is not None and stream.negotiated is not None
+        try:
             async with asyncio.timeout(self.config.identify_timeout):  # no extra task, unlike wait_for
+                await stream.negotiated
                 info = await read_identify(stream)
             if info.public_key is None:
                 raise ProtocolError("identify message without a public key")
         except (KadfastError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-            log.info("identify of %s failed: %s", peer, exc)
-            if not fut.done():
-                fut.set_exception(ConnectionError(f"identify failed: {exc}"))
-                fut.exception()
+            self._identify_failed(peer, fut, exc)
             return
+        except BaseException:
+            stream.reset()  # cancelled (the host stopping): the stream goes too
+            raise
         self._learn(conn, info)
+
+    @staticmethod
+    def _identify_failed(peer: PeerId, fut: asyncio.Future[IdentifyInfo], exc: BaseException) -> None:
+        log.info("identify of %s failed: %s", peer, exc)
+        if not fut.done():
+            fut.set_exception(ConnectionError(f"identify failed: {exc}"))
+            fut.exception()
 
     def _learn(self, conn: Connection, info: IdentifyInfo) -> None:
         if not conn.is_open:

@@ -214,6 +214,8 @@ class ConnectionCore:
         "_plain",
         "_handshake_deadline",
         "negotiations",
+        "_close_on_select",
+        "_closed_on_select",
         "_deadlines",
         "_local_parity",
         "_inbound",
@@ -267,6 +269,9 @@ class ConnectionCore:
         #: modified): each has a deadline, so the timer is due iff it is not
         #: empty once the connection is open
         self.negotiations: dict[int, _Negotiator] = {}
+        # outbound streams to half-close as soon as their protocol is agreed
+        self._close_on_select: set[int] = set()
+        self._closed_on_select = False  # one was, in the read being handled
         # when each negotiation must be done
         self._deadlines: list[tuple[float, int]] = []
         # the parity of the stream ids we open (the dialer's are odd)
@@ -341,6 +346,13 @@ class ConnectionCore:
             else:
                 out = []
             self._translate(events, now, out)
+            if self._closed_on_select:
+                # a stream the remote had closed too is freed by our FIN:
+                # after the read's events (its StreamEnded comes first)
+                self._closed_on_select = False
+                local = session.events()
+                if local:
+                    self._translate(local, now, out)
             return out
         if self._state == _CLOSED:
             return self.events()
@@ -453,6 +465,7 @@ class ConnectionCore:
                     self._forget_inbound(sid)
                 if neg.pop(sid, None) is not None:
                     if (sid & 1) == self._local_parity:
+                        self._close_on_select.discard(sid)
                         out.append(OutboundStreamFailed(sid, "reset by peer"))
                     continue
             elif t is StreamEnded:
@@ -470,6 +483,7 @@ class ConnectionCore:
 
     def _session_closed(self) -> None:
         self.negotiations.clear()
+        self._close_on_select.clear()
         self._deadlines.clear()
         self._inbound.clear()
         self._counted.clear()
@@ -503,6 +517,7 @@ class ConnectionCore:
                 session.send(sid, reply)
             log.debug("stream %d negotiation failed: %s", sid, exc)
             del self.negotiations[sid]
+            self._close_on_select.discard(sid)
             session.reset_stream(sid)
             if sid in self._inbound:
                 self._forget_inbound(sid)
@@ -524,6 +539,11 @@ class ConnectionCore:
         # one event per stream: made without the dataclass __init__ (a call)
         if (sid & 1) == self._local_parity:
             ev: OutboundStreamNegotiated | InboundStreamNegotiated = _new(OutboundStreamNegotiated)
+            if sid in self._close_on_select:
+                # its FIN goes with whatever this read answers
+                self._close_on_select.discard(sid)
+                session.close_stream(sid)
+                self._closed_on_select = True
         else:
             if sid in self._inbound:
                 self._inbound[sid] = protocol
@@ -536,6 +556,7 @@ class ConnectionCore:
     def _end_negotiation(self, sid: int, reason: str, out: list[ConnectionEvent]) -> None:
         """A stream that can no longer agree on a protocol: reset it."""
         del self.negotiations[sid]
+        self._close_on_select.discard(sid)
         session = self.session
         if session is not None:
             session.reset_stream(sid)
@@ -652,16 +673,21 @@ class ConnectionCore:
             raise StreamReset("connection is not open")
         return session
 
-    def open_stream(self, protocols: list[str], now: float) -> int:
+    def open_stream(self, protocols: list[str], now: float, *, close_when_negotiated: bool = False) -> int:
         """Open a stream and propose ``protocols`` (in order of preference) on
         it; its outcome is an :class:`OutboundStreamNegotiated` or
-        :class:`OutboundStreamFailed` event. Raises :class:`StreamReset` when
-        the connection is not open, :class:`YamuxError` when no stream can be
-        opened now (the session's limits, GoAway)."""
+        :class:`OutboundStreamFailed` event. ``close_when_negotiated``
+        half-closes it the moment a protocol is agreed (a stream we only
+        read, as identify's: the FIN leaves with the output of the read that
+        agreed it). Raises :class:`StreamReset` when the connection is not
+        open, :class:`YamuxError` when no stream can be opened now (the
+        session's limits, GoAway)."""
         session = self._open_session()
         ms = MultistreamDialer(list(protocols))
         sid = session.open_stream()
         self.negotiations[sid] = ms
+        if close_when_negotiated:
+            self._close_on_select.add(sid)
         heapq.heappush(self._deadlines, (now + self._negotiation_timeout, sid))
         session.send(sid, ms.data_to_send())
         return sid
@@ -701,7 +727,8 @@ class ConnectionCore:
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset the stream (RST; buffered data dropped), negotiated or not."""
-        self.negotiations.pop(stream_id, None)
+        if self.negotiations.pop(stream_id, None) is not None:
+            self._close_on_select.discard(stream_id)
         if stream_id in self._inbound:
             self._forget_inbound(stream_id)
         session = self.session
