@@ -606,4 +606,4 @@ def test_a_stream_to_close_when_negotiated_that_fails_leaves_nothing_behind(how)
             b.receive_data(a.data_to_send(), 0.0)
             ea = a.receive_data(b.data_to_send(), 0.0)
     assert [type(e) for e in ea] == [OutboundStreamFailed] and ea[0].stream_id == sid
-    assert not a._close_on_select and a.is_open
+    assert a.session.stream_ids() == [] and a.is_open
