@@ -340,30 +340,39 @@ class AddressBook:
     # -- our own observed addresses --------------------------------------
 
     def set_observed(self, addr: Multiaddr, reporter: PeerId, now: float) -> None:
-        """``reporter`` sees us at ``addr`` (identify's observedAddr)."""
+        """``reporter`` sees us at ``addr`` (identify's observedAddr).
+
+        Each address's reporters are kept in the order of their latest
+        report (``now`` does not go back), so the stalest one is the first
+        and the latest report the last: every accepted connection reports,
+        and none of this walks the reporters."""
         addr = addr.without_peer_id()
         if not len(addr):
             return
-        reporters = self._observed.get(addr)
+        observed = self._observed
+        reporters = observed.get(addr)
         if reporters is None:
-            if len(self._observed) >= self.max_observed:
+            if len(observed) >= self.max_observed:
                 self._sweep_observed(now)
-            if len(self._observed) >= self.max_observed:
+            if len(observed) >= self.max_observed:
                 # Evict the least confirmed address, the stalest among equals.
-                victim = min(
-                    self._observed, key=lambda a: (len(self._observed[a]), max(self._observed[a].values()))
-                )
-                del self._observed[victim]
-            reporters = self._observed[addr] = {}
-        if reporter not in reporters and len(reporters) >= MAX_REPORTERS:
-            del reporters[min(reporters, key=reporters.__getitem__)]
+                victim = min(observed, key=lambda a: (len(observed[a]), _latest(observed[a])))
+                del observed[victim]
+            reporters = observed[addr] = {}
+        if reporters.pop(reporter, None) is None and len(reporters) >= MAX_REPORTERS:
+            del reporters[next(iter(reporters))]  # the stalest reporter
         reporters[reporter] = now
 
     def _sweep_observed(self, now: float) -> None:
         cutoff = now - self.observed_ttl
         for addr in list(self._observed):
             reporters = self._observed[addr]
-            for peer in [p for p, t in reporters.items() if t <= cutoff]:
+            stale = []
+            for peer, t in reporters.items():  # stalest first
+                if t > cutoff:
+                    break
+                stale.append(peer)
+            for peer in stale:
                 del reporters[peer]
             if not reporters:
                 del self._observed[addr]
@@ -377,9 +386,15 @@ class AddressBook:
         for addr, reporters in self._observed.items():
             n = len(reporters) if cutoff is None else sum(1 for t in reporters.values() if t > cutoff)
             if n >= self.min_observers:
-                counted.append((n, max(reporters.values()), addr))
+                counted.append((n, _latest(reporters), addr))
         counted.sort(key=lambda item: (item[0], item[1]), reverse=True)
         return [addr for _, _, addr in counted]
+
+
+def _latest(reporters: dict[PeerId, float]) -> float:
+    """The time of the latest report (the last: reporters are kept in
+    report order)."""
+    return next(reversed(reporters.values()))
 
 
 # -- address scope ---------------------------------------------------------

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from kadfast import Ed25519KeyPair, Multiaddr
 from kadfast.addrbook import (
+    MAX_REPORTERS,
     AddressBook,
     addrs_for_remote,
     dialable_tcp,
@@ -186,6 +187,28 @@ def test_observed_addresses():
     assert len(book.observed_held()) == 3 and other in book.observed_held()
     book.sweep(1000.0)
     assert book.observed() == []
+
+
+def test_observed_reporters_are_bounded_and_the_stalest_report_goes():
+    # each address keeps at most MAX_REPORTERS reporters; a new one evicts the
+    # one whose latest report is the oldest (a reporter that reported again
+    # is fresh, whenever it first reported)
+    n = MAX_REPORTERS
+    many = [Ed25519KeyPair.from_seed(bytes([7, i]) * 16).peer_id for i in range(n + 1)]
+    book = AddressBook(min_observers=n, observed_ttl=100.0)
+    ours = M("/ip4/8.8.4.4/tcp/4001")
+    for i in range(n):
+        book.set_observed(ours, many[i], now=float(i))
+    book.set_observed(ours, many[0], now=float(n))  # the first reporter again
+    book.set_observed(ours, many[n], now=float(n + 1))  # one too many: many[1] (t=1) goes
+    assert book.observed() == [ours]  # still n reporters
+    # 100 s after t=1.5 every kept report is younger than the TTL: many[0]
+    # kept its new report, and many[1]'s old one is gone
+    assert book.observed(now=101.5) == [ours]
+    assert book.observed(now=102.5) == []  # now many[2]'s has expired: n - 1 left
+    book.sweep(163.5)  # the sweep drops the expired ones, stalest first
+    book.set_observed(ours, many[1], now=163.5)
+    assert book.observed() == []  # many[0] (t=64), many[n] (t=65), many[1]: three
 
 
 def test_observed_default_needs_one_reporter():
