@@ -21,6 +21,7 @@ installed): the kadfast modules it imports are what atheris instruments.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import tempfile
 import zlib
@@ -29,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from kadfast import _routing, _routing_py, _xor, _xor_py, ipns
+from kadfast import _routing, _routing_py, _xor, _xor_py, ipns, tls
 from kadfast import yamux as ym
 from kadfast._noise import NoiseTransport as CompiledTransport
 from kadfast.errors import (
@@ -44,6 +45,7 @@ from kadfast.errors import (
     PeerIdError,
     ProtocolError,
     RoutingError,
+    TlsCertificateError,
     YamuxError,
 )
 from kadfast.identify import IdentifyReader, decode_identify, encode_identify
@@ -856,4 +858,22 @@ def ipns_record(data: bytes) -> str:
 
 
 _IPNS_SEED_RECORD = _ipns_seeds()[0]
+
+
+_TLS_NOW = datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc)
+
+
+def _tls_seeds() -> list[bytes]:
+    return [tls.make_certificate(KP_A, _TLS_NOW).der]
+
+
+@target("tls_certificate", (TlsCertificateError,), _tls_seeds)
+def tls_certificate(data: bytes) -> str:
+    """``verify_certificate_chain`` of the input as a peer's one libp2p TLS
+    certificate on a fixed clock (X.509, validity, self-signature, the
+    libp2p extension's SignedKey and host-key signature)."""
+    res = outcome(lambda: tls.verify_certificate_chain([data], _TLS_NOW), TlsCertificateError)
+    if res[0] == "ok":
+        same("verified twice", tls.verify_certificate_chain([data], _TLS_NOW), res[1])
+    return label(res)
 

@@ -30,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "MultistreamError",
     "NoiseError",
+    "TlsCertificateError",
     "YamuxError",
     "IdentifyError",
     "DialError",
@@ -134,6 +135,13 @@ class MultistreamError(ProtocolError):
 class NoiseError(ProtocolError):
     """The Noise handshake or transport failed (bad signature, wrong peer,
     decryption failure, malformed frame)."""
+
+
+class TlsCertificateError(ProtocolError):
+    """A peer's libp2p TLS certificate does not authenticate it (not exactly
+    one certificate, outside its validity, a bad self-signature, no or a
+    malformed libp2p public key extension, an unknown critical extension,
+    a host-key signature that does not verify)."""
 
 
 class YamuxError(ProtocolError):
