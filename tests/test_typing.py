@@ -55,6 +55,12 @@ def test_every_compiled_module_has_its_stub():
     assert not missing, missing
 
 
-def test_the_stubs_match_the_compiled_modules():
-    out = _run("-m", "mypy.stubtest", "--mypy-config-file", str(PYPROJECT), "--allowlist", str(ALLOWLIST), *COMPILED)
+def test_the_stubs_match_the_compiled_modules(tmp_path):
+    # mypy's configuration, but for the warning about override sections of
+    # modules that the compiled ones do not import (stubtest builds only those)
+    text = PYPROJECT.read_text()
+    assert "warn_unused_configs = true" in text
+    config = tmp_path / "pyproject.toml"
+    config.write_text(text.replace("warn_unused_configs = true", "warn_unused_configs = false"))
+    out = _run("-m", "mypy.stubtest", "--mypy-config-file", str(config), "--allowlist", str(ALLOWLIST), *COMPILED)
     assert out.returncode == 0, _report(out)

@@ -1,0 +1,276 @@
+"""libp2p's QUIC transport (``/quic-v1``) for one connection, as a sans-IO
+core on aioquic.
+
+aioquic's ``QuicConnection`` is itself sans-IO (datagrams and the time in,
+datagrams, events and a timer out); :class:`QuicCore` gives it what
+libp2p asks of QUIC (libp2p/specs quic/README.md and tls/tls.md):
+
+* TLS 1.3 with ALPN ``libp2p`` (QUIC has no other version);
+* our libp2p certificate (:func:`kadfast.tls.make_certificate`, made once
+  per host), and mutual authentication: the server asks for the client's
+  certificate and both sides refuse a peer whose certificate does not
+  prove a host key (:func:`kadfast.tls.verify_certificate_chain`); the
+  client also refuses a server that is not the peer it dialed;
+* no certificate authority: aioquic's own chain check is off, ours
+  replaces it, and aioquic still checks the TLS CertificateVerify
+  signature, which proves the peer holds the certificate's key.
+
+Until the peer is authenticated nothing of its streams reaches the caller;
+a failed authentication closes the connection (a CONNECTION_CLOSE with a
+reason) and reports :class:`QuicFailed`. Streams are QUIC's own: data in
+and out per stream id, FIN and resets; per-stream protocol negotiation is
+the layer above.
+
+The server asks for the client's certificate through
+``tls.Context._request_client_certificate``, the switch aioquic keeps for
+its own tests (it has no public one); ``tests/test_quic.py`` fails if an
+aioquic release drops it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from dataclasses import dataclass
+
+from aioquic.buffer import Buffer
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .errors import TlsCertificateError
+from .keys import Ed25519KeyPair, PublicKey
+from .peerid import PeerId
+from .tls import ALPN, Libp2pCertificate, make_certificate, verify_certificate_chain
+
+__all__ = [
+    "QuicCore",
+    "QuicEvent",
+    "QuicUpgraded",
+    "QuicFailed",
+    "QuicStreamData",
+    "QuicStreamReset",
+    "QUIC_IDLE_TIMEOUT",
+    "quic_configuration",
+    "initial_destination_cid",
+]
+
+#: Seconds without a packet before a connection is dropped (go-libp2p's
+#: and rust-libp2p's QUIC use 30 s, with keep-alives by the layer above).
+QUIC_IDLE_TIMEOUT = 30.0
+#: The CONNECTION_CLOSE error code of a failed libp2p authentication
+#: (an application error: the TLS handshake itself succeeded).
+AUTH_FAILED = 0x1
+
+
+@dataclass(frozen=True, slots=True)
+class QuicUpgraded:
+    """The peer is authenticated: who it is, by its host key."""
+
+    peer_id: PeerId
+    public_key: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class QuicFailed:
+    """The connection is over (refused, timed out, closed by either side),
+    with why; nothing follows."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuicStreamData:
+    """Bytes of a stream, in order; ``end``: the peer's FIN came with them."""
+
+    stream_id: int
+    data: bytes
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuicStreamReset:
+    """The peer reset a stream (RESET_STREAM) with ``error_code``."""
+
+    stream_id: int
+    error_code: int
+
+
+QuicEvent = QuicUpgraded | QuicFailed | QuicStreamData | QuicStreamReset
+
+
+def quic_configuration(certificate: Libp2pCertificate, *, is_client: bool,
+                       idle_timeout: float = QUIC_IDLE_TIMEOUT) -> QuicConfiguration:
+    """aioquic's configuration for libp2p: ALPN ``libp2p``, our certificate,
+    aioquic's chain check off (ours runs on the peer's certificate)."""
+    config = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        verify_mode=ssl.CERT_NONE,
+    )
+    config.certificate = x509.load_der_x509_certificate(certificate.der)
+    config.private_key = certificate.private_key
+    return config
+
+
+#: QUIC version 1 (RFC 9000), the one ``/quic-v1`` names
+QUIC_V1 = QuicProtocolVersion.VERSION_1
+#: the smallest UDP payload that may carry a client's Initial (RFC 9000 14.1)
+MIN_INITIAL_DATAGRAM = 1200
+
+
+def initial_destination_cid(datagram: bytes) -> bytes | None:
+    """The destination connection id of a datagram that may open a
+    connection (a QUIC v1 Initial of at least 1,200 bytes): what the server
+    side's :class:`QuicCore` is made with. None for anything else (the
+    shell drops it, or routes it to a connection it has)."""
+    if len(datagram) < MIN_INITIAL_DATAGRAM:
+        return None
+    try:
+        header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    except ValueError:
+        return None
+    if header.version != QUIC_V1 or header.packet_type != QuicPacketType.INITIAL:
+        return None
+    return header.destination_cid
+
+
+class _Libp2pQuicConnection(QuicConnection):
+    """aioquic's connection whose server side asks for the client's
+    certificate (libp2p authenticates both ends)."""
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if not self._is_client:
+            self.tls._request_client_certificate = True
+
+
+class QuicCore:
+    """One libp2p QUIC connection, either side, driven by the caller.
+
+    Feed what arrives with :meth:`receive_datagram`, send what
+    :meth:`datagrams_to_send` returns, call :meth:`handle_timer` at
+    :meth:`get_timer`, read :meth:`events` after each. The client
+    (``expected_peer`` given: the peer it dials) starts at construction;
+    the server is made for the first datagram of a new connection, with
+    its ``original_destination_cid`` (:func:`initial_destination_cid`).
+    """
+
+    def __init__(self, keypair: Ed25519KeyPair, *, now: float, remote_addr: NetworkAddress,
+                 expected_peer: PeerId | None = None, original_destination_cid: bytes | None = None,
+                 certificate: Libp2pCertificate | None = None,
+                 idle_timeout: float = QUIC_IDLE_TIMEOUT,
+                 clock_utc: datetime.datetime | None = None) -> None:
+        self.initiator = expected_peer is not None
+        self.expected_peer = expected_peer
+        self.remote_addr = remote_addr
+        self._certificate = certificate or make_certificate(keypair)
+        #: the wall-clock time certificates are checked at (None: the time
+        #: now, as a live connection does; tests fix it)
+        self._clock_utc = clock_utc
+        config = quic_configuration(self._certificate, is_client=self.initiator, idle_timeout=idle_timeout)
+        if self.initiator == (original_destination_cid is not None):
+            raise ValueError("a client has the peer it dials, a server the Initial's destination id")
+        self._quic = _Libp2pQuicConnection(configuration=config,
+                                           original_destination_connection_id=original_destination_cid)
+        self._events: list[QuicEvent] = []
+        self._held: list[QuicEvent] = []  # stream events that arrived before authentication
+        self.remote_peer_id: PeerId | None = None
+        self.remote_public_key: PublicKey | None = None
+        self._open = False
+        self._done = False
+        if self.initiator:
+            self._quic.connect(remote_addr, now)
+
+    @property
+    def is_open(self) -> bool:
+        """Authenticated and not closed."""
+        return self._open and not self._done
+
+    # -- input ---------------------------------------------------------
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> list[QuicEvent]:
+        self._quic.receive_datagram(data, addr, now)
+        self._pump(now)
+        return self.events()
+
+    def handle_timer(self, now: float) -> list[QuicEvent]:
+        self._quic.handle_timer(now)
+        self._pump(now)
+        return self.events()
+
+    # -- output --------------------------------------------------------
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        return self._quic.datagrams_to_send(now)
+
+    def get_timer(self) -> float | None:
+        return None if self._done else self._quic.get_timer()
+
+    def events(self) -> list[QuicEvent]:
+        out, self._events = self._events, []
+        return out
+
+    # -- streams -------------------------------------------------------
+    def open_stream(self) -> int:
+        """A new bidirectional stream's id (nothing is sent until data is)."""
+        if not self.is_open:
+            raise ConnectionError("the QUIC connection is not open")
+        return self._quic.get_next_available_stream_id()
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        self._quic.reset_stream(stream_id, error_code)
+
+    def close(self, reason: str = "closed locally", error_code: int = 0) -> None:
+        if not self._done:
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+
+    # -- internals -----------------------------------------------------
+    def _pump(self, now: float) -> None:
+        quic = self._quic
+        while (ev := quic.next_event()) is not None:
+            if self._done:
+                continue
+            if isinstance(ev, qe.HandshakeCompleted):
+                self._authenticate()
+            elif isinstance(ev, qe.StreamDataReceived):
+                self._stream_event(QuicStreamData(ev.stream_id, ev.data, ev.end_stream))
+            elif isinstance(ev, qe.StreamReset):
+                self._stream_event(QuicStreamReset(ev.stream_id, ev.error_code))
+            elif isinstance(ev, qe.ConnectionTerminated):
+                self._finish(f"connection closed: {ev.reason_phrase or 'no reason'} (error 0x{ev.error_code:x})")
+
+    def _stream_event(self, ev: QuicEvent) -> None:
+        if self._open:
+            self._events.append(ev)
+        elif len(self._held) < 1024:  # bounded: the handshake completes within a flight
+            self._held.append(ev)
+
+    def _authenticate(self) -> None:
+        tls = self._quic.tls
+        cert = tls._peer_certificate
+        chain = [] if cert is None else [cert, *tls._peer_certificate_chain]
+        ders = [c.public_bytes(Encoding.DER) for c in chain]
+        try:
+            key = verify_certificate_chain(ders, self._clock_utc, expected_peer=self.expected_peer)
+        except TlsCertificateError as exc:
+            self._quic.close(error_code=AUTH_FAILED, reason_phrase=f"libp2p TLS: {exc}"[:200])
+            self._finish(f"authentication failed: {exc}")
+            return
+        self.remote_public_key = key
+        self.remote_peer_id = PeerId.from_public_key(key)
+        self._open = True
+        self._events.append(QuicUpgraded(self.remote_peer_id, key))
+        self._events.extend(self._held)
+        self._held.clear()
+
+    def _finish(self, reason: str) -> None:
+        self._done = True
+        self._held.clear()
+        self._events.append(QuicFailed(reason))
+

@@ -1,0 +1,197 @@
+"""The libp2p QUIC core (kadfast.quic): two cores driven against each
+other in memory on given times, through aioquic; libp2p's mutual TLS
+authentication and its refusals."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from aioquic import tls as aioquic_tls
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from kadfast.keys import Ed25519KeyPair
+from kadfast.quic import QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded, initial_destination_cid
+from kadfast.tls import Libp2pCertificate, make_certificate
+
+KA, KB, KC = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (11, 12, 13))
+CLIENT_ADDR, SERVER_ADDR = ("127.0.0.1", 40001), ("127.0.0.1", 4001)
+
+
+def pair(client_key=KA, server_key=KB, expected=None, **kw):
+    client = QuicCore(client_key, now=Clock.now, remote_addr=SERVER_ADDR,
+                      expected_peer=expected or server_key.peer_id, **kw.get("client", {}))
+    server = [None]
+
+    def make_server(first):
+        cid = initial_destination_cid(first)
+        assert cid is not None
+        server[0] = QuicCore(server_key, now=Clock.now, remote_addr=CLIENT_ADDR, original_destination_cid=cid,
+                             **kw.get("server", {}))
+        return server[0]
+
+    return client, make_server
+
+
+class Clock:
+    now = 0.0
+
+
+def run(client, make_server=None, server=None, rounds=40, step=0.005):
+    """Datagrams both ways, the clock moving ``step`` a round and due timers
+    run, until neither side has sent for a round; each side's events."""
+    got = {"c": [], "s": []}
+    quiet = 0
+    for _ in range(rounds):
+        now = Clock.now = Clock.now + step
+        moved = False
+        for core, key in ((client, "c"), (server, "s")):
+            if core is not None and (t := core.get_timer()) is not None and t <= now:
+                got[key] += core.handle_timer(now)
+        for data, _addr in client.datagrams_to_send(now):
+            moved = True
+            if server is None:
+                server = make_server(data)
+            got["s"] += server.receive_datagram(data, CLIENT_ADDR, now)
+        if server is not None:
+            for data, _addr in server.datagrams_to_send(now):
+                moved = True
+                got["c"] += client.receive_datagram(data, SERVER_ADDR, now)
+        quiet = 0 if moved else quiet + 1
+        if quiet >= 3:
+            break
+    return server, got["c"], got["s"]
+
+
+def until_closed(core, limit=60.0):
+    """Run ``core``'s timers until it reports the end (at most ``limit``
+    seconds of its clock); its events."""
+    events = []
+    while not any(isinstance(e, QuicFailed) for e in events):
+        t = core.get_timer()
+        assert t is not None and t <= Clock.now + limit, "no end in sight"
+        Clock.now = max(Clock.now, t)
+        events += core.handle_timer(Clock.now)
+    return events
+
+
+def test_aioquic_still_has_the_client_certificate_switch():
+    # kadfast.quic asks for the client's certificate through it
+    ctx = aioquic_tls.Context(is_client=False)
+    assert ctx._request_client_certificate is False
+    # and keeps the peer's certificate where kadfast.quic reads it
+    assert hasattr(ctx, "_peer_certificate") and hasattr(ctx, "_peer_certificate_chain")
+
+
+def test_both_sides_authenticate_each_other():
+    client, make_server = pair()
+    server, ec_, es = run(client, make_server)
+    assert ec_ == [QuicUpgraded(KB.peer_id, KB.public_key)]
+    assert es == [QuicUpgraded(KA.peer_id, KA.public_key)]
+    assert client.is_open and server.is_open
+    assert client.remote_peer_id == KB.peer_id and server.remote_peer_id == KA.peer_id
+
+
+def test_stream_data_both_ways_with_fin_and_reset():
+    client, make_server = pair()
+    server, _, _ = run(client, make_server)
+    sid = client.open_stream()
+    client.send(sid, b"hello", end=True)
+    _, ec_, es = run(client, server=server)
+    assert es == [QuicStreamData(sid, b"hello", True)]
+    server.send(sid, b"world", end=True)
+    _, ec_, es = run(client, server=server)
+    assert ec_ == [QuicStreamData(sid, b"world", True)]
+    sid2 = client.open_stream()
+    assert sid2 != sid
+    client.send(sid2, b"x")
+    run(client, server=server)
+    client.reset_stream(sid2, 7)
+    _, _, es = run(client, server=server)
+    assert QuicStreamReset(sid2, 7) in es
+
+
+def test_the_client_refuses_a_server_that_is_not_the_peer_dialed():
+    client, make_server = pair(expected=KC.peer_id)
+    server, ec_, es = run(client, make_server)
+    assert len(ec_) == 1 and isinstance(ec_[0], QuicFailed) and "not the peer dialed" in ec_[0].reason
+    assert not client.is_open
+    # the server learns it is closed, and never saw a stream
+    es += until_closed(server)
+    assert all(not isinstance(e, QuicStreamData) for e in es)
+    # before the handshake is confirmed an application close travels as
+    # the transport error APPLICATION_ERROR (0xc) without its reason
+    # (RFC 9000 10.2.3)
+    assert isinstance(es[-1], QuicFailed) and "error 0xc" in es[-1].reason
+
+
+def _plain_certificate() -> Libp2pCertificate:
+    """A self-signed certificate without the libp2p extension."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not libp2p")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    from cryptography.hazmat.primitives import serialization as s
+
+    return Libp2pCertificate(cert.public_bytes(s.Encoding.DER), cert.public_bytes(s.Encoding.PEM), b"", key)
+
+
+def test_the_server_refuses_a_client_without_a_libp2p_certificate():
+    client, make_server = pair(client={"certificate": _plain_certificate()})
+    server, ec_, es = run(client, make_server)
+    assert len(es) == 1 and isinstance(es[0], QuicFailed) and "lacks the libp2p public key extension" in es[0].reason
+    assert server.remote_peer_id is None and not server.is_open
+    ec_ += until_closed(client)
+    assert isinstance(ec_[-1], QuicFailed) and "connection closed" in ec_[-1].reason
+
+
+def test_stream_data_sent_before_the_server_authenticated_waits_for_it():
+    # the client may send at once after its Finished: its stream data rides
+    # with its certificate; the server hands on nothing before the client
+    # is authenticated, and then all of it
+    client, make_server = pair()
+    server = None
+    got_s = []
+    sent = False
+    for _ in range(40):
+        Clock.now += 0.005
+        if client.is_open and not sent:
+            sent = True
+            sid = client.open_stream()
+            client.send(sid, b"early", end=True)
+        out = client.datagrams_to_send(Clock.now)
+        for data, _ in out:
+            if server is None:
+                server = make_server(data)
+            got_s += server.receive_datagram(data, CLIENT_ADDR, Clock.now)
+        back = server.datagrams_to_send(Clock.now) if server else []
+        for data, _ in back:
+            client.receive_datagram(data, SERVER_ADDR, Clock.now)
+        if sent and not out and not back:
+            break
+    assert sent and got_s[0] == QuicUpgraded(KA.peer_id, KA.public_key)
+    assert got_s[1:] == [QuicStreamData(sid, b"early", True)]
+
+
+def test_an_idle_connection_times_out():
+    client, make_server = pair(client={"idle_timeout": 5.0}, server={"idle_timeout": 5.0})
+    server, _, _ = run(client, make_server)
+    start = Clock.now
+    events = until_closed(client, limit=10.0)
+    assert "idle" in events[-1].reason.lower() or "timeout" in events[-1].reason.lower() or events[-1].reason
+    assert 4.0 <= Clock.now - start <= 10.0
+    assert client.get_timer() is None and not client.is_open
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_our_certificate_is_made_once_and_reused(side):
+    cert = make_certificate(KA if side == "client" else KB)
+    kw = {side: {"certificate": cert}}
+    client, make_server = pair(**kw)
+    server, ec_, es = run(client, make_server)
+    assert isinstance(ec_[0], QuicUpgraded) and isinstance(es[0], QuicUpgraded)
