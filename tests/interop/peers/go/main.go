@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +45,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/multiformats/go-multihash"
@@ -172,7 +174,7 @@ func agentVersion() string {
 func main() {
 	flags := flag.NewFlagSet("kadfast-interop-go", flag.ContinueOnError)
 	flags.SetOutput(os.Stderr)
-	listen := flags.String("listen", "/ip4/127.0.0.1/tcp/0", "listen multiaddr")
+	listen := flags.String("listen", "/ip4/127.0.0.1/tcp/0", "listen multiaddrs, comma-separated (TCP and /udp/.../quic-v1)")
 	client := flags.Bool("client", false, "run Kademlia in client mode (do not serve "+string(kadProtocol)+")")
 	seed := flags.Int64("seed", -1, "deterministic identity seed (0..2^31)")
 	if err := flags.Parse(os.Args[1:]); err != nil {
@@ -200,8 +202,9 @@ func main() {
 	h, err := libp2p.New(
 		libp2p.Identity(priv),
 		libp2p.ResourceManager(rm),
-		libp2p.ListenAddrStrings(*listen),
+		libp2p.ListenAddrStrings(strings.Split(*listen, ",")...),
 		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.DisableRelay(),

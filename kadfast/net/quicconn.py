@@ -1,0 +1,151 @@
+"""The asyncio shell of one outbound libp2p QUIC connection: a UDP socket
+of its own, the datagrams of a :class:`kadfast.quic.QuicCore` moved, its
+timer kept on the loop's clock, its events handed on.
+
+Only the dialing side and the connection's authentication exist so far:
+:func:`dial_quic` returns once the peer is authenticated (both ways:
+the peer verified our certificate, or it would have closed). Streams,
+their protocol negotiation and a listener come with the host's QUIC
+transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+
+from ..errors import DialError
+from ..keys import Ed25519KeyPair
+from ..multiaddr import Multiaddr
+from ..peerid import PeerId
+from ..quic import QuicCore, QuicEvent, QuicFailed, QuicUpgraded
+from ..tls import Libp2pCertificate
+
+__all__ = ["QuicClientConnection", "dial_quic", "quic_address"]
+
+
+def quic_address(addr: Multiaddr) -> tuple[str, int]:
+    """(IP, UDP port) of an ``/ip4|ip6/.../udp/<port>/quic-v1`` multiaddr
+    (a ``/p2p`` suffix is allowed); ValueError for anything else."""
+    parts = list(addr.without_peer_id())
+    if len(parts) != 3 or parts[0][0] not in ("ip4", "ip6") or parts[1][0] != "udp" or parts[2][0] != "quic-v1":
+        raise ValueError(f"not a QUIC v1 address: {addr}")
+    ip, port = parts[0][1], parts[1][1]
+    assert ip is not None and port is not None  # ip4/ip6 and udp carry values
+    return str(ipaddress.ip_address(ip)), int(port)
+
+
+class QuicClientConnection(asyncio.DatagramProtocol):
+    """One outbound QUIC connection on its own UDP socket."""
+
+    def __init__(self, keypair: Ed25519KeyPair, peer: PeerId, remote: tuple[str, int],
+                 certificate: Libp2pCertificate | None = None,
+                 on_event: Callable[[QuicEvent], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.remote = remote
+        self.core = QuicCore(keypair, now=self._loop.time(), remote_addr=remote, expected_peer=peer,
+                             certificate=certificate)
+        self.on_event = on_event
+        #: resolved with the peer's identity, or failed with why
+        self.ready: asyncio.Future[QuicUpgraded] = self._loop.create_future()
+        #: resolved with the reason once the connection is over
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+        self.transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.DatagramProtocol ----------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._flush()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if addr[:2] != self.remote[:2]:
+            return  # not from the peer (a connected socket drops these already)
+        self._handle(self.core.receive_datagram(data, self.remote, self._loop.time()))
+
+    def error_received(self, exc: Exception) -> None:
+        self._handle([QuicFailed(f"UDP error: {exc}")])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if not self.ready.done():
+            self.ready.set_exception(DialError(f"QUIC socket closed: {exc or 'closed'}"))
+        if not self.closed.done():
+            self.closed.set_result(f"socket closed: {exc or 'closed'}")
+
+    # -- driving the core --------------------------------------------------
+    def _handle(self, events: list[QuicEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, QuicUpgraded):
+                if not self.ready.done():
+                    self.ready.set_result(ev)
+            elif isinstance(ev, QuicFailed):
+                if not self.ready.done():
+                    self.ready.set_exception(DialError(f"QUIC: {ev.reason}"))
+                if not self.closed.done():
+                    self.closed.set_result(ev.reason)
+            if self.on_event is not None:
+                self.on_event(ev)
+        self._flush()
+        if self.closed.done() and self.transport is not None:
+            self._cancel_timer()
+            self.transport.close()
+
+    def _flush(self) -> None:
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return
+        for data, _addr in self.core.datagrams_to_send(self._loop.time()):
+            tr.sendto(data)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        when = self.core.get_timer()
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._handle(self.core.handle_timer(self._loop.time()))
+
+    def close(self, reason: str = "closed locally") -> None:
+        """Close the connection (a CONNECTION_CLOSE is sent; the socket goes
+        once the core is done)."""
+        self.core.close(reason)
+        self._flush()
+
+
+async def dial_quic(keypair: Ed25519KeyPair, addr: Multiaddr, *, timeout: float = 10.0,
+                    certificate: Libp2pCertificate | None = None,
+                    on_event: Callable[[QuicEvent], None] | None = None) -> QuicClientConnection:
+    """Dial the peer at ``addr`` (``.../udp/<port>/quic-v1/p2p/<id>``) and
+    return the connection once the QUIC and libp2p TLS handshakes are done
+    and the peer proved to be ``<id>``. :class:`DialError` when it is not,
+    or on a timeout (the socket is closed either way)."""
+    peer = addr.peer_id()
+    if peer is None:
+        raise ValueError(f"a QUIC dial needs the peer's /p2p/ id: {addr}")
+    remote = quic_address(addr)
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(
+        lambda: QuicClientConnection(keypair, peer, remote, certificate, on_event), remote_addr=remote)
+    try:
+        async with asyncio.timeout(timeout):
+            await proto.ready
+    except TimeoutError:
+        proto.close("dial timed out")
+        if proto.transport is not None:
+            proto.transport.close()
+        raise DialError(f"QUIC dial of {addr} timed out after {timeout} s") from None
+    except BaseException:
+        if proto.transport is not None:
+            proto.transport.close()
+        raise
+    return proto
