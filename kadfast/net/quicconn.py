@@ -1,12 +1,14 @@
-"""The asyncio shell of one outbound libp2p QUIC connection: a UDP socket
-of its own, the datagrams of a :class:`kadfast.quic.QuicCore` moved, its
-timer kept on the loop's clock, its events handed on.
+"""The asyncio shells of libp2p QUIC connections, an outbound one on a UDP
+socket of its own and a listener for inbound ones: the datagrams of each
+:class:`kadfast.quic.QuicCore` moved, its timer kept on the loop's clock,
+its events handed on.
 
-Only the dialing side and the connection's authentication exist so far:
 :func:`dial_quic` returns once the peer is authenticated (both ways:
-the peer verified our certificate, or it would have closed). Streams,
-their protocol negotiation and a listener come with the host's QUIC
-transport.
+the peer verified our certificate, or it would have closed);
+:func:`listen_quic` accepts connections on a UDP socket and reports each
+connection's events. Only the connections' authentication is used so
+far: streams, their protocol negotiation and the host's QUIC transport
+come next.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import DialError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..quic import QuicCore, QuicEvent, QuicFailed, QuicUpgraded
+from ..quic import QuicCore, QuicEvent, QuicFailed, QuicUpgraded, initial_destination_cid
 from ..tls import Libp2pCertificate
 
-__all__ = ["QuicClientConnection", "dial_quic", "quic_address"]
+__all__ = ["QuicClientConnection", "QuicListener", "dial_quic", "listen_quic", "quic_address"]
 
 
 def quic_address(addr: Multiaddr) -> tuple[str, int]:
@@ -148,4 +151,126 @@ async def dial_quic(keypair: Ed25519KeyPair, addr: Multiaddr, *, timeout: float 
         if proto.transport is not None:
             proto.transport.close()
         raise
+    return proto
+
+
+class _ServerConnection:
+    """A listener's connection: its core and its loop timer."""
+
+    __slots__ = ("core", "timer", "addr")
+
+    def __init__(self, core: QuicCore, addr: tuple[str, int]) -> None:
+        self.core = core
+        self.addr = addr
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class QuicListener(asyncio.DatagramProtocol):
+    """A UDP socket accepting libp2p QUIC connections: each datagram goes to
+    the connection of its source address, a QUIC v1 Initial from a new one
+    makes a connection (at most ``max_connections``, ``max_per_ip`` from one
+    IP); anything else from an unknown address is dropped. ``on_event(addr,
+    core, event)`` is told every event of every connection.
+
+    Connections are keyed by the peer's address: a peer that migrates to
+    another address is not followed (QUIC connection ids, version
+    negotiation and retry tokens are not handled yet)."""
+
+    def __init__(self, keypair: Ed25519KeyPair, *, certificate: Libp2pCertificate | None = None,
+                 on_event: Callable[[tuple[str, int], QuicCore, QuicEvent], None] | None = None,
+                 max_connections: int = 1024, max_per_ip: int = 8) -> None:
+        from ..tls import make_certificate
+
+        self._loop = asyncio.get_running_loop()
+        self.keypair = keypair
+        self.certificate = certificate or make_certificate(keypair)  # one for every connection
+        self.on_event = on_event
+        self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
+        self.transport: asyncio.DatagramTransport | None = None
+        self._conns: dict[tuple[str, int], _ServerConnection] = {}
+        self._per_ip: dict[str, int] = {}
+        #: Initials dropped because a limit was reached
+        self.refused = 0
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def connections(self) -> list[QuicCore]:
+        return [c.core for c in self._conns.values()]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        addr = addr[:2]
+        conn = self._conns.get(addr)
+        now = self._loop.time()
+        if conn is None:
+            cid = initial_destination_cid(data)
+            if cid is None:
+                return
+            if len(self._conns) >= self.max_connections or self._per_ip.get(addr[0], 0) >= self.max_per_ip:
+                self.refused += 1
+                return
+            core = QuicCore(self.keypair, now=now, remote_addr=addr, original_destination_cid=cid,
+                            certificate=self.certificate)
+            conn = self._conns[addr] = _ServerConnection(core, addr)
+            self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
+        self._handle(conn, conn.core.receive_datagram(data, addr, now))
+
+    def _handle(self, conn: _ServerConnection, events: list[QuicEvent]) -> None:
+        for ev in events:
+            if self.on_event is not None:
+                self.on_event(conn.addr, conn.core, ev)
+        self._flush(conn)
+        if any(isinstance(ev, QuicFailed) for ev in events):
+            self._drop(conn)
+
+    def _flush(self, conn: _ServerConnection) -> None:
+        tr = self.transport
+        if tr is not None and not tr.is_closing():
+            for data, addr in conn.core.datagrams_to_send(self._loop.time()):
+                tr.sendto(data, addr)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        when = conn.core.get_timer()
+        if when is not None and self._conns.get(conn.addr) is conn:
+            conn.timer = self._loop.call_at(when, self._on_timer, conn)
+
+    def _on_timer(self, conn: _ServerConnection) -> None:
+        conn.timer = None
+        self._handle(conn, conn.core.handle_timer(self._loop.time()))
+
+    def _drop(self, conn: _ServerConnection) -> None:
+        if self._conns.get(conn.addr) is not conn:
+            return
+        del self._conns[conn.addr]
+        n = self._per_ip[conn.addr[0]] - 1
+        if n:
+            self._per_ip[conn.addr[0]] = n
+        else:
+            del self._per_ip[conn.addr[0]]
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+
+    def close(self) -> None:
+        """Close every connection (CONNECTION_CLOSE sent) and the socket."""
+        for conn in list(self._conns.values()):
+            conn.core.close("listener closed")
+            self._flush(conn)
+            self._drop(conn)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def listen_quic(keypair: Ed25519KeyPair, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> QuicListener:
+    """A :class:`QuicListener` bound to ``host``:``port`` (UDP)."""
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(lambda: QuicListener(keypair, **kw), local_addr=(host, port))
     return proto

@@ -5,8 +5,11 @@ certificate proves the peer we dialed, go checks ours (it lists us as
 connected only then), and go refuses a certificate without the libp2p
 extension.
 
-Only go's peer listens on QUIC so far (its ``--listen`` takes a TCP and a
-QUIC address); kadfast has no QUIC listener yet, so go does not dial us.
+The other direction too: go's client dials kadfast's QUIC listener
+(``connect_only``: the transport's handshake, no identify, which kadfast
+does not serve over QUIC yet) and each side proves itself to the other;
+go refuses us when we are not the peer it dials. Only go's peer speaks
+QUIC so far (its ``--listen`` takes a TCP and a QUIC address).
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from cryptography.x509.oid import NameOID
 from kadfast import Ed25519KeyPair, Multiaddr, PeerId
 from kadfast.errors import DialError
 from kadfast.loop import run as run_loop
-from kadfast.net.quicconn import dial_quic
+from kadfast.net.quicconn import dial_quic, listen_quic
+from kadfast.quic import QuicUpgraded
 from kadfast.tls import Libp2pCertificate
+
+from .harness import PeerError
 
 pytestmark = pytest.mark.interop
 
@@ -108,5 +114,47 @@ def test_go_refuses_a_certificate_without_the_libp2p_extension(spawn_peer):
         reason = await asyncio.wait_for(conn.closed, 10)
         assert "connection closed" in reason
         assert not await connected(peer, key.peer_id, True, timeout=1.0)
+
+    run_loop(lambda: asyncio.wait_for(main(), 60))
+
+
+def test_go_dials_kadfast_over_quic(spawn_peer):
+    peer = spawn_peer("go", listen=LISTEN)
+    key = Ed25519KeyPair.generate()
+
+    async def main():
+        upgraded: asyncio.Queue = asyncio.Queue()
+        listener = await listen_quic(
+            key, on_event=lambda addr, core, ev: upgraded.put_nowait(ev) if isinstance(ev, QuicUpgraded) else None)
+        try:
+            host, port = listener.local_addr
+            ours = Multiaddr(f"/ip4/{host}/udp/{port}/quic-v1").with_peer_id(key.peer_id)
+            res = await call(peer, "connect_only", addr=str(ours))
+            # go's client found our certificate proves the peer it dialed
+            assert res["peer_id"] == str(key.peer_id) and res["remote_addr"].endswith("/quic-v1")
+            # and our server verified go's
+            ev = await asyncio.wait_for(upgraded.get(), 10)
+            assert str(ev.peer_id) == peer.peer_id
+            assert [c.remote_peer_id for c in listener.connections()] == [ev.peer_id]
+        finally:
+            listener.close()
+
+    run_loop(lambda: asyncio.wait_for(main(), 60))
+
+
+def test_go_refuses_kadfast_when_it_is_not_the_peer_it_dials(spawn_peer):
+    peer = spawn_peer("go", listen=LISTEN)
+    key = Ed25519KeyPair.generate()
+    other = Ed25519KeyPair.generate().peer_id
+
+    async def main():
+        listener = await listen_quic(key)
+        try:
+            host, port = listener.local_addr
+            wrong = Multiaddr(f"/ip4/{host}/udp/{port}/quic-v1").with_peer_id(other)
+            with pytest.raises(PeerError):
+                await call(peer, "connect_only", addr=str(wrong), timeout=10)
+        finally:
+            listener.close()
 
     run_loop(lambda: asyncio.wait_for(main(), 60))

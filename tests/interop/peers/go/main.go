@@ -393,6 +393,8 @@ func (n *node) dispatch(line []byte, shutdown func()) {
 
 func (n *node) handle(ctx context.Context, req *request) (any, error) {
 	switch req.Cmd {
+	case "connect_only":
+		return n.cmdConnectOnly(ctx, req)
 	case "dial":
 		return n.cmdDial(ctx, req)
 	case "bootstrap":
@@ -558,6 +560,22 @@ func (n *node) parseP2pAddr(addr, verb string) (*peer.AddrInfo, error) {
 		return nil, fmt.Errorf("cannot %s self", verb)
 	}
 	return ai, nil
+}
+
+// cmdConnectOnly: a connection to the peer of `addr` through the transport's
+// own handshake only (for QUIC: TLS with both certificates checked), with no
+// wait for identify; the connection's remote address.
+func (n *node) cmdConnectOnly(ctx context.Context, req *request) (any, error) {
+	ai, err := n.parseP2pAddr(req.Addr, "connect to")
+	if err != nil {
+		return nil, err
+	}
+	n.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.PermanentAddrTTL)
+	c, err := n.h.Network().DialPeer(ctx, ai.ID)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"peer_id": c.RemotePeer().String(), "remote_addr": c.RemoteMultiaddr().String()}, nil
 }
 
 func (n *node) cmdDial(ctx context.Context, req *request) (any, error) {
