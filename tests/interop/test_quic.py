@@ -1,15 +1,16 @@
-"""libp2p QUIC (``/quic-v1``) with a real peer: kadfast's QUIC core and its
-client shell dial go-libp2p's QUIC listener (quic-go). Both ends must
-authenticate each other by libp2p's TLS certificates: we check go's
-certificate proves the peer we dialed, go checks ours (it lists us as
-connected only then), and go refuses a certificate without the libp2p
-extension.
+"""libp2p QUIC (``/quic-v1``) with real peers: kadfast's QUIC core and its
+client shell dial the QUIC listeners of go-libp2p (quic-go) and
+rust-libp2p (quinn). Both ends must authenticate each other by libp2p's
+TLS certificates: we check the peer's certificate proves the peer we
+dialed, the peer checks ours (it lists us as connected only then), and it
+refuses a certificate without the libp2p extension.
 
 The other direction too: go's client dials kadfast's QUIC listener
 (``connect_only``: the transport's handshake, no identify, which kadfast
 does not serve over QUIC yet) and each side proves itself to the other;
-go refuses us when we are not the peer it dials. Only go's peer speaks
-QUIC so far (its ``--listen`` takes a TCP and a QUIC address).
+go refuses us when we are not the peer it dials (go's peer has the
+``connect_only`` command). The go and rust peers' ``--listen`` takes a TCP
+and a QUIC address.
 """
 
 from __future__ import annotations
@@ -59,16 +60,21 @@ async def connected(peer, ours: PeerId, want: bool, timeout: float = 10.0) -> bo
         await asyncio.sleep(0.05)
 
 
-def test_kadfast_dials_go_over_quic(spawn_peer):
-    peer = spawn_peer("go", listen=LISTEN)
+#: the peers that listen on QUIC (quic-go, rust-libp2p's quinn)
+QUIC_PEERS = ["go", "rust"]
+
+
+@pytest.mark.parametrize("impl", QUIC_PEERS)
+def test_kadfast_dials_the_peer_over_quic(spawn_peer, impl):
+    peer = spawn_peer(impl, listen=LISTEN)
     key = Ed25519KeyPair.generate()
 
     async def main():
         conn = await dial_quic(key, quic_maddr(peer), timeout=10)
         up = await conn.ready
-        assert str(up.peer_id) == peer.peer_id  # go's certificate proves the peer dialed
+        assert str(up.peer_id) == peer.peer_id  # its certificate proves the peer dialed
         assert up.public_key.encode() and conn.core.is_open
-        # go verified our certificate: it holds the connection as ours
+        # it verified our certificate: it holds the connection as ours
         assert await connected(peer, key.peer_id, True)
         conn.close("done")
         assert await asyncio.wait_for(conn.closed, 10)
@@ -77,8 +83,9 @@ def test_kadfast_dials_go_over_quic(spawn_peer):
     run_loop(lambda: asyncio.wait_for(main(), 60))
 
 
-def test_kadfast_refuses_go_when_it_is_not_the_peer_dialed(spawn_peer):
-    peer = spawn_peer("go", listen=LISTEN)
+@pytest.mark.parametrize("impl", QUIC_PEERS)
+def test_kadfast_refuses_the_peer_when_it_is_not_the_peer_dialed(spawn_peer, impl):
+    peer = spawn_peer(impl, listen=LISTEN)
     other = Ed25519KeyPair.generate().peer_id
     key = Ed25519KeyPair.generate()
 
@@ -101,8 +108,9 @@ def _plain_certificate() -> Libp2pCertificate:
                              cert.public_bytes(serialization.Encoding.PEM), b"", key)
 
 
-def test_go_refuses_a_certificate_without_the_libp2p_extension(spawn_peer):
-    peer = spawn_peer("go", listen=LISTEN)
+@pytest.mark.parametrize("impl", QUIC_PEERS)
+def test_the_peer_refuses_a_certificate_without_the_libp2p_extension(spawn_peer, impl):
+    peer = spawn_peer(impl, listen=LISTEN)
     key = Ed25519KeyPair.generate()
 
     async def main():
@@ -110,7 +118,7 @@ def test_go_refuses_a_certificate_without_the_libp2p_extension(spawn_peer):
             conn = await dial_quic(key, quic_maddr(peer), certificate=_plain_certificate(), timeout=10)
         except DialError:
             return  # refused inside the handshake
-        # or right after it: go closes the connection and never holds it
+        # or right after it: the peer closes the connection and never holds it
         reason = await asyncio.wait_for(conn.closed, 10)
         assert "connection closed" in reason
         assert not await connected(peer, key.peer_id, True, timeout=1.0)

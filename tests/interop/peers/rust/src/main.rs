@@ -1250,7 +1250,9 @@ fn ids(peers: &[PeerId]) -> Vec<String> {
 }
 
 struct Args {
-    listen: Multiaddr,
+    /// `--listen`: one or more multiaddrs, comma-separated (TCP, and QUIC
+    /// for a `/udp/<port>/quic-v1` one)
+    listen: Vec<Multiaddr>,
     seed: Option<u64>,
     /// `--client`: Kademlia in client mode (no inbound kad streams).
     client: bool,
@@ -1258,7 +1260,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        listen: "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         seed: None,
         client: false,
     };
@@ -1276,7 +1278,10 @@ fn parse_args() -> Result<Args, String> {
         };
         match name.as_str() {
             "--listen" => {
-                args.listen = value()?.parse().map_err(|e| format!("bad --listen: {e}"))?
+                args.listen = value()?
+                    .split(',')
+                    .map(|a| a.parse().map_err(|e| format!("bad --listen {a}: {e}")))
+                    .collect::<Result<Vec<Multiaddr>, String>>()?
             }
             "--seed" => args.seed = Some(value()?.parse().map_err(|e| format!("bad --seed: {e}"))?),
             "--client" if inline.is_none() => args.client = true,
@@ -1295,6 +1300,7 @@ fn build_swarm(keypair: Keypair, mode: Mode) -> Result<Swarm<Behaviour>, String>
             yamux::Config::default,
         )
         .map_err(|e| format!("transport: {e}"))?
+        .with_quic()
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
             let mut kcfg = kad::Config::new(kad::PROTOCOL_NAME);
@@ -1341,14 +1347,16 @@ async fn main() {
     let local = keypair.public().to_peer_id();
     let mode = if args.client { Mode::Client } else { Mode::Server };
     let mut swarm = build_swarm(keypair, mode).unwrap_or_else(|e| fatal(e));
-    swarm
-        .listen_on(args.listen.clone())
-        .unwrap_or_else(|e| fatal(format!("listen: {e}")));
+    for addr in &args.listen {
+        swarm
+            .listen_on(addr.clone())
+            .unwrap_or_else(|e| fatal(format!("listen: {e}")));
+    }
 
-    // Wait for the first listen address, then briefly for any others.
+    // Wait for an address of every listener, then briefly for any others.
     let mut addrs: Vec<String> = Vec::new();
     loop {
-        let wait = if addrs.is_empty() {
+        let wait = if addrs.len() < args.listen.len() {
             Duration::from_secs(10)
         } else {
             Duration::from_millis(100)
@@ -1360,7 +1368,7 @@ async fn main() {
                 fatal(format!("listener closed: {reason:?}"))
             }
             Ok(_) => {}
-            Err(_) if addrs.is_empty() => fatal("no listen address after 10 s"),
+            Err(_) if addrs.len() < args.listen.len() => fatal("a listener has no address after 10 s"),
             Err(_) => break,
         }
     }
