@@ -54,6 +54,7 @@ __all__ = [
     "QuicStreamData",
     "QuicStreamReset",
     "QUIC_IDLE_TIMEOUT",
+    "QUIC_HANDSHAKE_TIMEOUT",
     "quic_configuration",
     "initial_destination_cid",
 ]
@@ -61,6 +62,10 @@ __all__ = [
 #: Seconds without a packet before a connection is dropped (go-libp2p's
 #: and rust-libp2p's QUIC use 30 s, with keep-alives by the layer above).
 QUIC_IDLE_TIMEOUT = 30.0
+#: Seconds a connection has to complete its handshake and authentication
+#: (the TCP upgrade's ``handshake_timeout`` too): a peer that starts
+#: handshakes and never finishes them holds no connection slot longer.
+QUIC_HANDSHAKE_TIMEOUT = 10.0
 #: The CONNECTION_CLOSE error code of a failed libp2p authentication
 #: (an application error: the TLS handshake itself succeeded).
 AUTH_FAILED = 0x1
@@ -163,7 +168,7 @@ class QuicCore:
     def __init__(self, keypair: Ed25519KeyPair, *, now: float, remote_addr: NetworkAddress,
                  expected_peer: PeerId | None = None, original_destination_cid: bytes | None = None,
                  certificate: Libp2pCertificate | None = None,
-                 idle_timeout: float = QUIC_IDLE_TIMEOUT,
+                 idle_timeout: float = QUIC_IDLE_TIMEOUT, handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT,
                  clock_utc: datetime.datetime | None = None) -> None:
         self.initiator = expected_peer is not None
         self.expected_peer = expected_peer
@@ -183,6 +188,8 @@ class QuicCore:
         self.remote_public_key: PublicKey | None = None
         self._open = False
         self._done = False
+        #: when the peer must be authenticated by (None once it is)
+        self._handshake_deadline: float | None = now + handshake_timeout
         if self.initiator:
             self._quic.connect(remote_addr, now)
 
@@ -198,6 +205,11 @@ class QuicCore:
         return self.events()
 
     def handle_timer(self, now: float) -> list[QuicEvent]:
+        deadline = self._handshake_deadline
+        if deadline is not None and now >= deadline and not self._done:
+            self._handshake_deadline = None
+            self._quic.close(error_code=AUTH_FAILED, reason_phrase="handshake timed out")
+            self._finish("the handshake did not complete in time")
         self._quic.handle_timer(now)
         self._pump(now)
         return self.events()
@@ -207,7 +219,13 @@ class QuicCore:
         return self._quic.datagrams_to_send(now)
 
     def get_timer(self) -> float | None:
-        return None if self._done else self._quic.get_timer()
+        if self._done:
+            return None
+        timer = self._quic.get_timer()
+        deadline = self._handshake_deadline
+        if deadline is not None and (timer is None or deadline < timer):
+            return deadline
+        return timer
 
     def events(self) -> list[QuicEvent]:
         out, self._events = self._events, []
@@ -264,6 +282,7 @@ class QuicCore:
             return
         self.remote_public_key = key
         self.remote_peer_id = PeerId.from_public_key(key)
+        self._handshake_deadline = None
         self._open = True
         self._events.append(QuicUpgraded(self.remote_peer_id, key))
         self._events.extend(self._held)

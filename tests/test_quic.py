@@ -195,3 +195,23 @@ def test_our_certificate_is_made_once_and_reused(side):
     client, make_server = pair(**kw)
     server, ec_, es = run(client, make_server)
     assert isinstance(ec_[0], QuicUpgraded) and isinstance(es[0], QuicUpgraded)
+
+
+def test_a_handshake_that_does_not_complete_in_time_ends_the_connection():
+    # a client that sends its first flight and no more holds the server's
+    # connection for the handshake timeout, not for the idle timeout
+    client, make_server = pair(server={"handshake_timeout": 3.0})
+    start = Clock.now
+    first = client.datagrams_to_send(Clock.now)
+    server = make_server(first[0][0])
+    for data, _ in first:
+        server.receive_datagram(data, CLIENT_ADDR, Clock.now)
+    server.datagrams_to_send(Clock.now)  # lost
+    events = until_closed(server, limit=5.0)
+    assert events[-1] == QuicFailed("the handshake did not complete in time")
+    assert Clock.now - start == pytest.approx(3.0, abs=0.01)
+    assert server.get_timer() is None and server.remote_peer_id is None
+    # and an authenticated connection has no such deadline
+    c2, make2 = pair(server={"handshake_timeout": 3.0}, client={"idle_timeout": 60.0})
+    s2, _, _ = run(c2, make2)
+    assert s2.is_open and (s2.get_timer() is None or s2.get_timer() > Clock.now + 3.0)

@@ -22,7 +22,7 @@ from ..errors import DialError
 from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..quic import QuicCore, QuicEvent, QuicFailed, QuicUpgraded, initial_destination_cid
+from ..quic import QUIC_HANDSHAKE_TIMEOUT, QuicCore, QuicEvent, QuicFailed, QuicUpgraded, initial_destination_cid
 from ..tls import Libp2pCertificate
 
 __all__ = ["QuicClientConnection", "QuicListener", "dial_quic", "listen_quic", "quic_address"]
@@ -169,7 +169,8 @@ class QuicListener(asyncio.DatagramProtocol):
     """A UDP socket accepting libp2p QUIC connections: each datagram goes to
     the connection of its source address, a QUIC v1 Initial from a new one
     makes a connection (at most ``max_connections``, ``max_per_ip`` from one
-    IP); anything else from an unknown address is dropped. ``on_event(addr,
+    IP, each authenticated within ``handshake_timeout`` or dropped);
+    anything else from an unknown address is dropped. ``on_event(addr,
     core, event)`` is told every event of every connection.
 
     Connections are keyed by the peer's address: a peer that migrates to
@@ -178,7 +179,8 @@ class QuicListener(asyncio.DatagramProtocol):
 
     def __init__(self, keypair: Ed25519KeyPair, *, certificate: Libp2pCertificate | None = None,
                  on_event: Callable[[tuple[str, int], QuicCore, QuicEvent], None] | None = None,
-                 max_connections: int = 1024, max_per_ip: int = 8) -> None:
+                 max_connections: int = 1024, max_per_ip: int = 8,
+                 handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT) -> None:
         from ..tls import make_certificate
 
         self._loop = asyncio.get_running_loop()
@@ -187,6 +189,7 @@ class QuicListener(asyncio.DatagramProtocol):
         self.on_event = on_event
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
+        self.handshake_timeout = handshake_timeout
         self.transport: asyncio.DatagramTransport | None = None
         self._conns: dict[tuple[str, int], _ServerConnection] = {}
         self._per_ip: dict[str, int] = {}
@@ -217,7 +220,7 @@ class QuicListener(asyncio.DatagramProtocol):
                 self.refused += 1
                 return
             core = QuicCore(self.keypair, now=now, remote_addr=addr, original_destination_cid=cid,
-                            certificate=self.certificate)
+                            certificate=self.certificate, handshake_timeout=self.handshake_timeout)
             conn = self._conns[addr] = _ServerConnection(core, addr)
             self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
         self._handle(conn, conn.core.receive_datagram(data, addr, now))
