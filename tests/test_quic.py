@@ -4,18 +4,13 @@ authentication and its refusals."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 from aioquic import tls as aioquic_tls
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tls_helpers import plain_certificate
 
 from kadfast.keys import Ed25519KeyPair
 from kadfast.quic import QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded, initial_destination_cid
-from kadfast.tls import Libp2pCertificate, make_certificate
+from kadfast.tls import make_certificate
 
 KA, KB, KC = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (11, 12, 13))
 CLIENT_ADDR, SERVER_ADDR = ("127.0.0.1", 40001), ("127.0.0.1", 4001)
@@ -128,21 +123,8 @@ def test_the_client_refuses_a_server_that_is_not_the_peer_dialed():
     assert isinstance(es[-1], QuicFailed) and "error 0xc" in es[-1].reason
 
 
-def _plain_certificate() -> Libp2pCertificate:
-    """A self-signed certificate without the libp2p extension."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not libp2p")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    from cryptography.hazmat.primitives import serialization as s
-
-    return Libp2pCertificate(cert.public_bytes(s.Encoding.DER), cert.public_bytes(s.Encoding.PEM), b"", key)
-
-
 def test_the_server_refuses_a_client_without_a_libp2p_certificate():
-    client, make_server = pair(client={"certificate": _plain_certificate()})
+    client, make_server = pair(client={"certificate": plain_certificate()})
     server, ec_, es = run(client, make_server)
     assert len(es) == 1 and isinstance(es[0], QuicFailed) and "lacks the libp2p public key extension" in es[0].reason
     assert server.remote_peer_id is None and not server.is_open

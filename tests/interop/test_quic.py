@@ -16,20 +16,15 @@ and a QUIC address.
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tls_helpers import plain_certificate
 
 from kadfast import Ed25519KeyPair, Multiaddr, PeerId
 from kadfast.errors import DialError
 from kadfast.loop import run as run_loop
 from kadfast.net.quicconn import dial_quic, listen_quic
 from kadfast.quic import QuicUpgraded
-from kadfast.tls import Libp2pCertificate
 
 from .harness import PeerError
 
@@ -96,18 +91,6 @@ def test_kadfast_refuses_the_peer_when_it_is_not_the_peer_dialed(spawn_peer, imp
     run_loop(lambda: asyncio.wait_for(main(), 60))
 
 
-def _plain_certificate() -> Libp2pCertificate:
-    """A self-signed certificate without the libp2p extension."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not libp2p")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    return Libp2pCertificate(cert.public_bytes(serialization.Encoding.DER),
-                             cert.public_bytes(serialization.Encoding.PEM), b"", key)
-
-
 @pytest.mark.parametrize("impl", QUIC_PEERS)
 def test_the_peer_refuses_a_certificate_without_the_libp2p_extension(spawn_peer, impl):
     peer = spawn_peer(impl, listen=LISTEN)
@@ -115,7 +98,7 @@ def test_the_peer_refuses_a_certificate_without_the_libp2p_extension(spawn_peer,
 
     async def main():
         try:
-            conn = await dial_quic(key, quic_maddr(peer), certificate=_plain_certificate(), timeout=10)
+            conn = await dial_quic(key, quic_maddr(peer), certificate=plain_certificate(), timeout=10)
         except DialError:
             return  # refused inside the handshake
         # or right after it: the peer closes the connection and never holds it
