@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aioquic.buffer import Buffer
@@ -42,9 +43,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .errors import TlsCertificateError
-from .keys import Ed25519KeyPair, PublicKey
+from .keys import PublicKey
 from .peerid import PeerId
-from .tls import ALPN, Libp2pCertificate, make_certificate, verify_certificate_chain
+from .tls import ALPN, Libp2pCertificate, verify_certificate_chain
 
 __all__ = [
     "QuicCore",
@@ -163,20 +164,22 @@ class QuicCore:
     (``expected_peer`` given: the peer it dials) starts at construction;
     the server is made for the first datagram of a new connection, with
     its ``original_destination_cid`` (:func:`initial_destination_cid`).
+    Times: ``now`` and every later one on the caller's clock; ``utc_now``
+    gives the wall-clock time at which the peer's certificate must be valid.
     """
 
-    def __init__(self, keypair: Ed25519KeyPair, *, now: float, remote_addr: NetworkAddress,
-                 expected_peer: PeerId | None = None, original_destination_cid: bytes | None = None,
-                 certificate: Libp2pCertificate | None = None,
-                 idle_timeout: float = QUIC_IDLE_TIMEOUT, handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT,
-                 clock_utc: datetime.datetime | None = None) -> None:
+    def __init__(self, certificate: Libp2pCertificate, *, now: float, utc_now: Callable[[], datetime.datetime],
+                 remote_addr: NetworkAddress, expected_peer: PeerId | None = None,
+                 original_destination_cid: bytes | None = None,
+                 idle_timeout: float = QUIC_IDLE_TIMEOUT, handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT) -> None:
         self.initiator = expected_peer is not None
         self.expected_peer = expected_peer
         self.remote_addr = remote_addr
-        self._certificate = certificate or make_certificate(keypair)
-        #: the wall-clock time certificates are checked at (None: the time
-        #: now, as a live connection does; tests fix it)
-        self._clock_utc = clock_utc
+        #: our certificate (:func:`kadfast.tls.make_certificate`, made once by the shell)
+        self._certificate = certificate
+        #: the wall clock the peer's certificate validity is checked on (the
+        #: shell's; the core reads no clock of its own)
+        self._utc_now = utc_now
         config = quic_configuration(self._certificate, is_client=self.initiator, idle_timeout=idle_timeout)
         if self.initiator == (original_destination_cid is not None):
             raise ValueError("a client has the peer it dials, a server the Initial's destination id")
@@ -275,7 +278,7 @@ class QuicCore:
         chain = [] if cert is None else [cert, *tls._peer_certificate_chain]
         ders = [c.public_bytes(Encoding.DER) for c in chain]
         try:
-            key = verify_certificate_chain(ders, self._clock_utc, expected_peer=self.expected_peer)
+            key = verify_certificate_chain(ders, self._utc_now(), expected_peer=self.expected_peer)
         except TlsCertificateError as exc:
             self._quic.close(error_code=AUTH_FAILED, reason_phrase=f"libp2p TLS: {exc}"[:200])
             self._finish(f"authentication failed: {exc}")

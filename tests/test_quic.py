@@ -4,6 +4,8 @@ authentication and its refusals."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 from aioquic import tls as aioquic_tls
 from tls_helpers import plain_certificate
@@ -16,16 +18,26 @@ KA, KB, KC = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (11, 12, 13))
 CLIENT_ADDR, SERVER_ADDR = ("127.0.0.1", 40001), ("127.0.0.1", 4001)
 
 
+CERTS = {k.peer_id: make_certificate(k) for k in (KA, KB, KC)}
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def pair(client_key=KA, server_key=KB, expected=None, **kw):
-    client = QuicCore(client_key, now=Clock.now, remote_addr=SERVER_ADDR,
-                      expected_peer=expected or server_key.peer_id, **kw.get("client", {}))
+    ckw, skw = dict(kw.get("client", {})), dict(kw.get("server", {}))
+    client = QuicCore(ckw.pop("certificate", CERTS[client_key.peer_id]), now=Clock.now,
+                      utc_now=ckw.pop("utc_now", utc_now), remote_addr=SERVER_ADDR,
+                      expected_peer=expected or server_key.peer_id, **ckw)
     server = [None]
 
     def make_server(first):
         cid = initial_destination_cid(first)
         assert cid is not None
-        server[0] = QuicCore(server_key, now=Clock.now, remote_addr=CLIENT_ADDR, original_destination_cid=cid,
-                             **kw.get("server", {}))
+        server[0] = QuicCore(skw.get("certificate", CERTS[server_key.peer_id]), now=Clock.now, utc_now=utc_now,
+                             remote_addr=CLIENT_ADDR, original_destination_cid=cid,
+                             **{k: v for k, v in skw.items() if k != "certificate"})
         return server[0]
 
     return client, make_server
@@ -197,3 +209,12 @@ def test_a_handshake_that_does_not_complete_in_time_ends_the_connection():
     c2, make2 = pair(server={"handshake_timeout": 3.0}, client={"idle_timeout": 60.0})
     s2, _, _ = run(c2, make2)
     assert s2.is_open and (s2.get_timer() is None or s2.get_timer() > Clock.now + 3.0)
+
+
+def test_the_peer_certificate_is_checked_on_the_wall_clock_given():
+    # the core reads no clock: the certificate's validity is judged at the
+    # time utc_now gives (here a century ahead: the server's has expired)
+    late = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=365 * 101)
+    client, make_server = pair(client={"utc_now": lambda: late})
+    _, ec_, _ = run(client, make_server)
+    assert isinstance(ec_[0], QuicFailed) and "expired" in ec_[0].reason

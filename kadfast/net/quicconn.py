@@ -14,6 +14,7 @@ come next.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +24,14 @@ from ..keys import Ed25519KeyPair
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
 from ..quic import QUIC_HANDSHAKE_TIMEOUT, QuicCore, QuicEvent, QuicFailed, QuicUpgraded, initial_destination_cid
-from ..tls import Libp2pCertificate
+from ..tls import Libp2pCertificate, make_certificate
 
 __all__ = ["QuicClientConnection", "QuicListener", "dial_quic", "listen_quic", "quic_address"]
+
+
+def _utc_now() -> datetime.datetime:
+    """The wall clock that certificates are checked on."""
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def quic_address(addr: Multiaddr) -> tuple[str, int]:
@@ -47,8 +53,8 @@ class QuicClientConnection(asyncio.DatagramProtocol):
                  on_event: Callable[[QuicEvent], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self.remote = remote
-        self.core = QuicCore(keypair, now=self._loop.time(), remote_addr=remote, expected_peer=peer,
-                             certificate=certificate)
+        self.core = QuicCore(certificate or make_certificate(keypair), now=self._loop.time(), utc_now=_utc_now,
+                             remote_addr=remote, expected_peer=peer)
         self.on_event = on_event
         #: resolved with the peer's identity, or failed with why
         self.ready: asyncio.Future[QuicUpgraded] = self._loop.create_future()
@@ -181,8 +187,6 @@ class QuicListener(asyncio.DatagramProtocol):
                  on_event: Callable[[tuple[str, int], QuicCore, QuicEvent], None] | None = None,
                  max_connections: int = 1024, max_per_ip: int = 8,
                  handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT) -> None:
-        from ..tls import make_certificate
-
         self._loop = asyncio.get_running_loop()
         self.keypair = keypair
         self.certificate = certificate or make_certificate(keypair)  # one for every connection
@@ -219,8 +223,8 @@ class QuicListener(asyncio.DatagramProtocol):
             if len(self._conns) >= self.max_connections or self._per_ip.get(addr[0], 0) >= self.max_per_ip:
                 self.refused += 1
                 return
-            core = QuicCore(self.keypair, now=now, remote_addr=addr, original_destination_cid=cid,
-                            certificate=self.certificate, handshake_timeout=self.handshake_timeout)
+            core = QuicCore(self.certificate, now=now, utc_now=_utc_now, remote_addr=addr,
+                            original_destination_cid=cid, handshake_timeout=self.handshake_timeout)
             conn = self._conns[addr] = _ServerConnection(core, addr)
             self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
         self._handle(conn, conn.core.receive_datagram(data, addr, now))
