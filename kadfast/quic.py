@@ -204,7 +204,7 @@ class QuicCore:
     # -- input ---------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> list[QuicEvent]:
         self._quic.receive_datagram(data, addr, now)
-        self._pump(now)
+        self._pump()
         return self.events()
 
     def handle_timer(self, now: float) -> list[QuicEvent]:
@@ -214,7 +214,7 @@ class QuicCore:
             self._quic.close(error_code=AUTH_FAILED, reason_phrase="handshake timed out")
             self._finish("the handshake did not complete in time")
         self._quic.handle_timer(now)
-        self._pump(now)
+        self._pump()
         return self.events()
 
     # -- output --------------------------------------------------------
@@ -252,7 +252,7 @@ class QuicCore:
             self._quic.close(error_code=error_code, reason_phrase=reason)
 
     # -- internals -----------------------------------------------------
-    def _pump(self, now: float) -> None:
+    def _pump(self) -> None:
         quic = self._quic
         while (ev := quic.next_event()) is not None:
             if self._done:
