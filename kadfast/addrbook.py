@@ -40,6 +40,7 @@ __all__ = [
     "is_private",
     "is_loopback",
     "addrs_for_remote",
+    "dialable_quic",
     "dialable_tcp",
     "ip_prefix",
     "ip_group",
@@ -598,6 +599,21 @@ def dialable_tcp(addr: Multiaddr) -> bool:
     if host in ("ip4", "ip6") and ipaddress.ip_address(value).is_unspecified:  # type: ignore[arg-type]
         return False
     return True
+
+
+def dialable_quic(addr: Multiaddr) -> bool:
+    """``/ip4|ip6/<ip>/udp/<port>/quic-v1`` with an optional trailing
+    ``/p2p/<id>`` and nothing else (no webtransport, no draft-29 ``/quic``);
+    port 0 and the unspecified IPs are not dialable."""
+    parts = list(addr)
+    if len(parts) == 4 and parts[3][0] == "p2p":
+        parts = parts[:3]
+    if len(parts) != 3:
+        return False
+    (host, value), (transport, port), (quic, _) = parts
+    if host not in ("ip4", "ip6") or transport != "udp" or quic != "quic-v1" or port == "0":
+        return False
+    return not ipaddress.ip_address(value).is_unspecified  # type: ignore[arg-type]
 
 
 def ip_group(ip: str) -> tuple[str | None, bool]:

@@ -30,6 +30,7 @@ aioquic release drops it.
 from __future__ import annotations
 
 import datetime
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_h
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .errors import TlsCertificateError
+from .errors import StreamReset, TlsCertificateError
 from .keys import PublicKey
 from .peerid import PeerId
 from .tls import ALPN, Libp2pCertificate, verify_certificate_chain
@@ -59,6 +60,12 @@ __all__ = [
     "quic_configuration",
     "initial_destination_cid",
 ]
+
+# aioquic logs every connection's progress at info on the "quic" logger: a
+# line per handshake step is noise on a server that accepts thousands. Left
+# as it is when the application set a level of its own.
+if logging.getLogger("quic").level == logging.NOTSET:
+    logging.getLogger("quic").setLevel(logging.WARNING)
 
 #: Seconds without a packet before a connection is dropped (go-libp2p's
 #: and rust-libp2p's QUIC use 30 s, with keep-alives by the layer above).
@@ -187,6 +194,7 @@ class QuicCore:
                                            original_destination_connection_id=original_destination_cid)
         self._events: list[QuicEvent] = []
         self._held: list[QuicEvent] = []  # stream events that arrived before authentication
+        self._acked_pings: list[int] = []
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: PublicKey | None = None
         self._open = False
@@ -242,10 +250,50 @@ class QuicCore:
         return self._quic.get_next_available_stream_id()
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        """Queue data (and a FIN with ``end``); :class:`StreamReset` when
+        the stream can no longer send (reset, by us or by the peer's
+        STOP_SENDING, or closed by our FIN)."""
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end)
+        except (RuntimeError, ValueError) as exc:
+            raise StreamReset(f"QUIC stream {stream_id}: {exc}") from None
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
-        self._quic.reset_stream(stream_id, error_code)
+        """RESET_STREAM: our sending side ends at once (nothing if it is done)."""
+        try:
+            self._quic.reset_stream(stream_id, error_code)
+        except (RuntimeError, ValueError):
+            pass  # a stream that cannot send (the peer's unidirectional one)
+
+    def stop_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """STOP_SENDING: ask the peer to stop its side (nothing if the
+        stream is gone already)."""
+        try:
+            self._quic.stop_stream(stream_id, error_code)
+        except (RuntimeError, ValueError):
+            pass
+
+    def buffered(self, stream_id: int) -> int:
+        """Bytes written on the stream that the peer has not acknowledged
+        yet (0 for a stream gone). aioquic has no accessor for it: read from
+        its stream sender's buffer bounds."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return sender._buffer_stop - sender._buffer_start
+
+    def ping(self, uid: int) -> None:
+        """Send a PING frame; ``uid`` is in :meth:`pings_acknowledged` once
+        the peer acknowledged it."""
+        self._quic.send_ping(uid)
+
+    def pings_acknowledged(self) -> list[int]:
+        """The uids of pings acknowledged since the last call."""
+        out = self._acked_pings
+        if out:
+            self._acked_pings = []
+        return out
 
     def close(self, reason: str = "closed locally", error_code: int = 0) -> None:
         if not self._done:
@@ -263,6 +311,9 @@ class QuicCore:
                 self._stream_event(QuicStreamData(ev.stream_id, ev.data, ev.end_stream))
             elif isinstance(ev, qe.StreamReset):
                 self._stream_event(QuicStreamReset(ev.stream_id, ev.error_code))
+            elif isinstance(ev, qe.PingAcknowledged):
+                if len(self._acked_pings) < 64:
+                    self._acked_pings.append(ev.uid)
             elif isinstance(ev, qe.ConnectionTerminated):
                 self._finish(f"connection closed: {ev.reason_phrase or 'no reason'} (error 0x{ev.error_code:x})")
 
@@ -278,13 +329,19 @@ class QuicCore:
         chain = [] if cert is None else [cert, *tls._peer_certificate_chain]
         ders = [c.public_bytes(Encoding.DER) for c in chain]
         try:
-            key = verify_certificate_chain(ders, self._utc_now(), expected_peer=self.expected_peer)
+            key = verify_certificate_chain(ders, self._utc_now())
         except TlsCertificateError as exc:
             self._quic.close(error_code=AUTH_FAILED, reason_phrase=f"libp2p TLS: {exc}"[:200])
             self._finish(f"authentication failed: {exc}")
             return
         self.remote_public_key = key
-        self.remote_peer_id = PeerId.from_public_key(key)
+        self.remote_peer_id = peer = PeerId.from_public_key(key)
+        if self.expected_peer is not None and peer != self.expected_peer:
+            # who it is stays known (remote_peer_id): the dialer reports a wrong peer
+            reason = f"the certificate proves {peer}, not the peer dialed ({self.expected_peer})"
+            self._quic.close(error_code=AUTH_FAILED, reason_phrase=f"libp2p TLS: {reason}"[:200])
+            self._finish(f"authentication failed: {reason}")
+            return
         self._handshake_deadline = None
         self._open = True
         self._events.append(QuicUpgraded(self.remote_peer_id, key))

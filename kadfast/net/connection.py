@@ -183,6 +183,20 @@ class Connection(asyncio.Protocol):
         return self._state == _OPEN
 
     @property
+    def is_closed(self) -> bool:
+        return self._state == _CLOSED
+
+    def mark_upgrading(self) -> None:
+        """The transport is there and the upgrade begins (a transport
+        whose shell is not an ``asyncio.Protocol``: QUIC's)."""
+        self._state = _UPGRADING
+
+    def drop(self, reason: str) -> None:
+        """Forget a connection refused before its transport began (the
+        host's counts of it released)."""
+        self._teardown(reason)
+
+    @property
     def session(self) -> "YamuxSession | None":
         """The Yamux session, once the upgrade is done."""
         return self.core.session if self.core is not None else None

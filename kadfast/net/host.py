@@ -1,6 +1,6 @@
-"""The host: listens and dials TCP multiaddrs, upgrades connections, keeps one
-connection per peer, routes streams to protocol handlers, and runs identify
-and ping.
+"""The host: listens and dials TCP and QUIC multiaddrs, upgrades connections,
+keeps one connection per peer, routes streams to protocol handlers, and runs
+identify and ping.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
-from ..addrbook import AddressBook, dialable_tcp, ip_group, ip_subnets, is_loopback
+from ..addrbook import AddressBook, dialable_quic, dialable_tcp, ip_group, ip_subnets, is_loopback
 from ..errors import (
     DialBackoff,
     DialError,
@@ -37,8 +37,10 @@ from ..noise import NoisePeerIdMismatch, NoiseStaticKey, name_fallback_once
 from ..peerid import PeerId
 from ..ping import PROTOCOL_ID as PING_PROTOCOL
 from ..ratelimit import PeerRateLimiter
+from ..tls import Libp2pCertificate, make_certificate
 from .connection import Connection
 from .connmgr import PRUNED_REASON, choose_prunable
+from .quicconn import QuicConnection, QuicEndpoint, quic_address
 from .services import IdentifyService, PingService
 from .stream import Stream, StreamReset
 
@@ -53,7 +55,8 @@ Handler = Callable[[Stream], Awaitable[None]]
 class HostConfig:
     """Network settings; every limit is on by default."""
 
-    #: addresses to listen on, e.g. ["/ip4/127.0.0.1/tcp/0"]
+    #: addresses to listen on, TCP and QUIC, e.g. ["/ip4/127.0.0.1/tcp/0",
+    #: "/ip4/127.0.0.1/udp/0/quic-v1"]
     listen_addrs: list[str] = field(default_factory=list)
     #: addresses that identify announces besides the listen addresses
     external_addrs: list[str] = field(default_factory=list)
@@ -148,9 +151,17 @@ class HostConfig:
     max_ping_streams: int = 2
     #: outbound dials in progress at once
     max_concurrent_dials: int = 64
-    #: TCP connect plus upgrade
+    #: TCP connect plus upgrade (QUIC: its handshake)
     dial_timeout: float = 10.0
-    #: upgrade of an inbound or outbound connection (multistream, Noise, Yamux)
+    #: dial a peer's QUIC addresses before its TCP ones (go-libp2p and
+    #: rust-libp2p prefer QUIC too); TCP is still tried when QUIC fails
+    prefer_quic: bool = True
+    #: seconds without a packet before a QUIC connection is dropped (the
+    #: transport's idle timeout, as go-libp2p's and rust-libp2p's 30 s);
+    #: ``idle_timeout`` applies to QUIC connections as to TCP ones
+    quic_idle_timeout: float = 30.0
+    #: upgrade of an inbound or outbound connection (multistream, Noise,
+    #: Yamux; QUIC: its handshake and the libp2p TLS authentication)
     handshake_timeout: float = 10.0
     #: protocol negotiation on one stream
     negotiation_timeout: float = 10.0
@@ -239,6 +250,11 @@ class Host:
         self._handlers: dict[str, Handler] = {}
         self._inline: set[str] = set()  # protocols whose handler runs inline (set_stream_handler)
         self._servers: list[asyncio.AbstractServer] = []
+        #: the UDP sockets of QUIC: the listening ones, and the one per
+        #: address family that dials when none listens
+        self._quic_endpoints: list[QuicEndpoint] = []
+        self._quic_dialers: dict[int, QuicEndpoint] = {}
+        self._tls_certificate: Libp2pCertificate | None = None
         self._listen_addrs: list[Multiaddr] = []
         self._conns: dict[PeerId, list[Connection]] = {}
         #: bumped whenever a connection joins or leaves ``_conns`` (so what
@@ -333,6 +349,10 @@ class Host:
             self._trim_timer = None
         for srv in self._servers:
             srv.close()
+        for ep in [*self._quic_endpoints, *self._quic_dialers.values()]:
+            ep.close()
+        self._quic_endpoints.clear()
+        self._quic_dialers.clear()
         for conns in list(self._conns.values()):
             for c in list(conns):
                 c.close("host closing")
@@ -350,7 +370,23 @@ class Host:
         self._servers.clear()
 
     # -- listening -------------------------------------------------------
+    @property
+    def tls_certificate(self) -> Libp2pCertificate:
+        """The libp2p TLS certificate of every QUIC connection (made on first use)."""
+        cert = self._tls_certificate
+        if cert is None:
+            cert = self._tls_certificate = make_certificate(self.keypair)
+        return cert
+
+    @tls_certificate.setter
+    def tls_certificate(self, cert: Libp2pCertificate) -> None:
+        self._tls_certificate = cert
+
     async def listen(self, addr: Multiaddr) -> list[Multiaddr]:
+        """Listen on a TCP or a QUIC (``/udp/<port>/quic-v1``) address; the
+        addresses listened on (the port chosen for port 0)."""
+        if addr.value_for("quic-v1") is not None or addr.value_for("udp") is not None:
+            return await self._listen_quic(addr)
         host, port = _tcp_host_port(addr)
         loop = self.loop
         server = await loop.create_server(
@@ -365,6 +401,15 @@ class Host:
         self._listen_addrs.extend(added)
         return added
 
+    async def _listen_quic(self, addr: Multiaddr) -> list[Multiaddr]:
+        host, port = quic_address(addr)
+        _, ep = await self.loop.create_datagram_endpoint(
+            lambda: QuicEndpoint(self, listening=True), local_addr=(host, port))
+        self._quic_endpoints.append(ep)
+        assert ep.multiaddr is not None  # set once the socket is there
+        self._listen_addrs.append(ep.multiaddr)
+        return [ep.multiaddr]
+
     @property
     def listen_addrs(self) -> list[Multiaddr]:
         """Addresses we listen on; an unspecified address (0.0.0.0, ::) is
@@ -372,12 +417,17 @@ class Host:
         out = []
         for a in self._listen_addrs:
             ip = a.value_for("ip4") or a.value_for("ip6")
-            port = a.value_for("tcp")
-            if ip in ("0.0.0.0", "::") and port is not None:
-                out.extend(_local_addrs(ip == "::", port))
+            tcp = a.value_for("tcp")
+            udp = a.value_for("udp")
+            if ip in ("0.0.0.0", "::") and (tcp is not None or udp is not None):
+                out.extend(_local_addrs(ip == "::", f"tcp/{tcp}" if tcp is not None else f"udp/{udp}/quic-v1"))
             else:
                 out.append(a)
         return out
+
+    def quic_endpoints(self) -> list[QuicEndpoint]:
+        """The UDP sockets of QUIC (listening ones first)."""
+        return [*self._quic_endpoints, *self._quic_dialers.values()]
 
     def announce_addrs(self) -> list[Multiaddr]:
         ext = tuple(self.config.external_addrs)
@@ -492,20 +542,31 @@ class Host:
                 self.dropped_events += 1
 
     # -- connections -----------------------------------------------------
+    def new_quic_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> QuicConnection:
+        """A QUIC connection counted as the TCP ones are (see
+        :meth:`_new_connection`): for the QUIC endpoints."""
+        conn = QuicConnection(self, initiator=initiator, expected_peer=expected_peer)
+        self._count_new(conn)
+        return conn
+
     def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
         conn = Connection(self, initiator=initiator, expected_peer=expected_peer)
+        self._count_new(conn)
+        return conn
+
+    def _count_new(self, conn: Connection) -> None:
+        initiator = conn.initiator
         if not initiator:
             # refusals accept the socket and close it at once (connection_made)
             limit = self.config.max_pending_handshakes
             if self._closing:
                 conn.refuse("host closing")
-                return conn
+                return
             if limit and self._pending_inbound >= limit:
                 conn.refuse(f"{self._pending_inbound} handshakes under way already (max_pending_handshakes)")
-                return conn
+                return
             self._pending_inbound += 1
         self._pending.add(conn)
-        return conn
 
     def _unpend(self, conn: Connection) -> None:
         if conn in self._pending:
@@ -937,9 +998,11 @@ class Host:
         over = self.connection_count() - self.config.max_connections
         if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
-        addrs = [a for a in self.addrbook.addrs(peer, self.clock()) if dialable_tcp(a)]
+        addrs = [a for a in self.addrbook.addrs(peer, self.clock()) if dialable_tcp(a) or dialable_quic(a)]
         if not addrs:
-            raise DialNoAddresses(f"no TCP address known for {peer}")
+            raise DialNoAddresses(f"no TCP or QUIC address known for {peer}")
+        if self.config.prefer_quic:
+            addrs.sort(key=lambda a: not dialable_quic(a))  # stable: the book's order within each
         errors: list[DialError] = []
         sem = self._dial_sem
         assert sem is not None  # set by start(); dial() needs a started host
@@ -960,6 +1023,10 @@ class Host:
         raise errors[0]
 
     async def _dial_addr(self, peer: PeerId | None, addr: Multiaddr) -> Connection:
+        if dialable_quic(addr):
+            if peer is None:
+                raise DialNoAddresses(f"a QUIC dial needs the peer id: {addr}")
+            return await self._dial_quic(peer, addr)
         host, port = _tcp_host_port(addr)
         timeout = self.config.dial_timeout
         deadline = self.clock() + timeout
@@ -1011,6 +1078,41 @@ class Host:
             if isinstance(err, NoisePeerIdMismatch):
                 raise DialWrongPeer(f"{addr}: {err}") from None
             raise DialNegotiationFailed(f"{addr}: {err}") from None
+
+    async def _quic_dialer(self, ipv6: bool) -> QuicEndpoint:
+        """The UDP socket QUIC dials from: a listening one of the family (the
+        peer then sees our listen port), else one of its own."""
+        fam = socket.AF_INET6 if ipv6 else socket.AF_INET
+        for ep in self._quic_endpoints:
+            tr = ep.transport
+            if tr is not None and not tr.is_closing() and tr.get_extra_info("socket").family == fam:
+                return ep
+        ep = self._quic_dialers.get(fam)
+        if ep is None or ep.transport is None or ep.transport.is_closing():
+            _, ep = await self.loop.create_datagram_endpoint(
+                lambda: QuicEndpoint(self, listening=False), local_addr=("::" if ipv6 else "0.0.0.0", 0))
+            self._quic_dialers[fam] = ep
+        return ep
+
+    async def _dial_quic(self, peer: PeerId, addr: Multiaddr) -> Connection:
+        host, port = quic_address(addr)
+        timeout = self.config.dial_timeout
+        ep = await self._quic_dialer(":" in host)
+        conn = self.new_quic_connection(initiator=True, expected_peer=peer)
+        try:
+            ep.connect(conn, (host, port), peer)
+        except (ConnectionError, OSError) as exc:
+            conn.drop("dial failed")
+            raise DialRefused(f"{addr}: {exc}") from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+        except asyncio.TimeoutError:
+            conn.close("dial timed out")
+            raise DialTimeout(f"the QUIC handshake with {addr} timed out") from None
+        except (ProtocolError, ConnectionError) as exc:
+            if conn.remote_peer_id is not None and conn.remote_peer_id != peer:
+                raise DialWrongPeer(f"{addr} is {conn.remote_peer_id}, not {peer}") from None
+            raise DialNegotiationFailed(f"{addr}: {exc}") from None
 
     # -- streams ---------------------------------------------------------
     async def new_stream(self, peer: PeerId, protocols: str | list[str], addrs=None) -> Stream:
@@ -1067,15 +1169,17 @@ def _tcp_host_port(addr: Multiaddr) -> tuple[str, int]:
     return host, int(port)
 
 
-def _local_addrs(ipv6: bool, port: str) -> list[Multiaddr]:
-    out = [Multiaddr(f"/ip6/::1/tcp/{port}") if ipv6 else Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]
+def _local_addrs(ipv6: bool, transport: str) -> list[Multiaddr]:
+    """The host's own addresses with ``transport`` (``tcp/4001``,
+    ``udp/4001/quic-v1``): what an unspecified listen address stands for."""
+    out = [Multiaddr(f"/ip6/::1/{transport}") if ipv6 else Multiaddr(f"/ip4/127.0.0.1/{transport}")]
     try:
         infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET6 if ipv6 else socket.AF_INET)
     except OSError:
         infos = []
     for info in infos:
         ip = str(info[4][0]).split("%")[0]
-        a = Multiaddr(f"/{'ip6' if ipv6 else 'ip4'}/{ip}/tcp/{port}")
+        a = Multiaddr(f"/{'ip6' if ipv6 else 'ip4'}/{ip}/{transport}")
         if a not in out and not is_loopback(a):
             out.append(a)
     return out

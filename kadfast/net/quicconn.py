@@ -1,14 +1,21 @@
-"""The asyncio shells of libp2p QUIC connections, an outbound one on a UDP
-socket of its own and a listener for inbound ones: the datagrams of each
-:class:`kadfast.quic.QuicCore` moved, its timer kept on the loop's clock,
-its events handed on.
+"""libp2p connections over QUIC in the host: the asyncio shells.
 
-:func:`dial_quic` returns once the peer is authenticated (both ways:
-the peer verified our certificate, or it would have closed);
-:func:`listen_quic` accepts connections on a UDP socket and reports each
-connection's events. Only the connections' authentication is used so
-far: streams, their protocol negotiation and the host's QUIC transport
-come next.
+A :class:`QuicEndpoint` is one UDP socket of the host (a listening one, or
+the one the host dials from when it listens on no QUIC address of that
+family). It hands each datagram to the connection of its source address;
+a QUIC v1 Initial from a new address makes an inbound connection if the
+host admits it (the limits and handshake rates that TCP connections have,
+checked before any TLS work); anything else is dropped.
+
+A :class:`QuicConnection` is the host's :class:`~kadfast.net.connection.Connection`
+over a :class:`~kadfast.net.quicstreams.QuicConnectionCore`: the same
+streams, events, limits and bookkeeping, with datagrams instead of a byte
+stream under them. The core's timer is kept on the loop; what a read or
+the application's writes produce leaves in one batch of datagrams.
+
+Connections are keyed by the peer's address: a peer that migrates to
+another address is not followed (routing by connection id, version
+negotiation and retry tokens are not handled).
 """
 
 from __future__ import annotations
@@ -16,21 +23,27 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-from collections.abc import Callable
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DialError
-from ..keys import Ed25519KeyPair
+from ..errors import KadfastError
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..quic import QUIC_HANDSHAKE_TIMEOUT, QuicCore, QuicEvent, QuicFailed, QuicUpgraded, initial_destination_cid
-from ..tls import Libp2pCertificate, make_certificate
+from ..quic import QuicCore, initial_destination_cid
+from .connection import Connection
+from .quicstreams import QuicConnectionCore
+from .upgrade import ConnectionEvent
 
-__all__ = ["QuicClientConnection", "QuicListener", "dial_quic", "listen_quic", "quic_address"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .host import Host
+
+log = logging.getLogger("kadfast.net")
+
+__all__ = ["QuicConnection", "QuicEndpoint", "quic_address", "quic_multiaddr", "utc_now"]
 
 
-def _utc_now() -> datetime.datetime:
-    """The wall clock that certificates are checked on."""
+def utc_now() -> datetime.datetime:
+    """The wall clock that the peers' certificates are checked on."""
     return datetime.datetime.now(datetime.timezone.utc)
 
 
@@ -45,159 +58,163 @@ def quic_address(addr: Multiaddr) -> tuple[str, int]:
     return str(ipaddress.ip_address(ip)), int(port)
 
 
-class QuicClientConnection(asyncio.DatagramProtocol):
-    """One outbound QUIC connection on its own UDP socket."""
+def quic_multiaddr(ip: str, port: int) -> Multiaddr:
+    """``/ip4|ip6/<ip>/udp/<port>/quic-v1``."""
+    ip = ip.split("%")[0]
+    mapped = ipaddress.ip_address(ip)
+    if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+        mapped = mapped.ipv4_mapped
+    proto = "ip6" if mapped.version == 6 else "ip4"
+    return Multiaddr(f"/{proto}/{mapped}/udp/{port}/quic-v1")
 
-    def __init__(self, keypair: Ed25519KeyPair, peer: PeerId, remote: tuple[str, int],
-                 certificate: Libp2pCertificate | None = None,
-                 on_event: Callable[[QuicEvent], None] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.remote = remote
-        self.core = QuicCore(certificate or make_certificate(keypair), now=self._loop.time(), utc_now=_utc_now,
-                             remote_addr=remote, expected_peer=peer)
-        self.on_event = on_event
-        #: resolved with the peer's identity, or failed with why
-        self.ready: asyncio.Future[QuicUpgraded] = self._loop.create_future()
-        #: resolved with the reason once the connection is over
-        self.closed: asyncio.Future[str] = self._loop.create_future()
-        self.transport: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
-    # -- asyncio.DatagramProtocol ----------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._flush()
+class QuicConnection(Connection):
+    """A host connection over QUIC (see the module). Made by the host;
+    :meth:`QuicEndpoint.connect` and the endpoint's accept start it."""
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if addr[:2] != self.remote[:2]:
-            return  # not from the peer (a connected socket drops these already)
-        self._handle(self.core.receive_datagram(data, self.remote, self._loop.time()))
+    __slots__ = ("endpoint", "peer_addr")
 
-    def error_received(self, exc: Exception) -> None:
-        self._handle([QuicFailed(f"UDP error: {exc}")])
+    def __init__(self, host: "Host", *, initiator: bool, expected_peer: PeerId | None = None) -> None:
+        super().__init__(host, initiator=initiator, expected_peer=expected_peer)
+        self.endpoint: QuicEndpoint | None = None
+        #: the (IP, port) its datagrams come from and go to
+        self.peer_addr: tuple[str, int] | None = None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        if not self.ready.done():
-            self.ready.set_exception(DialError(f"QUIC socket closed: {exc or 'closed'}"))
-        if not self.closed.done():
-            self.closed.set_result(f"socket closed: {exc or 'closed'}")
+    def __repr__(self) -> str:
+        d = "out" if self.initiator else "in"
+        return f"<QuicConnection {d} {self.remote_peer_id} {self.remote_addr}>"
 
-    # -- driving the core --------------------------------------------------
-    def _handle(self, events: list[QuicEvent]) -> None:
-        for ev in events:
-            if isinstance(ev, QuicUpgraded):
-                if not self.ready.done():
-                    self.ready.set_result(ev)
-            elif isinstance(ev, QuicFailed):
-                if not self.ready.done():
-                    self.ready.set_exception(DialError(f"QUIC: {ev.reason}"))
-                if not self.closed.done():
-                    self.closed.set_result(ev.reason)
-            if self.on_event is not None:
-                self.on_event(ev)
-        self._flush()
-        if self.closed.done() and self.transport is not None:
-            self._cancel_timer()
-            self.transport.close()
+    def start(self, endpoint: "QuicEndpoint", peer_addr: tuple[str, int], quic: QuicCore) -> None:
+        """Begin: the client's first flight leaves at once; a server's
+        connection is handed its first datagram by the endpoint."""
+        host = self.host
+        cfg = host.config
+        self.endpoint = endpoint
+        self.peer_addr = peer_addr
+        self.remote_addr = quic_multiaddr(*peer_addr)
+        self.local_addr = endpoint.multiaddr
+        self.core = QuicConnectionCore(  # type: ignore[assignment]  # the same calls as ConnectionCore's
+            quic,
+            supports_protocol=host.supports_protocol,
+            negotiation_timeout=cfg.negotiation_timeout,
+            max_inbound_streams=cfg.max_inbound_streams,
+        )
+        self.mark_upgrading()
+        if self.initiator:
+            self._flush()  # the client's Initial
 
-    def _flush(self) -> None:
-        tr = self.transport
-        if tr is None or tr.is_closing():
+    # -- input ---------------------------------------------------------------
+    def datagram_received(self, data: bytes) -> None:
+        core: Any = self.core
+        if core is None or self.is_closed:
             return
-        for data, _addr in self.core.datagrams_to_send(self._loop.time()):
-            tr.sendto(data)
+        self.last_activity = now = self._clock()
+        self.bytes_in += len(data)
+        self._receiving = True
+        try:
+            events: list[ConnectionEvent] = core.receive_datagram(data, self.peer_addr, now)
+            if events:
+                self._handle(events)
+        except KadfastError as exc:
+            self.error = exc
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._receiving = False
+        self.stream_activity = core.stream_activity
+        self._flush()
+
+    # -- output --------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        core: Any = self.core
+        ep = self.endpoint
+        if core is None or ep is None:
+            return
+        if self._local_events:
+            self._local_events = False
+            local = core.events()
+            if local:
+                self._handle(local)
+        ep.send(core.datagrams_to_send(self._clock()), self.peer_addr)
+        if self.is_closed:
+            return
+        if self._drain_waiters:
+            self._drained()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        self._cancel_timer()
-        when = self.core.get_timer()
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
-
-    def _cancel_timer(self) -> None:
+        # QUIC's timers (loss detection, acknowledgements, pacing) move on
+        # every flush: the loop timer follows the core's earliest deadline
+        core = self.core
+        if core is None or self.is_closed:
+            return
+        when = core.get_timer()
+        if when is None:
+            self._cancel_timer()
+            return
         if self._timer is not None:
+            if self._timer_at == when:
+                return
             self._timer.cancel()
-            self._timer = None
+        self._timer_at = when
+        self._timer = self.loop.call_later(max(0.0, when - self._clock()), self._on_timer)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._handle(self.core.handle_timer(self._loop.time()))
+    def queued_output(self) -> int:
+        core: Any = self.core
+        if core is None:
+            return 0
+        return sum(core.buffered(sid) for sid in self.streams)
+
+    def stream_consumed(self, stream_id: int, n: int) -> None:
+        core: Any = self.core
+        if core is not None:
+            core.consumed(stream_id, n)
+
+    def stream_buffered(self, stream_id: int) -> int:
+        core: Any = self.core
+        return core.buffered(stream_id) if core is not None else 0
+
+    # -- closing ---------------------------------------------------------------
+    def _fail(self, reason: str) -> None:
+        self._authenticated()
+        log.info("%r: closing: %s", self, reason)
+        try:
+            self._flush()  # the CONNECTION_CLOSE
+        except Exception:  # pragma: no cover - best effort on a failing connection
+            pass
+        self._teardown(reason)
 
     def close(self, reason: str = "closed locally") -> None:
-        """Close the connection (a CONNECTION_CLOSE is sent; the socket goes
-        once the core is done)."""
-        self.core.close(reason)
-        self._flush()
+        if self.is_closed or self._closing:
+            return
+        self._closing = True
+        core: Any = self.core
+        if core is not None:
+            core.close(reason)
+            self._flush()
+        self._teardown(reason)
+
+    def _teardown(self, reason: str) -> None:
+        if self.is_closed:
+            return
+        ep = self.endpoint
+        if ep is not None:
+            ep.forget(self)
+        super()._teardown(reason)
 
 
-async def dial_quic(keypair: Ed25519KeyPair, addr: Multiaddr, *, timeout: float = 10.0,
-                    certificate: Libp2pCertificate | None = None,
-                    on_event: Callable[[QuicEvent], None] | None = None) -> QuicClientConnection:
-    """Dial the peer at ``addr`` (``.../udp/<port>/quic-v1/p2p/<id>``) and
-    return the connection once the QUIC and libp2p TLS handshakes are done
-    and the peer proved to be ``<id>``. :class:`DialError` when it is not,
-    or on a timeout (the socket is closed either way)."""
-    peer = addr.peer_id()
-    if peer is None:
-        raise ValueError(f"a QUIC dial needs the peer's /p2p/ id: {addr}")
-    remote = quic_address(addr)
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicClientConnection(keypair, peer, remote, certificate, on_event), remote_addr=remote)
-    try:
-        async with asyncio.timeout(timeout):
-            await proto.ready
-    except TimeoutError:
-        proto.close("dial timed out")
-        if proto.transport is not None:
-            proto.transport.close()
-        raise DialError(f"QUIC dial of {addr} timed out after {timeout} s") from None
-    except BaseException:
-        if proto.transport is not None:
-            proto.transport.close()
-        raise
-    return proto
+class QuicEndpoint(asyncio.DatagramProtocol):
+    """One UDP socket of the host, its QUIC connections by peer address."""
 
-
-class _ServerConnection:
-    """A listener's connection: its core and its loop timer."""
-
-    __slots__ = ("core", "timer", "addr")
-
-    def __init__(self, core: QuicCore, addr: tuple[str, int]) -> None:
-        self.core = core
-        self.addr = addr
-        self.timer: asyncio.TimerHandle | None = None
-
-
-class QuicListener(asyncio.DatagramProtocol):
-    """A UDP socket accepting libp2p QUIC connections: each datagram goes to
-    the connection of its source address, a QUIC v1 Initial from a new one
-    makes a connection (at most ``max_connections``, ``max_per_ip`` from one
-    IP, each authenticated within ``handshake_timeout`` or dropped);
-    anything else from an unknown address is dropped. ``on_event(addr,
-    core, event)`` is told every event of every connection.
-
-    Connections are keyed by the peer's address: a peer that migrates to
-    another address is not followed (QUIC connection ids, version
-    negotiation and retry tokens are not handled yet)."""
-
-    def __init__(self, keypair: Ed25519KeyPair, *, certificate: Libp2pCertificate | None = None,
-                 on_event: Callable[[tuple[str, int], QuicCore, QuicEvent], None] | None = None,
-                 max_connections: int = 1024, max_per_ip: int = 8,
-                 handshake_timeout: float = QUIC_HANDSHAKE_TIMEOUT) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.keypair = keypair
-        self.certificate = certificate or make_certificate(keypair)  # one for every connection
-        self.on_event = on_event
-        self.max_connections = max_connections
-        self.max_per_ip = max_per_ip
-        self.handshake_timeout = handshake_timeout
+    def __init__(self, host: "Host", *, listening: bool) -> None:
+        self.host = host
+        self.listening = listening
         self.transport: asyncio.DatagramTransport | None = None
-        self._conns: dict[tuple[str, int], _ServerConnection] = {}
-        self._per_ip: dict[str, int] = {}
-        #: Initials dropped because a limit was reached
+        self.multiaddr: Multiaddr | None = None
+        self._conns: dict[tuple[str, int], QuicConnection] = {}
+        #: Initials dropped: the host refused the connection, or this
+        #: endpoint does not accept (a dial-only one)
         self.refused = 0
 
     @property
@@ -206,78 +223,82 @@ class QuicListener(asyncio.DatagramProtocol):
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
 
-    def connections(self) -> list[QuicCore]:
-        return [c.core for c in self._conns.values()]
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        h, p = self.local_addr
+        self.multiaddr = quic_multiaddr(h, p)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for conn in list(self._conns.values()):
+            conn.close(f"UDP socket closed: {exc or 'closed'}")
+
+    def error_received(self, exc: Exception) -> None:
+        # an ICMP error for one of the peers (port unreachable): the
+        # connection's own timers notice a peer that is gone
+        log.debug("QUIC endpoint %s: %s", self.multiaddr, exc)
+
+    def connections(self) -> list[QuicConnection]:
+        return list(self._conns.values())
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        addr = addr[:2]
-        conn = self._conns.get(addr)
-        now = self._loop.time()
+        key = (addr[0], addr[1])
+        conn = self._conns.get(key)
         if conn is None:
-            cid = initial_destination_cid(data)
-            if cid is None:
+            conn = self._accept(data, key)
+            if conn is None:
                 return
-            if len(self._conns) >= self.max_connections or self._per_ip.get(addr[0], 0) >= self.max_per_ip:
-                self.refused += 1
-                return
-            core = QuicCore(self.certificate, now=now, utc_now=_utc_now, remote_addr=addr,
-                            original_destination_cid=cid, handshake_timeout=self.handshake_timeout)
-            conn = self._conns[addr] = _ServerConnection(core, addr)
-            self._per_ip[addr[0]] = self._per_ip.get(addr[0], 0) + 1
-        self._handle(conn, conn.core.receive_datagram(data, addr, now))
+        conn.datagram_received(data)
 
-    def _handle(self, conn: _ServerConnection, events: list[QuicEvent]) -> None:
-        for ev in events:
-            if self.on_event is not None:
-                self.on_event(conn.addr, conn.core, ev)
-        self._flush(conn)
-        if any(isinstance(ev, QuicFailed) for ev in events):
-            self._drop(conn)
+    def _accept(self, data: bytes, addr: tuple[str, int]) -> QuicConnection | None:
+        cid = initial_destination_cid(data)
+        if cid is None:
+            return None  # not the start of a connection: dropped unanswered
+        host = self.host
+        if not self.listening:
+            self.refused += 1
+            return None
+        conn = host.new_quic_connection(initiator=False)
+        if conn.refusal:
+            log.debug("refusing QUIC connection from %s: %s", addr[0], conn.refusal)
+            self.refused += 1
+            conn.drop(conn.refusal)
+            return None
+        if not host.admit_inbound(conn, addr[0]):
+            self.refused += 1
+            conn.drop("refused")
+            return None
+        quic = QuicCore(host.tls_certificate, now=host.clock(), utc_now=utc_now, remote_addr=addr,
+                        original_destination_cid=cid, handshake_timeout=host.config.handshake_timeout,
+                        idle_timeout=host.config.quic_idle_timeout)
+        self._conns[addr] = conn
+        conn.start(self, addr, quic)
+        return conn
 
-    def _flush(self, conn: _ServerConnection) -> None:
+    def connect(self, conn: QuicConnection, addr: tuple[str, int], peer: PeerId) -> None:
+        """Start an outbound connection to ``peer`` at ``addr``."""
+        host = self.host
+        if addr in self._conns:
+            raise ConnectionError(f"a QUIC connection with {addr[0]}:{addr[1]} is under way already")
+        quic = QuicCore(host.tls_certificate, now=host.clock(), utc_now=utc_now, remote_addr=addr,
+                        expected_peer=peer, handshake_timeout=host.config.handshake_timeout,
+                        idle_timeout=host.config.quic_idle_timeout)
+        self._conns[addr] = conn
+        conn.start(self, addr, quic)
+
+    def send(self, datagrams: list[tuple[bytes, Any]], addr: tuple[str, int] | None) -> None:
         tr = self.transport
-        if tr is not None and not tr.is_closing():
-            for data, addr in conn.core.datagrams_to_send(self._loop.time()):
-                tr.sendto(data, addr)
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        when = conn.core.get_timer()
-        if when is not None and self._conns.get(conn.addr) is conn:
-            conn.timer = self._loop.call_at(when, self._on_timer, conn)
-
-    def _on_timer(self, conn: _ServerConnection) -> None:
-        conn.timer = None
-        self._handle(conn, conn.core.handle_timer(self._loop.time()))
-
-    def _drop(self, conn: _ServerConnection) -> None:
-        if self._conns.get(conn.addr) is not conn:
+        if tr is None or tr.is_closing() or addr is None:
             return
-        del self._conns[conn.addr]
-        n = self._per_ip[conn.addr[0]] - 1
-        if n:
-            self._per_ip[conn.addr[0]] = n
-        else:
-            del self._per_ip[conn.addr[0]]
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        for data, _ in datagrams:
+            tr.sendto(data, addr)
+
+    def forget(self, conn: QuicConnection) -> None:
+        addr = conn.peer_addr
+        if addr is not None and self._conns.get(addr) is conn:
+            del self._conns[addr]
 
     def close(self) -> None:
-        """Close every connection (CONNECTION_CLOSE sent) and the socket."""
         for conn in list(self._conns.values()):
-            conn.core.close("listener closed")
-            self._flush(conn)
-            self._drop(conn)
+            conn.close("host closing")
         if self.transport is not None:
             self.transport.close()
-
-
-async def listen_quic(keypair: Ed25519KeyPair, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> QuicListener:
-    """A :class:`QuicListener` bound to ``host``:``port`` (UDP)."""
-    loop = asyncio.get_running_loop()
-    _, proto = await loop.create_datagram_endpoint(lambda: QuicListener(keypair, **kw), local_addr=(host, port))
-    return proto

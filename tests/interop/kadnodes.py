@@ -20,12 +20,13 @@ async def call(peer, cmd, **args):
     return await asyncio.to_thread(peer.call, cmd, **args)
 
 
-async def start_node() -> KadNode:
-    """A started kadfast node in the default mode, listening on loopback."""
+async def start_node(listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)) -> KadNode:
+    """A started kadfast node in the default mode, listening on loopback
+    (TCP unless ``listen`` says otherwise)."""
     from kadfast.net import HostConfig
 
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(16))
-    node = KadNode(config=Config(), host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+    node = KadNode(config=Config(), host_config=HostConfig(listen_addrs=list(listen)))
     await node.start()
     return node
 
