@@ -1087,12 +1087,20 @@ class Host:
             tr = ep.transport
             if tr is not None and not tr.is_closing() and tr.get_extra_info("socket").family == fam:
                 return ep
-        ep = self._quic_dialers.get(fam)
-        if ep is None or ep.transport is None or ep.transport.is_closing():
-            _, ep = await self.loop.create_datagram_endpoint(
-                lambda: QuicEndpoint(self, listening=False), local_addr=("::" if ipv6 else "0.0.0.0", 0))
-            self._quic_dialers[fam] = ep
-        return ep
+        dialer = self._quic_dialers.get(fam)
+        if dialer is not None and dialer.transport is not None and not dialer.transport.is_closing():
+            return dialer
+        _, made = await self.loop.create_datagram_endpoint(
+            lambda: QuicEndpoint(self, listening=False), local_addr=("::" if ipv6 else "0.0.0.0", 0))
+        dialer = self._quic_dialers.get(fam)
+        if dialer is not None and dialer.transport is not None and not dialer.transport.is_closing():
+            made.close()  # another dial made one meanwhile
+            return dialer
+        if self._closing:
+            made.close()
+            raise DialError("host closing")
+        self._quic_dialers[fam] = made
+        return made
 
     async def _dial_quic(self, peer: PeerId, addr: Multiaddr) -> Connection:
         host, port = quic_address(addr)

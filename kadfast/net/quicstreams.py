@@ -41,8 +41,8 @@ from typing import Any
 
 from ..errors import MultistreamError, StreamReset
 from ..keys import PublicKey
-from ..peerid import PeerId
 from ..multistream import MultistreamDialer, MultistreamListener
+from ..peerid import PeerId
 from ..quic import QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded
 from ..yamux import PongReceived, StreamData, StreamEnded, StreamFreed, StreamResetByPeer, StreamWritable
 from .upgrade import (
