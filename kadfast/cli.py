@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bootstrap node address ending in /p2p/<id> (repeatable)")
     net.add_argument("--key", dest="key_file", metavar="FILE", help="identity key file (created if missing)")
     net.add_argument("--listen", action="append", default=[], metavar="MADDR",
-                     help="listen address (repeatable). server: default /ip4/0.0.0.0/tcp/4001; "
+                     help="listen address, TCP or QUIC (repeatable). server: default /ip4/0.0.0.0/tcp/4001 and "
+                          "/ip4/0.0.0.0/udp/4001/quic-v1; "
                           "listen: default /ip4/0.0.0.0/tcp/0; the one-shot commands (get, put, provide, "
                           "providers, closest, find-peer, dial) listen nowhere unless given one, and "
                           "never serve the kad protocol")
@@ -267,6 +268,10 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL,
     )
 
 
+#: where ``kadfast server`` listens unless ``--listen`` says: TCP and QUIC on port 4001
+SERVER_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
+
+
 async def cmd_server(args, out: Out) -> int:
     soft, _ = raise_nofile_limit()
     keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
@@ -286,7 +291,7 @@ async def cmd_server(args, out: Out) -> int:
                max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second,
                max_reads_per_peer_per_second=args.max_reads_per_second,
                max_records_per_peer=args.max_records_per_peer),
-        host_config=HostConfig(listen_addrs=args.listen or ["/ip4/0.0.0.0/tcp/4001"], external_addrs=args.external_addr,
+        host_config=HostConfig(listen_addrs=args.listen or list(SERVER_LISTEN), external_addrs=args.external_addr,
                                max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
                                max_connections_per_ip=args.max_connections_per_ip,
                                max_connections_per_small_subnet=args.max_connections_per_small_subnet,
