@@ -1031,6 +1031,15 @@ KUBO_CONFIG: dict[str, Any] = {
     "Version.SwarmCheckEnabled": False,
 }
 
+#: On top of KUBO_CONFIG: a daemon whose swarm listens on QUIC only
+#: (``/quic-v1``), with the TCP transport off, so that it can neither listen
+#: nor dial over TCP.
+KUBO_QUIC_ONLY: dict[str, Any] = {
+    "Addresses.Swarm": ["/ip4/127.0.0.1/udp/0/quic-v1"],
+    "Swarm.Transports.Network.TCP": False,
+    "Swarm.Transports.Network.QUIC": True,
+}
+
 #: Environment of the daemon and its CLI calls. TEST_DHT_STUB lets Kubo's WAN
 #: DHT keep loopback peers and addresses (it drops them otherwise).
 KUBO_ENV = {"TEST_DHT_STUB": "1", "IPFS_TELEMETRY": "off", "DO_NOT_TRACK": "1"}
@@ -1141,9 +1150,10 @@ class KuboDaemon:
         ident = self.cli_json("id")
         if ident.get("ID") != self.peer_id:
             raise KuboError(f"[{self.name}] ipfs id says {ident.get('ID')}, the config {self.peer_id}")
-        self.addrs = [a.split("/p2p/")[0] for a in ident.get("Addresses") or [] if "/tcp/" in a]
+        swarm = [a.split("/p2p/")[0] for a in ident.get("Addresses") or []]
+        self.addrs = [a for a in swarm if "/tcp/" in a or a.endswith("/quic-v1")]
         if not self.addrs:
-            raise KuboError(f"[{self.name}] no TCP listen address in {ident}\n{self.diagnostics()}")
+            raise KuboError(f"[{self.name}] no TCP or QUIC listen address in {ident}\n{self.diagnostics()}")
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:

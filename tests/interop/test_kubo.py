@@ -18,6 +18,17 @@ kadfast.
 - a stale and a forged IPNS record sent to the kadfast server are refused, and
   Kubo still resolves the newest value.
 
+Every test runs twice, once over each ``transport``: with
+daemons that listen and dial on TCP only (QUIC off), and with daemons that
+listen on QUIC only (``/quic-v1``, TCP off; the harness's KUBO_QUIC_ONLY). The
+kadfast server listens on both; each daemon's one bootstrap address is the
+server's address of its transport, and the other kadfast nodes of a test
+listen on and dial that transport only. Each daemon that joins is checked at
+both ends of its connection to the server: a
+:class:`~kadfast.net.quicconn.QuicConnection` (or, over TCP, not one) on
+kadfast's side, an address of the transport in Kubo's ``ipfs swarm peers``.
+Over QUIC, ``ipfs cat`` fetches from the other daemon over QUIC too.
+
 Provider keys are the multihashes of the CIDs. Each daemon is driven with the
 `ipfs` CLI against its RPC API.
 """
@@ -31,6 +42,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cbor2
@@ -41,14 +53,16 @@ from kadfast.kad.node import PROTOCOL, Config, KadNode
 from kadfast.kad.pb import KadMessage, KadRecord, MessageType, decode_message, encode_message, frame
 from kadfast.loop import new_event_loop
 from kadfast.net import HostConfig
+from kadfast.net.quicconn import QuicConnection
 from kadfast.net.stream import StreamReset
 
 from .conftest import peer_selected
-from .kadnodes import node_maddr
+from .harness import KUBO_QUIC_ONLY
 
 pytestmark = pytest.mark.interop
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+QUIC_LOOPBACK = "/ip4/127.0.0.1/udp/0/quic-v1"
 #: seconds for a DHT operation of a Kubo CLI call
 DHT_TIMEOUT = 60.0
 
@@ -92,11 +106,14 @@ class KadfastLoop:
         self.loop.call_soon_threadsafe(work)
         return fut.result(timeout)
 
-    def node(self, *, listen: bool = True, mode: str = "auto") -> KadNode:
+    def node(self, *, listen: list[str] | None = None, mode: str = "auto") -> KadNode:
+        """A started kadfast node listening on ``listen`` (default: TCP on
+        loopback; ``[]``: nowhere)."""
+
         async def start() -> KadNode:
             node = KadNode(
                 config=Config(mode=mode, protocol=PROTOCOL),
-                host_config=HostConfig(listen_addrs=[LOOPBACK] if listen else []),
+                host_config=HostConfig(listen_addrs=[LOOPBACK] if listen is None else listen),
             )
             await node.start()
             return node
@@ -244,13 +261,48 @@ def forge(record: bytes, value: bytes) -> bytes:
 # --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Transport:
+    """How the Kubo daemons and the kadfast nodes of a test reach each other:
+    ``tcp`` (Kubo listens on TCP only, with QUIC off) or ``quic`` (Kubo
+    listens on QUIC only, with TCP off). The kadfast server listens on both;
+    each daemon bootstraps from its address of the transport, and the kadfast
+    nodes of the test listen on and dial that transport only."""
+
+    name: str
+    #: what the kadfast nodes of a test (not the server) listen on
+    kadfast_listen: str
+    #: settings of the daemons on top of the harness's KUBO_CONFIG
+    kubo_config: dict[str, Any] = field(default_factory=dict)
+
+    def addr(self, node: KadNode) -> str:
+        """The node's listen address of this transport, with its peer id."""
+        for addr in node.listen_addrs:
+            if (addr.value_for("quic-v1") is not None) == (self.name == "quic"):
+                return str(addr.with_peer_id(node.peer_id))
+        raise AssertionError(f"{node.peer_id} listens on no {self.name} address: {node.listen_addrs}")
+
+    def carries(self, addr: str) -> bool:
+        """Whether the multiaddr ``addr`` is one of this transport."""
+        return ("/quic-v1" in addr) if self.name == "quic" else ("/tcp/" in addr and "/quic" not in addr)
+
+
+TCP = Transport("tcp", LOOPBACK)
+QUIC = Transport("quic", QUIC_LOOPBACK, dict(KUBO_QUIC_ONLY))
+
+
 def in_wan_table(kubo, peer_id: str) -> bool:
     return peer_id in kubo.cli("stats", "dht", "wan").decode()
 
 
-def swarm_peers(kubo) -> set[str]:
+def swarm_addrs(kubo) -> dict[str, str]:
+    """``ipfs swarm peers``: the address of each connected peer, by its id."""
     lines = kubo.cli("swarm", "peers").decode().split()
-    return {line.rsplit("/p2p/", 1)[-1] for line in lines if "/p2p/" in line}
+    return {line.rsplit("/p2p/", 1)[-1]: line.rsplit("/p2p/", 1)[0] for line in lines if "/p2p/" in line}
+
+
+def swarm_peers(kubo) -> set[str]:
+    return set(swarm_addrs(kubo))
 
 
 def add_bytes(kubo, data: bytes) -> str:
@@ -258,14 +310,19 @@ def add_bytes(kubo, data: bytes) -> str:
     return kubo.cli("add", "-Q", "--cid-version=1", "--raw-leaves", input=data).decode().strip()
 
 
-def join(kubo, server: KadNode, loop: KadfastLoop) -> None:
+def join(kubo, server: KadNode, loop: KadfastLoop, transport: Transport) -> None:
     """Wait until ``kubo`` has the kadfast server in its WAN routing table
-    and the server sees the connection."""
+    and the server sees the connection; check that both ends hold it over
+    ``transport``: a :class:`QuicConnection` (or not) on kadfast's side, an
+    address of the transport in Kubo's ``swarm peers``."""
     sid = str(server.peer_id)
     wait_for(lambda: in_wan_table(kubo, sid), 60, f"kadfast server in {kubo.name}'s WAN routing table")
     kid = PeerId.from_string(kubo.peer_id)
-    wait_for(lambda: loop.call(lambda: kid in server.host.connected_peers()), 30,
-             f"{kubo.name} connected to the kadfast server")
+    conn = wait_for(lambda: loop.call(lambda: server.host.connection(kid)), 30,
+                    f"{kubo.name} connected to the kadfast server")
+    assert isinstance(conn, QuicConnection) == (transport.name == "quic"), (transport.name, conn)
+    addr = swarm_addrs(kubo).get(sid)
+    assert addr is not None and transport.carries(addr), f"{kubo.name} holds the kadfast server at {addr}"
 
 
 def serves_dht(kubo) -> bool:
@@ -287,20 +344,28 @@ def kad():
 
 @pytest.fixture(scope="module")
 def server(kad) -> KadNode:
-    """The kadfast server every Kubo bootstraps from."""
-    node = kad.node(mode="server")
+    """The kadfast server every Kubo bootstraps from, on TCP and on QUIC."""
+    node = kad.node(mode="server", listen=[LOOPBACK, QUIC_LOOPBACK])
     assert node.config.protocol == "/ipfs/kad/1.0.0"
     return node
 
 
+@pytest.fixture(scope="module", params=[TCP, QUIC], ids=lambda t: t.name)
+def transport(request) -> Transport:
+    """Each test that uses it runs once with TCP-only and once with QUIC-only
+    daemons (module scope: the ``pair`` of each is made once)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def pair(kubo_module_daemons, kad, server):
+def pair(kubo_module_daemons, kad, server, transport):
     """Kubo daemons ``a`` and ``b``, DHT clients whose only DHT server is kadfast."""
-    boot = [node_maddr(server)]
-    a = kubo_module_daemons(boot, routing="dhtclient", name="a")
-    b = kubo_module_daemons(boot, routing="dhtclient", name="b")
+    boot = [transport.addr(server)]
+    a = kubo_module_daemons(boot, routing="dhtclient", name=f"a-{transport.name}", config=transport.kubo_config)
+    b = kubo_module_daemons(boot, routing="dhtclient", name=f"b-{transport.name}", config=transport.kubo_config)
     for kubo in (a, b):
-        join(kubo, server, kad)
+        assert kubo.addrs and all(transport.carries(addr) for addr in kubo.addrs), (kubo.name, kubo.addrs)
+        join(kubo, server, kad, transport)
         assert not serves_dht(kubo), f"{kubo.name} serves the DHT"
     return a, b
 
@@ -333,9 +398,10 @@ def resolve(kubo, name: str) -> str:
 
 
 @pytest.mark.parametrize("routing", ["dhtclient", "dhtserver"])
-def test_provide_and_find_providers_both_ways(kubo_daemon, kad, server, routing):
-    kubo = kubo_daemon([node_maddr(server)], routing=routing, name=f"provider-{routing}")
-    join(kubo, server, kad)
+def test_provide_and_find_providers_both_ways(kubo_daemon, kad, server, transport, routing):
+    kubo = kubo_daemon([transport.addr(server)], routing=routing, name=f"provider-{routing}-{transport.name}",
+                       config=transport.kubo_config)
+    join(kubo, server, kad, transport)
     if routing == "dhtserver":
         assert serves_dht(kubo)
         kid = PeerId.from_string(kubo.peer_id)
@@ -348,16 +414,16 @@ def test_provide_and_find_providers_both_ways(kubo_daemon, kad, server, routing)
     mh = multihash(data)
     assert cid_multihash(cid) == mh
     kubo.cli("routing", "provide", cid, timeout=DHT_TIMEOUT)
-    seeker = kad.node()
-    kad.run(seeker.host.dial(Multiaddr(node_maddr(server))), 20)
+    seeker = kad.node(listen=[transport.kadfast_listen])
+    kad.run(seeker.host.dial(Multiaddr(transport.addr(server))), 20)
     found = kad.run(seeker.get_providers(mh))
     kid = PeerId.from_string(kubo.peer_id)
     assert kid in found, f"kadfast found {found} for {cid}"
     assert any(str(addr) in kubo.addrs for addr in found[kid]), (found[kid], kubo.addrs)
 
     # kadfast provides; Kubo finds it
-    provider = kad.node()
-    kad.run(provider.host.dial(Multiaddr(node_maddr(server))), 20)
+    provider = kad.node(listen=[transport.kadfast_listen])
+    kad.run(provider.host.dial(Multiaddr(transport.addr(server))), 20)
     key = multihash(b"kadfast-provides-" + os.urandom(16))
     assert kad.run(provider.provide(key)) >= 1
     out = kubo.cli("routing", "findprovs", "--num-providers=1", cid_v1(key), timeout=DHT_TIMEOUT)
@@ -383,12 +449,13 @@ def test_routing_get_of_an_ipns_name(pair, published):
     assert data["Value"] == path.encode() and data["Sequence"] == fields.get("sequence", 0), data
 
 
-def test_findpeer_of_a_client_mode_kubo(kubo_daemon, pair, kad, server):
+def test_findpeer_of_a_client_mode_kubo(kubo_daemon, pair, kad, server, transport):
     """Needs kadfast's FIND_NODE to answer with the target's own entry when it
     is connected but not in the routing table (a DHT client)."""
     _, b = pair
-    target = kubo_daemon([node_maddr(server)], routing="dhtclient", name="findpeer-target")
-    join(target, server, kad)
+    target = kubo_daemon([transport.addr(server)], routing="dhtclient", name=f"findpeer-target-{transport.name}",
+                         config=transport.kubo_config)
+    join(target, server, kad, transport)
     assert not serves_dht(target)
     tid = PeerId.from_string(target.peer_id)
     assert tid not in kad.call(server.routing_table_peers)
@@ -397,7 +464,7 @@ def test_findpeer_of_a_client_mode_kubo(kubo_daemon, pair, kad, server):
     assert any(addr in out for addr in target.addrs), (out, target.addrs)
 
 
-def test_cat_of_content_found_through_kadfast(pair, kad, server):
+def test_cat_of_content_found_through_kadfast(pair, kad, server, transport):
     a, b = pair
     data = os.urandom(300_000)  # a few blocks: a DAG, not one raw block
     cid = a.cli("add", "-Q", "--cid-version=1", input=data).decode().strip()
@@ -409,7 +476,9 @@ def test_cat_of_content_found_through_kadfast(pair, kad, server):
     if a.peer_id in swarm_peers(b):
         b.cli("swarm", "disconnect", f"/p2p/{a.peer_id}")
     assert b.cli("cat", cid, timeout=DHT_TIMEOUT) == data
-    assert a.peer_id in swarm_peers(b), "b fetched the file without connecting to a"
+    addr = swarm_addrs(b).get(a.peer_id)
+    assert addr is not None, "b fetched the file without connecting to a"
+    assert transport.carries(addr), f"b holds a at {addr}"
 
 
 async def _put_value(node: KadNode, server: KadNode, key: bytes, value: bytes) -> KadMessage | None:
@@ -427,7 +496,7 @@ async def _put_value(node: KadNode, server: KadNode, key: bytes, value: bytes) -
     return None if body is None else decode_message(body)
 
 
-def test_stale_and_forged_ipns_records_refused(pair, kad, server):
+def test_stale_and_forged_ipns_records_refused(pair, kad, server, transport):
     """Needs kadfast's /ipns/ validator: a server that stores what it is sent
     lets the stale or forged record replace the newest one."""
     a, b = pair
@@ -453,8 +522,8 @@ def test_stale_and_forged_ipns_records_refused(pair, kad, server):
         return None if rec is None else rec.value
 
     assert held() == newest
-    client = kad.node(listen=False, mode="client")
-    kad.run(client.host.dial(Multiaddr(node_maddr(server))), 20)
+    client = kad.node(listen=[], mode="client")
+    kad.run(client.host.dial(Multiaddr(transport.addr(server))), 20)
 
     forged_value = ("/ipfs/" + cid_v1(multihash(b"forged-" + os.urandom(8)))).encode()
     forged = forge(newest, forged_value)
