@@ -206,3 +206,64 @@ def test_kad_both_ways_over_quic_only(spawn_peer, impl):
             await node.stop()
 
     run_loop(lambda: asyncio.wait_for(main(), 150))
+
+
+def test_a_mixed_network_meets_through_a_kadfast_server(spawn_peer, interop_impls):
+    """js on TCP only, go on QUIC only, rust on both, and a kadfast server on
+    both that each joins by the transport it has: records and provider
+    records put by one are found by the others, and each finds the others'
+    addresses, whichever transports they are on."""
+    if "js" not in interop_impls:
+        pytest.fail("this test needs the js peer; run it with all implementations")
+    js = spawn_peer("js")  # TCP only: the js peer has no QUIC transport
+    go = spawn_peer("go", listen=QUIC_ONLY)
+    rust = spawn_peer("rust", listen=LISTEN)
+    assert all("/tcp/" in a for a in js.addrs) and all(a.endswith("/quic-v1") for a in go.addrs)
+
+    async def main():
+        boot = await start_node(listen=("/ip4/127.0.0.1/tcp/0", QUIC_ONLY))
+        try:
+            tcp_addr = next(str(a.with_peer_id(boot.peer_id)) for a in boot.listen_addrs if "/tcp/" in str(a))
+            quic_addr = next(str(a.with_peer_id(boot.peer_id)) for a in boot.listen_addrs if "/quic-v1" in str(a))
+            await call(js, "dial", addr=tcp_addr)
+            await call(go, "dial", addr=quic_addr)
+            await call(rust, "dial", addr=quic_addr)
+            await until(lambda: len(boot.routing_table_peers()) == 3)
+            by_peer = {str(p): boot.host.connection(p) for p in boot.routing_table_peers()}
+            assert isinstance(by_peer[go.peer_id], QuicConnection) and isinstance(by_peer[rust.peer_id], QuicConnection)
+            assert not isinstance(by_peer[js.peer_id], QuicConnection)
+            for p in (js, go, rust):
+                await call(p, "bootstrap")
+
+            # each finds the others' addresses through the server
+            found = await call(go, "find_peer", peer_id=js.peer_id)
+            assert js.addrs[0] in found["addrs"], found
+            found = await call(js, "find_peer", peer_id=go.peer_id)
+            assert go.addrs[0] in found["addrs"], found
+            found = await call(js, "find_peer", peer_id=rust.peer_id)
+            assert {a for a in rust.addrs} <= set(found["addrs"]), found
+
+            # records: every writer's is read by the other two
+            peers = {"js": js, "go": go, "rust": rust}
+            for writer, p in peers.items():
+                key = f"/kadfast/{writer}-{uuid.uuid4().hex}"
+                await call(p, "put", key=key, value=f"from-{writer}", quorum=1)
+                assert boot.store.get(key.encode(), boot.clock()).value == f"from-{writer}".encode()
+                for reader, q in peers.items():
+                    if reader != writer:
+                        got = await call(q, "get", key=key)
+                        assert got["value"] == f"from-{writer}", (writer, reader, got)
+
+            # provider records likewise
+            for writer, p in peers.items():
+                text = f"prov-{writer}-{uuid.uuid4().hex}"
+                await call(p, "provide", key=text)
+                await until(lambda: boot.store.providers(provider_key(text), boot.clock()))
+                for reader, q in peers.items():
+                    if reader != writer:
+                        provs = await call(q, "providers", key=text, count=1)
+                        assert p.peer_id in provs["providers"], (writer, reader, provs)
+        finally:
+            await boot.stop()
+
+    run_loop(lambda: asyncio.wait_for(main(), 150))
