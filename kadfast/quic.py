@@ -39,7 +39,12 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
-from aioquic.quic.packet import QuicPacketType, QuicProtocolVersion, pull_quic_header
+from aioquic.quic.packet import (
+    QuicPacketType,
+    QuicProtocolVersion,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -59,6 +64,7 @@ __all__ = [
     "QUIC_HANDSHAKE_TIMEOUT",
     "quic_configuration",
     "initial_destination_cid",
+    "version_negotiation",
 ]
 
 # aioquic logs every connection's progress at info on the "quic" logger: a
@@ -74,6 +80,15 @@ QUIC_IDLE_TIMEOUT = 30.0
 #: (the TCP upgrade's ``handshake_timeout`` too): a peer that starts
 #: handshakes and never finishes them holds no connection slot longer.
 QUIC_HANDSHAKE_TIMEOUT = 10.0
+#: Stream bytes the peer may have sent us beyond what arrived in order (the
+#: gaps aioquic buffers, zero-filled, until they are filled), over the whole
+#: connection. aioquic doubles a peer's flow-control credit as the highest
+#: offset it sent grows, not as data is delivered: a peer that sends single
+#: bytes ever further ahead would make it allocate without bound. Honest
+#: reordering stays within a congestion window. A peer over it is closed.
+MAX_UNDELIVERED = 16 << 20
+#: the CONNECTION_CLOSE error code of FLOW_CONTROL_ERROR (RFC 9000 20.1)
+FLOW_CONTROL_ERROR = 0x3
 #: The CONNECTION_CLOSE error code of a failed libp2p authentication
 #: (an application error: the TLS handshake itself succeeded).
 AUTH_FAILED = 0x1
@@ -152,6 +167,23 @@ def initial_destination_cid(datagram: bytes) -> bytes | None:
     return header.destination_cid
 
 
+def version_negotiation(datagram: bytes) -> bytes | None:
+    """The Version Negotiation packet that answers a datagram opening a
+    connection in a QUIC version other than 1 (RFC 9000 6.1: a long header
+    of an unknown version, at least 1,200 bytes); None for anything else.
+    It is smaller than what it answers, so it amplifies nothing."""
+    if len(datagram) < MIN_INITIAL_DATAGRAM or not datagram[0] & 0x80:
+        return None
+    try:
+        header = pull_quic_header(Buffer(data=datagram), host_cid_length=8)
+    except ValueError:
+        return None
+    if header.version in (None, QUIC_V1, QuicProtocolVersion.NEGOTIATION):
+        return None
+    return encode_quic_version_negotiation(source_cid=header.destination_cid,
+                                           destination_cid=header.source_cid, supported_versions=[QUIC_V1])
+
+
 class _Libp2pQuicConnection(QuicConnection):
     """aioquic's connection whose server side asks for the client's
     certificate (libp2p authenticates both ends)."""
@@ -195,6 +227,7 @@ class QuicCore:
         self._events: list[QuicEvent] = []
         self._held: list[QuicEvent] = []  # stream events that arrived before authentication
         self._acked_pings: list[int] = []
+        self._delivered = 0  # stream bytes aioquic handed out, in order
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: PublicKey | None = None
         self._open = False
@@ -211,8 +244,14 @@ class QuicCore:
 
     # -- input ---------------------------------------------------------
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> list[QuicEvent]:
-        self._quic.receive_datagram(data, addr, now)
+        quic = self._quic
+        quic.receive_datagram(data, addr, now)
         self._pump()
+        # what the peer's stream frames reached (the connection's flow-control
+        # use, read from aioquic, which has no accessor) beyond what came out
+        if quic._local_max_data.used - self._delivered > MAX_UNDELIVERED and not self._done:
+            quic.close(error_code=FLOW_CONTROL_ERROR, reason_phrase="too much stream data out of order")
+            self._finish(f"the peer sent over {MAX_UNDELIVERED} bytes of stream data out of order")
         return self.events()
 
     def handle_timer(self, now: float) -> list[QuicEvent]:
@@ -308,6 +347,7 @@ class QuicCore:
             if isinstance(ev, qe.HandshakeCompleted):
                 self._authenticate()
             elif isinstance(ev, qe.StreamDataReceived):
+                self._delivered += len(ev.data)
                 self._stream_event(QuicStreamData(ev.stream_id, ev.data, ev.end_stream))
             elif isinstance(ev, qe.StreamReset):
                 self._stream_event(QuicStreamReset(ev.stream_id, ev.error_code))

@@ -218,3 +218,55 @@ def test_the_peer_certificate_is_checked_on_the_wall_clock_given():
     client, make_server = pair(client={"utc_now": lambda: late})
     _, ec_, _ = run(client, make_server)
     assert isinstance(ec_[0], QuicFailed) and "expired" in ec_[0].reason
+
+
+def test_a_connection_in_another_quic_version_is_told_which_one_we_speak():
+    from aioquic.buffer import Buffer
+    from aioquic.quic.packet import pull_quic_header
+
+    from kadfast.quic import version_negotiation
+
+    client, _ = pair()
+    [(first, _)] = client.datagrams_to_send(Clock.now)[:1]
+    assert version_negotiation(first) is None  # v1: a connection, not a negotiation
+    other = first[:1] + (0x1A2A3A4A).to_bytes(4, "big") + first[5:]  # a reserved version
+    assert initial_destination_cid(other) is None
+    vn = version_negotiation(other)
+    assert vn is not None and len(vn) < len(other)
+    header = pull_quic_header(Buffer(data=vn), host_cid_length=8)
+    assert header.version == 0 and header.supported_versions == [1]
+    # the client's ids swapped back to it (RFC 9000 17.2.1)
+    sent = pull_quic_header(Buffer(data=other), host_cid_length=8)
+    assert (header.destination_cid, header.source_cid) == (sent.source_cid, sent.destination_cid)
+    for junk in (b"", b"\x80" * 1300, b"\x00" * 1300, vn):
+        assert version_negotiation(junk) is None
+
+
+def test_a_peer_sending_ever_further_ahead_is_closed():
+    """Stream bytes that skip ahead (the gap before them never sent) make
+    aioquic grant more credit and buffer the gap: a peer doing it on and on
+    is closed soon after the gaps pass MAX_UNDELIVERED. The client here
+    sends only the last byte of each chunk it writes (its aioquic sender is
+    told the rest went out already)."""
+    from kadfast.quic import MAX_UNDELIVERED
+
+    client, make_server = pair()
+    server, _, _ = run(client, make_server)
+    sid = client.open_stream()
+    client.send(sid, b"hi")
+    _, _, es = run(client, server=server)
+    assert es == [QuicStreamData(sid, b"hi", False)]
+    sender = client._quic._streams[sid].sender
+    chunk = 256 * 1024
+    failed = []
+    for _ in range(200):
+        start = sender._buffer_stop
+        client.send(sid, b"\x00" * chunk)
+        sender._pending.subtract(start, start + chunk - 1)  # only the chunk's last byte goes out
+        _, _, es = run(client, server=server)
+        failed = [e for e in es if isinstance(e, QuicFailed)]
+        if failed or not server.is_open:
+            break
+    assert failed and "out of order" in failed[0].reason
+    assert sender._buffer_stop - 2 > MAX_UNDELIVERED  # it did get past the bound before the close
+    assert sender._buffer_stop - 2 < 2 * MAX_UNDELIVERED + chunk  # and not far past

@@ -259,3 +259,22 @@ def test_closing_ends_the_connection_on_both_sides():
         p.ev["s"] += p.s.handle_timer(p.now)
     [failed] = [e for e in p.take("s") if type(e) is ConnectionFailed]
     assert "bye" in failed.reason and p.s.is_closed
+
+
+def test_a_quiet_connection_is_kept_alive_by_the_dialer():
+    p = Pair(keepalive=5.0).run()
+    p.take("c"), p.take("s")
+    # an hour of silence from the application, 1 s steps: PINGs keep it open
+    for _ in range(3600):
+        p.now += 1.0
+        p.run(rounds=3, step=0.0)
+    assert p.c.is_open and p.s.is_open
+    assert not [e for e in p.take("c") + p.take("s") if type(e) is ConnectionFailed]
+
+
+def test_without_keepalive_quic_idle_timeout_ends_a_quiet_connection():
+    p = opened()
+    for _ in range(60):
+        p.now += 1.0
+        p.run(rounds=3, step=0.0)
+    assert any(type(e) is ConnectionFailed for e in p.take("c"))

@@ -160,6 +160,10 @@ class HostConfig:
     #: transport's idle timeout, as go-libp2p's and rust-libp2p's 30 s);
     #: ``idle_timeout`` applies to QUIC connections as to TCP ones
     quic_idle_timeout: float = 30.0
+    #: a QUIC connection we dialed sends a PING after this many seconds
+    #: without a datagram from the peer (go-libp2p: 15 s), so that QUIC's
+    #: idle timeout does not end it while the host keeps it; 0: never
+    quic_keepalive: float = 15.0
     #: upgrade of an inbound or outbound connection (multistream, Noise,
     #: Yamux; QUIC: its handshake and the libp2p TLS authentication)
     handshake_timeout: float = 10.0

@@ -13,9 +13,10 @@ streams, events, limits and bookkeeping, with datagrams instead of a byte
 stream under them. The core's timer is kept on the loop; what a read or
 the application's writes produce leaves in one batch of datagrams.
 
-Connections are keyed by the peer's address: a peer that migrates to
-another address is not followed (routing by connection id, version
-negotiation and retry tokens are not handled).
+A datagram that opens a connection in another QUIC version is answered
+with a Version Negotiation packet (QUIC v1 only). Connections are keyed by
+the peer's address: a peer that migrates to another address is not followed
+(routing by connection id and retry tokens are not handled).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import KadfastError
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..quic import QuicCore, initial_destination_cid
+from ..quic import QuicCore, initial_destination_cid, version_negotiation
 from .connection import Connection
 from .quicstreams import QuicConnectionCore
 from .upgrade import ConnectionEvent
@@ -98,6 +99,8 @@ class QuicConnection(Connection):
             supports_protocol=host.supports_protocol,
             negotiation_timeout=cfg.negotiation_timeout,
             max_inbound_streams=cfg.max_inbound_streams,
+            keepalive=cfg.quic_keepalive if self.initiator else 0.0,
+            now=self._clock(),
         )
         self.mark_upgrading()
         if self.initiator:
@@ -252,7 +255,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def _accept(self, data: bytes, addr: tuple[str, int]) -> QuicConnection | None:
         cid = initial_destination_cid(data)
         if cid is None:
-            return None  # not the start of a connection: dropped unanswered
+            vn = version_negotiation(data) if self.listening else None
+            if vn is not None and self.transport is not None:
+                self.transport.sendto(vn, addr)  # "I speak QUIC v1 only"
+            return None  # not the start of a QUIC v1 connection: dropped
         host = self.host
         if not self.listening:
             self.refused += 1

@@ -88,14 +88,18 @@ class QuicConnectionCore:
     server); ``supports_protocol``: whether an inbound stream may have a
     protocol; ``negotiation_timeout``: seconds a stream may take to agree
     on one; ``max_inbound_streams``: inbound streams open at once;
-    ``max_stream_buffer`` / ``max_connection_buffer``: see the module.
+    ``max_stream_buffer`` / ``max_connection_buffer``: see the module;
+    ``keepalive``: seconds without a datagram from the peer after which a
+    PING is sent (0: never), so that a quiet connection outlives QUIC's idle
+    timeout for as long as the host keeps it (the dialing side sends them,
+    as go-libp2p's and rust-libp2p's do).
     """
 
     __slots__ = (
         "quic", "_supports", "_negotiation_timeout", "_max_inbound", "_max_stream_buffer",
         "_max_connection_buffer", "_unread_total", "_streams", "negotiations", "_close_on_select",
         "_deadlines", "_local_parity", "_inbound", "_counted", "_by_protocol", "_events", "_watch",
-        "_pings", "_next_ping", "_gone", "stream_activity", "_state",
+        "_pings", "_next_ping", "_gone", "stream_activity", "_state", "_keepalive", "_last_received",
     )
 
     #: no Yamux session under a QUIC connection (the shell asks)
@@ -103,8 +107,11 @@ class QuicConnectionCore:
 
     def __init__(self, quic: QuicCore, *, supports_protocol: Callable[[str], bool],
                  negotiation_timeout: float = 10.0, max_inbound_streams: int = 256,
-                 max_stream_buffer: int = 1 << 20, max_connection_buffer: int = 8 << 20) -> None:
+                 max_stream_buffer: int = 1 << 20, max_connection_buffer: int = 8 << 20,
+                 keepalive: float = 0.0, now: float = 0.0) -> None:
         self.quic = quic
+        self._keepalive = keepalive
+        self._last_received = now
         self._supports = supports_protocol
         self._negotiation_timeout = negotiation_timeout
         self._max_inbound = max_inbound_streams
@@ -163,6 +170,7 @@ class QuicConnectionCore:
         """Feed one datagram from the peer; the events it produced."""
         if self._state == 2:
             return self.events()
+        self._last_received = now
         self._translate(self.quic.receive_datagram(data, addr, now), now)
         self._check_writable()
         return self.events()
@@ -171,6 +179,9 @@ class QuicConnectionCore:
         """Act on the deadlines passed at ``now``: QUIC's (loss detection,
         idle timeout, the handshake's) and each stream's negotiation."""
         if self._state != 2:
+            if self._state == 1 and self._keepalive and now >= self._last_received + self._keepalive:
+                self._last_received = now  # the next one a keepalive later, unless the peer answers
+                self.quic.ping(-1)  # not one of ping()'s: its acknowledgement makes no event
             self._translate(self.quic.handle_timer(now), now)
         heap = self._deadlines
         neg = self.negotiations
@@ -189,7 +200,11 @@ class QuicConnectionCore:
         while heap and heap[0][1] not in neg:
             heapq.heappop(heap)
         if heap and (when is None or heap[0][0] < when):
-            return heap[0][0]
+            when = heap[0][0]
+        if self._keepalive and self._state == 1:
+            due = self._last_received + self._keepalive
+            if when is None or due < when:
+                when = due
         return when
 
     def events(self) -> list[ConnectionEvent]:
