@@ -29,6 +29,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import (
+    QuicTransportParameters,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
 
 from kadfast import _routing, _routing_py, _xor, _xor_py, ipns, tls
 from kadfast import yamux as ym
@@ -53,10 +59,12 @@ from kadfast.kad import pb
 from kadfast.keys import Ed25519KeyPair, PublicKey, load_keypair
 from kadfast.multiaddr import Multiaddr, decode_many
 from kadfast.multistream import MultistreamDialer, MultistreamListener, encode_message
+from kadfast.net.quicstreams import QuicConnectionCore
 from kadfast.noise import NoiseHandshake, NoiseStaticKey, NoiseTransport
 from kadfast.peerid import PeerId
 from kadfast.ping import PING_SIZE, PingInitiator, PingResponder
 from kadfast.protobuf import field_bytes
+from kadfast.quic import QuicCore, initial_destination_cid, version_negotiation
 
 KadCodecError = pb.KadCodecError
 
@@ -877,3 +885,65 @@ def tls_certificate(data: bytes) -> str:
         same("verified twice", tls.verify_certificate_chain([data], _TLS_NOW), res[1])
     return label(res)
 
+
+
+_QUIC_CERT = None
+
+
+def _quic_server_cert():
+    global _QUIC_CERT
+    if _QUIC_CERT is None:
+        _QUIC_CERT = tls.make_certificate(KP_B)
+    return _QUIC_CERT
+
+
+def _quic_client_initial() -> bytes:
+    client = QuicCore(tls.make_certificate(KP_A), now=0.0, utc_now=lambda: _TLS_NOW,
+                      remote_addr=("127.0.0.1", 4001), expected_peer=KP_B.peer_id)
+    return client.datagrams_to_send(0.0)[0][0]
+
+
+def _quic_seeds() -> list[bytes]:
+    first = _quic_client_initial()
+    return [first, first[:1] + b"\x1a\x2a\x3a\x4a" + first[5:], first[:60], b"\x40" + os.urandom(40)]
+
+
+@target("quic_datagram", (), _quic_seeds)
+def quic_datagram(data: bytes) -> str:
+    """A datagram from the network at a QUIC endpoint: whether it opens a
+    connection (``initial_destination_cid``) or gets a Version Negotiation,
+    and, if it opens one, a server connection (QuicCore on aioquic, then the
+    stream layer) fed it and its timers: never an exception, whatever
+    the bytes."""
+    cid = initial_destination_cid(data)
+    vn = version_negotiation(data)
+    if vn is not None and cid is not None:
+        raise Finding("a datagram both opens a connection and gets a Version Negotiation")
+    if cid is None:
+        return "vn" if vn is not None else "dropped"
+    quic = QuicCore(_quic_server_cert(), now=0.0, utc_now=lambda: _TLS_NOW, remote_addr=("127.0.0.1", 40001),
+                    original_destination_cid=cid)
+    core = QuicConnectionCore(quic, supports_protocol=lambda p: True)
+    events = core.receive_datagram(data, ("127.0.0.1", 40001), 0.0)
+    core.datagrams_to_send(0.0)
+    t = core.get_timer()
+    if t is not None:
+        events += core.handle_timer(t)
+    return "opened" if not events else type(events[-1]).__name__
+
+
+def _quic_parameter_seeds() -> list[bytes]:
+    params = QuicTransportParameters(initial_max_data=1 << 20, initial_max_streams_bidi=128,
+                                     max_idle_timeout=30_000, initial_source_connection_id=b"\x01" * 8)
+    buf = Buffer(capacity=512)
+    push_quic_transport_parameters(buf, params)
+    return [buf.data, buf.data[:-3], b"\x00\x40"]
+
+
+@target("quic_transport_parameters", (ValueError,), _quic_parameter_seeds)
+def quic_transport_parameters(data: bytes) -> str:
+    """The peer's QUIC transport parameters (carried in its TLS handshake)
+    as aioquic parses them for our connections: a ValueError (which aioquic
+    turns into TRANSPORT_PARAMETER_ERROR) or parameters, nothing else."""
+    res = outcome(lambda: pull_quic_transport_parameters(Buffer(data=data)), (ValueError,))
+    return label(res)
