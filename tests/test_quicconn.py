@@ -104,10 +104,14 @@ def test_quic_is_preferred_and_tcp_is_the_fallback():
             dead.bind(("127.0.0.1", 0))
             port = dead.getsockname()[1]
             dead.close()
-            async with host(TCP, dial_timeout=2.0) as c:
+            async with host(TCP, dial_timeout=30.0, dial_fallback_delay=0.2) as c:
                 quic_dead = Multiaddr(f"/ip4/127.0.0.1/udp/{port}/quic-v1")
+                t0 = c.clock()
                 conn = await c.dial(b.peer_id, [quic_dead, *tcp])
                 assert type(conn) is Connection
+                # after the fallback delay, not after the QUIC dial's timeout
+                assert c.clock() - t0 < 10.0
+                assert c.usage().pending == 0 and c.connections(b.peer_id) == [conn]
 
     run(main)
 

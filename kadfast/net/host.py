@@ -156,6 +156,10 @@ class HostConfig:
     #: dial a peer's QUIC addresses before its TCP ones (go-libp2p and
     #: rust-libp2p prefer QUIC too); TCP is still tried when QUIC fails
     prefer_quic: bool = True
+    #: with ``prefer_quic``, a peer's TCP addresses are dialed too once its
+    #: QUIC ones have not connected for this long (go-libp2p waits a
+    #: similar moment): the first connection wins
+    dial_fallback_delay: float = 0.5
     #: seconds without a packet before a QUIC connection is dropped (the
     #: transport's idle timeout, as go-libp2p's and rust-libp2p's 30 s);
     #: ``idle_timeout`` applies to QUIC connections as to TCP ones
@@ -1012,19 +1016,60 @@ class Host:
         assert sem is not None  # set by start(); dial() needs a started host
         async with sem:
             dial.started = True
-            for addr in addrs:
-                try:
-                    return await self._dial_addr(peer, addr)
-                except DialError as exc:
-                    log.debug("dial %s at %s failed: %s", peer, addr, exc)
-                    if isinstance(exc, DialWrongPeer):
-                        self.addrbook.remove_addr(peer, addr)
-                    errors.append(exc)
+            quic = [a for a in addrs if dialable_quic(a)]
+            tcp = [a for a in addrs if not dialable_quic(a)]
+            if self.config.prefer_quic and quic and tcp:
+                conn = await self._dial_quic_then_tcp(peer, quic, tcp, errors)
+            else:
+                conn = await self._dial_in_turn(peer, addrs, errors)
+            if conn is not None:
+                return conn
         for kind in (DialWrongPeer, DialNegotiationFailed, DialTimeout, DialRefused):
             for e in errors:
                 if isinstance(e, kind):
                     raise e
         raise errors[0]
+
+    async def _dial_in_turn(self, peer: PeerId, addrs: list[Multiaddr], errors: list[DialError]) -> Connection | None:
+        """Each address in turn until one gives a connection (None: none
+        did; why, in ``errors``)."""
+        for addr in addrs:
+            try:
+                return await self._dial_addr(peer, addr)
+            except DialError as exc:
+                log.debug("dial %s at %s failed: %s", peer, addr, exc)
+                if isinstance(exc, DialWrongPeer):
+                    self.addrbook.remove_addr(peer, addr)
+                errors.append(exc)
+        return None
+
+    async def _dial_quic_then_tcp(self, peer: PeerId, quic: list[Multiaddr], tcp: list[Multiaddr],
+                                  errors: list[DialError]) -> Connection | None:
+        """QUIC first; TCP too once QUIC failed or ``dial_fallback_delay``
+        passed without a connection (a network that drops UDP costs that
+        delay, not a whole dial timeout); the first connection wins and the
+        other attempt is called off (its connection, if it made one, closed)."""
+        first = self.loop.create_task(self._dial_in_turn(peer, quic, errors))
+        tasks = {first}
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=self.config.dial_fallback_delay)
+            if done and first.result() is not None:
+                return first.result()
+            if done:
+                tasks.clear()
+            tasks.add(self.loop.create_task(self._dial_in_turn(peer, tcp, errors)))
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    conn = t.result()
+                    if conn is not None:
+                        return conn
+            return None
+        finally:
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _dial_addr(self, peer: PeerId | None, addr: Multiaddr) -> Connection:
         if dialable_quic(addr):
@@ -1070,6 +1115,9 @@ class Host:
             raise
         try:
             return await asyncio.wait_for(asyncio.shield(conn.ready), max(0.01, deadline - self.clock()))
+        except asyncio.CancelledError:
+            conn.close("dial called off")
+            raise
         except asyncio.TimeoutError:
             conn.close("dial timed out")
             raise DialTimeout(f"upgrading the connection to {addr} timed out") from None
@@ -1118,6 +1166,9 @@ class Host:
             raise DialRefused(f"{addr}: {exc}") from None
         try:
             return await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+        except asyncio.CancelledError:
+            conn.close("dial called off")
+            raise
         except asyncio.TimeoutError:
             conn.close("dial timed out")
             raise DialTimeout(f"the QUIC handshake with {addr} timed out") from None
