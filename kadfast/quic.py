@@ -65,6 +65,7 @@ __all__ = [
     "quic_configuration",
     "initial_destination_cid",
     "version_negotiation",
+    "destination_cid",
 ]
 
 # aioquic logs every connection's progress at info on the "quic" logger: a
@@ -167,6 +168,29 @@ def initial_destination_cid(datagram: bytes) -> bytes | None:
     return header.destination_cid
 
 
+#: the length of the connection ids we choose (aioquic's default), which
+#: short-header packets to us carry without a length
+CID_LENGTH = 8
+
+
+def destination_cid(datagram: bytes) -> bytes | None:
+    """The destination connection id of a datagram's first packet, read
+    without decrypting (a long header carries its length; a short header
+    ours, :data:`CID_LENGTH` bytes); None when it is too short to have one."""
+    if not datagram:
+        return None
+    if datagram[0] & 0x80:
+        if len(datagram) < 6:
+            return None
+        n = datagram[5]
+        if n > 20 or len(datagram) < 6 + n:
+            return None
+        return datagram[6:6 + n]
+    if len(datagram) < 1 + CID_LENGTH:
+        return None
+    return datagram[1:1 + CID_LENGTH]
+
+
 def version_negotiation(datagram: bytes) -> bytes | None:
     """The Version Negotiation packet that answers a datagram opening a
     connection in a QUIC version other than 1 (RFC 9000 6.1: a long header
@@ -228,12 +252,21 @@ class QuicCore:
         self._held: list[QuicEvent] = []  # stream events that arrived before authentication
         self._acked_pings: list[int] = []
         self._delivered = 0  # stream bytes aioquic handed out, in order
+        #: the connection ids the peer's datagrams may carry as their
+        #: destination: ours (the first, and those issued since), and a
+        #: server's original one (the client's choice, in its Initials)
+        self.connection_ids: set[bytes] = set()
+        #: (added, id) changes to :attr:`connection_ids` not yet taken by the shell
+        self._cid_changes: list[tuple[bool, bytes]] = []
         self.remote_peer_id: PeerId | None = None
         self.remote_public_key: PublicKey | None = None
         self._open = False
         self._done = False
         #: when the peer must be authenticated by (None once it is)
         self._handshake_deadline: float | None = now + handshake_timeout
+        self._add_cid(self._quic.host_cid)
+        if original_destination_cid is not None:
+            self._add_cid(original_destination_cid)
         if self.initiator:
             self._quic.connect(remote_addr, now)
 
@@ -351,11 +384,29 @@ class QuicCore:
                 self._stream_event(QuicStreamData(ev.stream_id, ev.data, ev.end_stream))
             elif isinstance(ev, qe.StreamReset):
                 self._stream_event(QuicStreamReset(ev.stream_id, ev.error_code))
+            elif isinstance(ev, qe.ConnectionIdIssued):
+                self._add_cid(ev.connection_id)
+            elif isinstance(ev, qe.ConnectionIdRetired):
+                if ev.connection_id in self.connection_ids:
+                    self.connection_ids.discard(ev.connection_id)
+                    self._cid_changes.append((False, ev.connection_id))
             elif isinstance(ev, qe.PingAcknowledged):
                 if len(self._acked_pings) < 64:
                     self._acked_pings.append(ev.uid)
             elif isinstance(ev, qe.ConnectionTerminated):
                 self._finish(f"connection closed: {ev.reason_phrase or 'no reason'} (error 0x{ev.error_code:x})")
+
+    def _add_cid(self, cid: bytes) -> None:
+        if cid not in self.connection_ids and len(self.connection_ids) < 64:
+            self.connection_ids.add(cid)
+            self._cid_changes.append((True, cid))
+
+    def connection_id_changes(self) -> list[tuple[bool, bytes]]:
+        """The (added, id) changes to :attr:`connection_ids` since the last call."""
+        out = self._cid_changes
+        if out:
+            self._cid_changes = []
+        return out
 
     def _stream_event(self, ev: QuicEvent) -> None:
         if self._open:

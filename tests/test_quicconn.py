@@ -1,7 +1,8 @@
 """QUIC in the host (kadfast.net.quicconn) on loopback UDP: hosts dial and
 listen on ``/udp/N/quic-v1``, identify, ping and protocol streams over it,
 QUIC preferred over TCP with TCP as the fallback, the host's limits on
-inbound QUIC connections, and what the endpoint drops."""
+inbound QUIC connections, what the endpoint drops, and datagrams routed by
+connection id (a peer whose port changes, a peer restarted on its port)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from kadfast.keys import Ed25519KeyPair
 from kadfast.loop import run as run_loop
 from kadfast.net import ConnectionClosed, Host, HostConfig
 from kadfast.net.connection import Connection
-from kadfast.net.quicconn import QuicConnection, quic_address, quic_multiaddr
+from kadfast.net.quicconn import QuicConnection, quic_address, quic_multiaddr, utc_now
 
 QUIC = "/ip4/127.0.0.1/udp/0/quic-v1"
 TCP = "/ip4/127.0.0.1/tcp/0"
@@ -168,5 +169,92 @@ def test_a_host_that_only_dials_accepts_no_quic_connection():
                 with pytest.raises(DialError, match="timed out"):
                     await c.dial(back)
             assert ep.refused >= 1
+
+    run(main)
+
+
+class RawClient(asyncio.DatagramProtocol):
+    """A QUIC client core on a UDP socket the test can swap: what a peer
+    behind a NAT that rebinds its port, or a peer restarted on the same
+    port, looks like to the endpoint."""
+
+    def __init__(self, server: Host, key: Ed25519KeyPair) -> None:
+        from kadfast.net.quicstreams import QuicConnectionCore
+        from kadfast.quic import QuicCore
+        from kadfast.tls import make_certificate
+
+        self.loop = asyncio.get_running_loop()
+        self.remote = quic_address(quic_of(server))
+        quic = QuicCore(make_certificate(key), now=self.loop.time(), utc_now=utc_now, remote_addr=self.remote,
+                        expected_peer=server.peer_id)
+        self.core = QuicConnectionCore(quic, supports_protocol=lambda p: False)
+        self.events: list = []
+        self.changed = asyncio.Event()
+        self.transport = None
+
+    def datagram_received(self, data, addr):
+        self.events += self.core.receive_datagram(data, addr, self.loop.time())
+        self.flush()
+        self.changed.set()
+
+    def flush(self):
+        for data, addr in self.core.datagrams_to_send(self.loop.time()):
+            self.transport.sendto(data, addr)
+
+    async def bind(self, port=0):
+        if self.transport is not None:
+            self.transport.close()
+        self.transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", port))
+        return self.transport.get_extra_info("sockname")[1]
+
+    async def wait(self, predicate, timeout=10.0):
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                t = self.core.get_timer()
+                wait = max(0.0, t - self.loop.time()) if t is not None else None
+                try:
+                    await asyncio.wait_for(self.changed.wait(), wait)
+                except TimeoutError:
+                    self.events += self.core.handle_timer(self.loop.time())
+                    self.flush()
+
+
+def test_a_peer_whose_port_changes_keeps_its_connection():
+    async def main():
+        async with host(QUIC) as b:
+            key = Ed25519KeyPair.generate()
+            c = RawClient(b, key)
+            await c.bind()
+            c.flush()
+            await c.wait(lambda: c.core.is_open)
+            await until(lambda: b.connection(key.peer_id) is not None)
+            conn = b.connection(key.peer_id)
+            await c.bind()  # the NAT rebinds: same connection, another port
+            sid = c.core.open_stream(["/ipfs/ping/1.0.0"], c.loop.time())
+            c.flush()
+            await c.wait(lambda: any(getattr(e, "stream_id", None) == sid and "Negotiated" in type(e).__name__
+                                     for e in c.events))
+            assert b.connection(key.peer_id) is conn and conn.peer_addr[1] == c.transport.get_extra_info("sockname")[1]
+            c.transport.close()
+
+    run(main)
+
+
+def test_a_peer_restarted_on_the_same_port_gets_a_new_connection():
+    async def main():
+        async with host(QUIC) as b:
+            first, second = Ed25519KeyPair.generate(), Ed25519KeyPair.generate()
+            c1 = RawClient(b, first)
+            port = await c1.bind()
+            c1.flush()
+            await c1.wait(lambda: c1.core.is_open)
+            c1.transport.close()  # gone without a word
+            c2 = RawClient(b, second)
+            await c2.bind(port)
+            c2.flush()
+            await c2.wait(lambda: c2.core.is_open)
+            await until(lambda: b.connection(second.peer_id) is not None)
+            c2.transport.close()
 
     run(main)

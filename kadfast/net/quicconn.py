@@ -13,10 +13,13 @@ streams, events, limits and bookkeeping, with datagrams instead of a byte
 stream under them. The core's timer is kept on the loop; what a read or
 the application's writes produce leaves in one batch of datagrams.
 
-A datagram that opens a connection in another QUIC version is answered
-with a Version Negotiation packet (QUIC v1 only). Connections are keyed by
-the peer's address: a peer that migrates to another address is not followed
-(routing by connection id and retry tokens are not handled).
+A datagram goes to the connection whose connection id it carries (the
+ids each connection issued, and a server connection's original one), so a
+peer whose address changes (a NAT rebinding) keeps its connection, and a
+peer that restarts on the same address and port gets a new one. A
+datagram that opens a connection in another QUIC version is answered with
+a Version Negotiation packet (QUIC v1 only). Retry tokens (address
+validation before the handshake) are not handled.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import KadfastError
 from ..multiaddr import Multiaddr
 from ..peerid import PeerId
-from ..quic import QuicCore, initial_destination_cid, version_negotiation
+from ..quic import QuicCore, destination_cid, initial_destination_cid, version_negotiation
 from .connection import Connection
 from .quicstreams import QuicConnectionCore
 from .upgrade import ConnectionEvent
@@ -78,7 +81,7 @@ class QuicConnection(Connection):
     def __init__(self, host: "Host", *, initiator: bool, expected_peer: PeerId | None = None) -> None:
         super().__init__(host, initiator=initiator, expected_peer=expected_peer)
         self.endpoint: QuicEndpoint | None = None
-        #: the (IP, port) its datagrams come from and go to
+        #: the (IP, port) its datagrams go to (where the peer's came from last)
         self.peer_addr: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -107,7 +110,7 @@ class QuicConnection(Connection):
             self._flush()  # the client's Initial
 
     # -- input ---------------------------------------------------------------
-    def datagram_received(self, data: bytes) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         core: Any = self.core
         if core is None or self.is_closed:
             return
@@ -115,7 +118,7 @@ class QuicConnection(Connection):
         self.bytes_in += len(data)
         self._receiving = True
         try:
-            events: list[ConnectionEvent] = core.receive_datagram(data, self.peer_addr, now)
+            events: list[ConnectionEvent] = core.receive_datagram(data, addr, now)
             if events:
                 self._handle(events)
         except KadfastError as exc:
@@ -139,9 +142,17 @@ class QuicConnection(Connection):
             local = core.events()
             if local:
                 self._handle(local)
-        ep.send(core.datagrams_to_send(self._clock()), self.peer_addr)
+        out = core.datagrams_to_send(self._clock())
+        if out:
+            # to the address of the path aioquic is on (the peer may have moved)
+            addr = out[-1][1]
+            self.peer_addr = (addr[0], addr[1])
+            ep.send(out)
         if self.is_closed:
             return
+        changes = core.quic.connection_id_changes()
+        if changes:
+            ep.route(self, changes)
         if self._drain_waiters:
             self._drained()
         self._arm_timer()
@@ -215,7 +226,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.listening = listening
         self.transport: asyncio.DatagramTransport | None = None
         self.multiaddr: Multiaddr | None = None
-        self._conns: dict[tuple[str, int], QuicConnection] = {}
+        self._conns: dict[bytes, QuicConnection] = {}  # by connection id
+        self._all: set[QuicConnection] = set()
         #: Initials dropped: the host refused the connection, or this
         #: endpoint does not accept (a dial-only one)
         self.refused = 0
@@ -232,7 +244,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.multiaddr = quic_multiaddr(h, p)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for conn in list(self._conns.values()):
+        for conn in list(self._all):
             conn.close(f"UDP socket closed: {exc or 'closed'}")
 
     def error_received(self, exc: Exception) -> None:
@@ -241,16 +253,29 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         log.debug("QUIC endpoint %s: %s", self.multiaddr, exc)
 
     def connections(self) -> list[QuicConnection]:
-        return list(self._conns.values())
+        return list(self._all)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        key = (addr[0], addr[1])
-        conn = self._conns.get(key)
+        cid = destination_cid(data)
+        if cid is None:
+            return
+        conn = self._conns.get(cid)
         if conn is None:
-            conn = self._accept(data, key)
+            conn = self._accept(data, (addr[0], addr[1]))
             if conn is None:
                 return
-        conn.datagram_received(data)
+        conn.datagram_received(data, (addr[0], addr[1]))
+
+    def route(self, conn: QuicConnection, changes: list[tuple[bool, bytes]]) -> None:
+        """Apply a connection's (added, id) changes to the routing table."""
+        if conn not in self._all:
+            return
+        conns = self._conns
+        for added, cid in changes:
+            if added:
+                conns.setdefault(cid, conn)
+            elif conns.get(cid) is conn:
+                del conns[cid]
 
     def _accept(self, data: bytes, addr: tuple[str, int]) -> QuicConnection | None:
         cid = initial_destination_cid(data)
@@ -276,35 +301,44 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         quic = QuicCore(host.tls_certificate, now=host.clock(), utc_now=utc_now, remote_addr=addr,
                         original_destination_cid=cid, handshake_timeout=host.config.handshake_timeout,
                         idle_timeout=host.config.quic_idle_timeout)
-        self._conns[addr] = conn
+        self._add(conn, quic)
         conn.start(self, addr, quic)
         return conn
+
+    def _add(self, conn: QuicConnection, quic: QuicCore) -> None:
+        self._all.add(conn)
+        self.route(conn, quic.connection_id_changes())
 
     def connect(self, conn: QuicConnection, addr: tuple[str, int], peer: PeerId) -> None:
         """Start an outbound connection to ``peer`` at ``addr``."""
         host = self.host
-        if addr in self._conns:
-            raise ConnectionError(f"a QUIC connection with {addr[0]}:{addr[1]} is under way already")
         quic = QuicCore(host.tls_certificate, now=host.clock(), utc_now=utc_now, remote_addr=addr,
                         expected_peer=peer, handshake_timeout=host.config.handshake_timeout,
                         idle_timeout=host.config.quic_idle_timeout)
-        self._conns[addr] = conn
+        self._add(conn, quic)
         conn.start(self, addr, quic)
 
-    def send(self, datagrams: list[tuple[bytes, Any]], addr: tuple[str, int] | None) -> None:
+    def send(self, datagrams: list[tuple[bytes, Any]]) -> None:
         tr = self.transport
-        if tr is None or tr.is_closing() or addr is None:
+        if tr is None or tr.is_closing():
             return
-        for data, _ in datagrams:
+        for data, addr in datagrams:
             tr.sendto(data, addr)
 
     def forget(self, conn: QuicConnection) -> None:
-        addr = conn.peer_addr
-        if addr is not None and self._conns.get(addr) is conn:
-            del self._conns[addr]
+        if conn not in self._all:
+            return
+        core: Any = conn.core
+        if core is not None:
+            self.route(conn, core.quic.connection_id_changes())
+        self._all.discard(conn)
+        if core is not None:
+            for cid in core.quic.connection_ids:
+                if self._conns.get(cid) is conn:
+                    del self._conns[cid]
 
     def close(self) -> None:
-        for conn in list(self._conns.values()):
+        for conn in list(self._all):
             conn.close("host closing")
         if self.transport is not None:
             self.transport.close()
