@@ -247,8 +247,8 @@ def test_a_mixed_network_meets_through_a_kadfast_server(spawn_peer, interop_impl
             peers = {"js": js, "go": go, "rust": rust}
             for writer, p in peers.items():
                 key = f"/kadfast/{writer}-{uuid.uuid4().hex}"
+                # stored by the closest of the others (kadfast or rust: which one depends on the key)
                 await call(p, "put", key=key, value=f"from-{writer}", quorum=1)
-                assert boot.store.get(key.encode(), boot.clock()).value == f"from-{writer}".encode()
                 for reader, q in peers.items():
                     if reader != writer:
                         got = await call(q, "get", key=key)
@@ -258,7 +258,6 @@ def test_a_mixed_network_meets_through_a_kadfast_server(spawn_peer, interop_impl
             for writer, p in peers.items():
                 text = f"prov-{writer}-{uuid.uuid4().hex}"
                 await call(p, "provide", key=text)
-                await until(lambda: boot.store.providers(provider_key(text), boot.clock()))
                 for reader, q in peers.items():
                     if reader != writer:
                         provs = await call(q, "providers", key=text, count=1)
