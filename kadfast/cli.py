@@ -364,6 +364,8 @@ async def start_metrics(node: KadNode, port: int):
     m = Metrics()
     m.gauge("kadfast_routing_table_peers", "peers in the routing table", lambda: len(node.table))
     m.gauge("kadfast_connections", "open connections", lambda: node.host.connection_count())
+    m.gauge("kadfast_open_connections", "open connections by transport",
+            lambda: [({"transport": t}, n) for t, n in node.host.transport_counts().items()])
     m.gauge("kadfast_store_records", "records held", lambda: len(node.store))
     m.gauge("kadfast_buffered_bytes", "bytes the kad server holds for its peers (Config.max_buffered_bytes): "
             "requests unfinished or held, answers queued", lambda: [({"kind": k}, v) for k, v in node.buffered_bytes().items()])

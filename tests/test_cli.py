@@ -211,6 +211,8 @@ def test_server_metrics_endpoint(procs):
     assert text.startswith("HTTP/1.1 200")
     assert "kadfast_routing_table_peers" in text and "kadfast_store_records 1" in text
     assert 'kadfast_requests_total{type="PUT_VALUE"} 1' in text
+    assert 'kadfast_open_connections{transport="quic"} 0' in text  # the put came over TCP
+    assert 'kadfast_open_connections{transport="tcp"}' in text
 
 
 def test_sigterm_stops_a_running_command_cleanly(procs, server):

@@ -65,6 +65,7 @@ def test_two_hosts_over_quic_identify_ping_and_streams():
             events = b.subscribe()
             conn = await a.dial(quic_of(b))
             assert isinstance(conn, QuicConnection) and conn.remote_peer_id == b.peer_id
+            assert a.transport_counts() == {"tcp": 0, "quic": 1}
             assert str(conn.remote_addr) == str(quic_of(b).without_peer_id())
             info = await a.identify(b.peer_id, timeout=10)
             # identify announces both transports, and sees us at our QUIC listen port

@@ -717,6 +717,11 @@ class Host:
         for conns in self._conns.values():
             yield from conns
 
+    def transport_counts(self) -> dict[str, int]:
+        """Open connections by transport (``tcp``, ``quic``): O(connections)."""
+        quic = sum(1 for c in self.open_connections() if isinstance(c, QuicConnection))
+        return {"tcp": self._open_count - quic, "quic": quic}
+
     def connected_peers(self) -> list[PeerId]:
         return [p for p, cs in self._conns.items() if any(c.is_open for c in cs)]
 
