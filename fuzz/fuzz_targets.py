@@ -929,7 +929,7 @@ def quic_datagram(data: bytes) -> str:
     t = core.get_timer()
     if t is not None:
         events += core.handle_timer(t)
-    return "opened" if not events else type(events[-1]).__name__
+    return "ok" if not events else type(events[-1]).__name__
 
 
 def _quic_parameter_seeds() -> list[bytes]:

@@ -40,6 +40,7 @@ from .keys import Ed25519KeyPair, load_or_create_keypair
 from .loop import LOOP_KINDS, MemoryTrimmer, tune_gc_for_server
 from .loop import run as run_loop
 from .net import HostConfig
+from .net.host import quic_unavailable
 from .peerid import PeerId
 from .reqresp import DEFAULT_PROTOCOL, RequestError
 from .store import Record, StoreConfig
@@ -92,11 +93,15 @@ class Out:
 
 # -- argument parsing ---------------------------------------------------------------
 def version_text() -> str:
-    """What ``kadfast --version`` prints: the version, the Python, and the
-    Noise transport this install runs on (compiled or the slow fallback)."""
+    """What ``kadfast --version`` prints: the version, the Python, the
+    Noise transport this install runs on (compiled or the slow fallback),
+    and whether QUIC can run."""
     from .noise import TRANSPORT_DESCRIPTION
 
-    return f"kadfast {__version__} (Python {sys.version.split()[0]}; Noise transport: {TRANSPORT_DESCRIPTION})"
+    why = quic_unavailable()
+    quic = "available" if why is None else f"unavailable: {why}"
+    return (f"kadfast {__version__} (Python {sys.version.split()[0]}; Noise transport: {TRANSPORT_DESCRIPTION}; "
+            f"QUIC: {quic})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +277,16 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL,
 SERVER_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
 
 
+def server_listen_default() -> list[str]:
+    """:data:`SERVER_LISTEN`, without QUIC where this Python cannot run it
+    (a warning says why)."""
+    why = quic_unavailable()
+    if why is None:
+        return list(SERVER_LISTEN)
+    log.warning("listening on TCP only: %s", why)
+    return [a for a in SERVER_LISTEN if "/quic" not in a]
+
+
 async def cmd_server(args, out: Out) -> int:
     soft, _ = raise_nofile_limit()
     keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
@@ -291,7 +306,7 @@ async def cmd_server(args, out: Out) -> int:
                max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second,
                max_reads_per_peer_per_second=args.max_reads_per_second,
                max_records_per_peer=args.max_records_per_peer),
-        host_config=HostConfig(listen_addrs=args.listen or list(SERVER_LISTEN), external_addrs=args.external_addr,
+        host_config=HostConfig(listen_addrs=args.listen or server_listen_default(), external_addrs=args.external_addr,
                                max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
                                max_connections_per_ip=args.max_connections_per_ip,
                                max_connections_per_small_subnet=args.max_connections_per_small_subnet,

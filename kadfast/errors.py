@@ -41,6 +41,7 @@ __all__ = [
     "DialBackoff",
     "DialNoAddresses",
     "DialLimitReached",
+    "QuicUnavailable",
     "ProtocolNotSupported",
     "StreamReset",
     "StreamClosed",
@@ -203,11 +204,17 @@ class DialBackoff(DialError):
 
 
 class DialNoAddresses(DialError):
-    """No dialable (TCP) address is known for the peer."""
+    """No dialable (TCP or QUIC) address is known for the peer."""
 
 
 class DialLimitReached(DialError):
     """The connection limit is reached."""
+
+
+class QuicUnavailable(KadfastError, OSError):
+    """QUIC cannot run in this Python: aioquic needs the ``ssl`` module,
+    which needs the system's OpenSSL. Listening on a QUIC address raises it;
+    dials use the peer's TCP addresses alone."""
 
 
 class ProtocolNotSupported(KadfastError):

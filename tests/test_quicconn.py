@@ -259,3 +259,48 @@ def test_a_peer_restarted_on_the_same_port_gets_a_new_connection():
             c2.transport.close()
 
     run(main)
+
+
+WITHOUT_SSL = r'''
+import asyncio, sys
+sys.modules["ssl"] = None  # what a Python whose ssl module cannot load sees: ImportError
+from kadfast.cli import server_listen_default, version_text
+from kadfast.errors import QuicUnavailable
+from kadfast.net import Host, HostConfig
+from kadfast.net.host import quic_unavailable
+from kadfast import Multiaddr
+
+assert "QUIC: unavailable: QUIC needs Python's ssl module" in version_text(), version_text()
+assert server_listen_default() == ["/ip4/0.0.0.0/tcp/4001"]
+
+async def main():
+    async with Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"])) as a, \
+            Host(config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"])) as b:
+        try:
+            await b.listen(Multiaddr("/ip4/127.0.0.1/udp/0/quic-v1"))
+        except QuicUnavailable:
+            pass
+        else:
+            raise SystemExit("listening on QUIC did not fail")
+        # b's QUIC address (unusable here) comes first; the dial takes TCP
+        tcp = b.listen_addrs[0]
+        quic = f"/ip4/127.0.0.1/udp/{tcp.value_for('tcp')}/quic-v1"
+        conn = await a.dial(b.peer_id, [Multiaddr(quic), tcp])
+        assert conn.transport_name == "tcp" and a.transport_counts() == {"tcp": 1, "quic": 0}
+        assert await a.ping(b.peer_id) < 5.0
+    print("OK", quic_unavailable())
+
+asyncio.run(asyncio.wait_for(main(), 30))
+'''
+
+
+def test_without_python_ssl_kadfast_runs_on_tcp_alone():
+    """aioquic needs Python's ssl module (the system's OpenSSL): where it
+    cannot load, kadfast still imports, says so in --version, the server's
+    default listen drops QUIC, listening on QUIC fails clearly, and dials
+    use the peer's TCP addresses."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WITHOUT_SSL], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("OK QUIC needs"), out.stdout + out.stderr

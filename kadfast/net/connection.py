@@ -114,6 +114,8 @@ class Connection(asyncio.Protocol):
         "pending_group", "ready", "refusal", "remote_addr", "remote_peer_id", "remote_public_key",
         "small_subnet", "stream_activity", "streams", "transport", "write_paused", "__weakref__",
     )
+    #: the transport's name, as in the metrics: ``tcp`` or ``quic``
+    transport_name = "tcp"
 
     def __init__(self, host: ConnectionOwner, *, initiator: bool, expected_peer: "PeerId | None" = None) -> None:
         self.host = host

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..addrbook import AddressBook, dialable_quic, dialable_tcp, ip_group, ip_subnets, is_loopback
@@ -27,6 +28,7 @@ from ..errors import (
     KadfastError,
     MultiaddrError,
     ProtocolError,
+    QuicUnavailable,
 )
 from ..identify import PROTOCOL_ID as IDENTIFY_PROTOCOL
 from ..identify import PUSH_PROTOCOL_ID as IDENTIFY_PUSH_PROTOCOL
@@ -40,13 +42,37 @@ from ..ratelimit import PeerRateLimiter
 from ..tls import Libp2pCertificate, make_certificate
 from .connection import Connection
 from .connmgr import PRUNED_REASON, choose_prunable
-from .quicconn import QuicConnection, QuicEndpoint, quic_address
 from .services import IdentifyService, PingService
 from .stream import Stream, StreamReset
+
+if TYPE_CHECKING:
+    from .quicconn import QuicConnection, QuicEndpoint
 
 log = logging.getLogger("kadfast.net")
 
 __all__ = ["Host", "HostConfig", "HostUsage", "Dial", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
+
+@functools.cache
+def quic_unavailable() -> str | None:
+    """Why QUIC cannot be used in this Python, or None when it can. aioquic
+    needs Python's ``ssl`` module, which loads the system's OpenSSL; where
+    that is missing, kadfast runs on TCP alone (and says so)."""
+    try:
+        from . import quicconn  # noqa: F401
+    except ImportError as exc:
+        return f"QUIC needs Python's ssl module, which cannot load here ({exc})"
+    return None
+
+
+def _quicconn():
+    """The QUIC connection module, imported on first use (see :func:`quic_unavailable`)."""
+    why = quic_unavailable()
+    if why is not None:
+        raise QuicUnavailable(why)
+    from . import quicconn
+
+    return quicconn
+
 
 Handler = Callable[[Stream], Awaitable[None]]
 
@@ -410,9 +436,10 @@ class Host:
         return added
 
     async def _listen_quic(self, addr: Multiaddr) -> list[Multiaddr]:
-        host, port = quic_address(addr)
+        qc = _quicconn()
+        host, port = qc.quic_address(addr)
         _, ep = await self.loop.create_datagram_endpoint(
-            lambda: QuicEndpoint(self, listening=True), local_addr=(host, port))
+            lambda: qc.QuicEndpoint(self, listening=True), local_addr=(host, port))
         self._quic_endpoints.append(ep)
         assert ep.multiaddr is not None  # set once the socket is there
         self._listen_addrs.append(ep.multiaddr)
@@ -553,7 +580,7 @@ class Host:
     def new_quic_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> QuicConnection:
         """A QUIC connection counted as the TCP ones are (see
         :meth:`_new_connection`): for the QUIC endpoints."""
-        conn = QuicConnection(self, initiator=initiator, expected_peer=expected_peer)
+        conn = _quicconn().QuicConnection(self, initiator=initiator, expected_peer=expected_peer)
         self._count_new(conn)
         return conn
 
@@ -719,7 +746,7 @@ class Host:
 
     def transport_counts(self) -> dict[str, int]:
         """Open connections by transport (``tcp``, ``quic``): O(connections)."""
-        quic = sum(1 for c in self.open_connections() if isinstance(c, QuicConnection))
+        quic = sum(1 for c in self.open_connections() if c.transport_name == "quic")
         return {"tcp": self._open_count - quic, "quic": quic}
 
     def connected_peers(self) -> list[PeerId]:
@@ -1011,7 +1038,9 @@ class Host:
         over = self.connection_count() - self.config.max_connections
         if over >= 0 and not self._make_room(over + 1):
             raise DialLimitReached(f"connection limit of {self.config.max_connections} reached")
-        addrs = [a for a in self.addrbook.addrs(peer, self.clock()) if dialable_tcp(a) or dialable_quic(a)]
+        quic_ok = quic_unavailable() is None
+        addrs = [a for a in self.addrbook.addrs(peer, self.clock())
+                 if dialable_tcp(a) or (quic_ok and dialable_quic(a))]
         if not addrs:
             raise DialNoAddresses(f"no TCP or QUIC address known for {peer}")
         if self.config.prefer_quic:
@@ -1148,7 +1177,7 @@ class Host:
         if dialer is not None and dialer.transport is not None and not dialer.transport.is_closing():
             return dialer
         _, made = await self.loop.create_datagram_endpoint(
-            lambda: QuicEndpoint(self, listening=False), local_addr=("::" if ipv6 else "0.0.0.0", 0))
+            lambda: _quicconn().QuicEndpoint(self, listening=False), local_addr=("::" if ipv6 else "0.0.0.0", 0))
         dialer = self._quic_dialers.get(fam)
         if dialer is not None and dialer.transport is not None and not dialer.transport.is_closing():
             made.close()  # another dial made one meanwhile
@@ -1160,7 +1189,7 @@ class Host:
         return made
 
     async def _dial_quic(self, peer: PeerId, addr: Multiaddr) -> Connection:
-        host, port = quic_address(addr)
+        host, port = _quicconn().quic_address(addr)
         timeout = self.config.dial_timeout
         ep = await self._quic_dialer(":" in host)
         conn = self.new_quic_connection(initiator=True, expected_peer=peer)

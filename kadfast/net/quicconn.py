@@ -77,6 +77,7 @@ class QuicConnection(Connection):
     :meth:`QuicEndpoint.connect` and the endpoint's accept start it."""
 
     __slots__ = ("endpoint", "peer_addr")
+    transport_name = "quic"
 
     def __init__(self, host: "Host", *, initiator: bool, expected_peer: PeerId | None = None) -> None:
         super().__init__(host, initiator=initiator, expected_peer=expected_peer)
