@@ -5,12 +5,17 @@ idle connections held.
 
     python bench/churn_bench.py [--quick] [--json] [--dialer go|raw] [--hold 10000]
                                 [--duration S] [--concurrency N] [--identities N]
-                                [--workers 2] [--loop uvloop|asyncio]
-    python bench/churn_bench.py --compare kadfast,rust[,go] [--runs 5] [--duration S] [--json]
+                                [--workers 2] [--loop uvloop|asyncio] [--transport tcp|quic]
+    python bench/churn_bench.py --compare kadfast,rust[,go] [--runs 5] [--duration S]
+                                [--transport tcp|quic] [--json]
 
-Targets: at least 1,000 connections per second per server core (server CPU
-per connection <= 1 ms) and at most 32 KiB of server memory per idle
-connection.
+Targets (TCP): at least 1,000 connections per second per server core
+(server CPU per connection <= 1 ms) and at most 32 KiB of server memory per
+idle connection. ``--transport quic`` runs the same phases over QUIC-v1
+(go dialer only; every server listens on TCP and QUIC): TLS 1.3 with the
+libp2p certificate instead of Noise, QUIC streams instead of Yamux, and a
+libp2p ping stream in place of the Yamux ping; its figures are reported
+beside TCP's, with no target yet.
 
 The server is a kadfast ``KadNode`` (its ``Host``) in a child process of its
 own (``python bench/churn_bench.py --serve``), driven through the interop
@@ -179,7 +184,7 @@ def serve(loop_kind: str) -> int:
         loop = asyncio.get_running_loop()
         loop_errors = count_loop_errors(loop)
         hcfg = HostConfig(
-            listen_addrs=["/ip4/127.0.0.1/tcp/0"],
+            listen_addrs=["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"],
             max_connections=20000,
             idle_timeout=1e9,
         )
@@ -759,6 +764,7 @@ class GoDialer:
         self.maddr = ""
         self.hold = 0
         self._churn = None
+        self.transport = opts.transport
 
     def describe(self) -> str:
         return (f"go-libp2p {self.ready.get('go_libp2p')} (bench/dialers/go-churn, GOMAXPROCS "
@@ -766,7 +772,14 @@ class GoDialer:
                 "Yamux, go-libp2p's identify; rcmgr without limits, no connection trimming); a connection is "
                 "complete when go's identify of the server finished, we answered the server's identify and a Yamux "
                 f"ping after that came back; sources round robin over {self.ready.get('sources')} addresses of "
-                "127.0.0.0/8 (IP_BIND_ADDRESS_NO_PORT)")
+                "127.0.0.0/8 (IP_BIND_ADDRESS_NO_PORT)"
+                if self.transport == "tcp" else
+                f"go-libp2p {self.ready.get('go_libp2p')} (bench/dialers/go-churn, GOMAXPROCS "
+                f"{self.ready.get('gomaxprocs')}): one host per connection in flight or held (Ed25519, QUIC-v1 "
+                "(quic-go), go-libp2p's identify; rcmgr without limits, no connection trimming); a connection is "
+                "complete when go's identify of the server finished, we answered the server's identify and a libp2p "
+                "ping stream opened after that came back; each host's UDP socket on its own address of "
+                "127.0.0.0/8")
 
     def total_concurrency(self) -> int:
         return self.concurrency
@@ -781,7 +794,7 @@ class GoDialer:
         self.maddr = maddr
         self.hold = hold
         r = self.peer.call("prepare", addr=maddr, churn_hosts=max(self.identities, self.concurrency),
-                           hold_hosts=hold, timeout=600)
+                           hold_hosts=hold, transport=self.transport, timeout=600)
         return {"seconds": round(r["seconds"], 2), "identities": r["churn_hosts"] + r["hold_hosts"],
                 "goroutines": r["goroutines"]}
 
@@ -823,6 +836,20 @@ class GoDialer:
 # --------------------------------------------------------------------------
 # the parent: phases
 # --------------------------------------------------------------------------
+
+
+def dial_addr(peer, transport: str) -> str:
+    """The server's address to dial over ``transport`` (with ``/p2p/``)."""
+    if transport == "tcp":
+        return peer.maddr
+    for a in peer.addrs:
+        if a.endswith("/quic-v1"):
+            return f"{a}/p2p/{peer.peer_id}"
+    raise RuntimeError(f"the server announces no QUIC address: {peer.addrs}")
+
+
+#: what the rust and go servers listen on in --compare
+COMPARE_LISTEN = "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/udp/0/quic-v1"
 
 
 def sleep_until(t: float) -> None:
@@ -916,7 +943,8 @@ def run_compare(opts) -> dict:
     raise_nofile()
     impls = [i.strip() for i in opts.compare.split(",") if i.strip()]
     report: dict[str, Any] = {"config": {"cpus": os.cpu_count(), "runs": opts.runs, "churn_seconds": opts.duration,
-                                         "concurrency": opts.concurrency, "impls": impls}, "servers": {}}
+                                         "concurrency": opts.concurrency, "impls": impls,
+                                         "transport": opts.transport}, "servers": {}}
     servers: dict[str, tuple[Any, int]] = {}
     dialers: dict[str, GoDialer] = {}  # one each: a go-churn dialer serves one server
     t_start = time.monotonic()
@@ -928,19 +956,20 @@ def run_compare(opts) -> dict:
                 desc = f"kadfast KadNode/{opts.loop}"
             else:
                 build = harness.build_for(impl).ensure()
-                peer = harness.Peer(impl, build.argv, cwd=build.cwd, name=f"churn-server-{impl}")
+                peer = harness.Peer(impl, build.argv, cwd=build.cwd, listen=COMPARE_LISTEN,
+                                    name=f"churn-server-{impl}")
                 peer.start(timeout=120)
                 desc = {"rust": "rust-libp2p", "go": "go-libp2p"}.get(impl, impl)
-            servers[impl] = (peer, peer.proc.pid)
+            servers[impl] = (peer, peer.proc.pid, dial_addr(peer, opts.transport))
             report["servers"][impl] = {"description": desc, "runs": []}
             dialer = GoDialer(opts, harness)
             dialers[impl] = dialer
             report["config"]["dialer"] = dialer.describe()
-            dialer.prepare(peer.maddr, peer.peer_id, 0)
+            dialer.prepare(servers[impl][2], peer.peer_id, 0)
             dialer.warm_up(1.0)
         for run in range(opts.runs):
-            for impl, (peer, pid) in servers.items():
-                res = compare_phase(pid, peer.maddr, dialers[impl], opts.duration)
+            for impl, (_peer, pid, addr) in servers.items():
+                res = compare_phase(pid, addr, dialers[impl], opts.duration)
                 report["servers"][impl]["runs"].append(res)
                 log_progress(f"  run {run + 1}/{opts.runs} {impl}: {res['conn_per_s']:.0f} conn/s, server "
                              f"{res['server_cpu_ms_per_conn']} ms CPU/conn = {res['conn_per_server_cpu_s']} "
@@ -951,7 +980,7 @@ def run_compare(opts) -> dict:
     finally:
         for d in dialers.values():
             d.stop()
-        for peer, _ in servers.values():
+        for peer, _, _ in servers.values():
             with contextlib.suppress(Exception):
                 peer.stop(timeout=10)
     for entry in report["servers"].values():
@@ -964,7 +993,11 @@ def run_compare(opts) -> dict:
     kf = report["servers"].get("kadfast", {}).get("conn_per_server_cpu_s")
     if base and kf:
         report["kadfast_over_rust"] = round(kf / base, 2)
-        report["target_met"] = {"kadfast >= 1.5x rust-libp2p's connections per server-CPU-second": kf / base >= 1.5}
+        if opts.transport == "tcp":
+            report["target_met"] = {"kadfast >= 1.5x rust-libp2p's connections per server-CPU-second": kf / base >= 1.5}
+    gbase = report["servers"].get("go", {}).get("conn_per_server_cpu_s")
+    if gbase and kf:
+        report["kadfast_over_go"] = round(kf / gbase, 2)
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     return report
 
@@ -972,7 +1005,7 @@ def run_compare(opts) -> dict:
 def print_compare(r: dict) -> None:
     cfg = r["config"]
     print(f"\nchurn_bench --compare: {cfg['cpus']} CPUs, {cfg['runs']} runs of {cfg['churn_seconds']} s per server, "
-          f"nothing held, {cfg['concurrency']} connections in flight")
+          f"nothing held, {cfg['concurrency']} connections in flight, over {cfg.get('transport', 'tcp').upper()}")
     print(f"dialer: {cfg.get('dialer', '-')}")
     if r.get("error"):
         print(f"\nERROR: {r['error']}")
@@ -986,8 +1019,11 @@ def print_compare(r: dict) -> None:
         print(f"{e['description']:<24}{f('conn_per_s', '{:.0f}'):>9}{f('server_cpu_ms_per_conn', '{:.3f}'):>13}"
               f"{f('conn_per_server_cpu_s', '{:.0f}'):>16}{f('server_util', '{:.2f}'):>10}")
     if "kadfast_over_rust" in r:
-        print(f"\nkadfast / rust-libp2p connections per server-CPU-second: {r['kadfast_over_rust']}x "
-              f"(target >= 1.5x: {'met' if r['target_met'] and all(r['target_met'].values()) else 'MISSED'})")
+        met = r.get("target_met")
+        verdict = f" (target >= 1.5x: {'met' if all(met.values()) else 'MISSED'})" if met else " (no target)"
+        print(f"\nkadfast / rust-libp2p connections per server-CPU-second: {r['kadfast_over_rust']}x{verdict}")
+    if "kadfast_over_go" in r:
+        print(f"kadfast / go-libp2p connections per server-CPU-second: {r['kadfast_over_go']}x")
     print(f"(run took {r.get('elapsed_s')} s)\n")
 
 
@@ -1003,6 +1039,7 @@ def run_bench(opts) -> dict:
             "cpus": os.cpu_count(),
             "server": f"kadfast KadNode/{opts.loop} in a child process; HostConfig(max_connections=20000, idle_timeout=1e9)",
             "dialer_kind": opts.dialer,
+            "transport": opts.transport,
             "concurrency": opts.concurrency * (opts.workers if opts.dialer == "raw" else 1),
             "hold": opts.hold,
             "churn_seconds": opts.duration,
@@ -1023,7 +1060,7 @@ def run_bench(opts) -> dict:
         peer.start(timeout=60)
         report["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "nofile")}
         pid = peer.proc.pid
-        maddr = peer.maddr
+        maddr = dial_addr(peer, opts.transport)
         if dialer is None:
             log_progress(f"churn_bench: server {maddr} (pid {pid}); starting {opts.workers} raw dialer worker(s)")
             dialer = RawDialer(opts)
@@ -1115,12 +1152,12 @@ def run_bench(opts) -> dict:
             peer.stop(timeout=10)
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     verdict = {}
-    for ph in ("churn_held", "churn_empty"):
+    for ph in ("churn_held", "churn_empty") if opts.transport == "tcp" else ():
         v = report.get(ph, {}).get("conn_per_server_cpu_s")
         if v is not None:
             verdict[f"{ph}: conn per server CPU-second >= {TARGET_CONN_PER_CORE_S:g}"] = v >= TARGET_CONN_PER_CORE_S
     v = report.get("hold", {}).get("kib_per_idle_conn")
-    if v is not None:
+    if v is not None and opts.transport == "tcp":
         verdict[f"hold: KiB per idle connection <= {TARGET_KIB_PER_CONN:g}"] = v <= TARGET_KIB_PER_CONN
     report["target_met"] = verdict
     return report
@@ -1128,7 +1165,8 @@ def run_bench(opts) -> dict:
 
 def print_table(r: dict) -> None:
     cfg = r["config"]
-    print(f"\nchurn_bench: kadfast connection churn on loopback, {cfg['cpus']} CPUs; {cfg['server']}")
+    print(f"\nchurn_bench: kadfast connection churn on loopback over {cfg.get('transport', 'tcp').upper()}, "
+          f"{cfg['cpus']} CPUs; {cfg['server']}")
     print(f"dialer ({cfg['dialer_kind']}): {cfg.get('dialer', '-')}")
     if r.get("error"):
         print(f"\nERROR: {r['error']}\n{r.get('server_stderr', '')}")
@@ -1207,10 +1245,14 @@ def parse_args(argv=None):
     ap.add_argument("--compare", default=None,
                     help="comma list of servers (kadfast, rust, go): churn phases only, each server in turn")
     ap.add_argument("--runs", type=int, default=5, help="runs per server with --compare (medians reported)")
+    ap.add_argument("--transport", choices=["tcp", "quic"], default="tcp",
+                    help="what the dialer connects over (quic: the go dialer only; no targets)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.compare and opts.dialer != "go":
         ap.error("--compare uses the go dialer")
+    if opts.transport == "quic" and opts.dialer != "go":
+        ap.error("--transport quic needs the go dialer")
     if opts.hold is None:
         opts.hold = 2000 if opts.quick else 10000
     if opts.duration is None:

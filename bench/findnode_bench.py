@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Bootstrap-server throughput: FIND_NODE requests over Noise+Yamux on loopback.
+"""Bootstrap-server throughput: FIND_NODE requests over Noise+Yamux (or QUIC) on loopback.
 
     python bench/findnode_bench.py [--quick] [--json] [--runs 5] [--loop uvloop|asyncio|both]
                                    [--impls kadfast,rust,go,js,py|all] [--peers N] [--duration S]
                                    [--pin none|same|apart] [--client-wait auto|poll|sleep]
-                                   [--profile cprofile|pyinstrument]
+                                   [--profile cprofile|pyinstrument] [--transport tcp|quic]
 
 The servers (``--impls``, comma list; default ``kadfast``; ``all`` = every
 one), each in a child process of its own:
@@ -37,6 +37,11 @@ one), each in a child process of its own:
   A case such a server cannot serve (it resets or closes the stream, or
   stops answering) is reported as failed, with the reason, and the run goes
   on.
+
+Every server listens on TCP and on QUIC-v1; ``--transport`` (default
+``tcp``) says which one the load generator dials: over ``quic`` a request
+travels on a QUIC stream (TLS 1.3, no Noise, no Yamux), for kadfast through
+aioquic.
 
 The load generator is this process (so it never shares a loop or a CPU slot
 with the server), the same for every server: a raw kadfast client on uvloop
@@ -156,7 +161,7 @@ def serve(loop_kind: str, n_peers: int, profiler: str | None, profile_out: str |
         # all the load comes from one peer, far above the per-peer read
         # limit (max_reads_per_peer_per_second, 200/s by default): off
         cfg = Config(periodic_bootstrap_interval=1e12, max_reads_per_peer_per_second=0)
-        node = KadNode(config=cfg, host_config=HostConfig(listen_addrs=["/ip4/127.0.0.1/tcp/0"]))
+        node = KadNode(config=cfg, host_config=HostConfig(listen_addrs=LISTEN))
         t0 = time.perf_counter()
         size = fill_table(node, n_peers)
         fill_s = time.perf_counter() - t0
@@ -366,6 +371,19 @@ def server_affinity(pin: str):
         os.sched_setaffinity(0, client)
 
 
+#: what every server listens on: TCP and QUIC
+LISTEN = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+
+
+def dial_addr(peer, transport: str) -> str:
+    """The server's address to dial over ``transport`` (with ``/p2p/``)."""
+    want = "/quic-v1" if transport == "quic" else None
+    for a in peer.addrs:
+        if (a.endswith(want) if want else "/tcp/" in a):
+            return f"{a}/p2p/{peer.peer_id}"
+    raise RuntimeError(f"the server announces no {transport} address: {peer.addrs}")
+
+
 def run_one(harness, label: str, loop_kind: str, opts) -> dict:
     from kadfast.loop import run as run_loop
 
@@ -382,7 +400,8 @@ def run_one(harness, label: str, loop_kind: str, opts) -> dict:
         res["server"] = {k: peer.ready.get(k) for k in ("impl", "loop", "routing_table", "peers_met", "fill_seconds")}
         if opts.profile:
             peer.call("profile_start", timeout=10)
-        samples = run_loop(lambda: bench_server(peer.proc.pid, peer.maddr, peer.peer_id, opts), "uvloop")
+        addr = dial_addr(peer, opts.transport)
+        samples = run_loop(lambda: bench_server(peer.proc.pid, addr, peer.peer_id, opts), "uvloop")
         if opts.profile:
             peer.call("profile_stop", timeout=30)
         res["samples"] = samples
@@ -470,7 +489,9 @@ def run_other(harness, impl: str, opts) -> dict:
     peer = None
     try:
         build = harness.build_for(impl).ensure()
-        peer = harness.Peer(impl, build.argv, cwd=build.cwd, name=impl)
+        # the go and rust peers listen on QUIC too; the js and py ones on TCP
+        listen = ",".join(LISTEN) if impl in ("go", "rust") else None
+        peer = harness.Peer(impl, build.argv, cwd=build.cwd, listen=listen, name=impl)
         with server_affinity(opts.pin):
             peer.start(timeout=120)
         t0 = time.perf_counter()
@@ -479,7 +500,8 @@ def run_other(harness, impl: str, opts) -> dict:
         res["server"].update(routing_table=fill.get("routing_table"), peers_met=opts.peers,
                              fill_seconds=round(time.perf_counter() - t0, 3), process=proc_comm(pid))
         time.sleep(FILL_SETTLE_S)
-        samples = run_loop(lambda: bench_server(pid, peer.maddr, peer.peer_id, opts), "uvloop")
+        addr = dial_addr(peer, opts.transport)
+        samples = run_loop(lambda: bench_server(pid, addr, peer.peer_id, opts), "uvloop")
         res["samples"] = samples
         res["cases"] = summarize(samples, keep_all=("per_s", "server_cpu_us"))
         with contextlib.suppress(Exception):
@@ -578,6 +600,7 @@ def _run_bench(opts) -> dict:
     return {
         "config": {
             "quick": opts.quick,
+            "transport": opts.transport,
             "runs": opts.runs,
             "duration_s": opts.duration,
             "warmup_s": opts.warmup,
@@ -636,7 +659,8 @@ def print_table(report: dict) -> None:
     cfg = report["config"]
     servers = report["servers"]
     print(
-        f"\nfindnode_bench: FIND_NODE over Noise+Yamux on loopback, {cfg['cpus']} CPUs; every server in a child "
+        f"\nfindnode_bench: FIND_NODE over {'QUIC-v1' if cfg.get('transport') == 'quic' else 'Noise+Yamux'} "
+        f"on loopback, {cfg['cpus']} CPUs; every server in a child "
         f"process, having met {cfg['peers_met']} random peers; {cfg['runs']} run(s) x {cfg['duration_s']:g}s per case, "
         f"medians"
     )
@@ -691,6 +715,8 @@ def parse_args(argv=None):
                     help="how the load generator waits for replies: poll (spin without sleeping, so that the "
                          "server's reply does not have to wake it on another core), sleep (epoll_wait), or "
                          "auto: poll unless --pin same, where it would take the server's core")
+    ap.add_argument("--transport", choices=["tcp", "quic"], default="tcp",
+                    help="what the load generator dials: the server's TCP (Noise, Yamux) or QUIC-v1 address")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profiler", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)

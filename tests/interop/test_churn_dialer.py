@@ -1,7 +1,8 @@
 """The go-libp2p churn dialer of bench/churn_bench.py against a kadfast
 server, small: it builds on a fresh machine, its connections (go-libp2p's
-TCP, Noise, Yamux and identify from many source addresses) are accepted,
-identified and held, and the benchmark's report is whole. The benchmark
+TCP, Noise, Yamux and identify from many source addresses, or quic-go's
+QUIC-v1 and identify) are accepted, identified and held, and the
+benchmark's report is whole. The benchmark
 itself is run by hand; this keeps it from rotting."""
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ def selected(config) -> bool:
     return not names or "go" in names
 
 
-def test_go_churn_dialer_against_a_kadfast_server(request):
+@pytest.mark.parametrize("transport", ["tcp", "quic"])
+def test_go_churn_dialer_against_a_kadfast_server(request, transport):
     if not selected(request.config):
         pytest.skip("go not among the selected interop implementations")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "churn_bench.py"), "--quick", "--hold", "100",
-         "--duration", "1", "--identities", "64", "--concurrency", "16", "--json"],
+         "--duration", "1", "--identities", "64", "--concurrency", "16", "--transport", transport, "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
-    assert r["config"]["dialer_kind"] == "go"
+    assert r["config"]["dialer_kind"] == "go" and r["config"]["transport"] == transport
     hold = r["hold"]
     assert hold["opened"] == 100 and not hold["open_errors"]
     assert hold["server_open_connections"] == 100

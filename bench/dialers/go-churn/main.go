@@ -11,26 +11,33 @@
 // go-libp2p host keeps at most one connection to a peer (DialPeer returns
 // the existing one, and concurrent dials to one peer are merged), so a pool
 // of hosts is what gives many simultaneous connections to one server. Each
-// host: Ed25519 identity, no listen address, TCP only, Noise, Yamux, a
-// resource manager without limits (one, shared by all hosts), a connection
-// manager that never trims, identify (go-libp2p's own service).
+// host: Ed25519 identity, no listen address, one transport (TCP with Noise
+// and Yamux, or QUIC: prepare's "transport"), a resource manager without
+// limits (one, shared by all hosts), a connection manager that never trims,
+// identify (go-libp2p's own service).
 //
 // A connection counts as complete when
 //  1. go-libp2p's identify of the server finished on it
 //     (EvtPeerIdentificationCompleted for that connection),
 //  2. we answered the server's identify request on it, and
 //  3. a Yamux ping sent after that answer came back, which proves the
-//     server has read our identify answer.
+//     server has read our identify answer. Over QUIC, which has no Yamux,
+//     a libp2p ping (/ipfs/ping/1.0.0, one round trip on a stream of its
+//     own, opened after the answer was sent) takes its place.
 //
 // Source addresses: every TCP connection is bound to the next address of
 // 127.0.1.1 ... 127.0.250.254 (round robin, port 0, with
 // IP_BIND_ADDRESS_NO_PORT so that the port is chosen at connect time), so
 // that TIME_WAIT of closed connections is spread over ~63,000 addresses
-// and never exhausts the ports of one.
+// and never exhausts the ports of one. Over QUIC each host's UDP socket is
+// bound to the next of those addresses (quicreuse's OverrideListenUDP), so
+// that per-IP limits of the server see distinct peers, as with TCP.
 //
 // Commands (besides the PROTOCOL.md framing):
 //
-//	prepare    {addr, churn_hosts, hold_hosts}  create hosts (before the clock runs)
+//	prepare    {addr, churn_hosts, hold_hosts, transport}
+//	                                            create hosts (before the clock runs);
+//	                                            transport "tcp" (default) or "quic"
 //	hold       {addr, count, concurrency}       open count connections and keep them
 //	churn      {addr, start_at, stop_at, concurrency}
 //	                                            open, complete and close connections until
@@ -74,7 +81,10 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	goyamux "github.com/libp2p/go-yamux/v5"
 	ma "github.com/multiformats/go-multiaddr"
@@ -202,6 +212,8 @@ type dialer struct {
 	src     *sources
 	sig     signals
 	version string
+	// "tcp" or "quic", fixed by the first prepare
+	transport string
 
 	mu     sync.Mutex
 	server peer.AddrInfo
@@ -254,19 +266,40 @@ func (d *dialer) newSlot() (*slot, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := libp2p.New(
-		libp2p.Identity(priv),
-		libp2p.NoListenAddrs,
-		libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(d.src.dialerFor)),
-		libp2p.Security(noise.ID, noise.New),
-		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+	var transport []libp2p.Option
+	if d.transport == "quic" {
+		// this host's UDP socket on a loopback address of its own
+		src := d.src.pick()
+		listen := func(network string, laddr *net.UDPAddr) (net.PacketConn, error) {
+			if network == "udp4" && (laddr == nil || laddr.IP.IsUnspecified()) {
+				port := 0
+				if laddr != nil {
+					port = laddr.Port
+				}
+				laddr = &net.UDPAddr{IP: src, Port: port}
+			}
+			return net.ListenUDP(network, laddr)
+		}
+		transport = []libp2p.Option{
+			libp2p.Transport(libp2pquic.NewTransport),
+			libp2p.QUICReuse(quicreuse.NewConnManager, quicreuse.OverrideListenUDP(listen)),
+		}
+	} else {
+		transport = []libp2p.Option{
+			libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(d.src.dialerFor)),
+			libp2p.Security(noise.ID, noise.New),
+			libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		}
+	}
+	opts := append([]libp2p.Option{libp2p.Identity(priv), libp2p.NoListenAddrs}, transport...)
+	h, err := libp2p.New(append(opts,
 		libp2p.ResourceManager(d.rm),
 		libp2p.ConnectionManager(&connmgr.NullConnMgr{}),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("kadfast-go-churn go-libp2p/"+d.version),
 		libp2p.ProtocolVersion("ipfs/0.1.0"),
-	)
+	)...)
 	if err != nil {
 		return nil, err
 	}
@@ -401,6 +434,13 @@ func (d *dialer) connect(s *slot) (network.Conn, error) {
 	case <-ctx.Done():
 		return fail("the server sent no identify request", ctx.Err())
 	}
+	if d.transport == "quic" {
+		if err := pingOnce(ctx, conn); err != nil {
+			return fail("ping", err)
+		}
+		d.sig.forget(conn)
+		return conn, nil
+	}
 	var sess *goyamux.Session
 	if !conn.As(&sess) {
 		return fail("not a yamux connection", nil)
@@ -412,6 +452,64 @@ func (d *dialer) connect(s *slot) (network.Conn, error) {
 	return conn, nil
 }
 
+// pingOnce is one libp2p ping round trip on a new stream of conn.
+func pingOnce(ctx context.Context, conn network.Conn) error {
+	st, err := conn.NewStream(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_ = st.SetDeadline(time.Now().Add(connTimeout))
+	st.SetProtocol(ping.ID)
+	if err := msSelect(st, string(ping.ID)); err != nil {
+		st.Reset()
+		return err
+	}
+	payload := make([]byte, ping.PingSize)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	if _, err := st.Write(payload); err != nil {
+		st.Reset()
+		return err
+	}
+	back := make([]byte, ping.PingSize)
+	if _, err := io.ReadFull(st, back); err != nil {
+		st.Reset()
+		return err
+	}
+	if !bytes.Equal(back, payload) {
+		st.Reset()
+		return errors.New("ping: wrong payload back")
+	}
+	return nil
+}
+
+// msSelect proposes one protocol on a fresh stream (multistream-select as
+// the initiator, both lines sent at once) and reads the two answers.
+func msSelect(rw io.ReadWriter, proto string) error {
+	if _, err := rw.Write(append(msLine("/multistream/1.0.0"), msLine(proto)...)); err != nil {
+		return err
+	}
+	for _, want := range []string{"/multistream/1.0.0", proto} {
+		var n [1]byte
+		if _, err := io.ReadFull(rw, n[:]); err != nil {
+			return err
+		}
+		if n[0] == 0 || n[0] > 127 {
+			return errors.New("multistream: bad length")
+		}
+		line := make([]byte, n[0])
+		if _, err := io.ReadFull(rw, line); err != nil {
+			return err
+		}
+		if string(line) != want+"\n" {
+			return fmt.Errorf("multistream: %q refused (%q)", proto, line)
+		}
+	}
+	return nil
+}
+
 // ---------------------------------------------------------------- commands
 
 type request struct {
@@ -420,6 +518,7 @@ type request struct {
 	Addr        string          `json:"addr"`
 	ChurnHosts  int             `json:"churn_hosts"`
 	HoldHosts   int             `json:"hold_hosts"`
+	Transport   string          `json:"transport"`
 	Count       int             `json:"count"`
 	Concurrency int             `json:"concurrency"`
 	StartAt     float64         `json:"start_at"`
@@ -472,6 +571,18 @@ func (d *dialer) cmdPrepare(r request) (any, error) {
 	t0 := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	want := r.Transport
+	if want == "" {
+		want = "tcp"
+	}
+	if want != "tcp" && want != "quic" {
+		return nil, fmt.Errorf("transport %q: tcp or quic", want)
+	}
+	if d.transport == "" {
+		d.transport = want
+	} else if d.transport != want {
+		return nil, errors.New("the transport changed; start a new dialer")
+	}
 	if err := d.setServer(r.Addr); err != nil {
 		return nil, err
 	}
