@@ -143,6 +143,33 @@ def test_inbound_quic_connections_count_against_the_per_ip_limit():
     run(main)
 
 
+def test_quic_sockets_ask_for_large_buffers():
+    """A burst of datagrams beyond a UDP socket's receive buffer is dropped
+    by the kernel: the QUIC sockets ask for ``quic_socket_buffer`` (capped
+    by the system's maximum), listening and dial-only ones alike; 0 leaves
+    the system's default."""
+    def rmem_max() -> int:
+        try:
+            with open("/proc/sys/net/core/rmem_max") as f:
+                return int(f.read())
+        except OSError:
+            return 1 << 30
+
+    async def main():
+        want = 1 << 20
+        async with host(QUIC, quic_socket_buffer=want) as a, host(quic_socket_buffer=want) as c, \
+                host(QUIC, quic_socket_buffer=0) as b:
+            [ep] = a.quic_endpoints()
+            granted = min(want, rmem_max())
+            assert ep.socket_buffers[0] >= granted and ep.socket_buffers[1] > 0
+            assert b.quic_endpoints()[0].socket_buffers == (0, 0)  # left alone
+            await c.dial(quic_of(a))  # a dial-only socket of c's own
+            [dialer] = c.quic_endpoints()
+            assert not dialer.listening and dialer.socket_buffers[0] >= granted
+
+    run(main)
+
+
 def test_the_endpoint_drops_what_opens_no_connection():
     async def main():
         async with host(QUIC) as b, host(QUIC) as a:

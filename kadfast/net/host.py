@@ -194,6 +194,13 @@ class HostConfig:
     #: without a datagram from the peer (go-libp2p: 15 s), so that QUIC's
     #: idle timeout does not end it while the host keeps it; 0: never
     quic_keepalive: float = 15.0
+    #: receive and send buffer asked for each QUIC UDP socket (bytes;
+    #: quic-go asks for 7 MiB): a burst of datagrams beyond the receive
+    #: buffer is dropped by the kernel, a CONNECTION_CLOSE among them leaves
+    #: its connection to the idle timeout. Linux caps it at
+    #: ``net.core.rmem_max``/``wmem_max`` (a warning says when); 0: the
+    #: system's default
+    quic_socket_buffer: int = 4 << 20
     #: upgrade of an inbound or outbound connection (multistream, Noise,
     #: Yamux; QUIC: its handshake and the libp2p TLS authentication)
     handshake_timeout: float = 10.0

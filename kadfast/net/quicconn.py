@@ -28,6 +28,8 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import KadfastError
@@ -219,6 +221,27 @@ class QuicConnection(Connection):
         super()._teardown(reason)
 
 
+_warned_buffers = False
+
+
+def _grow_buffers(sock: Any, want: int, where: object) -> tuple[int, int]:
+    """Ask for ``want`` bytes of receive and send buffer on ``sock``; what
+    the kernel granted (Linux reports twice what it keeps for itself)."""
+    global _warned_buffers
+    got = []
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, want)
+            got.append(sock.getsockopt(socket.SOL_SOCKET, opt))
+        except OSError:
+            got.append(0)
+    if sys.platform.startswith("linux") and got[0] < want and not _warned_buffers:
+        _warned_buffers = True
+        log.warning("QUIC socket %s: receive buffer %d bytes, %d asked for (raise net.core.rmem_max and "
+                    "net.core.wmem_max, or bursts of datagrams are dropped)", where, got[0] // 2, want)
+    return got[0], got[1]
+
+
 class QuicEndpoint(asyncio.DatagramProtocol):
     """One UDP socket of the host, its QUIC connections by peer address."""
 
@@ -243,6 +266,12 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         h, p = self.local_addr
         self.multiaddr = quic_multiaddr(h, p)
+        want = self.host.config.quic_socket_buffer
+        if want > 0:
+            self.socket_buffers = _grow_buffers(transport.get_extra_info("socket"), want, self.multiaddr)
+
+    #: (receive, send) buffer sizes the kernel granted the socket, in bytes
+    socket_buffers: tuple[int, int] = (0, 0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for conn in list(self._all):
