@@ -262,6 +262,7 @@ class QuicCore:
         self.remote_public_key: PublicKey | None = None
         self._open = False
         self._done = False
+        self._closed_locally = False
         #: when the peer must be authenticated by (None once it is)
         self._handshake_deadline: float | None = now + handshake_timeout
         self._add_cid(self._quic.host_cid)
@@ -280,6 +281,12 @@ class QuicCore:
         quic = self._quic
         quic.receive_datagram(data, addr, now)
         self._pump()
+        # the peer's CONNECTION_CLOSE: aioquic keeps it and reports it only
+        # once its draining period (3 PTO) is over; the connection is over
+        # for us now, and must not count against its peer meanwhile (a peer
+        # that closes and reconnects at once would meet our per-peer limit)
+        if not self._done and not self._closed_locally and (closing := quic._close_event) is not None:
+            self._finish(f"connection closed: {closing.reason_phrase or 'no reason'} (error 0x{closing.error_code:x})")
         # what the peer's stream frames reached (the connection's flow-control
         # use, read from aioquic, which has no accessor) beyond what came out
         if quic._local_max_data.used - self._delivered > MAX_UNDELIVERED and not self._done:
@@ -369,6 +376,7 @@ class QuicCore:
 
     def close(self, reason: str = "closed locally", error_code: int = 0) -> None:
         if not self._done:
+            self._closed_locally = True
             self._quic.close(error_code=error_code, reason_phrase=reason)
 
     # -- internals -----------------------------------------------------
