@@ -205,6 +205,8 @@ type slot struct {
 	h    host.Host
 	ids  identify.IDService
 	conn network.Conn // the held connection (hold slots)
+	// why go's last identify of the server failed (a string), for the error counts
+	idFailure atomic.Value
 }
 
 type dialer struct {
@@ -320,15 +322,23 @@ func (d *dialer) newSlot() (*slot, error) {
 		_ = orig(identify.ID, st)
 		d.sig.answered(c)
 	})
-	sub, err := h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
+	sub, err := h.EventBus().Subscribe([]any{new(event.EvtPeerIdentificationCompleted),
+		new(event.EvtPeerIdentificationFailed)})
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
 	go func() {
 		for ev := range sub.Out() {
-			if e, ok := ev.(event.EvtPeerIdentificationCompleted); ok && e.Conn != nil {
-				d.sig.identified(e.Conn)
+			switch e := ev.(type) {
+			case event.EvtPeerIdentificationCompleted:
+				if e.Conn != nil {
+					d.sig.identified(e.Conn)
+				}
+			case event.EvtPeerIdentificationFailed:
+				if e.Reason != nil {
+					s.idFailure.Store(e.Reason.Error())
+				}
 			}
 		}
 	}()
@@ -398,6 +408,13 @@ func (d *dialer) setServer(addr string) error {
 func (d *dialer) connect(s *slot) (network.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), connTimeout)
 	defer cancel()
+	// The swarm forgets a closed connection a moment after Close (QUIC's
+	// close goes through quic-go first); until then DialPeer may hand back
+	// the closing one. Wait for it to go (hosts take turns, so this rarely
+	// waits at all).
+	for i := 0; i < 2000 && len(s.h.Network().ConnsToPeer(d.server.ID)) > 0; i++ {
+		time.Sleep(time.Millisecond)
+	}
 	// force: no dial back-off after a failure
 	conn, err := s.h.Network().DialPeer(network.WithForceDirectDial(ctx, "churn"), d.server.ID)
 	if err != nil {
@@ -424,10 +441,14 @@ func (d *dialer) connect(s *slot) (network.Conn, error) {
 	select {
 	case <-st.identified:
 	case <-grace.C:
-		if conn.IsClosed() {
-			return fail("connection closed before identify completed", nil)
+		why, _ := s.idFailure.Load().(string)
+		if why != "" {
+			why = " (" + why + ")"
 		}
-		return fail("identify of the server failed", nil)
+		if conn.IsClosed() {
+			return fail("connection closed before identify completed"+why, nil)
+		}
+		return fail("identify of the server failed"+why, nil)
 	}
 	select {
 	case <-st.answered:
@@ -534,8 +555,8 @@ type errCounter struct {
 
 func (e *errCounter) add(err error) {
 	msg := err.Error()
-	if len(msg) > 160 {
-		msg = msg[:160]
+	if len(msg) > 400 {
+		msg = msg[:400]
 	}
 	e.mu.Lock()
 	if e.m == nil {
