@@ -353,14 +353,18 @@ class QuicCore:
             pass
 
     def buffered(self, stream_id: int) -> int:
-        """Bytes written on the stream that the peer has not acknowledged
-        yet (0 for a stream gone). aioquic has no accessor for it: read from
-        its stream sender's buffer bounds."""
+        """Bytes written on the stream and not sent yet: they wait for the
+        peer's flow-control window or the congestion window (0 for a stream
+        gone). As Yamux's, and as a TCP socket's write buffer: what has been
+        sent and waits for its acknowledgement is not counted (there is at
+        most a congestion window of it). aioquic has no accessor for it:
+        its stream sender's end of the written data, less the offset of the
+        next frame to send."""
         stream = self._quic._streams.get(stream_id)
         if stream is None:
             return 0
         sender = stream.sender
-        return sender._buffer_stop - sender._buffer_start
+        return max(0, sender._buffer_stop - sender.next_offset)
 
     def ping(self, uid: int) -> None:
         """Send a PING frame; ``uid`` is in :meth:`pings_acknowledged` once

@@ -109,9 +109,9 @@ LIBRARY_INTERNALS = {
     # the server's request for the client's certificate: libp2p authenticates
     # both ends, aioquic keeps the switch for its tests
     ("kadfast/quic.py", "_request_client_certificate"),
-    # bytes of a stream not yet acknowledged (the writer's back-pressure):
-    # aioquic keeps them as its stream sender's buffer bounds, with no accessor
-    ("kadfast/quic.py", "_streams"), ("kadfast/quic.py", "_buffer_stop"), ("kadfast/quic.py", "_buffer_start"),
+    # bytes of a stream not sent yet (the writer's back-pressure): aioquic
+    # keeps the end of the written data in its stream sender, with no accessor
+    ("kadfast/quic.py", "_streams"), ("kadfast/quic.py", "_buffer_stop"),
     # the connection's flow-control use (the peer's highest offsets), against
     # which the bytes delivered in order bound what aioquic buffers in gaps
     ("kadfast/quic.py", "_local_max_data"),

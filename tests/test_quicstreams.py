@@ -10,7 +10,7 @@ import datetime
 from kadfast.errors import StreamReset
 from kadfast.keys import Ed25519KeyPair
 from kadfast.multistream import encode_message
-from kadfast.net.quicstreams import QuicConnectionCore
+from kadfast.net.quicstreams import WRITABLE_BELOW, QuicConnectionCore
 from kadfast.net.upgrade import (
     ConnectionFailed,
     InboundStreamNegotiated,
@@ -24,7 +24,7 @@ from kadfast.net.upgrade import (
 )
 from kadfast.quic import QuicCore, initial_destination_cid
 from kadfast.tls import make_certificate
-from kadfast.yamux import PongReceived
+from kadfast.yamux import PongReceived, StreamWritable
 
 KA, KB = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (31, 32))
 CERTS = {k.peer_id: make_certificate(k) for k in (KA, KB)}
@@ -220,6 +220,33 @@ def test_unread_bytes_are_bounded_per_stream():
     assert p.s.inbound_streams == 0 and p.s.is_open
     p.run()
     assert p.c.is_open
+
+
+def test_written_bytes_are_queued_until_sent_not_until_acknowledged():
+    """A writer waits while its stream's bytes are queued (the kad server
+    holds its next answer back meanwhile): over QUIC until they are sent,
+    as over Yamux and TCP, not until the peer acknowledges them, which it
+    may do a while later. Bytes beyond the windows stay queued, and the
+    stream is writable again once sending took it below the mark."""
+    p = opened()
+    sid = p.c.open_stream([PROTO], p.now)
+    p.run()
+    p.take("c"), p.take("s")
+    p.c.send(sid, b"a" * 1000)
+    assert p.c.buffered(sid) == 1000
+    assert p.c.datagrams_to_send(p.now)  # sent; the acknowledgement is lost here
+    assert p.c.buffered(sid) == 0
+    p.c.send(sid, b"b" * 400_000)  # far beyond the first congestion window
+    p.c.datagrams_to_send(p.now)
+    assert p.c.buffered(sid) > WRITABLE_BELOW
+    writable = False
+    for _ in range(300):
+        p.run(rounds=2)
+        p.s.consumed(sid, sum(len(e.data) for e in p.take("s") if type(e) is StreamData))
+        if StreamWritable(sid) in p.take("c"):
+            writable = True
+            break
+    assert writable and p.c.buffered(sid) <= WRITABLE_BELOW
 
 
 def test_a_unidirectional_stream_is_stopped():

@@ -151,6 +151,11 @@ class QuicConnection(Connection):
             addr = out[-1][1]
             self.peer_addr = (addr[0], addr[1])
             ep.send(out)
+            # streams this sent below their writable mark (their writers
+            # write again, which schedules another flush)
+            sent = core.events()
+            if sent:
+                self._handle(sent)
         if self.is_closed:
             return
         changes = core.quic.connection_id_changes()

@@ -212,7 +212,12 @@ class QuicConnectionCore:
         return out
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
-        return self.quic.datagrams_to_send(now)
+        """What to send now; a stream whose queued bytes this sent below the
+        writable mark gets its :class:`StreamWritable` (in :meth:`events`)."""
+        out = self.quic.datagrams_to_send(now)
+        if self._watch:
+            self._check_writable()
+        return out
 
     # -- QUIC's events -----------------------------------------------------------
 
@@ -464,7 +469,7 @@ class QuicConnectionCore:
             self._watch.add(stream_id)
 
     def buffered(self, stream_id: int) -> int:
-        """Bytes written on the stream that the peer has not acknowledged."""
+        """Bytes written on the stream and not sent yet (see :meth:`QuicCore.buffered`)."""
         return self.quic.buffered(stream_id) if stream_id in self._streams else 0
 
     def consumed(self, stream_id: int, n: int) -> None:
