@@ -590,7 +590,7 @@ def _run_bench(opts) -> dict:
             log_progress(f"  {impl}: {results[impl]['error']}")
     verdict = {}
     for label, res in results.items():
-        if not label.startswith("kadfast/"):
+        if not label.startswith("kadfast/") or opts.transport != "tcp":  # the target is TCP's
             continue
         for case in ("reused/1", "reused/32"):
             v = res.get("cases", {}).get(case, {}).get("server_cpu_us")
