@@ -30,12 +30,14 @@ aioquic release drops it.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aioquic.buffer import Buffer
+from aioquic.quic import connection as aioquic_connection
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
@@ -206,6 +208,20 @@ def version_negotiation(datagram: bytes) -> bytes | None:
         return None
     return encode_quic_version_negotiation(source_cid=header.destination_cid,
                                            destination_cid=header.source_cid, supported_versions=[QUIC_V1])
+
+
+# aioquic builds each connection's table of frame handlers anew, with a
+# frozenset of epochs per frame type made by its module-level EPOCHS(): the
+# same ~30 sets every time, 7 KiB and ~25 µs a connection. EPOCHS is pure
+# (a shortcut string to an immutable set), so it is memoized in place.
+if not hasattr(aioquic_connection.EPOCHS, "cache_info"):
+    aioquic_connection.EPOCHS = functools.cache(aioquic_connection.EPOCHS)
+
+#: capacity of each TLS output buffer once the handshake is over: aioquic
+#: gives a connection three of 16 KiB (one per epoch) and keeps them for
+#: its life, while after the handshake TLS writes at most a session ticket
+#: (which a kadfast server does not send)
+POST_HANDSHAKE_TLS_BUFFER = 1024
 
 
 class _Libp2pQuicConnection(QuicConnection):
@@ -447,6 +463,10 @@ class QuicCore:
             return
         self._handshake_deadline = None
         self._open = True
+        # the handshake's TLS output is written out by now (aioquic moves it
+        # into its crypto streams as it comes): small buffers from here on
+        quic = self._quic
+        quic._crypto_buffers = {epoch: Buffer(capacity=POST_HANDSHAKE_TLS_BUFFER) for epoch in quic._crypto_buffers}
         self._events.append(QuicUpgraded(self.remote_peer_id, key))
         self._events.extend(self._held)
         self._held.clear()

@@ -8,10 +8,11 @@ import datetime
 
 import pytest
 from aioquic import tls as aioquic_tls
+from aioquic.quic import connection as aioquic_connection
 from tls_helpers import plain_certificate
 
 from kadfast.keys import Ed25519KeyPair
-from kadfast.quic import QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded, initial_destination_cid
+from kadfast.quic import POST_HANDSHAKE_TLS_BUFFER, QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded, initial_destination_cid
 from kadfast.tls import make_certificate
 
 KA, KB, KC = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (11, 12, 13))
@@ -100,6 +101,30 @@ def test_both_sides_authenticate_each_other():
     assert es == [QuicUpgraded(KA.peer_id, KA.public_key)]
     assert client.is_open and server.is_open
     assert client.remote_peer_id == KB.peer_id and server.remote_peer_id == KA.peer_id
+
+
+def test_after_the_handshake_a_connection_keeps_small_tls_buffers():
+    """aioquic keeps three 16 KiB TLS output buffers for a connection's
+    life; once the peer is authenticated they are swapped for small ones
+    (48 of the ~97 KiB a connection held), and the connection goes on."""
+    client, make_server = pair()
+    server, _, _ = run(client, make_server)
+    for core in (client, server):
+        bufs = core._quic._crypto_buffers
+        assert len(bufs) == 3 and all(b.capacity == POST_HANDSHAKE_TLS_BUFFER for b in bufs.values())
+    sid = client.open_stream()
+    client.send(sid, b"x" * 50_000, end=True)
+    _, _, es = run(client, server=server, rounds=200)
+    assert b"".join(e.data for e in es if isinstance(e, QuicStreamData)) == b"x" * 50_000
+
+
+def test_aioquics_epoch_sets_are_memoized_and_unchanged():
+    """aioquic's EPOCHS (frame type -> the epochs it may come in), built
+    anew for every connection, is memoized: the same sets as aioquic's own."""
+    epochs = aioquic_connection.EPOCHS
+    original = epochs.__wrapped__
+    for shortcut in ("IH01", "IH1", "01", "1", "0", "H"):
+        assert epochs(shortcut) == original(shortcut) and epochs(shortcut) is epochs(shortcut)
 
 
 def test_stream_data_both_ways_with_fin_and_reset():
