@@ -12,7 +12,15 @@ from aioquic.quic import connection as aioquic_connection
 from tls_helpers import plain_certificate
 
 from kadfast.keys import Ed25519KeyPair
-from kadfast.quic import POST_HANDSHAKE_TLS_BUFFER, QuicCore, QuicFailed, QuicStreamData, QuicStreamReset, QuicUpgraded, initial_destination_cid
+from kadfast.quic import (
+    POST_HANDSHAKE_TLS_BUFFER,
+    QuicCore,
+    QuicFailed,
+    QuicStreamData,
+    QuicStreamReset,
+    QuicUpgraded,
+    initial_destination_cid,
+)
 from kadfast.tls import make_certificate
 
 KA, KB, KC = (Ed25519KeyPair.from_seed(bytes([i]) * 32) for i in (11, 12, 13))
