@@ -243,6 +243,8 @@ def serve(loop_kind: str) -> int:
                 "backoff": usage.backoff_entries,
                 "tasks": usage.tasks,
                 "routing_table": len(node.table),
+                "quic_datagrams_in": sum(ep.datagrams_in for ep in host.quic_endpoints()),
+                "quic_datagrams_out": sum(ep.datagrams_out for ep in host.quic_endpoints()),
                 "rss_kib": proc_rss_kib(),
                 "gc_objects": len(gc.get_objects()),
                 "gc_seconds": [round(x, 3) for x in gc_time["seconds"]],
@@ -901,6 +903,9 @@ def churn_phase(peer, dialer, duration: float, label: str) -> dict:
         "errors": dict(errors.most_common(5)),
         "error_count": sum(errors.values()),
     }
+    if est and s1.get("quic_datagrams_in"):
+        out["server_quic_datagrams_per_conn"] = [round((s1["quic_datagrams_in"] - s0["quic_datagrams_in"]) / est, 1),
+                                                 round((s1["quic_datagrams_out"] - s0["quic_datagrams_out"]) / est, 1)]
     log_progress(f"  {label}: {out['server_per_s']:.0f} conn/s (client {out['client_per_s']:.0f}), "
                  f"server {out['server_cpu_ms_per_conn']} ms CPU/conn, util server {out['server_util']} "
                  f"dialer {out['dialer_util']} ({out['dialer_cpu_ms_per_conn']} ms CPU/conn), errors {out['error_count']}")

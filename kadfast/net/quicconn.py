@@ -260,6 +260,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         #: Initials dropped: the host refused the connection, or this
         #: endpoint does not accept (a dial-only one)
         self.refused = 0
+        #: datagrams received and sent on the socket
+        self.datagrams_in = 0
+        self.datagrams_out = 0
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -291,6 +294,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         return list(self._all)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams_in += 1
         cid = destination_cid(data)
         if cid is None:
             return
@@ -357,6 +361,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         tr = self.transport
         if tr is None or tr.is_closing():
             return
+        self.datagrams_out += len(datagrams)
         for data, addr in datagrams:
             tr.sendto(data, addr)
 
