@@ -52,6 +52,7 @@ log = logging.getLogger("kadfast.net")
 
 __all__ = ["Host", "HostConfig", "HostUsage", "Dial", "ConnectionEstablished", "ConnectionClosed", "PeerIdentified"]
 
+
 @functools.cache
 def quic_unavailable() -> str | None:
     """Why QUIC cannot be used in this Python, or None when it can. aioquic

@@ -266,6 +266,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         #: datagrams received and sent on the socket
         self.datagrams_in = 0
         self.datagrams_out = 0
+        #: (receive, send) buffer sizes the kernel granted the socket, in
+        #: bytes (``quic_socket_buffer``; (0, 0) when left to the system)
+        self.socket_buffers: tuple[int, int] = (0, 0)
 
     @property
     def local_addr(self) -> tuple[str, int]:
@@ -280,9 +283,6 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         want = self.host.config.quic_socket_buffer
         if want > 0:
             self.socket_buffers = _grow_buffers(transport.get_extra_info("socket"), want, self.multiaddr)
-
-    #: (receive, send) buffer sizes the kernel granted the socket, in bytes
-    socket_buffers: tuple[int, int] = (0, 0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for conn in list(self._all):
