@@ -126,6 +126,17 @@ def test_after_the_handshake_a_connection_keeps_small_tls_buffers():
     assert b"".join(e.data for e in es if isinstance(e, QuicStreamData)) == b"x" * 50_000
 
 
+def test_the_client_offers_x25519_first_and_p256_only():
+    """aioquic's client makes key shares for P-256, P-384, X25519 and X448;
+    ours offers X25519 (what go-, rust- and js-libp2p pick) and P-256, and
+    the server agrees on X25519."""
+    client, make_server = pair()
+    assert client._quic.tls._supported_groups == [aioquic_tls.Group.X25519, aioquic_tls.Group.SECP256R1]
+    server, ec_, es = run(client, make_server)
+    assert isinstance(ec_[0], QuicUpgraded) and isinstance(es[0], QuicUpgraded)
+    assert server._quic.tls._x25519_private_key is not None  # the exchange was X25519
+
+
 def test_aioquics_epoch_sets_are_memoized_and_unchanged():
     """aioquic's EPOCHS (frame type -> the epochs it may come in), built
     anew for every connection, is memoized: the same sets as aioquic's own."""
