@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("server", "run a bootstrap node (Kademlia server mode)")
     s.add_argument("--store", default="memory", help="record store: memory or sqlite:PATH")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (127.0.0.1)")
+    s.add_argument("--workers", type=workers_arg, default=1, metavar="N",
+                   help="processes serving as one node on the same ports, PeerId and store (SO_REUSEPORT; "
+                        "'auto': one per core; default 1; see docs/workers.md)")
     s.add_argument("--gc-young-threshold", type=int, default=10_000,
                    help="cyclic GC: allocations between young-generation collections, start-up objects frozen "
                         "(default 10000; 0 = Python's defaults)")
@@ -277,6 +280,20 @@ def make_client(args, namespace=None, announce=False, protocol=DEFAULT_PROTOCOL,
 SERVER_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
 
 
+def workers_arg(text: str) -> int:
+    """``--workers``: a count >= 1, or ``auto`` (one per core)."""
+    if text == "auto":
+        import os
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', not {text!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError("the number of workers is 1 to 256")
+    return n
+
+
 def server_listen_default() -> list[str]:
     """:data:`SERVER_LISTEN`, without QUIC where this Python cannot run it
     (a warning says why)."""
@@ -287,18 +304,26 @@ def server_listen_default() -> list[str]:
     return [a for a in SERVER_LISTEN if "/quic" not in a]
 
 
-async def cmd_server(args, out: Out) -> int:
-    soft, _ = raise_nofile_limit()
-    keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
-    store_config = StoreConfig(max_records=args.max_records, max_value_bytes=args.max_value_bytes)
-    store = None
-    if args.store != "memory":
-        from .sqlite_store import open_store
-        try:
-            store = open_store(args.store, keypair.peer_id, store_config, group_commit=True)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    node = KadNode(
+def server_store_config(args) -> StoreConfig:
+    return StoreConfig(max_records=args.max_records, max_value_bytes=args.max_value_bytes)
+
+
+def open_server_store(args, keypair: Ed25519KeyPair, spec: str):
+    """The store of ``kadfast server`` (None: the node's MemoryStore)."""
+    if spec == "memory":
+        return None
+    from .sqlite_store import open_store
+    try:
+        return open_store(spec, keypair.peer_id, server_store_config(args), group_commit=True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def make_server_node(args, keypair: Ed25519KeyPair, store, soft: int, listen: list[str] | None = None,
+                     reuse_port: bool = False) -> KadNode:
+    """The node of ``kadfast server`` (and of each of its workers)."""
+    store_config = server_store_config(args)
+    return KadNode(
         keypair,
         Config(mode="server", protocol=args.kad_protocol, store=store_config, max_message_size=args.max_message_size,
                max_value_size=args.max_value_bytes, unvalidated_records=args.unvalidated_records,
@@ -306,7 +331,8 @@ async def cmd_server(args, out: Out) -> int:
                max_provider_adds_per_peer_per_second=args.max_provider_adds_per_second,
                max_reads_per_peer_per_second=args.max_reads_per_second,
                max_records_per_peer=args.max_records_per_peer),
-        host_config=HostConfig(listen_addrs=args.listen or server_listen_default(), external_addrs=args.external_addr,
+        host_config=HostConfig(listen_addrs=listen or args.listen or server_listen_default(),
+                               external_addrs=args.external_addr, reuse_port=reuse_port,
                                max_connections=args.max_connections or (max(64, soft - 64) if soft else 4096),
                                max_connections_per_ip=args.max_connections_per_ip,
                                max_connections_per_small_subnet=args.max_connections_per_small_subnet,
@@ -319,6 +345,16 @@ async def cmd_server(args, out: Out) -> int:
                                max_inbound_streams=args.max_inbound_streams),
         store=store,
     )
+
+
+async def cmd_server(args, out: Out) -> int:
+    if args.workers != 1:
+        from .workers import run_supervisor
+        return await run_supervisor(args, out)
+    soft, _ = raise_nofile_limit()
+    keypair = load_or_create_keypair(args.key_file) if args.key_file else Ed25519KeyPair.generate()
+    store = open_server_store(args, keypair, args.store)
+    node = make_server_node(args, keypair, store, soft)
     await node.start()
     tune_gc_for_server(args.gc_young_threshold)
     if args.bootstrap:

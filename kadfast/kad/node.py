@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Protocol
 
 from .. import _routing
 from .._xor import Key
@@ -58,6 +58,15 @@ from .validation import InvalidRecord, NamespacedValidator
 
 log = logging.getLogger("kadfast.kad")
 FIND_NODE = MessageType.FIND_NODE
+#: :meth:`KadNode.update_peer`'s outcome when the change went to
+#: :attr:`KadNode.routing_sync` (applied once the workers' hub hands it back)
+QUEUED = 0
+
+
+class RoutingSync(Protocol):
+    """Where a worker's routing-table changes go (:mod:`kadfast.workers`)."""
+
+    def publish(self, change: tuple) -> None: ...
 
 __all__ = [
     "Config",
@@ -209,6 +218,11 @@ class KadNode:
         # PeerId -> its Kademlia key: every request, reply and routing event
         # needs it, and a SHA-256 per use adds up on the server's hot path
         self._keys: dict[PeerId, Key] = {}
+        #: where this node's routing-table changes go (a worker of ``kadfast
+        #: server --workers N``: the workers' hub, which hands them back to
+        #: every worker, this one too, in one order; see :mod:`kadfast.workers`);
+        #: None: applied here at once
+        self.routing_sync: RoutingSync | None = None
         self.store = store if store is not None else MemoryStore(self.peer_id, self.config.store)
         # a store with group commit (SqliteStore(group_commit=True)): changes
         # are committed once the loop has handled the requests at hand, and
@@ -414,12 +428,25 @@ class KadNode:
         if peer == self.peer_id:
             return _routing.SELF
         key = self._key(peer)
+        # the IP group is known where the connection is: here
+        group = None if key in self.table else self._ip_group_of(peer, now)
+        sync = self.routing_sync
+        if sync is not None:
+            sync.publish(("up", peer, connected, tuple(self.host.addrbook.addrs(peer, now)), group))
+            return QUEUED
+        return self._apply_update(peer, key, now, connected, group, True)
+
+    def _apply_update(self, peer: PeerId, key: Key, now: float, connected: bool, group: str | None,
+                      origin: bool) -> int:
+        """:meth:`update_peer`'s change to the routing table, here or (with
+        :attr:`routing_sync`) in every worker in the same order; ``origin``:
+        this process saw the peer (it alone probes a full bucket's head)."""
         if connected:
             self.server.heard_from(key)
         known = key in self.table
-        group = None
-        if not known:
-            group = self._ip_group_of(peer, now)
+        if known:
+            group = None
+        else:
             if group is not None and self._group_is_full(group, key):
                 log.debug("%s not added to the routing table: its IP group %s has its share", peer, group)
                 return _routing.FULL
@@ -436,7 +463,7 @@ class KadNode:
             # the bucket is full: check whether its least recently seen entry is alive
             bucket = self.local_key.bucket_index(key)
             head = self.table.bucket(bucket)
-            if head and not head[0].connected and self._started:
+            if origin and head and not head[0].connected and self._started:
                 self._spawn(self._probe(head[0].value))
         elif res == _routing.FULL:
             self._emit(UnroutablePeer(peer))
@@ -495,7 +522,7 @@ class KadNode:
                 self.update_peer(ev.peer_id, self.clock(), connected=True)
             elif self._key(ev.peer_id) in self.table:
                 # it stopped serving kad (e.g. became a client)
-                self.table.remove(self._key(ev.peer_id))
+                self.remove_peer(ev.peer_id)
         elif isinstance(ev, ConnectionClosed):
             if self.host.connection(ev.peer_id) is None:
                 self._mark_disconnected(ev.peer_id)
@@ -514,7 +541,59 @@ class KadNode:
     def _mark_unreachable(self, key: Key) -> None:
         """A request to this table entry failed: it stays in the table but
         answers leave it out until it is heard from again (KadServer.withhold)."""
+        sync = self.routing_sync
+        if sync is not None:
+            entry = self.table.get(key)
+            if entry is not None:
+                sync.publish(("withhold", entry.value))
+            return
         self.server.withhold(key)
+
+    def remove_peer(self, peer: PeerId) -> None:
+        """Take ``peer`` out of the routing table (it stopped serving kad)."""
+        sync = self.routing_sync
+        if sync is not None:
+            sync.publish(("remove", peer))
+        else:
+            self.table.remove(self._key(peer))
+
+    def mark_unreachable(self, peer: PeerId) -> None:
+        """A request to ``peer`` failed: its entry stays, left out of answers
+        until the peer is heard from again."""
+        self._mark_unreachable(self._key(peer))
+
+    def routing_snapshot(self) -> list[tuple]:
+        """The routing table as ``("up", ...)`` changes that rebuild it in
+        another worker (:meth:`apply_routing_change`), oldest seen first in
+        each bucket, as the table keeps them."""
+        groups = {k: g for g, members in self._group_members.items() for k in members}
+        now = self.clock()
+        addrs = self.host.addrbook.addrs
+        return [("up", e.value, e.connected, tuple(addrs(e.value, now)), groups.get(self._key(e.value)))
+                for e in self.table]
+
+    def apply_routing_change(self, change: tuple, origin: bool) -> None:
+        """Apply a routing-table change published through
+        :attr:`routing_sync` (by this process or another worker), in the
+        order the workers' hub gave it: ``("up", peer, connected, addrs,
+        group)``, ``("remove", peer)`` or ``("withhold", peer)``."""
+        kind, peer = change[0], change[1]
+        if peer == self.peer_id:
+            return
+        key = self._key(peer)
+        if kind == "up":
+            _, _, connected, addrs, group = change
+            now = self.clock()
+            if addrs and not origin:
+                self.host.addrbook.add(peer, addrs, now, source="worker")
+            self._apply_update(peer, key, now, connected, group, origin)
+        elif kind == "remove":
+            self.table.remove(key)
+        elif kind == "withhold":
+            if key in self.table:
+                self.server.withhold(key)
+        else:
+            raise ValueError(f"unknown routing change {kind!r}")
 
     def routing_table_peers(self) -> list[PeerId]:
         return [e.value for e in self.table]
@@ -759,7 +838,7 @@ class KadNode:
             key = self._key(peer)
             if key in self.table:
                 if isinstance(exc, ProtocolNotSupported):
-                    self.table.remove(key)
+                    self.remove_peer(peer)
                 else:
                     self._mark_disconnected(peer)
                     if key in self.table:

@@ -85,6 +85,11 @@ class HostConfig:
     #: addresses to listen on, TCP and QUIC, e.g. ["/ip4/127.0.0.1/tcp/0",
     #: "/ip4/127.0.0.1/udp/0/quic-v1"]
     listen_addrs: list[str] = field(default_factory=list)
+    #: listen with ``SO_REUSEPORT``, so that several processes (the workers of
+    #: ``kadfast server --workers N``) share each listening port and the kernel
+    #: spreads the connections among them; QUIC then dials from a UDP socket
+    #: of its own (a reply to the listening port could reach another process)
+    reuse_port: bool = False
     #: addresses that identify announces besides the listen addresses
     external_addrs: list[str] = field(default_factory=list)
     agent_version: str = f"kadfast/{__version__}"
@@ -432,8 +437,8 @@ class Host:
         host, port = _tcp_host_port(addr)
         loop = self.loop
         server = await loop.create_server(
-            lambda: self._new_connection(initiator=False), host, port, reuse_address=True, backlog=1024
-        )
+            lambda: self._new_connection(initiator=False), host, port, reuse_address=True, backlog=1024,
+            reuse_port=self.config.reuse_port or None)
         self._servers.append(server)
         added = []
         for sock in server.sockets:
@@ -447,7 +452,8 @@ class Host:
         qc = _quicconn()
         host, port = qc.quic_address(addr)
         _, ep = await self.loop.create_datagram_endpoint(
-            lambda: qc.QuicEndpoint(self, listening=True), local_addr=(host, port))
+            lambda: qc.QuicEndpoint(self, listening=True), local_addr=(host, port),
+            reuse_port=self.config.reuse_port or None)
         self._quic_endpoints.append(ep)
         assert ep.multiaddr is not None  # set once the socket is there
         self._listen_addrs.append(ep.multiaddr)
@@ -1177,7 +1183,7 @@ class Host:
         """The UDP socket QUIC dials from: a listening one of the family (the
         peer then sees our listen port), else one of its own."""
         fam = socket.AF_INET6 if ipv6 else socket.AF_INET
-        for ep in self._quic_endpoints:
+        for ep in () if self.config.reuse_port else self._quic_endpoints:
             tr = ep.transport
             if tr is not None and not tr.is_closing() and tr.get_extra_info("socket").family == fam:
                 return ep
